@@ -1,0 +1,92 @@
+"""cffi builder for ``kmsenv._native`` (API mode, out of line).
+
+The cdef is read from ``kmsenv_core.h`` so the header and the binding cannot
+drift. Link mode comes from the environment:
+
+* default: the system libcrypto (``libraries=["crypto"]``, e.g. Debian ``libssl-dev``);
+* ``KMSENV_OPENSSL_DIR=/prefix``: a static ``libcrypto.a`` from that prefix, with
+  its symbols hidden so it cannot clash with another libcrypto in the process;
+* ``KMSENV_SANITIZE=1``: build with AddressSanitizer + UndefinedBehaviorSanitizer;
+* ``KMSENV_WARNINGS_AS_ERRORS=1``: ``-Werror``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+HEADER = os.path.join(HERE, "kmsenv_core.h")
+SOURCES = sorted(glob.glob(os.path.join(HERE, "*.c")))
+
+
+def _cdef_text() -> str:
+    with open(HEADER, encoding="utf-8") as fh:
+        text = fh.read()
+    match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", text, re.S)
+    if not match:
+        raise RuntimeError("kmsenv_core.h lacks the CDEF-BEGIN/CDEF-END markers")
+    return match.group(1)
+
+
+def _package_version() -> str:
+    scope: dict[str, str] = {}
+    with open(os.path.join(ROOT, "src", "kmsenv", "_version.py"), encoding="utf-8") as fh:
+        exec(fh.read(), scope)
+    return scope["__version__"]
+
+
+def _build_options() -> dict[str, list[str]]:
+    compile_args = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fno-strict-aliasing"]
+    link_args: list[str] = []
+    options: dict[str, list[str]] = {"include_dirs": [HERE], "libraries": []}
+    if sys.platform == "win32":
+        compile_args = ["/O2"]
+    if os.environ.get("KMSENV_WARNINGS_AS_ERRORS") == "1" and sys.platform != "win32":
+        compile_args.append("-Werror")
+    if os.environ.get("KMSENV_SANITIZE") == "1":
+        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
+        compile_args = [a for a in compile_args if not a.startswith("-O")] + san
+        link_args += ["-fsanitize=address,undefined"]
+    prefix = os.environ.get("KMSENV_OPENSSL_DIR")
+    if prefix:
+        options["include_dirs"].append(os.path.join(prefix, "include"))
+        if sys.platform == "win32":
+            options["libraries"] += ["libcrypto", "crypt32", "ws2_32", "advapi32", "user32"]
+            options["library_dirs"] = [os.path.join(prefix, "lib")]
+        else:
+            archives = glob.glob(os.path.join(prefix, "lib*", "libcrypto.a"))
+            if not archives:
+                raise RuntimeError(f"no libcrypto.a under {prefix}")
+            options["extra_objects"] = [archives[0]]
+            compile_args.append("-fvisibility=hidden")
+            if sys.platform != "darwin":
+                link_args.append("-Wl,--exclude-libs,ALL")
+                options["libraries"] += ["pthread", "dl"]
+    else:
+        options["libraries"].append("libcrypto" if sys.platform == "win32" else "crypto")
+        if sys.platform != "win32":
+            options["libraries"].append("pthread")
+    options["extra_compile_args"] = compile_args + [f'-DKMSENV_VERSION="{_package_version()}"']
+    options["extra_link_args"] = link_args
+    return options
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef_text())
+ffibuilder.set_source(
+    "kmsenv._native",
+    '#include "kmsenv_core.h"',
+    # setuptools compiles from ROOT and wants relative paths; run as a script,
+    # cffi chdirs into build/cffi first, so the paths must be absolute there.
+    sources=SOURCES if __name__ == "__main__" else [os.path.relpath(s, ROOT) for s in SOURCES],
+    **_build_options(),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=os.path.join(ROOT, "build", "cffi"), verbose=True)

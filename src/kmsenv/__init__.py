@@ -1,0 +1,78 @@
+"""kmsenv: fast multi-region envelope encryption for Alibaba Cloud KMS.
+
+Messages are byte-compatible with Alibaba's official Encryption SDKs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+from .algorithms import Algorithm
+from .crypto import backend_info, backend_name, native_available
+from .engine import (
+    DecryptResult,
+    EncryptResult,
+    decrypt,
+    decrypt_many,
+    encrypt,
+    encrypt_many,
+    parse_header,
+)
+from .exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    EncryptionContextMismatchError,
+    KmsEnvError,
+    KmsError,
+    MessageFormatError,
+    NoUsableKeyError,
+    UnauthenticatedAlgorithmError,
+    UnsupportedAlgorithmError,
+)
+from .message.codec import MessageHeader
+from .model import DataKey, DataKeyProvider, EncryptedDataKey
+
+__all__ = [
+    "__version__",
+    "Algorithm",
+    "AuthenticationError",
+    "ConfigurationError",
+    "DataKey",
+    "DataKeyProvider",
+    "DecryptResult",
+    "EncryptResult",
+    "EncryptedDataKey",
+    "EncryptionContextMismatchError",
+    "Kms",
+    "KmsEnvError",
+    "KmsError",
+    "KmsKeyProvider",
+    "MessageFormatError",
+    "MessageHeader",
+    "NoUsableKeyError",
+    "UnauthenticatedAlgorithmError",
+    "UnsupportedAlgorithmError",
+    "backend_info",
+    "backend_name",
+    "decrypt",
+    "decrypt_many",
+    "encrypt",
+    "encrypt_many",
+    "native_available",
+    "parse_header",
+]
+
+# The KMS side pulls in the Alibaba Cloud SDK; load it only when asked for.
+_LAZY = {"Kms": ("kms", "Kms"), "KmsKeyProvider": ("providers", "KmsKeyProvider")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kmsenv' has no attribute {name!r}")

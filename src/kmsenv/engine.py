@@ -1,0 +1,459 @@
+"""The envelope pipeline: provider -> data key -> header tag -> body -> message.
+
+This is the only module that knows the order of the steps, in both directions.
+Every error that leaves it is a :class:`KmsEnvError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Sequence
+
+from .algorithms import Algorithm
+from .crypto import get_backend
+from .crypto.interface import STATUS_AUTH, STATUS_OK, CipherKey
+from .exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    EncryptionContextMismatchError,
+    KmsEnvError,
+    MessageFormatError,
+    UnauthenticatedAlgorithmError,
+    UnsupportedAlgorithmError,
+)
+from .message import der
+from .message.codec import (
+    DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+    MAX_CONTEXT_BYTES,
+    MESSAGE_VERSION,
+    MessageBody,
+    MessageHeader,
+    auth_fields,
+    check_edks,
+    context_bytes,
+    decode_message,
+    encode_body,
+    encode_header_fields,
+    encode_message,
+)
+from .model import DataKey, DataKeyProvider, EncryptedDataKey
+from ._wipe import wipe
+
+__all__ = [
+    "EncryptResult",
+    "DecryptResult",
+    "encrypt",
+    "decrypt",
+    "encrypt_many",
+    "decrypt_many",
+    "parse_header",
+]
+
+DEFAULT_ALGORITHM = Algorithm.AES_GCM_NOPADDING_256
+# Random 96-bit IVs: stay far below NIST SP 800-38D's 2^32 invocations per key.
+MAX_MESSAGES_PER_DATA_KEY = 2**28
+
+
+@dataclass(frozen=True)
+class EncryptResult:
+    ciphertext: bytes
+    header: MessageHeader
+
+    def __repr__(self) -> str:
+        return f"EncryptResult(ciphertext=<{len(self.ciphertext)} bytes>, header={self.header!r})"
+
+
+@dataclass(frozen=True)
+class DecryptResult:
+    plaintext: bytes
+    header: MessageHeader
+
+    def __repr__(self) -> str:
+        return f"DecryptResult(plaintext=<{len(self.plaintext)} bytes>, header={self.header!r})"
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def _as_bytes(data: Any, what: str) -> bytes | bytearray | memoryview:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    raise ConfigurationError(f"{what} must be bytes-like, not {type(data).__name__}")
+
+
+def _context(context: Mapping[str, str] | None) -> dict[str, str]:
+    if context is None:
+        return {}
+    if not isinstance(context, Mapping):
+        raise ConfigurationError("encryption_context must be a mapping of str to str")
+    ctx = dict(context)
+    for k, v in ctx.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ConfigurationError("encryption_context keys and values must be str")
+    return ctx
+
+
+def _algorithm(provider: Any, algorithm: Algorithm | int | None) -> Algorithm:
+    if algorithm is None:
+        algorithm = getattr(provider, "algorithm", None) or DEFAULT_ALGORITHM
+    try:
+        return Algorithm(algorithm)
+    except ValueError:
+        raise UnsupportedAlgorithmError(f"unknown algorithm {algorithm!r}") from None
+
+
+def _check_new_algorithm(algorithm: Algorithm, allow_unauthenticated: bool) -> None:
+    if not algorithm.authenticated and not allow_unauthenticated:
+        raise UnauthenticatedAlgorithmError(
+            f"{algorithm.name} leaves the message body unauthenticated; new messages should use a GCM "
+            "algorithm (pass allow_unauthenticated=True only for legacy interoperability)"
+        )
+
+
+def _context_bytes_for_encrypt(ctx: Mapping[str, str]) -> bytes:
+    cb = context_bytes(ctx)
+    if len(cb) > MAX_CONTEXT_BYTES:
+        raise ConfigurationError(
+            f"the serialized encryption context is {len(cb)} bytes; the limit is {MAX_CONTEXT_BYTES} "
+            "(Java readers of the official SDK cannot parse more)"
+        )
+    return cb
+
+
+# ---------------------------------------------------------------- providers
+
+
+def _generate(provider: DataKeyProvider, algorithm: Algorithm, ctx: dict[str, str]) -> DataKey:
+    try:
+        data_key = provider.generate_data_key(algorithm, dict(ctx))
+    except KmsEnvError:
+        raise
+    except Exception as exc:
+        raise KmsEnvError(f"the data key provider failed ({type(exc).__name__})") from exc
+    if not isinstance(data_key, DataKey):
+        raise KmsEnvError("the data key provider did not return a kmsenv.DataKey")
+    try:
+        if len(data_key.plaintext) != algorithm.key_len:
+            raise KmsEnvError(
+                f"the data key provider returned a {len(data_key.plaintext)}-byte key; "
+                f"{algorithm.name} needs {algorithm.key_len}"
+            )
+        check_edks(data_key.encrypted_data_keys)
+    except Exception:
+        data_key.wipe()
+        raise
+    return data_key
+
+
+def _unwrap(provider: DataKeyProvider, header: MessageHeader) -> bytearray:
+    try:
+        key = provider.decrypt_data_key(
+            list(header.encrypted_data_keys), header.algorithm, dict(header.encryption_context)
+        )
+    except KmsEnvError:
+        raise
+    except Exception as exc:
+        raise KmsEnvError(f"the data key provider failed ({type(exc).__name__})") from exc
+    if not isinstance(key, (bytes, bytearray)):
+        raise KmsEnvError("the data key provider did not return bytes")
+    owned = bytearray(key)
+    if isinstance(key, bytearray):
+        wipe(key)
+    if len(owned) != header.algorithm.key_len:
+        wipe(owned)
+        # A key of the wrong size cannot be the one this header was sealed with
+        # (e.g. an algorithm ID swapped after encryption).
+        raise AuthenticationError(
+            f"header authentication failed: the data key does not fit {header.algorithm.name}"
+        )
+    return owned
+
+
+# ---------------------------------------------------------------- keys
+
+
+class _Key:
+    """A backend key for one data key, closed (and wiped) on exit."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, algorithm: Algorithm, key: bytes | bytearray):
+        try:
+            self.key: CipherKey = get_backend().new_key(algorithm.info.cipher, key)
+        except KmsEnvError:
+            raise
+        except Exception as exc:
+            raise UnsupportedAlgorithmError(f"{algorithm.name} is not available: {exc}") from None
+
+    def __enter__(self) -> CipherKey:
+        return self.key
+
+    def __exit__(self, *exc: object) -> None:
+        self.key.close()
+
+
+def _header(
+    key: CipherKey,
+    algorithm: Algorithm,
+    edks: Sequence[EncryptedDataKey],
+    ctx: Mapping[str, str],
+    ctx_bytes: bytes,
+    header_iv: bytes,
+) -> MessageHeader:
+    fields = auth_fields(MESSAGE_VERSION, algorithm, ctx, edks, ctx_bytes)
+    _, tag = key.gcm_seal(header_iv, fields, b"")
+    encoded = der.tlv(
+        der.SEQUENCE,
+        encode_header_fields(MESSAGE_VERSION, algorithm, edks, ctx) + der.octet_string(header_iv) + der.octet_string(tag),
+    )
+    return MessageHeader(MESSAGE_VERSION, algorithm, tuple(edks), MappingProxyType(dict(ctx)), header_iv, tag, encoded)
+
+
+def _verify_header(key: CipherKey, header: MessageHeader) -> None:
+    try:
+        key.gcm_open(header.header_iv, header.auth_fields(), b"", header.header_auth_tag)
+    except AuthenticationError:
+        raise AuthenticationError(
+            "header authentication failed: the header was altered or the data key is not its own"
+        ) from None
+
+
+def _seal_body(key: CipherKey, algorithm: Algorithm, ctx_bytes: bytes, data: Any, iv: bytes) -> bytes:
+    info = algorithm.info
+    if info.authenticated:
+        ct, tag = key.gcm_seal(iv, ctx_bytes, data)
+        return encode_body(iv, ct, tag)
+    try:
+        ct = key.legacy_encrypt(info.mode, iv, data)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return encode_body(iv, ct, b"")
+
+
+def _open_body(key: CipherKey, header: MessageHeader, body: MessageBody, ctx_bytes: bytes) -> bytes:
+    info = header.algorithm.info
+    if info.authenticated:
+        try:
+            return key.gcm_open(body.iv, ctx_bytes, body.ciphertext, body.auth_tag)
+        except AuthenticationError:
+            raise AuthenticationError("message body authentication failed: the body was altered") from None
+    return key.legacy_decrypt(info.mode, body.iv, body.ciphertext)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def encrypt(
+    plaintext: bytes | bytearray | memoryview,
+    provider: DataKeyProvider,
+    *,
+    encryption_context: Mapping[str, str] | None = None,
+    algorithm: Algorithm | int | None = None,
+    allow_unauthenticated: bool = False,
+) -> EncryptResult:
+    """Encrypt ``plaintext`` into one Alibaba-format message under a fresh data key.
+
+    ``algorithm=None`` uses the provider's ``algorithm`` attribute, else AES-256-GCM.
+    Legacy CBC/CTR algorithms need ``allow_unauthenticated=True``.
+    """
+    data = _as_bytes(plaintext, "plaintext")
+    ctx = _context(encryption_context)
+    alg = _algorithm(provider, algorithm)
+    _check_new_algorithm(alg, allow_unauthenticated)
+    ctx_bytes = _context_bytes_for_encrypt(ctx)
+    data_key = _generate(provider, alg, ctx)
+    try:
+        ivs = get_backend().random(12 + alg.info.iv_len)
+        with _Key(alg, data_key.plaintext) as key:
+            header = _header(key, alg, data_key.encrypted_data_keys, ctx, ctx_bytes, ivs[:12])
+            body = _seal_body(key, alg, ctx_bytes, data, ivs[12:])
+    finally:
+        data_key.wipe()
+    return EncryptResult(encode_message(header.encoded, body), header)
+
+
+def _check_expected_context(header: MessageHeader, expected: Mapping[str, str] | None) -> None:
+    if not expected:
+        return
+    actual = header.encryption_context
+    missing = [k for k, v in _context(expected).items() if actual.get(k) != v]
+    if missing:
+        raise EncryptionContextMismatchError(
+            "the message's encryption context does not contain the expected value for key(s): "
+            + ", ".join(sorted(repr(k) for k in missing))
+        )
+
+
+def _check_readable(header: MessageHeader, allow_unauthenticated: bool) -> None:
+    if not header.algorithm.authenticated and not allow_unauthenticated:
+        raise UnauthenticatedAlgorithmError(
+            f"the message uses {header.algorithm.name}, whose body nothing authenticates; "
+            "pass allow_unauthenticated=True to decrypt it anyway"
+        )
+
+
+def decrypt(
+    ciphertext: bytes | bytearray | memoryview,
+    provider: DataKeyProvider,
+    *,
+    expected_encryption_context: Mapping[str, str] | None = None,
+    allow_unauthenticated: bool = False,
+    max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+) -> DecryptResult:
+    """Decrypt one message. Nothing is returned unless the header tag and (for
+    GCM) the body tag verify. The provider is never modified."""
+    header, body = decode_message(_as_bytes(ciphertext, "ciphertext"), max_encrypted_data_keys)
+    _check_expected_context(header, expected_encryption_context)
+    _check_readable(header, allow_unauthenticated)
+    key_bytes = _unwrap(provider, header)
+    try:
+        with _Key(header.algorithm, key_bytes) as key:
+            _verify_header(key, header)
+            plaintext = _open_body(key, header, body, context_bytes(header.encryption_context))
+    finally:
+        wipe(key_bytes)
+    return DecryptResult(plaintext, header)
+
+
+def parse_header(
+    ciphertext: bytes | bytearray | memoryview,
+    *,
+    max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+) -> MessageHeader:
+    """Parse and return a message's header without any KMS call or decryption.
+
+    Nothing in it is authenticated until the message is decrypted."""
+    return decode_message(_as_bytes(ciphertext, "ciphertext"), max_encrypted_data_keys)[0]
+
+
+def encrypt_many(
+    plaintexts: Iterable[bytes | bytearray | memoryview],
+    provider: DataKeyProvider,
+    *,
+    encryption_context: Mapping[str, str] | None = None,
+    algorithm: Algorithm | int | None = None,
+) -> list[bytes]:
+    """Encrypt many small values under one data key, in one native call.
+
+    Each output is a complete standalone message. The messages of one batch share
+    their header (EDKs, context, header IV and tag: the same bytes authenticated
+    the same way); every body has its own random IV."""
+    items = list(plaintexts)
+    for i, item in enumerate(items):
+        if not isinstance(item, (bytes, bytearray, memoryview)):
+            raise ConfigurationError(f"plaintexts[{i}] must be bytes-like, not {type(item).__name__}")
+    ctx = _context(encryption_context)
+    alg = _algorithm(provider, algorithm)
+    _check_new_algorithm(alg, False)
+    ctx_bytes = _context_bytes_for_encrypt(ctx)
+    out: list[bytes] = []
+    for start in range(0, len(items), MAX_MESSAGES_PER_DATA_KEY):
+        chunk = items[start : start + MAX_MESSAGES_PER_DATA_KEY]
+        data_key = _generate(provider, alg, ctx)
+        try:
+            with _Key(alg, data_key.plaintext) as key:
+                header = _header(key, alg, data_key.encrypted_data_keys, ctx, ctx_bytes, get_backend().random(12))
+                out += key.seal_messages(header.encoded, ctx_bytes, chunk)
+        finally:
+            data_key.wipe()
+    return out
+
+
+def _header_bytes(message: bytes | bytearray | memoryview) -> bytes:
+    """The header TLV of a message, for grouping (no validation beyond bounds)."""
+    r = der.Reader(memoryview(message))
+    outer = r.enter(der.SEQUENCE, "message")
+    start = outer.pos
+    outer.enter(der.SEQUENCE, "header")
+    return bytes(outer.buf[start : outer.pos])
+
+
+def decrypt_many(
+    ciphertexts: Iterable[bytes | bytearray | memoryview],
+    provider: DataKeyProvider,
+    *,
+    expected_encryption_context: Mapping[str, str] | None = None,
+    allow_unauthenticated: bool = False,
+    max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+) -> list[bytes]:
+    """Decrypt many messages; all or nothing (the first failure raises, naming its index).
+
+    Messages that share a header (as ``encrypt_many`` makes them) are opened in
+    one native call after one header check; the provider is asked once per
+    distinct set of encrypted data keys."""
+    items = list(ciphertexts)
+    for i, item in enumerate(items):
+        if not isinstance(item, (bytes, bytearray, memoryview)):
+            raise ConfigurationError(f"ciphertexts[{i}] must be bytes-like, not {type(item).__name__}")
+    results: list[bytes | None] = [None] * len(items)
+    keys: dict[tuple[Any, ...], bytearray] = {}
+    try:
+        if items:
+            leftover = _decrypt_group(
+                items, list(range(len(items))), provider, keys, results,
+                expected_encryption_context, allow_unauthenticated, max_encrypted_data_keys,
+            )
+            groups: dict[bytes, list[int]] = {}
+            for i in leftover:
+                try:
+                    groups.setdefault(_header_bytes(items[i]), []).append(i)
+                except MessageFormatError as exc:
+                    raise MessageFormatError(f"message {i}: {exc}") from None
+            for indices in groups.values():
+                rest = _decrypt_group(
+                    items, indices, provider, keys, results,
+                    expected_encryption_context, allow_unauthenticated, max_encrypted_data_keys,
+                )
+                if rest:
+                    raise MessageFormatError(f"message {rest[0]}: malformed message")
+    finally:
+        for k in keys.values():
+            wipe(k)
+    return results  # type: ignore[return-value]
+
+
+def _decrypt_group(
+    items: list[Any],
+    indices: list[int],
+    provider: DataKeyProvider,
+    keys: dict[tuple[Any, ...], bytearray],
+    results: list[bytes | None],
+    expected: Mapping[str, str] | None,
+    allow_unauthenticated: bool,
+    max_edks: int,
+) -> list[int]:
+    """Decrypt every message in ``indices`` that shares the first one's header;
+    return the indices left over (other headers)."""
+    first = indices[0]
+    try:
+        header, body = decode_message(items[first], max_edks)
+        _check_expected_context(header, expected)
+        _check_readable(header, allow_unauthenticated)
+    except KmsEnvError as exc:
+        raise type(exc)(f"message {first}: {exc}") from None
+    cache_key = (header.algorithm, header.encrypted_data_keys, tuple(sorted(header.encryption_context.items())))
+    key_bytes = keys.get(cache_key)
+    if key_bytes is None:
+        key_bytes = keys[cache_key] = _unwrap(provider, header)
+    ctx_bytes = context_bytes(header.encryption_context)
+    with _Key(header.algorithm, key_bytes) as key:
+        try:
+            _verify_header(key, header)
+        except AuthenticationError as exc:
+            raise AuthenticationError(f"message {first}: {exc}") from None
+        if not header.algorithm.authenticated:
+            results[first] = _open_body(key, header, body, ctx_bytes)
+            return indices[1:]
+        plaintexts, statuses = key.open_messages(header.encoded, ctx_bytes, [items[i] for i in indices])
+    leftover = []
+    for i, pt, status in zip(indices, plaintexts, statuses):
+        if status == STATUS_OK:
+            results[i] = pt
+        elif status == STATUS_AUTH:
+            raise AuthenticationError(f"message {i}: message body authentication failed")
+        elif i == first:
+            raise MessageFormatError(f"message {i}: malformed message body")
+        else:
+            leftover.append(i)
+    return leftover

@@ -1,0 +1,97 @@
+"""Every error kmsenv raises derives from :class:`KmsEnvError`.
+
+Messages never contain key material, plaintext or secrets: they name what went
+wrong and, where it helps, what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KmsEnvError",
+    "MessageFormatError",
+    "AuthenticationError",
+    "NoUsableKeyError",
+    "UnauthenticatedAlgorithmError",
+    "EncryptionContextMismatchError",
+    "UnsupportedAlgorithmError",
+    "KmsError",
+    "ConfigurationError",
+]
+
+
+class KmsEnvError(Exception):
+    """Root of every kmsenv error."""
+
+
+class MessageFormatError(KmsEnvError, ValueError):
+    """The input is not a well-formed kmsenv/Alibaba message (truncated, trailing
+    bytes, bad lengths, unknown algorithm, too many encrypted data keys, ...)."""
+
+
+class AuthenticationError(KmsEnvError):
+    """A header or body authentication tag did not verify: the message was
+    altered, or the data key is not the one it was sealed with."""
+
+
+class NoUsableKeyError(KmsEnvError):
+    """None of the message's encrypted data keys could be decrypted by the provider.
+
+    ``errors`` lists, per CMK tried, what went wrong (empty when no encrypted data
+    key named a CMK the provider may use).
+    """
+
+    def __init__(self, message: str, errors: list[tuple[str, BaseException]] | None = None):
+        super().__init__(message)
+        self.errors: list[tuple[str, BaseException]] = list(errors or [])
+
+
+class UnauthenticatedAlgorithmError(KmsEnvError):
+    """The message uses a legacy CBC/CTR algorithm whose body nothing authenticates;
+    pass ``allow_unauthenticated=True`` to accept that risk."""
+
+
+class EncryptionContextMismatchError(KmsEnvError):
+    """The message's encryption context does not contain the expected entries."""
+
+
+class UnsupportedAlgorithmError(KmsEnvError, ValueError):
+    """The algorithm is known but cannot be used here (e.g. not for new messages,
+    or not with this provider / backend)."""
+
+
+class ConfigurationError(KmsEnvError, ValueError):
+    """Invalid arguments: malformed ARNs, duplicate CMKs, bad limits, ..."""
+
+
+class KmsError(KmsEnvError):
+    """A KMS call failed.
+
+    Attributes: ``code`` (KMS error code, e.g. ``Rejected.Throttling``),
+    ``region``, ``request_id`` and ``retryable``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        region: str | None = None,
+        request_id: str | None = None,
+        retryable: bool = False,
+    ):
+        super().__init__(message)
+        self.code = code
+        self.region = region
+        self.request_id = request_id
+        self.retryable = retryable
+
+    def __str__(self) -> str:
+        parts = [super().__str__()]
+        details = [
+            f"{name}={value}"
+            for name, value in (("code", self.code), ("region", self.region), ("request_id", self.request_id))
+            if value
+        ]
+        if details:
+            parts.append("(" + ", ".join(details) + ")")
+        return " ".join(parts)

@@ -1,0 +1,92 @@
+"""Data keys and encrypted data keys, the currency between providers and the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from .algorithms import Algorithm
+
+__all__ = ["EncryptedDataKey", "DataKey", "DataKeyProvider"]
+
+
+@dataclass(frozen=True)
+class EncryptedDataKey:
+    """One CMK's wrapping of the data key: the CMK ARN and the raw KMS ciphertext
+    blob (the base64-decoded ``CiphertextBlob``)."""
+
+    key_arn: str
+    ciphertext_blob: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key_arn, str) or not self.key_arn:
+            raise TypeError("key_arn must be a non-empty str")
+        if not isinstance(self.ciphertext_blob, (bytes, bytearray, memoryview)):
+            raise TypeError("ciphertext_blob must be bytes")
+        object.__setattr__(self, "ciphertext_blob", bytes(self.ciphertext_blob))
+
+    def __repr__(self) -> str:
+        return f"EncryptedDataKey(key_arn={self.key_arn!r}, ciphertext_blob=<{len(self.ciphertext_blob)} bytes>)"
+
+
+class DataKey:
+    """A plaintext data key and its encrypted copies.
+
+    The plaintext lives in a private ``bytearray`` that :meth:`wipe` zeroes (also
+    on ``with`` exit and on garbage collection). Its repr never shows key bytes.
+    Python may still hold transient copies (e.g. the KMS client's base64 string);
+    see docs/security.md.
+    """
+
+    __slots__ = ("_key", "encrypted_data_keys", "__weakref__")
+
+    def __init__(self, plaintext: bytes | bytearray | memoryview, encrypted_data_keys: Sequence[EncryptedDataKey]):
+        self._key = bytearray(plaintext)
+        self.encrypted_data_keys: list[EncryptedDataKey] = list(encrypted_data_keys)
+
+    @property
+    def plaintext(self) -> bytearray:
+        """The key bytes (a live view: do not keep it beyond the key's life)."""
+        return self._key
+
+    def wipe(self) -> None:
+        from ._wipe import wipe
+
+        wipe(self._key)
+
+    def __enter__(self) -> DataKey:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wipe()
+
+    def __del__(self) -> None:
+        try:
+            self.wipe()
+        except Exception:  # interpreter shutdown: nothing sane left to do
+            pass
+
+    def __repr__(self) -> str:
+        arns = [edk.key_arn for edk in self.encrypted_data_keys]
+        return f"DataKey(<{len(self._key)}-byte key redacted>, cmks={arns!r})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a plaintext DataKey must not be pickled")
+
+
+@runtime_checkable
+class DataKeyProvider(Protocol):
+    """Anything that can make and unwrap data keys.
+
+    ``decrypt_data_key`` raises :class:`kmsenv.NoUsableKeyError` when none of the
+    encrypted data keys is one it can use.
+    """
+
+    def generate_data_key(self, algorithm: Algorithm, encryption_context: dict[str, str]) -> DataKey: ...
+
+    def decrypt_data_key(
+        self,
+        encrypted_data_keys: Sequence[EncryptedDataKey],
+        algorithm: Algorithm,
+        encryption_context: dict[str, str],
+    ) -> bytes | bytearray: ...

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import kmsenv
+from kmsenv import crypto
+
+BACKENDS = ["native", "pure"] if kmsenv.native_available() else ["pure"]
+
+
+def pytest_report_header(config):
+    info = kmsenv.backend_info()
+    return [f"kmsenv {kmsenv.__version__}: backends under test {BACKENDS}; {info}"]
+
+
+def pytest_sessionstart(session):
+    # A suite that silently loses its native half would still pass: refuse that.
+    if os.environ.get("KMSENV_REQUIRE_NATIVE") == "1" and not kmsenv.native_available():
+        raise pytest.UsageError(
+            "KMSENV_REQUIRE_NATIVE=1 but " + str(crypto.native_unavailable_reason())
+        )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Run a test once per available crypto backend."""
+    previous = crypto.get_backend().name
+    crypto.set_backend(request.param)
+    try:
+        yield request.param
+    finally:
+        crypto.set_backend(previous)
