@@ -1,0 +1,140 @@
+/* core.c: versions, run-time feature detection, status text and the small
+ * wrappers around OpenSSL's cleanse / memcmp / CSPRNG. */
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/opensslv.h>
+#include <openssl/rand.h>
+
+#include "internal.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#define KMSENV_CPUID_GNU 1
+#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+#include <intrin.h>
+#define KMSENV_CPUID_MSVC 1
+#endif
+
+#ifndef KMSENV_VERSION
+#define KMSENV_VERSION "unknown"
+#endif
+
+const char *kmsenv_version(void)
+{
+    return KMSENV_VERSION;
+}
+
+const char *kmsenv_openssl_version(void)
+{
+    return OpenSSL_version(OPENSSL_VERSION);
+}
+
+const char *kmsenv_openssl_build_version(void)
+{
+    return OPENSSL_VERSION_TEXT;
+}
+
+static int cpu_has_aesni(void)
+{
+#if defined(KMSENV_CPUID_GNU)
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    return (c >> 25) & 1;
+#elif defined(KMSENV_CPUID_MSVC)
+    int r[4];
+    __cpuid(r, 1);
+    return ((unsigned int)r[2] >> 25) & 1;
+#else
+    return 0;
+#endif
+}
+
+/* SM4 is built from SM4-ECB and SM4-CTR (and the legacy modes need SM4-CBC);
+ * a provider set without them (FIPS, a trimmed build) disables SM4. */
+static int provider_has(const char *name)
+{
+    EVP_CIPHER *c = EVP_CIPHER_fetch(NULL, name, NULL);
+    int found = c != NULL;
+    EVP_CIPHER_free(c);
+    return found;
+}
+
+/* Written once under CRYPTO_THREAD_run_once, read-only afterwards. */
+static CRYPTO_ONCE features_once = CRYPTO_ONCE_STATIC_INIT;
+static uint32_t features_value;
+
+static void detect_features(void)
+{
+    uint32_t f = 0;
+    if (provider_has("SM4-ECB") && provider_has("SM4-CTR") && provider_has("SM4-CBC"))
+        f |= KMSENV_FEATURE_SM4;
+    if (cpu_has_aesni())
+        f |= KMSENV_FEATURE_AESNI;
+    ERR_clear_error(); /* failed fetches queue errors */
+    features_value = f;
+}
+
+uint32_t kmsenv_features(void)
+{
+    if (!CRYPTO_THREAD_run_once(&features_once, detect_features)) {
+        ERR_clear_error();
+        return 0;
+    }
+    return features_value;
+}
+
+const char *kmsenv_strerror(int status)
+{
+    switch (status) {
+    case KMSENV_OK:
+        return "success";
+    case KMSENV_E_ARG:
+        return "invalid argument";
+    case KMSENV_E_AUTH:
+        return "authentication failed";
+    case KMSENV_E_CRYPTO:
+        return "cryptographic library failure";
+    case KMSENV_E_NOMEM:
+        return "out of memory";
+    case KMSENV_E_UNSUPPORTED:
+        return "unsupported by this build";
+    case KMSENV_E_PADDING:
+        return "invalid padding";
+    case KMSENV_E_FORMAT:
+        return "malformed message";
+    default:
+        return "unknown status";
+    }
+}
+
+void kmsenv_wipe(void *p, size_t n)
+{
+    if (p != NULL && n != 0)
+        OPENSSL_cleanse(p, n);
+}
+
+int kmsenv_memeq(const void *a, const void *b, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (a == NULL || b == NULL)
+        return KMSENV_E_ARG; /* non-zero: never "equal" */
+    return CRYPTO_memcmp(a, b, n) == 0 ? 0 : 1;
+}
+
+int kmsenv_random(uint8_t *out, size_t n)
+{
+    if (KMSENV_BAD_BUF(out, n))
+        return KMSENV_E_ARG;
+    while (n != 0) {
+        size_t step = n < KMSENV_EVP_CHUNK ? n : KMSENV_EVP_CHUNK;
+        if (RAND_bytes(out, (int)step) != 1) {
+            ERR_clear_error();
+            return KMSENV_E_CRYPTO;
+        }
+        out += step;
+        n -= step;
+    }
+    return KMSENV_OK;
+}

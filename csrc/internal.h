@@ -1,0 +1,87 @@
+/*
+ * internal.h: private declarations shared by the core's translation units.
+ * Nothing here is part of the cffi surface (see kmsenv_core.h for that).
+ */
+#ifndef KMSENV_INTERNAL_H
+#define KMSENV_INTERNAL_H
+
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/modes.h>
+
+#include "kmsenv_core.h"
+
+/* Largest piece handed to a single EVP call, whose lengths are int. Kept a
+ * multiple of 16 so CBC/CTR pieces stay block aligned (EVP then never buffers
+ * and in == out stays legal). The test build shrinks it to drive the loops. */
+#ifndef KMSENV_EVP_CHUNK
+#define KMSENV_EVP_CHUNK ((size_t)1 << 30)
+#endif
+_Static_assert(KMSENV_EVP_CHUNK >= 16 && KMSENV_EVP_CHUNK % 16 == 0 &&
+                   KMSENV_EVP_CHUNK <= (size_t)INT_MAX,
+               "KMSENV_EVP_CHUNK must be a positive multiple of 16 that fits an int");
+
+/* NIST SP 800-38D limits; gcm128 enforces the same ones and would fail late. */
+#define KMSENV_GCM_MAX_IN ((((uint64_t)1) << 36) - 32)
+#define KMSENV_GCM_MAX_AAD ((((uint64_t)1) << 61) - 1)
+
+/*
+ * SM4 as a pair of function pointers so a faster kernel (GFNI/AVX-512) can
+ * replace the EVP-backed ones without touching the GCM code. The functions
+ * get this struct as their `key`. block128_f/ctr128_f cannot report errors,
+ * so a failing kernel raises `failed` and the caller checks it afterwards.
+ */
+typedef struct kmsenv_sm4 {
+    block128_f block;
+    ctr128_f ctr32; /* increments only the low 32 bits of the counter block */
+    EVP_CIPHER_CTX *ecb;
+    EVP_CIPHER_CTX *ctr;
+    int failed;
+} kmsenv_sm4;
+
+struct kmsenv_key {
+    int cipher;
+    size_t keylen;
+    unsigned char raw[32]; /* legacy modes re-key a per-call context from it */
+    /* AES: GCM contexts keyed once, only the IV changes per message. */
+    EVP_CIPHER_CTX *enc;
+    EVP_CIPHER_CTX *dec;
+    /* SM4: block/CTR kernels plus OpenSSL's generic GCM mode on top. */
+    kmsenv_sm4 sm4;
+    GCM128_CONTEXT *gcm;
+    /* Legacy modes, created on first use. */
+    EVP_CIPHER_CTX *legacy;
+};
+
+/* A buffer argument is invalid when it is NULL yet claims bytes. */
+#define KMSENV_BAD_BUF(p, n) ((n) != 0 && (p) == NULL)
+
+/* True when [a, a+n) and [b, b+n) overlap without being identical: EVP and
+ * gcm128 only support exact in-place operation. */
+static inline int kmsenv__partial_overlap(const void *a, const void *b, size_t n)
+{
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    if (n == 0 || x == y)
+        return 0;
+    return x < y ? y - x < n : x - y < n;
+}
+
+/* sm4.c */
+int kmsenv__sm4_init(kmsenv_sm4 *s, const unsigned char key[16]);
+void kmsenv__sm4_cleanup(kmsenv_sm4 *s);
+void kmsenv__sm4_block_evp(const unsigned char in[16], unsigned char out[16], const void *key);
+void kmsenv__sm4_ctr32_evp(const unsigned char *in, unsigned char *out, size_t blocks,
+                           const void *key, const unsigned char ivec[16]);
+int kmsenv__sm4_gcm_seal(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, size_t aadlen,
+                         const uint8_t *in, size_t inlen, uint8_t *out, uint8_t *tag);
+int kmsenv__sm4_gcm_open(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, size_t aadlen,
+                         const uint8_t *in, size_t inlen, const uint8_t *tag, uint8_t *out);
+
+/* batch.c: DER length helpers, exposed for the C tests. */
+size_t kmsenv__der_len_size(size_t n);
+uint8_t *kmsenv__der_put_len(uint8_t *p, size_t n);
+
+#endif

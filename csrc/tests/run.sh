@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds csrc/tests/test_core.c against the core's sources and runs it:
+#   1. ASan + UBSan with a 48-byte EVP chunk (drives the INT_MAX split loops);
+#   2. ASan + UBSan with the production chunk size;
+#   3. if valgrind is installed, a plain build under valgrind (leaks included).
+# Any failure exits non-zero. Set KMSENV_TEST_OUT to keep the binaries.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+csrc=$(dirname "$here")
+out=${KMSENV_TEST_OUT:-$(mktemp -d)}
+[ -n "${KMSENV_TEST_OUT:-}" ] || trap 'rm -rf "$out"' EXIT
+mkdir -p "$out"
+
+cc=${CC:-gcc}
+srcs=("$here/test_core.c" "$csrc"/*.c)
+common=(-std=c11 -Wall -Wextra -Werror -I"$csrc" '-DKMSENV_VERSION="test"')
+san=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1)
+
+build() { # name, extra flags...
+    local name=$1
+    shift
+    "$cc" "${common[@]}" "$@" "${srcs[@]}" -lcrypto -o "$out/$name"
+}
+
+echo "== ASan+UBSan, KMSENV_EVP_CHUNK=48"
+build test_core_asan_chunk "${san[@]}" -DKMSENV_EVP_CHUNK=48
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 "$out/test_core_asan_chunk"
+
+echo "== ASan+UBSan, default chunk"
+build test_core_asan "${san[@]}"
+ASAN_OPTIONS=detect_leaks=1 "$out/test_core_asan"
+
+if command -v valgrind >/dev/null 2>&1; then
+    echo "== valgrind, KMSENV_EVP_CHUNK=48"
+    build test_core_plain -g -O1 -DKMSENV_EVP_CHUNK=48
+    # OpenSSL's AVX GHASH (gcm_ghash_avx) makes memcheck report false
+    # "uninitialised" tags after EVP SM4-CTR code has run: reproduced with
+    # OpenSSL's own AES-keyed gcm128 and a memcpy stream, no kmsenv data
+    # involved. Masking AVX (bit 60) selects the PCLMUL GHASH, which memcheck
+    # models exactly; the SIMD paths themselves are covered by the ASan runs.
+    OPENSSL_ia32cap="~0x1000000000000000" \
+    valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+        "$out/test_core_plain"
+else
+    echo "== valgrind not found, skipped"
+fi
