@@ -1,0 +1,712 @@
+"""A thin, thread-safe, retrying client for the regional Alibaba Cloud KMS API.
+
+:class:`Kms` keeps one official ``alibabacloud-kms20160120`` client per region
+(created lazily), talks raw bytes and dict encryption contexts, runs its own
+retry loop (exponential backoff with full jitter) and turns every failure into
+:class:`kmsenv.exceptions.KmsError` (or :class:`ConfigurationError` for local
+configuration problems such as missing credentials).
+
+Specs: kms-local-server.md sections 2, 6 and 8; alibaba-message-format.md
+sections 8, 12 and 15.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import logging
+import os
+import random as _random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from kmsenv._version import __version__
+from kmsenv.arn import Arn
+from kmsenv.exceptions import ConfigurationError, KmsError
+
+__all__ = ["Kms", "ENDPOINTS_ENV", "RETRYABLE_CODES"]
+
+logger = logging.getLogger("kmsenv")
+
+ENDPOINTS_ENV = "KMSENV_KMS_ENDPOINTS"
+
+#: KMS error codes worth retrying (Alibaba's own tools retry exactly the first
+#: three; ``Throttling`` is the older spelling on some API pages).
+RETRYABLE_CODES = frozenset(
+    {"Rejected.Throttling", "Throttling", "ServiceUnavailableTemporary", "InternalFailure"}
+)
+
+_CREDENTIALS_HELP = (
+    "pass access_key_id/access_key_secret (plus security_token for STS) or credential= to kmsenv.Kms, "
+    "or set the environment variables ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET "
+    "(and ALIBABA_CLOUD_SECURITY_TOKEN for STS credentials), or configure a credentials profile, "
+    "OIDC or an ECS RAM role"
+)
+
+_REGION_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\Z")
+
+
+# ---------------------------------------------------------------------------
+# Endpoints
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    protocol: str  # "http" | "https"
+    host: str  # host[:port], as sent in the Host header
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}://{self.host}"
+
+    @property
+    def is_loopback(self) -> bool:
+        hostname = urlsplit(self.url).hostname or ""
+        if hostname == "localhost" or hostname.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(hostname).is_loopback
+        except ValueError:
+            return False
+
+
+def _default_endpoint(region: str) -> _Endpoint:
+    return _Endpoint("https", f"kms.{region}.aliyuncs.com")
+
+
+def _parse_endpoint(url: object, where: str) -> _Endpoint:
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError(f"{where}: the endpoint must be a non-empty URL string")
+    if url != url.strip() or any(c.isspace() for c in url):
+        raise ConfigurationError(f"{where}: endpoint {url!r} contains whitespace")
+    if "://" in url:
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in ("http", "https"):
+            raise ConfigurationError(
+                f"{where}: endpoint {url!r} has scheme {scheme!r}; only http:// and https:// are supported"
+            )
+        full = scheme + url[len(scheme) :]
+    else:
+        scheme = "https"
+        full = "https://" + url
+    try:
+        parts = urlsplit(full)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigurationError(f"{where}: malformed endpoint URL {url!r} ({e})") from None
+    if not parts.hostname:
+        raise ConfigurationError(f"{where}: endpoint {url!r} has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(f"{where}: endpoint {url!r} must not contain user information")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"{where}: endpoint {url!r} must be scheme://host[:port] without a path or query"
+        )
+    if port == 0:
+        raise ConfigurationError(f"{where}: endpoint {url!r} has port 0")
+    return _Endpoint(scheme, parts.netloc)
+
+
+def _check_region(region: object, where: str) -> str:
+    if not isinstance(region, str) or not _REGION_RE.match(region):
+        raise ConfigurationError(f"{where}: invalid region {region!r}")
+    return region
+
+
+def parse_endpoints_env(value: str) -> dict[str, _Endpoint]:
+    """Parse ``KMSENV_KMS_ENDPOINTS``: ``region=url[,region=url...]``.
+
+    Whitespace around entries is ignored, and so are empty entries (a trailing
+    comma); anything else malformed raises :class:`ConfigurationError`.
+    """
+    where = ENDPOINTS_ENV
+    result: dict[str, _Endpoint] = {}
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        region, sep, url = item.partition("=")
+        region, url = region.strip(), url.strip()
+        if not sep:
+            raise ConfigurationError(f"{where}: entry {item!r} is not of the form region=url")
+        _check_region(region, where)
+        if region in result:
+            raise ConfigurationError(f"{where}: region {region!r} is listed twice")
+        result[region] = _parse_endpoint(url, f"{where} ({region})")
+    return result
+
+
+def _parse_endpoints_arg(endpoints: Mapping[str, str]) -> dict[str, _Endpoint]:
+    if not isinstance(endpoints, Mapping):
+        raise ConfigurationError("endpoints must be a mapping {region: url}")
+    result: dict[str, _Endpoint] = {}
+    for region, url in endpoints.items():
+        _check_region(region, "endpoints")
+        result[region] = _parse_endpoint(url, f"endpoints[{region!r}]")
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Proxy bypass for loopback endpoints (spec section 2.1, "proxy pitfall")
+# ---------------------------------------------------------------------------
+
+_bypass_lock = threading.Lock()
+
+
+def _direct_adapter_class() -> type:
+    from requests.adapters import HTTPAdapter
+
+    class _DirectAdapter(HTTPAdapter):
+        """Never sends through a proxy: darabonba passes HTTP(S)_PROXY from the
+        environment to ``Session.send`` itself, ignoring NO_PROXY."""
+
+        def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):  # type: ignore[override]
+            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=None)
+
+    return _DirectAdapter
+
+
+_DirectAdapter: type | None = None
+
+
+def _install_proxy_bypass(endpoint: _Endpoint, max_idle_conns: int) -> None:
+    """Mount a proxy-free adapter on the session darabonba uses for ``endpoint``.
+
+    darabonba keeps one ``requests.Session`` per ``protocol://host:port:pool=N``
+    in ``DaraCore._sessions`` and always passes ``proxies`` explicitly, so the
+    only hook is the session's adapter table.  This relies on darabonba-core
+    1.0.x internals; if they change we log a warning (loopback endpoints then
+    only work with HTTP(S)_PROXY unset).
+    """
+    global _DirectAdapter
+    try:
+        from darabonba.core import DaraCore
+
+        with _bypass_lock:
+            if _DirectAdapter is None:
+                _DirectAdapter = _direct_adapter_class()
+            pool = DaraCore._resolve_pool_maxsize({"maxIdleConns": max_idle_conns})
+            key = f"{endpoint.protocol}://{endpoint.host}:80:pool={pool}"
+            session = DaraCore._get_session(
+                session_key=key, protocol=endpoint.protocol, verify=True, pool_size=pool
+            )
+            prefix = f"{endpoint.protocol}://{endpoint.host}/"
+            if not isinstance(session.adapters.get(prefix), _DirectAdapter):
+                session.mount(prefix, _DirectAdapter(pool_connections=1, pool_maxsize=pool))
+    except Exception as e:  # pragma: no cover - depends on darabonba internals
+        logger.warning(
+            "kmsenv: could not disable proxies for loopback KMS endpoint %s (%s); "
+            "unset HTTP_PROXY/HTTPS_PROXY if calls fail",
+            endpoint.url,
+            type(e).__name__,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def _context_dict(encryption_context: object, what: str = "encryption_context") -> dict[str, str] | None:
+    """Validate a context and return a plain dict, or None when empty.
+
+    The official client must get a dict (a JSON string would be sent as
+    ``null``, spec section 2.1), and an empty context is omitted.
+    """
+    if encryption_context is None:
+        return None
+    if not isinstance(encryption_context, Mapping):
+        raise ConfigurationError(f"{what} must be a dict of str to str, not {type(encryption_context).__name__}")
+    out: dict[str, str] = {}
+    for k, v in encryption_context.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ConfigurationError(f"{what} keys and values must be str")
+        out[k] = v
+    return out or None
+
+
+def _b64decode(text: object) -> bytes:
+    if not isinstance(text, str) or not text:
+        raise ValueError("missing")
+    return base64.b64decode(text, validate=True)
+
+
+def _clean_message(message: object, limit: int = 300) -> str:
+    """A server message, without the echoed string-to-sign, bounded and printable."""
+    if not isinstance(message, str) or not message or message == "None":
+        return ""
+    message = message.split("server string to sign is", 1)[0].rstrip(" :.")
+    message = "".join(c if c.isprintable() else " " for c in message)
+    if len(message) > limit:
+        message = message[:limit] + "..."
+    return message
+
+
+def _none_if_null(value: object) -> str | None:
+    if value is None:
+        return None
+    s = str(value)
+    return None if s in ("", "None", "null") else s
+
+
+_ERRNO_RE = re.compile(r"\[Errno -?\d+\] [A-Za-z][A-Za-z ,'-]{0,80}")
+
+
+class _Retry(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# Kms
+# ---------------------------------------------------------------------------
+
+
+class Kms:
+    """Regional KMS access for kmsenv.
+
+    Credentials: explicit ``access_key_id``/``access_key_secret`` (optionally
+    ``security_token``), or ``credential=`` (any ``alibabacloud_credentials``
+    client), else ``ALIBABA_CLOUD_ACCESS_KEY_ID``/``ALIBABA_CLOUD_ACCESS_KEY_SECRET``
+    (+ ``ALIBABA_CLOUD_SECURITY_TOKEN``) read at first use, else the
+    ``alibabacloud_credentials`` default chain (profiles, OIDC, ECS RAM role).
+
+    Endpoints: ``https://kms.<region>.aliyuncs.com`` unless overridden by
+    ``endpoints={region: url}`` or, when that argument is not given, by the
+    ``KMSENV_KMS_ENDPOINTS`` environment variable (``region=url,region=url``).
+    The URL scheme selects HTTP or HTTPS.
+
+    Retries: up to ``max_attempts`` attempts in total on throttling, 5xx,
+    ``InternalFailure``/``ServiceUnavailableTemporary`` and network errors, with
+    exponential backoff and full jitter: ``sleep(uniform(0, min(backoff_max,
+    backoff_base * 2**retry)))`` (seconds).  ``connect_timeout`` and
+    ``read_timeout`` (seconds) bound every attempt.
+
+    Instances are thread-safe and meant to be shared.
+    """
+
+    def __init__(
+        self,
+        *,
+        access_key_id: str | None = None,
+        access_key_secret: str | None = None,
+        security_token: str | None = None,
+        credential: Any = None,
+        endpoints: Mapping[str, str] | None = None,
+        max_attempts: int = 4,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        backoff_base: float = 0.2,
+        backoff_max: float = 5.0,
+        ca: str | None = None,
+        sleep: Callable[[float], None] | None = None,
+        random: _random.Random | None = None,
+    ) -> None:
+        if credential is not None and (access_key_id or access_key_secret or security_token):
+            raise ConfigurationError("pass either credential= or access_key_id/access_key_secret, not both")
+        if bool(access_key_id) != bool(access_key_secret):
+            raise ConfigurationError("access_key_id and access_key_secret must be given together")
+        if security_token and not access_key_id:
+            raise ConfigurationError("security_token needs access_key_id and access_key_secret")
+        for name, value in (("access_key_id", access_key_id), ("access_key_secret", access_key_secret),
+                            ("security_token", security_token)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigurationError(f"{name} must be a str")
+        if credential is not None and not hasattr(credential, "get_credential"):
+            raise ConfigurationError("credential must be an alibabacloud_credentials client (with get_credential())")
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigurationError("max_attempts must be an int >= 1")
+        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        for name, value in (("backoff_base", backoff_base), ("backoff_max", backoff_max)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigurationError(f"{name} must be a non-negative number of seconds")
+
+        self._access_key_id = access_key_id or None
+        self._access_key_secret = access_key_secret or None
+        self._security_token = security_token or None
+        self._credential = credential
+        if endpoints is not None:
+            self._endpoints = _parse_endpoints_arg(endpoints)
+        else:
+            self._endpoints = parse_endpoints_env(os.environ.get(ENDPOINTS_ENV, ""))
+        self.max_attempts = max_attempts
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self._ca = ca
+        self._sleep = sleep if sleep is not None else time.sleep
+        self._random = random if random is not None else _random.Random()
+        self._max_idle_conns = 64
+
+        self._lock = threading.Lock()
+        self._clients: dict[str, Any] = {}
+        self._config_kwargs: dict[str, Any] | None = None
+        self._runtime = None
+
+    # -- configuration ------------------------------------------------------
+
+    def endpoint_url(self, region: str) -> str:
+        """The URL used for ``region`` (override or ``https://kms.<region>.aliyuncs.com``)."""
+        _check_region(region, "region")
+        return self._endpoint(region).url
+
+    def _endpoint(self, region: str) -> _Endpoint:
+        return self._endpoints.get(region) or _default_endpoint(region)
+
+    def __repr__(self) -> str:
+        overrides = {r: e.url for r, e in self._endpoints.items()}
+        return f"Kms(endpoints={overrides!r}, max_attempts={self.max_attempts})"
+
+    def _credential_kwargs(self) -> dict[str, Any]:
+        """Resolve credentials once (under ``self._lock``)."""
+        if self._config_kwargs is not None:
+            return self._config_kwargs
+        if self._credential is not None:
+            kwargs: dict[str, Any] = {"credential": self._credential}
+        elif self._access_key_id:
+            kwargs = {"access_key_id": self._access_key_id, "access_key_secret": self._access_key_secret}
+            if self._security_token:
+                kwargs["security_token"] = self._security_token
+        else:
+            # Read the environment now: alibabacloud_credentials snapshots these
+            # variables when it is imported, which surprises callers that set
+            # them later.
+            env_id = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID") or None
+            env_secret = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET") or None
+            if env_id and env_secret:
+                kwargs = {"access_key_id": env_id, "access_key_secret": env_secret}
+                token = os.environ.get("ALIBABA_CLOUD_SECURITY_TOKEN") or None
+                if token:
+                    kwargs["security_token"] = token
+            elif env_id or env_secret:
+                missing = "ALIBABA_CLOUD_ACCESS_KEY_SECRET" if env_id else "ALIBABA_CLOUD_ACCESS_KEY_ID"
+                raise ConfigurationError(f"incomplete Alibaba Cloud credentials: {missing} is not set")
+            else:
+                try:
+                    from alibabacloud_credentials.client import Client as CredentialClient
+
+                    kwargs = {"credential": CredentialClient()}
+                except Exception as e:
+                    raise ConfigurationError(
+                        f"cannot set up Alibaba Cloud credentials ({type(e).__name__}): {_CREDENTIALS_HELP}"
+                    ) from None
+        self._config_kwargs = kwargs
+        return kwargs
+
+    def _client(self, region: str) -> Any:
+        client = self._clients.get(region)
+        if client is not None:
+            return client
+        with self._lock:
+            client = self._clients.get(region)
+            if client is None:
+                client = self._new_client(region)
+                self._clients[region] = client
+        return client
+
+    def _new_client(self, region: str) -> Any:
+        from alibabacloud_kms20160120.client import Client
+
+        try:
+            from alibabacloud_tea_openapi.utils_models import Config
+        except ImportError:  # tea-openapi 0.3.x
+            from alibabacloud_tea_openapi.models import Config  # type: ignore[no-redef]
+
+        endpoint = self._endpoint(region)
+        config = Config(
+            endpoint=endpoint.host,
+            protocol=endpoint.protocol,
+            region_id=region,
+            connect_timeout=max(1, int(round(self.connect_timeout * 1000))),
+            read_timeout=max(1, int(round(self.read_timeout * 1000))),
+            max_idle_conns=self._max_idle_conns,
+            user_agent=f"kmsenv/{__version__}",
+            **self._credential_kwargs(),
+        )
+        if self._ca:
+            config.ca = self._ca
+        try:
+            client = Client(config)
+        except Exception as e:
+            raise ConfigurationError(
+                f"cannot create the KMS client for region {region!r} ({type(e).__name__}: {_clean_message(str(e))})"
+            ) from None
+        if endpoint.is_loopback:
+            _install_proxy_bypass(endpoint, self._max_idle_conns)
+        return client
+
+    def _runtime_options(self) -> Any:
+        if self._runtime is None:
+            try:
+                from darabonba.runtime import RuntimeOptions
+            except ImportError:  # tea-openapi 0.3.x
+                from alibabacloud_tea_util.models import RuntimeOptions  # type: ignore[no-redef]
+            self._runtime = RuntimeOptions(
+                autoretry=False,
+                max_attempts=1,
+                connect_timeout=max(1, int(round(self.connect_timeout * 1000))),
+                read_timeout=max(1, int(round(self.read_timeout * 1000))),
+            )
+        return self._runtime
+
+    # -- retry loop and error mapping ---------------------------------------
+
+    def _call(self, region: str, action: str, what: str, fn: Callable[[Any, Any], Any]) -> Any:
+        """Run ``fn(client, runtime)`` with retries; return the response body."""
+        attempt = 0
+        while True:
+            attempt += 1
+            client = self._client(region)
+            error: BaseException | None = None
+            retry_after: float | None = None
+            try:
+                response = fn(client, self._runtime_options())
+            except Exception as e:  # translated below, outside the except block
+                error, retry_after = self._translate(e, region, action, what)
+                del e  # drop references to SDK request objects (they hold parameters)
+            else:
+                body = getattr(response, "body", None)
+                if body is None:
+                    raise KmsError(
+                        f"KMS {action} {what} returned an empty response",
+                        code="InvalidResponse", region=region, retryable=False,
+                    )
+                return body
+            assert error is not None
+            if not isinstance(error, KmsError) or not error.retryable or attempt >= self.max_attempts:
+                if isinstance(error, KmsError) and error.retryable and attempt > 1:
+                    error.args = (f"{error.args[0]} (after {attempt} attempts)",)
+                raise error from None
+            delay = self._random.uniform(0.0, min(self.backoff_max, self.backoff_base * (2 ** min(attempt - 1, 60))))
+            if retry_after is not None:
+                delay = max(delay, min(self.backoff_max, retry_after))
+            logger.debug(
+                "kmsenv: KMS %s in %s failed with %s (attempt %d/%d); retrying in %.3fs",
+                action, region, error.code, attempt, self.max_attempts, delay,
+            )
+            if delay > 0:
+                self._sleep(delay)
+
+    def _translate(self, e: BaseException, region: str, action: str, what: str) -> tuple[BaseException, float | None]:
+        from darabonba.exceptions import ResponseException
+
+        prefix = f"KMS {action} {what}"
+        if isinstance(e, ResponseException):
+            status = getattr(e, "status_code", None)
+            code = _none_if_null(getattr(e, "code", None))
+            request_id = _none_if_null(getattr(e, "request_id", None))
+            data = getattr(e, "data", None)
+            server_msg = ""
+            if isinstance(data, dict):
+                request_id = request_id or _none_if_null(data.get("RequestId"))
+                server_msg = _clean_message(data.get("Message") or data.get("message"))
+            retry_after = getattr(e, "retry_after", None)
+            retryable = (
+                code in RETRYABLE_CODES
+                or status == 429
+                or (isinstance(status, int) and status >= 500)
+                or type(e).__name__ == "ThrottlingException"
+            )
+            text = f"{prefix} failed: HTTP {status} {code or 'unknown error'}"
+            if server_msg:
+                text += f": {server_msg}"
+            seconds = None
+            if isinstance(retry_after, (int, float)) and retry_after > 0:
+                seconds = retry_after / 1000.0
+            return KmsError(text, code=code, region=region, request_id=request_id, retryable=retryable), seconds
+
+        inner = getattr(e, "inner_exception", e)
+        try:
+            from alibabacloud_credentials.exceptions import CredentialException
+        except ImportError:  # pragma: no cover
+            CredentialException = ()  # type: ignore[assignment]
+        if isinstance(inner, CredentialException):
+            return ConfigurationError(f"no usable Alibaba Cloud credentials for {prefix}: {_CREDENTIALS_HELP}"), None
+
+        if type(inner).__name__ == "RetryError":
+            # darabonba wraps requests' IOError as RetryError(str(e)); the
+            # string contains the request URL and query (secrets!), so only
+            # the original exception type and errno text are used.
+            cause = inner.__context__ or inner.__cause__
+            code, retryable, kind = "ConnectionError", True, "connection failed"
+            try:
+                import requests.exceptions as rx
+
+                if isinstance(cause, rx.ConnectTimeout):
+                    code, kind = "ConnectTimeout", f"connect timed out after {self.connect_timeout:g}s"
+                elif isinstance(cause, rx.ReadTimeout):
+                    code, kind = "ReadTimeout", f"no response within {self.read_timeout:g}s"
+                elif isinstance(cause, rx.SSLError):
+                    code, retryable, kind = "SSLError", False, "TLS handshake failed"
+                elif isinstance(cause, rx.ProxyError):
+                    code, kind = "ProxyError", "proxy error"
+            except ImportError:  # pragma: no cover
+                pass
+            m = _ERRNO_RE.search(str(getattr(inner, "message", "")))
+            if m and code == "ConnectionError":
+                kind += f": {m.group(0).strip()}"
+            url = self._endpoint(region).url
+            return KmsError(f"{prefix} failed: cannot reach {url} ({kind})", code=code, region=region,
+                            retryable=retryable), None
+
+        if isinstance(inner, (ValueError, UnicodeDecodeError)) or (
+            isinstance(inner, RuntimeError) and str(inner).startswith("Failed to parse the value as json")
+        ):
+            # e.g. a non-JSON error page from a load balancer or proxy
+            return KmsError(f"{prefix} failed: the endpoint returned a response that is not KMS JSON",
+                            code="InvalidResponse", region=region, retryable=True), None
+
+        return KmsError(f"{prefix} failed: {type(inner).__name__}", code="ClientError", region=region,
+                        retryable=False), None
+
+    # -- operations ---------------------------------------------------------
+
+    @staticmethod
+    def _arn(key_arn: object) -> Arn:
+        return Arn.parse(key_arn)
+
+    def generate_data_key(
+        self,
+        key_arn: str | Arn,
+        *,
+        key_spec: str | None = None,
+        number_of_bytes: int | None = None,
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> tuple[bytearray, bytes]:
+        """GenerateDataKey under ``key_arn`` in its region.
+
+        Returns ``(plaintext, ciphertext_blob)``: the data key as a bytearray (the
+        caller wipes it) and the raw (base64-decoded) ``CiphertextBlob``.
+        """
+        from alibabacloud_kms20160120 import models
+
+        arn = self._arn(key_arn)
+        ctx = _context_dict(encryption_context)
+        if key_spec is not None and key_spec not in ("AES_128", "AES_256"):
+            raise ConfigurationError(f"key_spec must be 'AES_128' or 'AES_256', not {key_spec!r}")
+        if number_of_bytes is not None and (
+            isinstance(number_of_bytes, bool) or not isinstance(number_of_bytes, int)
+            or not 1 <= number_of_bytes <= 1024
+        ):
+            raise ConfigurationError("number_of_bytes must be an int between 1 and 1024")
+        request = models.GenerateDataKeyRequest(
+            key_id=arn.key_id, key_spec=key_spec, number_of_bytes=number_of_bytes, encryption_context=ctx
+        )
+        body = self._call(arn.region, "GenerateDataKey", f"under {arn}",
+                          lambda c, rt: c.generate_data_key_with_options(request, rt))
+        try:
+            plaintext = bytearray(_b64decode(body.plaintext))
+            blob = _b64decode(body.ciphertext_blob)
+        except (ValueError, binascii.Error):
+            raise KmsError(f"KMS GenerateDataKey under {arn} returned a malformed Plaintext or CiphertextBlob",
+                           code="InvalidResponse", region=arn.region,
+                           request_id=_none_if_null(body.request_id)) from None
+        return plaintext, blob
+
+    def encrypt(
+        self,
+        key_arn: str | Arn,
+        plaintext: bytes | bytearray | memoryview,
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Encrypt ``plaintext`` (sent base64-encoded, as the official SDKs send
+        data keys) under ``key_arn``; returns the raw ciphertext blob."""
+        from alibabacloud_kms20160120 import models
+
+        arn = self._arn(key_arn)
+        ctx = _context_dict(encryption_context)
+        if not isinstance(plaintext, (bytes, bytearray, memoryview)):
+            raise ConfigurationError("plaintext must be bytes")
+        request = models.EncryptRequest(
+            key_id=arn.key_id, plaintext=base64.b64encode(plaintext).decode("ascii"), encryption_context=ctx
+        )
+        body = self._call(arn.region, "Encrypt", f"under {arn}", lambda c, rt: c.encrypt_with_options(request, rt))
+        try:
+            return _b64decode(body.ciphertext_blob)
+        except (ValueError, binascii.Error):
+            raise KmsError(f"KMS Encrypt under {arn} returned a malformed CiphertextBlob", code="InvalidResponse",
+                           region=arn.region, request_id=_none_if_null(body.request_id)) from None
+
+    def re_encrypt(
+        self,
+        ciphertext_blob: bytes | bytearray | memoryview,
+        destination_key_arn: str | Arn,
+        *,
+        source_encryption_context: Mapping[str, str] | None = None,
+        destination_encryption_context: Mapping[str, str] | None = None,
+        region: str | None = None,
+    ) -> bytes:
+        """ReEncrypt a blob to ``destination_key_arn``.
+
+        KMS is regional: the blob's key and the destination key must live in the
+        same region, ``region`` (default: the destination ARN's region).
+        """
+        from alibabacloud_kms20160120 import models
+
+        arn = self._arn(destination_key_arn)
+        if region is None:
+            region = arn.region
+        _check_region(region, "region")
+        if region != arn.region:
+            raise ConfigurationError(
+                f"ReEncrypt runs in one region: destination key {arn} is not in region {region!r}"
+            )
+        if not isinstance(ciphertext_blob, (bytes, bytearray, memoryview)) or not len(ciphertext_blob):
+            raise ConfigurationError("ciphertext_blob must be non-empty bytes")
+        request = models.ReEncryptRequest(
+            ciphertext_blob=base64.b64encode(ciphertext_blob).decode("ascii"),
+            destination_key_id=arn.key_id,
+            source_encryption_context=_context_dict(source_encryption_context, "source_encryption_context"),
+            destination_encryption_context=_context_dict(
+                destination_encryption_context, "destination_encryption_context"
+            ),
+        )
+        body = self._call(region, "ReEncrypt", f"to {arn}", lambda c, rt: c.re_encrypt_with_options(request, rt))
+        try:
+            return _b64decode(body.ciphertext_blob)
+        except (ValueError, binascii.Error):
+            raise KmsError(f"KMS ReEncrypt to {arn} returned a malformed CiphertextBlob", code="InvalidResponse",
+                           region=region, request_id=_none_if_null(body.request_id)) from None
+
+    def decrypt(
+        self,
+        key_arn: str | Arn,
+        ciphertext_blob: bytes | bytearray | memoryview,
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> bytearray:
+        """Decrypt a blob made under ``key_arn``; the call goes to that key's region.
+
+        The returned bytes are the base64-decoded ``Plaintext`` (the data key).
+        KMS's answer must name ``key_arn``'s key ID (Decrypt takes no KeyId, so
+        this catches a blob wrapped under a different key than its ARN claims).
+        """
+        from alibabacloud_kms20160120 import models
+
+        arn = self._arn(key_arn)
+        ctx = _context_dict(encryption_context)
+        if not isinstance(ciphertext_blob, (bytes, bytearray, memoryview)) or not len(ciphertext_blob):
+            raise ConfigurationError("ciphertext_blob must be non-empty bytes")
+        request = models.DecryptRequest(
+            ciphertext_blob=base64.b64encode(ciphertext_blob).decode("ascii"), encryption_context=ctx
+        )
+        body = self._call(arn.region, "Decrypt", f"under {arn}", lambda c, rt: c.decrypt_with_options(request, rt))
+        request_id = _none_if_null(body.request_id)
+        key_id = _none_if_null(body.key_id)
+        if key_id is not None and key_id not in (arn.key_id, str(arn)):
+            raise KmsError(
+                f"KMS Decrypt under {arn}: the ciphertext blob belongs to key {key_id!r}, not to {arn.key_id!r}",
+                code="KeyIdMismatch", region=arn.region, request_id=request_id, retryable=False,
+            )
+        try:
+            return bytearray(_b64decode(body.plaintext))
+        except (ValueError, binascii.Error):
+            raise KmsError(f"KMS Decrypt under {arn} returned a malformed Plaintext", code="InvalidResponse",
+                           region=arn.region, request_id=request_id) from None
