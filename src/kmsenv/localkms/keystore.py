@@ -1,0 +1,310 @@
+"""Keys, key versions, aliases and instance metadata for every region.
+
+Running state lives in dictionaries (the request path never waits on disk reads).
+With a state directory every mutation is also written to SQLite, and lookups that miss
+the cache fall back to the database, so a key created by ``create-key`` in another
+process becomes usable by a running server without a restart.
+
+Key material is stored in clear: this is a test/development server.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+DB_FILENAME = "localkms.sqlite3"
+
+# CMK spec -> material length.  Aliyun_SM4 uses SM4-GCM if OpenSSL has it (probed below),
+# else AES-128-GCM as a stand-in so the server still works on such builds.
+KEY_SPECS = {"Aliyun_AES_256": 32, "Aliyun_AES_192": 24, "Aliyun_AES_128": 16, "Aliyun_SM4": 16}
+KEY_STATES = ("Enabled", "Disabled", "PendingDeletion", "PendingImport")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    region TEXT NOT NULL, key_id TEXT NOT NULL, key_spec TEXT NOT NULL,
+    key_usage TEXT NOT NULL, state TEXT NOT NULL, origin TEXT NOT NULL,
+    protection_level TEXT NOT NULL, description TEXT NOT NULL,
+    creation_date TEXT NOT NULL, primary_version TEXT NOT NULL,
+    PRIMARY KEY (region, key_id));
+CREATE TABLE IF NOT EXISTS key_versions (
+    region TEXT NOT NULL, version_id TEXT NOT NULL, key_id TEXT NOT NULL,
+    material BLOB NOT NULL, creation_date TEXT NOT NULL,
+    PRIMARY KEY (region, version_id));
+CREATE TABLE IF NOT EXISTS aliases (
+    region TEXT NOT NULL, alias_name TEXT NOT NULL, key_id TEXT NOT NULL,
+    creation_date TEXT NOT NULL, PRIMARY KEY (region, alias_name));
+"""
+_KEY_COLS = ("region, key_id, key_spec, key_usage, state, origin, protection_level, "
+             "description, creation_date, primary_version")
+
+
+class _Sm4Gcm:
+    """AESGCM-shaped wrapper, because cryptography has no SM4 AEAD class."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def encrypt(self, nonce: bytes, data: bytes, associated_data: Optional[bytes]) -> bytes:
+        enc = Cipher(algorithms.SM4(self._key), modes.GCM(nonce)).encryptor()
+        if associated_data:
+            enc.authenticate_additional_data(associated_data)
+        return enc.update(data) + enc.finalize() + enc.tag
+
+    def decrypt(self, nonce: bytes, data: bytes, associated_data: Optional[bytes]) -> bytes:
+        if len(data) < 16:
+            raise ValueError("truncated")
+        dec = Cipher(algorithms.SM4(self._key), modes.GCM(nonce, data[-16:])).decryptor()
+        if associated_data:
+            dec.authenticate_additional_data(associated_data)
+        return dec.update(data[:-16]) + dec.finalize()
+
+
+def _probe_sm4() -> bool:
+    try:
+        _Sm4Gcm(bytes(16)).encrypt(bytes(12), b"x", b"a")
+        return True
+    except Exception:
+        return False
+
+
+SM4_GCM_AVAILABLE = _probe_sm4()
+
+
+def make_aead(key_spec: str, material: bytes) -> Any:
+    if key_spec == "Aliyun_SM4" and SM4_GCM_AVAILABLE:
+        return _Sm4Gcm(material)
+    return AESGCM(material)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class Key:
+    region: str
+    key_id: str
+    key_spec: str
+    key_usage: str
+    state: str
+    origin: str
+    protection_level: str
+    description: str
+    creation_date: str
+    primary_version: str
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    region: str
+    version_id: str
+    key_id: str
+    creation_date: str
+    material: bytes = field(repr=False)
+    aead: Any = field(repr=False, compare=False)
+
+
+class KeyStore:
+    """Thread-safe store; ``state_dir=None`` keeps everything in memory."""
+
+    def __init__(self, state_dir: Optional[str] = None) -> None:
+        self._lock = threading.RLock()
+        self._db: Optional[sqlite3.Connection] = None
+        self._meta: dict[str, str] = {}
+        self._keys: dict[tuple[str, str], Key] = {}
+        self._versions: dict[tuple[str, str], KeyVersion] = {}
+        self._aliases: dict[tuple[str, str], str] = {}
+        if state_dir is not None:
+            os.makedirs(state_dir, exist_ok=True)
+            path = os.path.join(state_dir, DB_FILENAME)
+            # One shared connection guarded by self._lock; autocommit so each write is
+            # durable immediately; WAL + busy_timeout let a CLI process write concurrently.
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                       timeout=10.0)
+            try:
+                os.chmod(path, 0o600)  # holds key material and the access key secret
+            except OSError:
+                pass
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+
+    @property
+    def persistent(self) -> bool:
+        return self._db is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- metadata (account uid, credentials, ports) --------------------------------
+
+    def get_meta(self, name: str) -> Optional[str]:
+        with self._lock:
+            if self._db is None:
+                return self._meta.get(name)
+            row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+            return row[0] if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._lock:
+            if self._db is None:
+                self._meta[name] = value
+            else:
+                self._db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)",
+                                 (name, value))
+
+    def meta_setdefault(self, name: str, value: str) -> str:
+        """Store ``value`` unless already set (by us or another process); return the winner."""
+        with self._lock:
+            if self._db is None:
+                return self._meta.setdefault(name, value)
+            self._db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES (?, ?)",
+                             (name, value))
+            return self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()[0]
+
+    # -- keys ----------------------------------------------------------------------
+
+    def create_key(self, region: str, key_spec: str, description: str = "",
+                   key_usage: str = "ENCRYPT/DECRYPT") -> Key:
+        if key_spec not in KEY_SPECS:
+            raise ValueError(f"unsupported key spec {key_spec!r}")
+        now = utc_now()
+        key = Key(region=region, key_id=str(uuid.uuid4()), key_spec=key_spec,
+                  key_usage=key_usage, state="Enabled", origin="Aliyun_KMS",
+                  protection_level="SOFTWARE", description=description, creation_date=now,
+                  primary_version=str(uuid.uuid4()))
+        material = os.urandom(KEY_SPECS[key_spec])
+        version = KeyVersion(region, key.primary_version, key.key_id, now, material,
+                             make_aead(key_spec, material))
+        with self._lock:
+            if self._db is not None:
+                with self._db:  # one transaction: never a key without its version
+                    self._db.execute("BEGIN")
+                    self._db.execute(f"INSERT INTO keys({_KEY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                     (key.region, key.key_id, key.key_spec, key.key_usage,
+                                      key.state, key.origin, key.protection_level,
+                                      key.description, key.creation_date,
+                                      key.primary_version))
+                    self._db.execute("INSERT INTO key_versions(region, version_id, key_id, "
+                                     "material, creation_date) VALUES (?,?,?,?,?)",
+                                     (region, version.version_id, key.key_id, material, now))
+            self._keys[(region, key.key_id)] = key
+            self._versions[(region, version.version_id)] = version
+        return key
+
+    def get_key(self, region: str, key_id: str) -> Optional[Key]:
+        key = self._keys.get((region, key_id))  # dict reads are atomic under the GIL
+        if key is None and self._db is not None:
+            with self._lock:
+                self._load_keys(region, "AND key_id=?", (key_id,))
+                key = self._keys.get((region, key_id))
+        return key
+
+    def get_version(self, region: str, version_id: str) -> Optional[KeyVersion]:
+        version = self._versions.get((region, version_id))
+        if version is None and self._db is not None:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT key_id FROM key_versions WHERE region=? AND version_id=?",
+                    (region, version_id)).fetchone()
+                if row:
+                    self._load_keys(region, "AND key_id=?", (row[0],))
+                version = self._versions.get((region, version_id))
+        return version
+
+    def set_state(self, region: str, key_id: str, state: str) -> Key:
+        if state not in KEY_STATES:
+            raise ValueError(state)
+        with self._lock:
+            key = self.get_key(region, key_id)
+            if key is None:
+                raise KeyError(key_id)
+            key = replace(key, state=state)
+            if self._db is not None:
+                self._db.execute("UPDATE keys SET state=? WHERE region=? AND key_id=?",
+                                 (state, region, key_id))
+            self._keys[(region, key_id)] = key
+            return key
+
+    def list_keys(self, region: str) -> list[Key]:
+        with self._lock:
+            if self._db is None:  # dicts keep insertion order: oldest first
+                return [k for (r, _), k in self._keys.items() if r == region]
+            ids = self._load_keys(region, "", ())
+            return [self._keys[(region, key_id)] for key_id in ids]
+
+    def regions(self) -> list[str]:
+        """Regions that hold keys or aliases (lets ``serve --state`` default its regions)."""
+        with self._lock:
+            if self._db is not None:
+                rows = self._db.execute("SELECT region FROM keys UNION SELECT region FROM aliases")
+                return sorted(r for (r,) in rows)
+            return sorted({r for r, _ in self._keys} | {r for r, _ in self._aliases})
+
+    def _load_keys(self, region: str, where: str, args: tuple) -> list[str]:
+        """Refresh matching keys (and their versions) from the database, oldest first."""
+        assert self._db is not None
+        ids = []
+        for row in self._db.execute(f"SELECT {_KEY_COLS} FROM keys WHERE region=? {where} "
+                                    "ORDER BY rowid", (region, *args)).fetchall():
+            key = Key(*row)
+            ids.append(key.key_id)
+            self._keys[(region, key.key_id)] = key
+            for vid, material, created in self._db.execute(
+                    "SELECT version_id, material, creation_date FROM key_versions "
+                    "WHERE region=? AND key_id=?", (region, key.key_id)).fetchall():
+                if (region, vid) not in self._versions:
+                    self._versions[(region, vid)] = KeyVersion(
+                        region, vid, key.key_id, created, bytes(material),
+                        make_aead(key.key_spec, bytes(material)))
+        return ids
+
+    # -- aliases -------------------------------------------------------------------
+
+    def create_alias(self, region: str, alias_name: str, key_id: str) -> bool:
+        """Return False if the alias already exists in the region."""
+        with self._lock:
+            if self.alias_target(region, alias_name) is not None:
+                return False
+            if self._db is not None:
+                try:
+                    self._db.execute("INSERT INTO aliases(region, alias_name, key_id, "
+                                     "creation_date) VALUES (?,?,?,?)",
+                                     (region, alias_name, key_id, utc_now()))
+                except sqlite3.IntegrityError:
+                    return False
+            self._aliases[(region, alias_name)] = key_id
+            return True
+
+    def alias_target(self, region: str, alias_name: str) -> Optional[str]:
+        target = self._aliases.get((region, alias_name))
+        if target is None and self._db is not None:
+            with self._lock:
+                row = self._db.execute("SELECT key_id FROM aliases WHERE region=? AND "
+                                       "alias_name=?", (region, alias_name)).fetchone()
+                if row:
+                    target = self._aliases[(region, alias_name)] = row[0]
+        return target
+
+    def list_aliases(self, region: str) -> list[tuple[str, str]]:
+        """(alias name, key id) pairs, oldest first."""
+        with self._lock:
+            if self._db is not None:
+                rows = self._db.execute("SELECT alias_name, key_id FROM aliases WHERE region=? "
+                                        "ORDER BY creation_date, rowid", (region,)).fetchall()
+                for name, key_id in rows:
+                    self._aliases[(region, name)] = key_id
+                return [(n, k) for n, k in rows]
+            return [(n, k) for (r, n), k in self._aliases.items() if r == region]
