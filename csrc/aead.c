@@ -15,6 +15,13 @@ static int aes_contexts_new(kmsenv_key *k)
     if (EVP_EncryptInit_ex(k->enc, gcm, NULL, k->raw, NULL) != 1 ||
         EVP_DecryptInit_ex(k->dec, gcm, NULL, k->raw, NULL) != 1)
         return KMSENV_E_CRYPTO;
+#if defined(KMSENV_HAVE_X86_SIMD)
+    /* VAES kernel (aes_gcm_vaes.c) when kmsenv_features() chose it; the EVP
+     * contexts above stay as the fallback and reference. */
+    if ((kmsenv_features() & KMSENV_FEATURE_AES_VAES) &&
+        (k->vaes = kmsenv__aes_vaes_new(k->raw, k->keylen)) == NULL)
+        return KMSENV_E_NOMEM;
+#endif
     return KMSENV_OK;
 }
 
@@ -79,6 +86,9 @@ void kmsenv_key_free(kmsenv_key *k)
     /* EVP and gcm128 cleanse their own key schedules when freed. */
     EVP_CIPHER_CTX_free(k->enc);
     EVP_CIPHER_CTX_free(k->dec);
+#if defined(KMSENV_HAVE_X86_SIMD)
+    kmsenv__aes_vaes_free(k->vaes);
+#endif
     EVP_CIPHER_CTX_free(k->legacy);
     CRYPTO_gcm128_release(k->gcm);
     kmsenv__sm4_cleanup(&k->sm4);
@@ -121,6 +131,10 @@ static int aes_gcm_seal(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, si
     unsigned char fin[16];
     int outl;
 
+#if defined(KMSENV_HAVE_X86_SIMD)
+    if (k->vaes != NULL)
+        return kmsenv__aes_vaes_seal(k->vaes, iv, aad, aadlen, in, inlen, out, tag);
+#endif
     if (EVP_EncryptInit_ex(c, NULL, NULL, NULL, iv) != 1 || !evp_aad(c, aad, aadlen) ||
         !evp_body(c, in, inlen, out) || EVP_EncryptFinal_ex(c, fin, &outl) != 1 ||
         EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, KMSENV_GCM_TAG_LEN, tag) != 1)
@@ -135,6 +149,10 @@ static int aes_gcm_open(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, si
     unsigned char fin[16];
     int outl;
 
+#if defined(KMSENV_HAVE_X86_SIMD)
+    if (k->vaes != NULL)
+        return kmsenv__aes_vaes_open(k->vaes, iv, aad, aadlen, in, inlen, tag, out);
+#endif
     if (EVP_DecryptInit_ex(c, NULL, NULL, NULL, iv) != 1 ||
         EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, KMSENV_GCM_TAG_LEN, (void *)tag) != 1 ||
         !evp_aad(c, aad, aadlen) || !evp_body(c, in, inlen, out))

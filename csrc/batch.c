@@ -10,8 +10,6 @@
 
 #include "internal.h"
 
-#define DER_SEQUENCE 0x30
-#define DER_OCTET_STRING 0x04
 #define DER_MAX_LEN ((size_t)0xffffffffu)
 
 /* Octets of a DER length field (short form included), or 0 if over 4 bytes. */
@@ -181,7 +179,7 @@ fail:
 
 /* Reads one tag + strict DER length at *off; on success *len bytes of value
  * are known to follow inside [*off, end). */
-static int der_header(const uint8_t *m, size_t end, size_t *off, uint8_t tag, size_t *len)
+int kmsenv__der_header(const uint8_t *m, size_t end, size_t *off, uint8_t tag, size_t *len)
 {
     size_t o = *off, v, nbytes, i;
     if (end - o < 2 || m[o] != tag)
@@ -215,23 +213,23 @@ static int parse_message(const uint8_t *m, size_t mlen, const uint8_t *header, s
                          parsed *out)
 {
     size_t off = 0, len;
-    if (!der_header(m, mlen, &off, DER_SEQUENCE, &len) || len != mlen - off)
+    if (!kmsenv__der_header(m, mlen, &off, DER_SEQUENCE, &len) || len != mlen - off)
         return 0;
     if (len < headerlen || (headerlen != 0 && memcmp(m + off, header, headerlen) != 0))
         return 0;
     off += headerlen;
-    if (!der_header(m, mlen, &off, DER_SEQUENCE, &len) || len != mlen - off)
+    if (!kmsenv__der_header(m, mlen, &off, DER_SEQUENCE, &len) || len != mlen - off)
         return 0;
-    if (!der_header(m, mlen, &off, DER_OCTET_STRING, &len) || len != KMSENV_GCM_IV_LEN)
+    if (!kmsenv__der_header(m, mlen, &off, DER_OCTET_STRING, &len) || len != KMSENV_GCM_IV_LEN)
         return 0;
     out->iv = m + off;
     off += len;
-    if (!der_header(m, mlen, &off, DER_OCTET_STRING, &len))
+    if (!kmsenv__der_header(m, mlen, &off, DER_OCTET_STRING, &len))
         return 0;
     out->ct = m + off;
     out->ctlen = len;
     off += len;
-    if (!der_header(m, mlen, &off, DER_OCTET_STRING, &len) || len != KMSENV_GCM_TAG_LEN)
+    if (!kmsenv__der_header(m, mlen, &off, DER_OCTET_STRING, &len) || len != KMSENV_GCM_TAG_LEN)
         return 0;
     out->tag = m + off;
     off += len;

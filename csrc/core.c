@@ -71,6 +71,9 @@ static void detect_features(void)
         f |= KMSENV_FEATURE_SM4;
     if (cpu_has_aesni())
         f |= KMSENV_FEATURE_AESNI;
+    /* SIMD kernels (cpu.c), fixed here once for the process. */
+    f |= kmsenv__cpu_simd_features() &
+         ((f & KMSENV_FEATURE_SM4) ? ~0u : ~(uint32_t)KMSENV_FEATURE_SM4_AVX2);
     ERR_clear_error(); /* failed fetches queue errors */
     features_value = f;
 }
@@ -103,6 +106,8 @@ const char *kmsenv_strerror(int status)
         return "invalid padding";
     case KMSENV_E_FORMAT:
         return "malformed message";
+    case KMSENV_E_HEADER_AUTH:
+        return "header authentication failed";
     default:
         return "unknown status";
     }

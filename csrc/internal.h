@@ -40,6 +40,7 @@ typedef struct kmsenv_sm4 {
     EVP_CIPHER_CTX *ecb;
     EVP_CIPHER_CTX *ctr;
     int failed;
+    uint32_t rk[32]; /* SIMD kernels' schedule (sm4_simd.c); unused by EVP */
 } kmsenv_sm4;
 
 struct kmsenv_key {
@@ -49,6 +50,7 @@ struct kmsenv_key {
     /* AES: GCM contexts keyed once, only the IV changes per message. */
     EVP_CIPHER_CTX *enc;
     EVP_CIPHER_CTX *dec;
+    struct kmsenv_aes_vaes *vaes; /* VAES kernel when active, else NULL (EVP) */
     /* SM4: block/CTR kernels plus OpenSSL's generic GCM mode on top. */
     kmsenv_sm4 sm4;
     GCM128_CONTEXT *gcm;
@@ -80,8 +82,44 @@ int kmsenv__sm4_gcm_seal(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, s
 int kmsenv__sm4_gcm_open(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, size_t aadlen,
                          const uint8_t *in, size_t inlen, const uint8_t *tag, uint8_t *out);
 
-/* batch.c: DER length helpers, exposed for the C tests. */
+/* SIMD dispatch (issue 5). cpu.c: x86 capability bits, read once by
+ * kmsenv_features(); KMSENV_DISABLE_SIMD=1 in the environment masks them. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define KMSENV_HAVE_X86_SIMD 1
+#endif
+uint32_t kmsenv__cpu_simd_features(void); /* KMSENV_FEATURE_* SIMD bits */
+/* sm4_simd.c (only with KMSENV_HAVE_X86_SIMD; call only when the bit is set) */
+void kmsenv__sm4_simd_setkey(uint32_t rk[32], const uint8_t key[16]);
+void kmsenv__sm4_simd_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out, size_t blocks);
+void kmsenv__sm4_simd_block(const unsigned char in[16], unsigned char out[16], const void *key);
+void kmsenv__sm4_simd_ctr32(const unsigned char *in, unsigned char *out, size_t blocks,
+                            const void *key, const unsigned char ivec[16]);
+void kmsenv__sm4_simd_ctr128(const uint32_t rk[32], const uint8_t iv[16], const uint8_t *in,
+                             uint8_t *out, size_t len);
+void kmsenv__sm4_simd_cbc_decrypt(const uint32_t rk[32], const uint8_t iv[16], const uint8_t *in,
+                                  uint8_t *out, size_t len);
+void kmsenv__sm4_simd_cbc_encrypt(const uint32_t rk[32], const uint8_t iv[16], const uint8_t *in,
+                                  uint8_t *out, size_t len);
+/* aes_gcm_vaes.c: AES-GCM on VAES + VPCLMULQDQ (ymm); NULL ctx = not used. */
+typedef struct kmsenv_aes_vaes kmsenv_aes_vaes;
+kmsenv_aes_vaes *kmsenv__aes_vaes_new(const uint8_t *key, size_t keylen);
+void kmsenv__aes_vaes_free(kmsenv_aes_vaes *c);
+int kmsenv__aes_vaes_seal(kmsenv_aes_vaes *c, const uint8_t iv[12], const uint8_t *aad,
+                          size_t aadlen, const uint8_t *in, size_t inlen, uint8_t *out,
+                          uint8_t tag[16]);
+int kmsenv__aes_vaes_open(kmsenv_aes_vaes *c, const uint8_t iv[12], const uint8_t *aad,
+                          size_t aadlen, const uint8_t *in, size_t inlen, const uint8_t tag[16],
+                          uint8_t *out);
+
+/* batch.c: DER helpers (also used by message.c and the C tests). */
+#define DER_INTEGER 0x02
+#define DER_OCTET_STRING 0x04
+#define DER_SEQUENCE 0x30
+#define DER_SET 0x31
 size_t kmsenv__der_len_size(size_t n);
 uint8_t *kmsenv__der_put_len(uint8_t *p, size_t n);
+/* Reads tag + strict DER length at *off (indefinite, non-minimal and > 4
+ * length octets rejected); on success *len value bytes lie inside [*off, end). */
+int kmsenv__der_header(const uint8_t *m, size_t end, size_t *off, uint8_t tag, size_t *len);
 
 #endif

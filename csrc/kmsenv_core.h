@@ -46,6 +46,7 @@
 #define KMSENV_FEATURE_AESNI 2
 #define KMSENV_FEATURE_SM4_GFNI 4
 #define KMSENV_FEATURE_AES_VAES 8
+#define KMSENV_FEATURE_SM4_AVX2 16
 
 #define KMSENV_GCM_IV_LEN 12
 #define KMSENV_GCM_TAG_LEN 16
@@ -134,6 +135,107 @@ int kmsenv_gcm_open_messages(kmsenv_key *k, const uint8_t *header, size_t header
                              const uint8_t *in, const size_t *in_offsets,
                              uint8_t *out, size_t outcap, size_t *out_offsets,
                              int *status);
+/* ---- Framed streams (frames.c) ----
+ * One frame on the wire (all integers big-endian):
+ *   regular: u32 seq || ct[frame_size] || tag[16]
+ *   final:   u32 0xFFFFFFFF || u32 seq || u32 len || ct[len] || tag[16], 0 <= len < frame_size
+ * seq runs from 1 to KMSENV_FRAME_MAX_SEQ. Frame seq is sealed with
+ *   IV  = base_iv with its last 4 bytes XORed with u32(seq)
+ *   AAD = msgid[32] || u32(seq) || u8(final ? 1 : 0)
+ * The key is passed raw: every worker thread builds its own key schedule from
+ * it, so no kmsenv_key is ever shared between threads. nthreads <= 0 means 1;
+ * at most KMSENV_FRAMES_MAX_THREADS are used, fewer for small batches. */
+#define KMSENV_FRAME_MSGID_LEN 32
+#define KMSENV_FRAME_MIN_SIZE 1024
+#define KMSENV_FRAME_MAX_SIZE 16777216
+#define KMSENV_FRAME_MAX_SEQ 4294967294
+#define KMSENV_FRAME_REGULAR_OVERHEAD 20
+#define KMSENV_FRAME_FINAL_OVERHEAD 28
+#define KMSENV_FRAMES_MAX_THREADS 64
+
+/* Wire size of the frames kmsenv_frames_seal makes from inlen bytes, or 0 when
+ * the arguments are invalid (frame_size out of range, or inlen not a multiple
+ * of frame_size without a final frame). */
+size_t kmsenv_frames_sealed_size(size_t frame_size, size_t inlen, int last_is_final);
+
+/* Seals in[0..inlen) as consecutive frames numbered from first_seq: without
+ * last_is_final inlen must be a multiple of frame_size (all frames regular);
+ * with it, floor(inlen / frame_size) regular frames are followed by one final
+ * frame holding the inlen % frame_size remaining bytes (possibly none).
+ * outcap >= kmsenv_frames_sealed_size(); *outlen receives the bytes written.
+ * On failure nothing of out is left. */
+int kmsenv_frames_seal(int cipher, const uint8_t *key, size_t keylen, const uint8_t *base_iv,
+                       const uint8_t *msgid, uint32_t first_seq, size_t frame_size,
+                       int last_is_final, const uint8_t *in, size_t inlen, uint8_t *out,
+                       size_t outcap, size_t *outlen, int nthreads);
+
+/* Opens in[0..inlen): whole frames numbered from first_seq, of which only the
+ * last may be final (then it must end exactly at inlen). Plaintexts go to out
+ * back to back; outcap must cover them (inlen is always enough).
+ * All or nothing: on KMSENV_E_FORMAT (bad seq field, bad final length, a cut
+ * frame, bytes after the final frame) or KMSENV_E_AUTH (a tag), out[0..outcap)
+ * is wiped, *outlen = 0 and *failed_index names the first failing frame of
+ * the batch. On success *nframes and *final_seen describe the batch. */
+int kmsenv_frames_open(int cipher, const uint8_t *key, size_t keylen, const uint8_t *base_iv,
+                       const uint8_t *msgid, uint32_t first_seq, size_t frame_size,
+                       const uint8_t *in, size_t inlen, uint8_t *out, size_t outcap,
+                       size_t *outlen, size_t *nframes, int *final_seen, size_t *failed_index,
+                       int nthreads);
+
+/* Incremental GCM (12-byte IV, 16-byte tag) for one long message: aad (at
+ * most once, before any data), update any number of times, then final
+ * (encrypt: writes the tag) or verify (decrypt: constant-time tag check,
+ * KMSENV_E_AUTH on mismatch). In decrypt mode update() outputs UNVERIFIED
+ * plaintext: the caller must hold it back until verify() succeeds. The key is
+ * copied; one stream object must not be used by two threads at once. */
+typedef struct kmsenv_gcm_stream kmsenv_gcm_stream;
+int kmsenv_gcm_stream_new(int cipher, const uint8_t *key, size_t keylen, const uint8_t *iv,
+                          int decrypt, kmsenv_gcm_stream **out);
+int kmsenv_gcm_stream_aad(kmsenv_gcm_stream *s, const uint8_t *aad, size_t aadlen);
+int kmsenv_gcm_stream_update(kmsenv_gcm_stream *s, const uint8_t *in, size_t inlen, uint8_t *out);
+int kmsenv_gcm_stream_final(kmsenv_gcm_stream *s, uint8_t *tag);
+int kmsenv_gcm_stream_verify(kmsenv_gcm_stream *s, const uint8_t *tag);
+/* Wipes and frees; NULL is accepted. */
+void kmsenv_gcm_stream_free(kmsenv_gcm_stream *s);
+
+#define KMSENV_HASH_SHA256 1
+#define KMSENV_HASH_SM3 2
+/* HKDF (RFC 5869, extract then expand) with SHA-256 or SM3; outlen <= 255 * 32. */
+int kmsenv_hkdf(int hash, const uint8_t *ikm, size_t ikmlen, const uint8_t *salt, size_t saltlen,
+                const uint8_t *info, size_t infolen, uint8_t *out, size_t outlen);
+/* ---- one complete message per call (the single-message fast path) ---- */
+
+/* Header authentication failed (as opposed to KMSENV_E_AUTH for the body). */
+#define KMSENV_E_HEADER_AUTH -8
+
+/* Size of the message kmsenv_seal_message writes, 0 if it cannot be encoded. */
+size_t kmsenv_sealed_size(size_t fieldslen, size_t ptlen);
+
+/* Seals one complete DER GCM message under a raw data key (cipher
+ * KMSENV_CIPHER_AES or _SM4): sets the key up, computes the header tag (GMAC
+ * of auth[0..authlen) under the header IV), writes
+ *   30 L { 30 L { fields , 04 0c hiv , 04 10 htag } , 30 L { 04 0c iv , 04 L ct , 04 10 tag } }
+ * and wipes the key schedule. fields is the header content before the header
+ * IV (version .. context SET). ivs: 24 bytes (header IV, then body IV) or NULL
+ * to draw them. *outlen (may be NULL) receives kmsenv_sealed_size(fieldslen, inlen). */
+int kmsenv_seal_message(int cipher, const uint8_t *key, size_t keylen,
+                        const uint8_t *fields, size_t fieldslen,
+                        const uint8_t *auth, size_t authlen,
+                        const uint8_t *aad, size_t aadlen,
+                        const uint8_t *in, size_t inlen, const uint8_t *ivs,
+                        uint8_t *out, size_t outcap, size_t *outlen);
+
+/* Opens one complete DER GCM message under a raw data key: strict DER for the
+ * framing, the header's last two fields (IV of 12, tag of 16) and the body;
+ * verifies the header tag over auth (KMSENV_E_HEADER_AUTH), then the body tag
+ * (KMSENV_E_AUTH). The caller parsed the header's other fields to build auth.
+ * outcap must cover the body ciphertext (msglen always does; out may be NULL
+ * with outcap 0 for an empty body). Nothing is left in out unless KMSENV_OK. */
+int kmsenv_open_message(int cipher, const uint8_t *key, size_t keylen,
+                        const uint8_t *auth, size_t authlen,
+                        const uint8_t *aad, size_t aadlen,
+                        const uint8_t *msg, size_t msglen,
+                        uint8_t *out, size_t outcap, size_t *outlen);
 /* CDEF-END */
 
 #endif

@@ -31,6 +31,15 @@ int kmsenv__sm4_init(kmsenv_sm4 *s, const unsigned char key[16])
         EVP_CIPHER_CTX_set_padding(s->ecb, 0) != 1 ||
         EVP_EncryptInit_ex(s->ctr, EVP_sm4_ctr(), NULL, key, NULL) != 1)
         return KMSENV_E_CRYPTO;
+#if defined(KMSENV_HAVE_X86_SIMD)
+    /* AVX2+VAES kernel when kmsenv_features() chose it; EVP stays the
+     * fallback (and the reference the tests compare against). */
+    if (kmsenv_features() & KMSENV_FEATURE_SM4_AVX2) {
+        kmsenv__sm4_simd_setkey(s->rk, key);
+        s->block = kmsenv__sm4_simd_block;
+        s->ctr32 = kmsenv__sm4_simd_ctr32;
+    }
+#endif
     return KMSENV_OK;
 }
 
@@ -39,6 +48,7 @@ void kmsenv__sm4_cleanup(kmsenv_sm4 *s)
     EVP_CIPHER_CTX_free(s->ecb);
     EVP_CIPHER_CTX_free(s->ctr);
     s->ecb = s->ctr = NULL;
+    OPENSSL_cleanse(s->rk, sizeof(s->rk));
 }
 
 /* The `key` is our kmsenv_sm4, which we own and may mutate: the const in the

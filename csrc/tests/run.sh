@@ -22,14 +22,23 @@ build() { # name, extra flags...
     shift
     "$cc" "${common[@]}" "$@" "${srcs[@]}" -lcrypto -o "$out/$name"
 }
+build_frames() { # frames.c's own tests (test_frames.c), same flags
+    local name=$1
+    shift
+    "$cc" "${common[@]}" "$@" "$here/test_frames.c" "$csrc"/*.c -lcrypto -lpthread -o "$out/$name"
+}
 
 echo "== ASan+UBSan, KMSENV_EVP_CHUNK=48"
 build test_core_asan_chunk "${san[@]}" -DKMSENV_EVP_CHUNK=48
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 "$out/test_core_asan_chunk"
+build_frames test_frames_asan_chunk "${san[@]}" -DKMSENV_EVP_CHUNK=48
+ASAN_OPTIONS=detect_leaks=1 "$out/test_frames_asan_chunk"
 
 echo "== ASan+UBSan, default chunk"
 build test_core_asan "${san[@]}"
 ASAN_OPTIONS=detect_leaks=1 "$out/test_core_asan"
+build_frames test_frames_asan "${san[@]}"
+ASAN_OPTIONS=detect_leaks=1 "$out/test_frames_asan"
 
 if command -v valgrind >/dev/null 2>&1; then
     echo "== valgrind, KMSENV_EVP_CHUNK=48"
@@ -42,6 +51,11 @@ if command -v valgrind >/dev/null 2>&1; then
     OPENSSL_ia32cap="~0x1000000000000000" \
     valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
         "$out/test_core_plain"
+    build_frames test_frames_plain -g -O1 -DKMSENV_EVP_CHUNK=48
+    OPENSSL_ia32cap="~0x1000000000000000" \
+    valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+        "$out/test_frames_plain"
 else
     echo "== valgrind not found, skipped"
 fi
+KMSENV_TEST_OUT="$out/simd" bash "$here/run_simd.sh" # SIMD kernels vs EVP (issue 5)
