@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+_native: Any = None  # (ffi, lib) once looked up; False when there is no native core
+
 
 def wipe(buf: bytearray | memoryview | None) -> None:
-    if buf is None:
+    global _native
+    if not buf:
         return
-    n = len(buf)
-    if not n:
-        return
-    from .crypto import native_module
+    if _native is None:
+        from .crypto import native_module
 
-    native = native_module()
-    if native is not None:
-        ffi, lib = native
-        lib.kmsenv_wipe(ffi.from_buffer(buf, require_writable=True), n)
+        _native = native_module() or False
+    if _native:
+        ffi, lib = _native
+        lib.kmsenv_wipe(ffi.from_buffer(buf, require_writable=True), len(buf))
     else:
-        buf[:] = bytes(n)
+        buf[:] = bytes(len(buf))

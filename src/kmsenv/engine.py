@@ -32,7 +32,10 @@ from .message.codec import (
     auth_fields,
     check_edks,
     context_bytes,
+    context_parts,
+    header_parts,
     decode_message,
+    message_header,
     encode_body,
     encode_header_fields,
     encode_message,
@@ -55,10 +58,20 @@ DEFAULT_ALGORITHM = Algorithm.AES_GCM_NOPADDING_256
 MAX_MESSAGES_PER_DATA_KEY = 2**28
 
 
-@dataclass(frozen=True)
 class EncryptResult:
-    ciphertext: bytes
-    header: MessageHeader
+    """The message and its header (parsed from the message on first access)."""
+
+    __slots__ = ("ciphertext", "_header")
+
+    def __init__(self, ciphertext: bytes, header: MessageHeader | None = None):
+        self.ciphertext = ciphertext
+        self._header = header
+
+    @property
+    def header(self) -> MessageHeader:
+        if self._header is None:
+            self._header = decode_message(self.ciphertext)[0]
+        return self._header
 
     def __repr__(self) -> str:
         return f"EncryptResult(ciphertext=<{len(self.ciphertext)} bytes>, header={self.header!r})"
@@ -73,6 +86,28 @@ class DecryptResult:
         return f"DecryptResult(plaintext=<{len(self.plaintext)} bytes>, header={self.header!r})"
 
 
+# ---------------------------------------------------------------- IVs
+
+_IV_POOL: list[bytes] = []
+_IV_BATCH = 256
+
+
+def _iv_pair() -> bytes:
+    """24 fresh random bytes: a header IV and a body IV. Drawn from the CSPRNG
+    in bulk (one call per 256 pairs); ``list.pop`` is atomic, so each pair is
+    handed out exactly once, whatever the threads."""
+    try:
+        return _IV_POOL.pop()
+    except IndexError:
+        pool = get_backend().random(24 * _IV_BATCH)
+        _IV_POOL.extend(pool[i : i + 24] for i in range(0, len(pool), 24))
+        return _IV_POOL.pop()
+
+
+def _iv() -> bytes:
+    return _iv_pair()[:12]
+
+
 # ---------------------------------------------------------------- arguments
 
 
@@ -83,18 +118,19 @@ def _as_bytes(data: Any, what: str) -> bytes | bytearray | memoryview:
 
 
 def _context(context: Mapping[str, str] | None) -> dict[str, str]:
+    # A private copy: the caller may mutate theirs while we work. Key and value
+    # types are checked where the context is encoded (context_parts), which
+    # every encrypt does before calling the provider.
     if context is None:
         return {}
     if not isinstance(context, Mapping):
         raise ConfigurationError("encryption_context must be a mapping of str to str")
-    ctx = dict(context)
-    for k, v in ctx.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise ConfigurationError("encryption_context keys and values must be str")
-    return ctx
+    return dict(context)
 
 
 def _algorithm(provider: Any, algorithm: Algorithm | int | None) -> Algorithm:
+    if type(algorithm) is Algorithm:
+        return algorithm
     if algorithm is None:
         algorithm = getattr(provider, "algorithm", None) or DEFAULT_ALGORITHM
     try:
@@ -112,7 +148,7 @@ def _check_new_algorithm(algorithm: Algorithm, allow_unauthenticated: bool) -> N
 
 
 def _context_bytes_for_encrypt(ctx: Mapping[str, str]) -> bytes:
-    cb = context_bytes(ctx)
+    cb = context_parts(ctx)[0]
     if len(cb) > MAX_CONTEXT_BYTES:
         raise ConfigurationError(
             f"the serialized encryption context is {len(cb)} bytes; the limit is {MAX_CONTEXT_BYTES} "
@@ -124,9 +160,17 @@ def _context_bytes_for_encrypt(ctx: Mapping[str, str]) -> bytes:
 # ---------------------------------------------------------------- providers
 
 
-def _generate(provider: DataKeyProvider, algorithm: Algorithm, ctx: dict[str, str]) -> DataKey:
+def _generate(
+    provider: DataKeyProvider, algorithm: Algorithm, ctx: dict[str, str], plaintext_size: int = 0, messages: int = 1
+) -> DataKey:
     try:
-        data_key = provider.generate_data_key(algorithm, dict(ctx))
+        if getattr(provider, "accepts_plaintext_size", False):
+            # Caching providers count bytes and messages against their limits.
+            data_key = provider.generate_data_key(  # type: ignore[call-arg]
+                algorithm, dict(ctx), plaintext_size=plaintext_size, message_count=messages
+            )
+        else:
+            data_key = provider.generate_data_key(algorithm, dict(ctx))
     except KmsEnvError:
         raise
     except Exception as exc:
@@ -139,7 +183,6 @@ def _generate(provider: DataKeyProvider, algorithm: Algorithm, ctx: dict[str, st
                 f"the data key provider returned a {len(data_key.plaintext)}-byte key; "
                 f"{algorithm.name} needs {algorithm.key_len}"
             )
-        check_edks(data_key.encrypted_data_keys)
     except Exception:
         data_key.wipe()
         raise
@@ -157,9 +200,8 @@ def _unwrap(provider: DataKeyProvider, header: MessageHeader) -> bytearray:
         raise KmsEnvError(f"the data key provider failed ({type(exc).__name__})") from exc
     if not isinstance(key, (bytes, bytearray)):
         raise KmsEnvError("the data key provider did not return bytes")
-    owned = bytearray(key)
-    if isinstance(key, bytearray):
-        wipe(key)
+    # A bytearray from the provider is ours to use and wipe; bytes we copy.
+    owned = key if isinstance(key, bytearray) else bytearray(key)
     if len(owned) != header.algorithm.key_len:
         wipe(owned)
         # A key of the wrong size cannot be the one this header was sealed with
@@ -198,16 +240,12 @@ def _header(
     algorithm: Algorithm,
     edks: Sequence[EncryptedDataKey],
     ctx: Mapping[str, str],
-    ctx_bytes: bytes,
     header_iv: bytes,
-) -> MessageHeader:
-    fields = auth_fields(MESSAGE_VERSION, algorithm, ctx, edks, ctx_bytes)
-    _, tag = key.gcm_seal(header_iv, fields, b"")
-    encoded = der.tlv(
-        der.SEQUENCE,
-        encode_header_fields(MESSAGE_VERSION, algorithm, edks, ctx) + der.octet_string(header_iv) + der.octet_string(tag),
-    )
-    return MessageHeader(MESSAGE_VERSION, algorithm, tuple(edks), MappingProxyType(dict(ctx)), header_iv, tag, encoded)
+) -> bytes:
+    """The encoded header TLV, its tag computed with ``key``."""
+    fields, auth, _ = header_parts(algorithm, edks, ctx)
+    _, tag = key.gcm_seal(header_iv, auth, b"")
+    return der.tlv(der.SEQUENCE, fields + b"\x04\x0c" + header_iv + b"\x04\x10" + tag)
 
 
 def _verify_header(key: CipherKey, header: MessageHeader) -> None:
@@ -262,15 +300,24 @@ def encrypt(
     alg = _algorithm(provider, algorithm)
     _check_new_algorithm(alg, allow_unauthenticated)
     ctx_bytes = _context_bytes_for_encrypt(ctx)
-    data_key = _generate(provider, alg, ctx)
+    data_key = _generate(provider, alg, ctx, len(data) if type(data) is bytes else memoryview(data).nbytes)
     try:
-        ivs = get_backend().random(12 + alg.info.iv_len)
-        with _Key(alg, data_key.plaintext) as key:
-            header = _header(key, alg, data_key.encrypted_data_keys, ctx, ctx_bytes, ivs[:12])
-            body = _seal_body(key, alg, ctx_bytes, data, ivs[12:])
+        if alg.authenticated:
+            # One native call: key setup, header tag, body, framing.
+            fields, auth, _ = header_parts(alg, data_key.encrypted_data_keys, ctx)  # checks the EDKs
+            message = get_backend().seal_message(
+                alg.info.cipher, data_key.plaintext, fields, auth, ctx_bytes, data, _iv_pair()
+            )
+        else:
+            with _Key(alg, data_key.plaintext) as key:
+                header = _header(key, alg, data_key.encrypted_data_keys, ctx, _iv())
+                iv = get_backend().random(alg.info.iv_len)
+                message = encode_message(header, _seal_body(key, alg, ctx_bytes, data, iv))
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     finally:
         data_key.wipe()
-    return EncryptResult(encode_message(header.encoded, body), header)
+    return EncryptResult(message)
 
 
 def _check_expected_context(header: MessageHeader, expected: Mapping[str, str] | None) -> None:
@@ -303,14 +350,35 @@ def decrypt(
 ) -> DecryptResult:
     """Decrypt one message. Nothing is returned unless the header tag and (for
     GCM) the body tag verify. The provider is never modified."""
-    header, body = decode_message(_as_bytes(ciphertext, "ciphertext"), max_encrypted_data_keys)
+    data = _as_bytes(ciphertext, "ciphertext")
+    if type(data) is not bytes:
+        # Parse and authenticate one immutable snapshot: a mutable buffer could
+        # change between the Python header parse and the native checks.
+        data = bytes(data)
+    header = message_header(data, max_encrypted_data_keys)
+    # Legacy bodies are parsed here, so a malformed one is a format error first.
+    body = None if header.algorithm.authenticated else decode_message(data, max_encrypted_data_keys)[1]
     _check_expected_context(header, expected_encryption_context)
     _check_readable(header, allow_unauthenticated)
     key_bytes = _unwrap(provider, header)
     try:
-        with _Key(header.algorithm, key_bytes) as key:
-            _verify_header(key, header)
-            plaintext = _open_body(key, header, body, context_bytes(header.encryption_context))
+        ctx_bytes = context_bytes(header.encryption_context)
+        if body is None:
+            # One native call: strict framing, header tag, body tag.
+            try:
+                plaintext = get_backend().open_message(
+                    header.algorithm.info.cipher, key_bytes, header.auth_fields(), ctx_bytes, data
+                )
+            except AuthenticationError as exc:
+                if "header" in str(exc):
+                    raise AuthenticationError(
+                        "header authentication failed: the header was altered or the data key is not its own"
+                    ) from None
+                raise AuthenticationError("message body authentication failed: the body was altered") from None
+        else:
+            with _Key(header.algorithm, key_bytes) as key:
+                _verify_header(key, header)
+                plaintext = _open_body(key, header, body, ctx_bytes)
     finally:
         wipe(key_bytes)
     return DecryptResult(plaintext, header)
@@ -350,11 +418,11 @@ def encrypt_many(
     out: list[bytes] = []
     for start in range(0, len(items), MAX_MESSAGES_PER_DATA_KEY):
         chunk = items[start : start + MAX_MESSAGES_PER_DATA_KEY]
-        data_key = _generate(provider, alg, ctx)
+        data_key = _generate(provider, alg, ctx, sum(memoryview(c).nbytes for c in chunk), len(chunk))
         try:
             with _Key(alg, data_key.plaintext) as key:
-                header = _header(key, alg, data_key.encrypted_data_keys, ctx, ctx_bytes, get_backend().random(12))
-                out += key.seal_messages(header.encoded, ctx_bytes, chunk)
+                header = _header(key, alg, data_key.encrypted_data_keys, ctx, _iv())
+                out += key.seal_messages(header, ctx_bytes, chunk)
         finally:
             data_key.wipe()
     return out

@@ -33,6 +33,30 @@ __all__ = ["Kms", "ENDPOINTS_ENV", "RETRYABLE_CODES"]
 
 logger = logging.getLogger("kmsenv")
 
+
+class _RedactPlaintext(logging.Filter):
+    """The official client sends Encrypt's ``Plaintext`` (a base64 data key) in
+    the URL query, and urllib3 logs request URLs at DEBUG. Redact the value
+    wherever a record carries it, before any handler sees the record."""
+
+    _PATTERN = re.compile(r"(Plaintext=)[^&\s\"']+")
+
+    def _clean(self, value: Any) -> Any:
+        return self._PATTERN.sub(r"\1<redacted>", value) if isinstance(value, str) and "Plaintext=" in value else value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._clean(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._clean(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self._clean(v) for k, v in record.args.items()}
+        return True
+
+
+# Records are filtered on the logger that creates them, before they propagate.
+for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry"):
+    logging.getLogger(_name).addFilter(_RedactPlaintext())
+
 ENDPOINTS_ENV = "KMSENV_KMS_ENDPOINTS"
 
 #: KMS error codes worth retrying (Alibaba's own tools retry exactly the first

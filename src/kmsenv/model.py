@@ -50,9 +50,14 @@ class DataKey:
         return self._key
 
     def wipe(self) -> None:
-        from ._wipe import wipe
+        """Zero the key in place (idempotent)."""
+        key = self._key
+        if key:
+            from ._wipe import wipe
 
-        wipe(self._key)
+            wipe(key)
+            # Detach the zeroed buffer so a second wipe (e.g. in __del__) costs nothing.
+            self._key = bytearray()
 
     def __enter__(self) -> DataKey:
         return self

@@ -7,7 +7,7 @@ thread-safe (the engine never shares one across threads at once) and must be
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 GCM_IV_LEN = 12
 GCM_TAG_LEN = 16
@@ -30,6 +30,13 @@ class CipherKey(Protocol):
 
     def legacy_decrypt(self, mode: str, iv: bytes, ciphertext: bytes) -> bytes: ...
 
+    def seal_one(self, header: bytes, aad: bytes, plaintext: bytes, iv: bytes) -> bytes:
+        """One complete DER GCM message with an already-encoded header."""
+
+    def open_one(self, header: bytes, aad: bytes, message: bytes) -> bytes:
+        """Open one complete DER GCM message whose header TLV must equal ``header``;
+        AuthenticationError / MessageFormatError, nothing released on failure."""
+
     def seal_messages(self, header: bytes, aad: bytes, plaintexts: Sequence[bytes]) -> list[bytes]:
         """Complete DER messages sharing ``header`` (see kmsenv_core.h)."""
 
@@ -44,6 +51,15 @@ class CipherKey(Protocol):
 class Backend(Protocol):
     name: str
 
+    def seal_message(
+        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: bytes, ivs: bytes
+    ) -> bytes:
+        """One complete GCM message: header tag over ``auth``, header = fields +
+        IV + tag, body under ``ivs[12:24]``. The key is set up and wiped inside."""
+
+    def open_message(self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes) -> bytes:
+        """Verify the header tag over ``auth`` then open the body (strict framing)."""
+
     def new_key(self, cipher: str, key: bytes | bytearray) -> CipherKey: ...
 
     def random(self, n: int) -> bytes: ...
@@ -53,3 +69,79 @@ class Backend(Protocol):
 STATUS_OK = 0
 STATUS_AUTH = -2
 STATUS_FORMAT = -7
+
+
+# ---------------------------------------------------------------- streaming
+# Added for kmsenv.stream: framed batches, incremental GCM and HKDF. Both
+# backends implement them with identical bytes.
+
+FRAME_MSGID_LEN = 32
+FRAME_MIN_SIZE = 1024
+FRAME_MAX_SIZE = 16 * 1024 * 1024
+FRAME_MAX_SEQ = 0xFFFFFFFE
+FRAME_FINAL_MARKER = 0xFFFFFFFF
+FRAME_REGULAR_OVERHEAD = 20  # u32 seq + tag
+FRAME_FINAL_OVERHEAD = 28  # u32 marker + u32 seq + u32 len + tag
+
+
+def frames_sealed_size(frame_size: int, inlen: int, final: bool) -> int:
+    """Wire size of the frames sealed from ``inlen`` bytes (see kmsenv_core.h)."""
+    full, rest = divmod(inlen, frame_size)
+    if not final and rest:
+        raise ValueError("without a final frame the input must be whole frames")
+    return full * (frame_size + FRAME_REGULAR_OVERHEAD) + (rest + FRAME_FINAL_OVERHEAD if final else 0)
+
+
+class GcmStream(Protocol):
+    """Incremental GCM over one long message (see kmsenv_gcm_stream_* in kmsenv_core.h).
+
+    In decrypt mode ``update_into`` writes UNVERIFIED plaintext: hold it back
+    until ``verify`` returns."""
+
+    def aad(self, data: bytes) -> None: ...
+
+    def update_into(self, data: Any, out: Any) -> None:
+        """Process ``data`` into ``out[:len(data)]`` (writable buffer)."""
+
+    def final(self) -> bytes:
+        """Encrypt mode: the 16-byte tag."""
+
+    def verify(self, tag: bytes) -> None:
+        """Decrypt mode: raise AuthenticationError unless ``tag`` matches."""
+
+    def close(self) -> None: ...
+
+
+class StreamBackend(Protocol):
+    """What kmsenv.stream needs on top of :class:`Backend`."""
+
+    def hkdf(self, hash_name: str, ikm: Any, salt: bytes, info: bytes, length: int) -> bytearray:
+        """RFC 5869 HKDF with "SHA256" or "SM3"; the result is the caller's to wipe."""
+
+    def frames_seal(
+        self, cipher: str, key: Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
+        final: bool, data: Any, out: bytearray, nthreads: int,
+    ) -> int:
+        """Seal ``data`` as frames into ``out`` (sized by frames_sealed_size); return bytes written."""
+
+    def frames_open(
+        self, cipher: str, key: Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
+        data: Any, out: bytearray, nthreads: int,
+    ) -> tuple[int, int, bool]:
+        """Open whole frames into ``out``: (plaintext bytes, frames, final seen).
+
+        All or nothing: on failure ``out`` is wiped and :class:`FrameBatchError`
+        names the first failing frame."""
+
+    def gcm_stream(self, cipher: str, key: Any, iv: bytes, decrypt: bool) -> GcmStream: ...
+
+
+class FrameBatchError(Exception):
+    """A frame batch failed; ``index`` is the first failing frame of the batch and
+    ``status`` is STATUS_AUTH or STATUS_FORMAT. Internal: the stream layer turns
+    it into AuthenticationError / MessageFormatError."""
+
+    def __init__(self, status: int, index: int):
+        super().__init__(f"frame batch failed at index {index} (status {status})")
+        self.status = status
+        self.index = index

@@ -7,9 +7,11 @@ be mutated by other threads while a call runs.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 from ..exceptions import AuthenticationError, KmsEnvError, MessageFormatError, UnsupportedAlgorithmError
+from ..message import der
 from . import interface as I
 
 try:
@@ -24,6 +26,34 @@ ffi: Any = _native.ffi if _native is not None else None
 lib: Any = _native.lib if _native is not None else None
 
 _CIPHERS = {"AES": 1, "SM4": 2}
+
+# A fresh ``bytes(n)`` (n > 0) is a new, unshared object on CPython, so the
+# core may fill it in place before anyone else sees it, as a C extension does
+# with PyBytes_FromStringAndSize(NULL, n). That saves the second allocation and
+# copy a bytearray would need, which for large messages (page faults on fresh
+# memory) costs as much as the encryption. Elsewhere the copying path is used.
+_FILL_BYTES_IN_PLACE = sys.implementation.name == "cpython"
+_IN_PLACE_MIN = 64 * 1024  # below this the copy is cheaper than finding the size
+
+
+def _fresh_bytes(n: int) -> tuple[Any, Any]:
+    """(result object, writable pointer into it) for n > 0 output bytes."""
+    if _FILL_BYTES_IN_PLACE:
+        out = bytes(n)
+        return out, ffi.from_buffer(out)
+    buf = bytearray(n)
+    return buf, ffi.from_buffer(buf, require_writable=True)
+
+
+def _plaintext_len(message: Any) -> int:
+    """The body ciphertext length of a DER message (framing checked again in C)."""
+    r = der.Reader(memoryview(message))
+    outer = r.enter(der.SEQUENCE, "message")
+    outer.enter(der.SEQUENCE, "header")
+    body = outer.enter(der.SEQUENCE, "body")
+    iv_len = body.header(der.OCTET_STRING, "body IV")  # header() moves pos: add after
+    body.pos += iv_len
+    return body.header(der.OCTET_STRING, "body ciphertext")
 _MODES = {I.CBC: 1, I.CBC_PKCS7: 2, I.CTR: 3}
 
 
@@ -46,13 +76,13 @@ def version_info() -> dict[str, Any]:
         "openssl_built": ffi.string(lib.kmsenv_openssl_build_version()).decode(),
         "features": {
             name: bool(lib.kmsenv_features() & getattr(lib, f"KMSENV_FEATURE_{name}"))
-            for name in ("SM4", "AESNI", "SM4_GFNI", "AES_VAES")
+            for name in ("SM4", "AESNI", "SM4_GFNI", "SM4_AVX2", "AES_VAES")
         },
     }
 
 
 class NativeKey:
-    __slots__ = ("_handle",)
+    __slots__ = ("_handle", "_scratch")
 
     def __init__(self, cipher: str, key: bytes | bytearray):
         out = ffi.new("kmsenv_key **")
@@ -60,6 +90,8 @@ class NativeKey:
         if status:
             _raise(status, "key setup")
         self._handle = out[0]
+        # Offsets and a status word for the one-message calls, allocated once per key.
+        self._scratch = ffi.new("size_t[4]")
 
     def _h(self) -> Any:
         if self._handle is None:
@@ -116,6 +148,37 @@ class NativeKey:
 
     def legacy_decrypt(self, mode: str, iv: bytes, ciphertext: bytes) -> bytes:
         return self._legacy(lib.kmsenv_legacy_decrypt, mode, iv, ciphertext, max(len(ciphertext), 1), "decrypt")
+
+    def seal_one(self, header: bytes, aad: bytes, plaintext: bytes, iv: bytes) -> bytes:
+        n = len(plaintext)
+        hlen = len(header)
+        size = lib.kmsenv_message_size(hlen, n)
+        out = bytearray(size)
+        offs = self._scratch
+        offs[0] = 0
+        offs[1] = n
+        status = lib.kmsenv_gcm_seal_messages(
+            self._h(), header, hlen, aad, len(aad), 1, ffi.from_buffer(plaintext), offs, iv,
+            ffi.from_buffer(out, require_writable=True), size, offs + 2,
+        )
+        if status:
+            _raise(status, "GCM seal")
+        return bytes(out)
+
+    def open_one(self, header: bytes, aad: bytes, message: bytes) -> bytes:
+        n = len(message)
+        out = bytearray(n or 1)
+        offs = self._scratch
+        offs[0] = 0
+        offs[1] = n
+        status = ffi.new("int *")
+        lib.kmsenv_gcm_open_messages(
+            self._h(), header, len(header), aad, len(aad), 1, ffi.from_buffer(message), offs,
+            ffi.from_buffer(out, require_writable=True), len(out), offs + 2, status,
+        )
+        if status[0]:
+            _raise(status[0], "message body")
+        return bytes(memoryview(out)[offs[2] : offs[3]])
 
     def seal_messages(self, header: bytes, aad: bytes, plaintexts: Sequence[bytes]) -> list[bytes]:
         n = len(plaintexts)
@@ -181,8 +244,176 @@ class NativeKey:
             pass
 
 
+# ---------------------------------------------------------------- streaming (kmsenv.stream)
+
+_HASHES = {"SHA256": 1, "SM3": 2}
+
+
+class NativeGcmStream:
+    """kmsenv_gcm_stream_*: incremental GCM; see interface.GcmStream."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, cipher: str, key: Any, iv: bytes, decrypt: bool):
+        if len(iv) != I.GCM_IV_LEN:
+            raise MessageFormatError("GCM IV must be 12 bytes")
+        out = ffi.new("kmsenv_gcm_stream **")
+        status = lib.kmsenv_gcm_stream_new(_CIPHERS[cipher], ffi.from_buffer(key), len(key), iv, int(decrypt), out)
+        if status:
+            _raise(status, "GCM stream setup")
+        self._handle = out[0]
+
+    def _h(self) -> Any:
+        if self._handle is None:
+            raise KmsEnvError("GCM stream used after close()")
+        return self._handle
+
+    def aad(self, data: bytes) -> None:
+        status = lib.kmsenv_gcm_stream_aad(self._h(), data, len(data))
+        if status:
+            _raise(status, "GCM stream AAD")
+
+    def update_into(self, data: Any, out: Any) -> None:
+        n = len(data)
+        if len(out) < n:
+            raise ValueError("output buffer too small")
+        if n == 0:
+            return
+        status = lib.kmsenv_gcm_stream_update(
+            self._h(), ffi.from_buffer(data), n, ffi.from_buffer(out, require_writable=True)
+        )
+        if status:
+            if status == lib.KMSENV_E_ARG:
+                raise MessageFormatError("the stream is longer than GCM allows (2^36 - 32 bytes)")
+            _raise(status, "GCM stream update")
+
+    def final(self) -> bytes:
+        tag = bytearray(I.GCM_TAG_LEN)
+        status = lib.kmsenv_gcm_stream_final(self._h(), ffi.from_buffer(tag, require_writable=True))
+        if status:
+            _raise(status, "GCM stream final")
+        return bytes(tag)
+
+    def verify(self, tag: bytes) -> None:
+        if len(tag) != I.GCM_TAG_LEN:
+            raise MessageFormatError("the GCM tag must be 16 bytes")
+        status = lib.kmsenv_gcm_stream_verify(self._h(), bytes(tag))
+        if status:
+            _raise(status, "GCM stream verify")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            lib.kmsenv_gcm_stream_free(self._handle)
+            self._handle = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _frame_args(cipher: str, key: Any, base_iv: bytes, msgid: bytes) -> tuple[int, Any, int]:
+    if len(base_iv) != I.GCM_IV_LEN or len(msgid) != I.FRAME_MSGID_LEN:
+        raise ValueError("base IV must be 12 bytes and the message id 32")
+    return _CIPHERS[cipher], ffi.from_buffer(key), len(key)
+
+
+def _native_hkdf(hash_name: str, ikm: Any, salt: bytes, info: bytes, length: int) -> bytearray:
+    out = bytearray(length)
+    status = lib.kmsenv_hkdf(
+        _HASHES[hash_name], ffi.from_buffer(ikm), len(ikm), salt, len(salt), info, len(info),
+        ffi.from_buffer(out, require_writable=True), length,
+    )
+    if status:
+        _raise(status, f"HKDF-{hash_name}")
+    return out
+
+
+def _native_frames_seal(
+    cipher: str, key: Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
+    final: bool, data: Any, out: bytearray, nthreads: int,
+) -> int:
+    c, k, klen = _frame_args(cipher, key, base_iv, msgid)
+    need = I.frames_sealed_size(frame_size, len(data), final)
+    if len(out) < need:
+        raise ValueError("output buffer too small")
+    if need == 0:
+        return 0
+    outlen = ffi.new("size_t *")
+    status = lib.kmsenv_frames_seal(
+        c, k, klen, base_iv, msgid, first_seq, frame_size, int(final),
+        ffi.from_buffer(data), len(data), ffi.from_buffer(out, require_writable=True), len(out), outlen,
+        nthreads,
+    )
+    if status:
+        _raise(status, "frame seal")
+    return int(outlen[0])
+
+
+def _native_frames_open(
+    cipher: str, key: Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
+    data: Any, out: bytearray, nthreads: int,
+) -> tuple[int, int, bool]:
+    c, k, klen = _frame_args(cipher, key, base_iv, msgid)
+    if len(data) == 0:
+        return 0, 0, False
+    outlen = ffi.new("size_t *")
+    nframes = ffi.new("size_t *")
+    final = ffi.new("int *")
+    failed = ffi.new("size_t *")
+    status = lib.kmsenv_frames_open(
+        c, k, klen, base_iv, msgid, first_seq, frame_size, ffi.from_buffer(data), len(data),
+        ffi.from_buffer(out, require_writable=True), len(out), outlen, nframes, final, failed, nthreads,
+    )
+    if status in (lib.KMSENV_E_AUTH, lib.KMSENV_E_FORMAT):
+        raise I.FrameBatchError(status, int(failed[0]))
+    if status:
+        _raise(status, "frame open")
+    return int(outlen[0]), int(nframes[0]), bool(final[0])
+
+
 class NativeBackend:
     name = "native"
+
+    def seal_message(
+        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: Any, ivs: bytes
+    ) -> bytes:
+        n = len(plaintext)
+        size = lib.kmsenv_sealed_size(len(fields), n)
+        result, out = _fresh_bytes(size)
+        status = lib.kmsenv_seal_message(
+            _CIPHERS[cipher], ffi.from_buffer(key), len(key), fields, len(fields), auth, len(auth),
+            aad, len(aad), plaintext if type(plaintext) is bytes else ffi.from_buffer(plaintext), n,
+            ivs, out, size, ffi.NULL,
+        )
+        if status:
+            _raise(status, "seal")
+        return bytes(result) if type(result) is not bytes else result
+
+    def open_message(self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: Any) -> bytes:
+        n = len(message)
+        exact = n >= _IN_PLACE_MIN
+        if exact:
+            # Large: write the plaintext straight into its final object.
+            size = _plaintext_len(message)
+            result, out = _fresh_bytes(size) if size else (b"", ffi.NULL)
+        else:
+            size = n or 1
+            result = bytearray(size)
+            out = ffi.from_buffer(result, require_writable=True)
+        outlen = ffi.new("size_t *")
+        status = lib.kmsenv_open_message(
+            _CIPHERS[cipher], ffi.from_buffer(key), len(key), auth, len(auth), aad, len(aad),
+            ffi.from_buffer(message), n, out, size, outlen,
+        )
+        if status:
+            if status == lib.KMSENV_E_HEADER_AUTH:
+                raise AuthenticationError("header authentication failed")
+            _raise(status, "message")
+        if exact:
+            return bytes(result) if type(result) is not bytes else result
+        return bytes(memoryview(result)[: outlen[0]])
 
     def new_key(self, cipher: str, key: bytes | bytearray) -> NativeKey:
         return NativeKey(cipher, key)
@@ -194,3 +425,9 @@ class NativeBackend:
             if status:
                 _raise(status, "random")
         return bytes(out)
+
+    # Streaming: frames, HKDF and incremental GCM (see kmsenv.stream).
+    hkdf = staticmethod(_native_hkdf)
+    frames_seal = staticmethod(_native_frames_seal)
+    frames_open = staticmethod(_native_frames_open)
+    gcm_stream = staticmethod(NativeGcmStream)

@@ -115,6 +115,19 @@ class PureKey:
         out = self._legacy(mode, iv, data, False)
         return _unpad_pkcs7(out) if mode == I.CBC_PKCS7 else out
 
+    def seal_one(self, header: bytes, aad: bytes, plaintext: bytes, iv: bytes) -> bytes:
+        ct, tag = self.gcm_seal(iv, aad, plaintext)
+        body = der.tlv(der.SEQUENCE, der.octet_string(iv) + der.octet_string(ct) + der.octet_string(tag))
+        return der.tlv(der.SEQUENCE, header + body)
+
+    def open_one(self, header: bytes, aad: bytes, message: bytes) -> bytes:
+        (plaintext,), (status,) = self.open_messages(header, aad, [message])
+        if status == I.STATUS_AUTH:
+            raise AuthenticationError("authentication tag mismatch")
+        if plaintext is None:
+            raise MessageFormatError("message body: malformed message")
+        return plaintext
+
     def seal_messages(self, header: bytes, aad: bytes, plaintexts: Sequence[bytes]) -> list[bytes]:
         out = []
         for pt in plaintexts:
@@ -167,11 +180,197 @@ class PureKey:
             self._sm4 = None
 
 
+# ---------------------------------------------------------------- streaming (kmsenv.stream)
+
+import struct as _struct  # noqa: E402
+from typing import Any as _Any  # noqa: E402
+
+from cryptography.hazmat.primitives import hashes as _hashes  # noqa: E402
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF as _HKDF  # noqa: E402
+
+from ..exceptions import KmsEnvError as _KmsEnvError, UnsupportedAlgorithmError as _Unsupported  # noqa: E402
+
+_HASH_CLASSES = {"SHA256": _hashes.SHA256, "SM3": _hashes.SM3}
+_be32 = _struct.Struct(">I")
+
+
+def _pure_hkdf(hash_name: str, ikm: _Any, salt: bytes, info: bytes, length: int) -> bytearray:
+    # cryptography returns immutable bytes; the copy is what we control and wipe.
+    return bytearray(_HKDF(_HASH_CLASSES[hash_name](), length, bytes(salt), bytes(info)).derive(bytes(ikm)))
+
+
+def _frame_iv(base_iv: bytes, seq: int) -> bytes:
+    return base_iv[:8] + _be32.pack(_be32.unpack(base_iv[8:])[0] ^ seq)
+
+
+def _frame_aad(msgid: bytes, seq: int, final: bool) -> bytes:
+    return bytes(msgid) + _be32.pack(seq) + (b"\x01" if final else b"\x00")
+
+
+def _pure_frames_seal(
+    cipher: str, key: _Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
+    final: bool, data: _Any, out: bytearray, nthreads: int,
+) -> int:
+    del nthreads  # one thread: this backend is the reference, not the fast path
+    need = I.frames_sealed_size(frame_size, len(data), final)
+    if len(out) < need:
+        raise ValueError("output buffer too small")
+    full, rest = divmod(len(data), frame_size)
+    count = full + (1 if final else 0)
+    if count and (first_seq < 1 or first_seq + count - 1 > I.FRAME_MAX_SEQ):
+        raise ValueError("frame sequence number out of range")
+    view = memoryview(data)
+    pos = 0
+    k = PureKey(cipher, key)
+    try:
+        for i in range(count):
+            seq = first_seq + i
+            is_final = final and i == full
+            pt = view[i * frame_size : i * frame_size + (rest if is_final else frame_size)]
+            ct, tag = k.gcm_seal(_frame_iv(base_iv, seq), _frame_aad(msgid, seq, is_final), bytes(pt))
+            head = _be32.pack(I.FRAME_FINAL_MARKER) + _be32.pack(seq) + _be32.pack(len(pt)) if is_final else _be32.pack(seq)
+            piece = head + ct + tag
+            out[pos : pos + len(piece)] = piece
+            pos += len(piece)
+    finally:
+        k.close()
+    return pos
+
+
+def _pure_frames_open(
+    cipher: str, key: _Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
+    data: _Any, out: bytearray, nthreads: int,
+) -> tuple[int, int, bool]:
+    del nthreads
+    view = memoryview(data)
+    frames: list[tuple[int, int, int, bool]] = []  # (seq, ct start, len, final)
+    pos, seq, total = 0, first_seq, 0
+    while pos < len(view):
+        left = len(view) - pos
+        if seq < 1 or seq > I.FRAME_MAX_SEQ or left < 4:
+            raise I.FrameBatchError(I.STATUS_FORMAT, len(frames))
+        first = _be32.unpack(view[pos : pos + 4])[0]
+        if first == I.FRAME_FINAL_MARKER:
+            if left < 12 or _be32.unpack(view[pos + 4 : pos + 8])[0] != seq:
+                raise I.FrameBatchError(I.STATUS_FORMAT, len(frames))
+            n = _be32.unpack(view[pos + 8 : pos + 12])[0]
+            if n >= frame_size or left - 12 != n + I.GCM_TAG_LEN:
+                raise I.FrameBatchError(I.STATUS_FORMAT, len(frames))
+            frames.append((seq, pos + 12, n, True))
+            pos = len(view)
+        else:
+            if first != seq or left - 4 < frame_size + I.GCM_TAG_LEN:
+                raise I.FrameBatchError(I.STATUS_FORMAT, len(frames))
+            frames.append((seq, pos + 4, frame_size, False))
+            pos += 4 + frame_size + I.GCM_TAG_LEN
+        total += frames[-1][2]
+        seq += 1
+    if len(out) < total:
+        raise ValueError("output buffer too small")
+    k = PureKey(cipher, key)
+    at = 0
+    try:
+        for index, (s, start, n, is_final) in enumerate(frames):
+            try:
+                pt = k.gcm_open(
+                    _frame_iv(base_iv, s), _frame_aad(msgid, s, is_final),
+                    bytes(view[start : start + n]), bytes(view[start + n : start + n + I.GCM_TAG_LEN]),
+                )
+            except AuthenticationError:
+                out[:] = bytes(len(out))  # all or nothing, as the native core
+                raise I.FrameBatchError(I.STATUS_AUTH, index) from None
+            out[at : at + n] = pt
+            at += n
+    finally:
+        k.close()
+    return total, len(frames), bool(frames and frames[-1][3])
+
+
+class PureGcmStream:
+    """Incremental GCM through cryptography's Cipher API; see interface.GcmStream."""
+
+    __slots__ = ("_ctx", "_decrypt")
+
+    def __init__(self, cipher: str, key: _Any, iv: bytes, decrypt: bool):
+        if len(iv) != I.GCM_IV_LEN:
+            raise MessageFormatError("GCM IV must be 12 bytes")
+        if cipher == "SM4" and not cryptography_has_sm4_gcm():
+            raise _Unsupported("incremental SM4-GCM needs a cryptography build with SM4-GCM")
+        k = bytes(key)
+        algo = algorithms.AES(k) if cipher == "AES" else algorithms.SM4(k)
+        c = Cipher(algo, modes.GCM(bytes(iv)))
+        self._ctx: _Any = c.decryptor() if decrypt else c.encryptor()
+        self._decrypt = decrypt
+
+    def _c(self) -> _Any:
+        if self._ctx is None:
+            raise _KmsEnvError("GCM stream used after close()")
+        return self._ctx
+
+    def aad(self, data: bytes) -> None:
+        if data:
+            self._c().authenticate_additional_data(bytes(data))
+
+    def update_into(self, data: _Any, out: _Any) -> None:
+        n = len(data)
+        if n:
+            memoryview(out)[:n] = self._c().update(bytes(data))
+
+    def final(self) -> bytes:
+        ctx = self._c()
+        ctx.finalize()
+        self._ctx = None
+        return bytes(ctx.tag)
+
+    def verify(self, tag: bytes) -> None:
+        ctx = self._c()
+        self._ctx = None
+        try:
+            ctx.finalize_with_tag(bytes(tag))
+        except InvalidTag:
+            raise AuthenticationError("authentication tag mismatch") from None
+
+    def close(self) -> None:
+        self._ctx = None
+
+
 class PureBackend:
     name = "pure"
+
+    def seal_message(
+        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: bytes, ivs: bytes
+    ) -> bytes:
+        k = PureKey(cipher, key)
+        try:
+            _, tag = k.gcm_seal(ivs[:12], auth, b"")
+            header = der.tlv(der.SEQUENCE, fields + der.octet_string(ivs[:12]) + der.octet_string(tag))
+            return k.seal_one(header, aad, plaintext, ivs[12:24])
+        finally:
+            k.close()
+
+    def open_message(self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes) -> bytes:
+        # The same strict checks as the C core, through the codec.
+        from ..message.codec import message_header
+
+        header = message_header(message, 2**31)
+        k = PureKey(cipher, key)
+        try:
+            try:
+                k.gcm_open(header.header_iv, auth, b"", header.header_auth_tag)
+            except AuthenticationError:
+                raise AuthenticationError("header authentication failed") from None
+            return k.open_one(header.encoded, aad, message)
+        finally:
+            k.close()
 
     def new_key(self, cipher: str, key: bytes | bytearray) -> PureKey:
         return PureKey(cipher, key)
 
     def random(self, n: int) -> bytes:
         return os.urandom(n)
+
+    # Streaming: frames, HKDF and incremental GCM (see kmsenv.stream).
+    hkdf = staticmethod(_pure_hkdf)
+    frames_seal = staticmethod(_pure_frames_seal)
+    frames_open = staticmethod(_pure_frames_open)
+    gcm_stream = staticmethod(PureGcmStream)

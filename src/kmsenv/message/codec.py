@@ -57,6 +57,8 @@ class MessageHeader:
     encoded: bytes = field(default=b"", repr=False, compare=False)
 
     def auth_fields(self) -> bytes:
+        if self.version == MESSAGE_VERSION:
+            return header_parts(self.algorithm, self.encrypted_data_keys, self.encryption_context)[1]
         return auth_fields(self.version, self.algorithm, self.encryption_context, self.encrypted_data_keys)
 
 
@@ -84,18 +86,64 @@ def context_items(context: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return sorted((_utf8(k, "context key"), _utf8(v, "context value")) for k, v in context.items())
 
 
+class _Memo(dict):
+    """A small bounded memo. Headers repeat (same CMKs and context for many
+    messages), so their encodings are worth keeping; the content is not secret
+    (EDKs and context are stored in clear in every message)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: object, value: object) -> None:
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+
+
+_CTX_MEMO = _Memo(256)
+_EDK_MEMO = _Memo(256)
+
+
+def context_parts(context: Mapping[str, str]) -> tuple[bytes, bytes]:
+    """(context bytes of section 4, the DER context SET) for ``context``."""
+    key = tuple(context.items())
+    parts = _CTX_MEMO.get(key)
+    if parts is None:
+        items = context_items(context)
+        ctx_bytes = b""
+        if items:
+            chunks = [_u32(len(items))]
+            for k, v in items:
+                chunks += (_u32(len(k)), k, _u32(len(v)), v)
+            ctx_bytes = b"".join(chunks)
+        ctx_set = der.der_set([der.tlv(der.SEQUENCE, der.octet_string(k) + der.octet_string(v)) for k, v in items])
+        parts = (ctx_bytes, ctx_set)
+        _CTX_MEMO.put(key, parts)
+    return parts
+
+
 def context_bytes(context: Mapping[str, str]) -> bytes:
     """Context serialisation used for the header tag and as GCM body AAD."""
-    if not context:
-        return b""
-    parts = [_u32(len(context))]
-    for k, v in context_items(context):
-        parts += (_u32(len(k)), k, _u32(len(v)), v)
-    return b"".join(parts)
+    return context_parts(context)[0]
 
 
-def _edk_b64(edk: EncryptedDataKey) -> bytes:
-    return base64.b64encode(edk.ciphertext_blob)
+def edk_parts(edks: Sequence[EncryptedDataKey]) -> tuple[bytes, bytes]:
+    """(the DER EDK SET, the EDK tail of the auth fields: count + sorted entries)."""
+    key = tuple(edks)
+    parts = _EDK_MEMO.get(key)
+    if parts is None:
+        encoded = [(_utf8(e.key_arn, "key ARN"), e.ciphertext_blob) for e in edks]
+        edk_set = der.der_set(
+            [der.tlv(der.SEQUENCE, der.octet_string(arn) + der.octet_string(blob)) for arn, blob in encoded]
+        )
+        chunks = [_u32(len(encoded))]
+        # The auth fields carry the base64 TEXT of each blob, sorted by ARN bytes.
+        for arn, text in sorted((arn, base64.b64encode(blob)) for arn, blob in encoded):
+            chunks += (_u32(len(arn)), arn, _u32(len(text)), text)
+        parts = (edk_set, b"".join(chunks))
+        _EDK_MEMO.put(key, parts)
+    return parts
 
 
 def auth_fields(
@@ -103,15 +151,35 @@ def auth_fields(
     algorithm: int,
     context: Mapping[str, str],
     edks: Sequence[EncryptedDataKey],
-    ctx_bytes: bytes | None = None,
 ) -> bytes:
     """The bytes the header tag authenticates (spec section 5.1)."""
-    if ctx_bytes is None:
-        ctx_bytes = context_bytes(context)
-    parts = [_u32(version), _u32(int(algorithm)), _u32(len(context)), ctx_bytes, _u32(len(edks))]
-    for arn, text in sorted((_utf8(e.key_arn, "key ARN"), _edk_b64(e)) for e in edks):
-        parts += (_u32(len(arn)), arn, _u32(len(text)), text)
-    return b"".join(parts)
+    return (
+        _u32(version) + _u32(int(algorithm)) + _u32(len(context))
+        + context_parts(context)[0] + edk_parts(edks)[1]
+    )
+
+
+_PARTS_MEMO = _Memo(256)
+
+
+def header_parts(
+    algorithm: int, edks: Sequence[EncryptedDataKey], context: Mapping[str, str]
+) -> tuple[bytes, bytes, bytes]:
+    """(header fields before the IV, auth fields, context bytes) for a version-1
+    header: everything about a header that does not depend on the IV or key.
+    Raises ConfigurationError for an empty or duplicate EDK list or a context
+    that is not str to str (only valid parts are memoized)."""
+    key = (algorithm, tuple(edks), tuple(context.items()))
+    parts = _PARTS_MEMO.get(key)
+    if parts is None:
+        check_edks(edks)
+        parts = (
+            encode_header_fields(MESSAGE_VERSION, algorithm, edks, context),
+            auth_fields(MESSAGE_VERSION, algorithm, context, edks),
+            context_parts(context)[0],
+        )
+        _PARTS_MEMO.put(key, parts)
+    return parts
 
 
 def check_edks(edks: Sequence[EncryptedDataKey]) -> None:
@@ -129,16 +197,7 @@ def encode_header_fields(
     context: Mapping[str, str],
 ) -> bytes:
     """The header SEQUENCE's content before ``headerIv`` (version .. context SET)."""
-    edk_set = der.der_set(
-        [
-            der.tlv(der.SEQUENCE, der.octet_string(_utf8(e.key_arn, "key ARN")) + der.octet_string(e.ciphertext_blob))
-            for e in edks
-        ]
-    )
-    ctx_set = der.der_set(
-        [der.tlv(der.SEQUENCE, der.octet_string(k) + der.octet_string(v)) for k, v in context_items(context)]
-    )
-    return der.integer(version) + der.integer(int(algorithm)) + edk_set + ctx_set
+    return der.integer(version) + der.integer(int(algorithm)) + edk_parts(edks)[0] + context_parts(context)[1]
 
 
 def encode_header(header: MessageHeader) -> bytes:
@@ -243,6 +302,34 @@ def decode_message(
     if len(tag) != info.tag_len:
         raise MessageFormatError(f"body auth tag is {len(tag)} bytes, expected {info.tag_len}")
     return header, MessageBody(iv, ciphertext, tag)
+
+
+_HEADER_MEMO = _Memo(256)
+_MEMO_HEADER_MAX = 4096  # keep the memo small: only headers of ordinary size
+
+
+def message_header(
+    data: bytes | bytearray | memoryview,
+    max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+) -> MessageHeader:
+    """Parse the header of a complete message, checking the outer framing
+    (exact length, nothing trailing) but leaving the body to the caller.
+
+    Messages under one cached data key share their header bytes, so parsed
+    headers are memoized by those bytes (they are immutable records)."""
+    top = der.Reader(memoryview(data))
+    msg = top.enter(der.SEQUENCE, "message")
+    top.expect_end("the message")
+    start = msg.pos
+    msg.enter(der.SEQUENCE, "header")
+    raw = bytes(msg.buf[start : msg.pos])
+    key = (raw, max_encrypted_data_keys)
+    header = _HEADER_MEMO.get(key)
+    if header is None:
+        header = _read_header(der.Reader(raw), max_encrypted_data_keys)
+        if len(raw) <= _MEMO_HEADER_MAX:
+            _HEADER_MEMO.put(key, header)
+    return header
 
 
 def decode_header(
