@@ -1,0 +1,436 @@
+"""encrypt_stream / decrypt_stream / open: file-object front ends over the
+three on-the-wire formats.
+
+=================  ==========================================  ================
+format             what                                        memory
+=================  ==========================================  ================
+``framed``         kmsenv's committing framed format           a few frames
+``alibaba-stream`` the Java SDK's stream layout (single tag)   ~2 MiB; spools
+                                                               non-seekable
+                                                               input to disk
+``alibaba``        one DER message (official SDKs' one-shot)   the whole input
+=================  ==========================================  ================
+
+``decrypt_stream`` tells them apart from the first bytes: 0x30 (DER), the
+framed magic ``KMSF``, or a big-endian version 1 (``00 00 00 01``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Union
+
+from ..algorithms import Algorithm
+from ..engine import _algorithm, _check_expected_context, _check_readable, _context
+from ..engine import decrypt as _decrypt_message
+from ..engine import encrypt as _encrypt_message
+from ..exceptions import ConfigurationError, MessageFormatError
+from ..message.codec import DEFAULT_MAX_ENCRYPTED_DATA_KEYS, MessageHeader
+from ..model import DataKeyProvider
+from . import framed
+from ._io import Source, check_threads, write_all
+from .alibaba_stream import AlibabaStreamDecryptor, AlibabaStreamEncryptor
+from .framed import FramedDecryptor, FramedEncryptor, FramedHeader
+
+__all__ = ["StreamResult", "encrypt_stream", "decrypt_stream", "open", "FORMATS"]
+
+FORMATS = ("framed", "alibaba-stream", "alibaba")
+_ALIBABA_STREAM_MAGIC = b"\x00\x00\x00\x01"
+# One DER message is read whole; its length field allows up to 4 GiB.
+_MAX_DER_MESSAGE = 2**32 + 16
+
+PathOrFile = Union[str, "os.PathLike[str]", Any]
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What a stream call did. ``header`` is a :class:`MessageHeader` for the
+    alibaba formats and a :class:`FramedHeader` for ``framed``."""
+
+    format: str
+    header: MessageHeader | FramedHeader
+    bytes_in: int
+    bytes_out: int
+
+
+def _check_format(fmt: Any) -> str:
+    if fmt not in FORMATS:
+        raise ConfigurationError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    return fmt
+
+
+def detect_format(first: bytes) -> str:
+    """The format of a message from its first (up to 4) bytes."""
+    if first[:1] == b"\x30":
+        return "alibaba"
+    if first == framed.MAGIC:
+        return "framed"
+    if first == _ALIBABA_STREAM_MAGIC:
+        return "alibaba-stream"
+    if len(first) < 4 and (framed.MAGIC.startswith(first) or _ALIBABA_STREAM_MAGIC.startswith(first)):
+        raise MessageFormatError("truncated message: too short to be any kmsenv format")
+    raise MessageFormatError("unknown message format: not DER (0x30), framed (KMSF) nor a Java stream (00000001)")
+
+
+# ------------------------------------------------------------------ encrypt
+
+
+def _make_encryptor(
+    dst: Any, provider: DataKeyProvider, fmt: str, ctx: dict[str, str], alg: Algorithm, frame_size: int, threads: int
+) -> Any:
+    if fmt == "framed":
+        return FramedEncryptor(
+            dst, provider, encryption_context=ctx, algorithm=alg, frame_size=frame_size, threads=threads
+        )
+    if fmt == "alibaba-stream":
+        return AlibabaStreamEncryptor(dst, provider, encryption_context=ctx, algorithm=alg)
+    return _WholeMessageEncryptor(dst, provider, ctx, alg)
+
+
+class _WholeMessageEncryptor:
+    """format="alibaba": collects everything, then writes one DER message."""
+
+    def __init__(self, dst: Any, provider: DataKeyProvider, ctx: dict[str, str], alg: Algorithm):
+        if not alg.authenticated:
+            raise ConfigurationError("encrypt_stream writes GCM algorithms only")
+        self._dst, self._provider, self._ctx, self._alg = dst, provider, ctx, alg
+        self._buf = bytearray()
+        self.header: MessageHeader | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def write(self, data: Any) -> int:
+        self._buf += data
+        self.bytes_in += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            result = _encrypt_message(bytes(self._buf), self._provider, encryption_context=self._ctx, algorithm=self._alg)
+        finally:
+            self.abort()
+        self.header = result.header
+        write_all(self._dst, result.ciphertext)
+        self.bytes_out = len(result.ciphertext)
+
+    def abort(self) -> None:
+        self._buf[:] = bytes(len(self._buf))
+
+
+def encrypt_stream(
+    src: Any,
+    dst: Any,
+    provider: DataKeyProvider,
+    *,
+    encryption_context: Mapping[str, str] | None = None,
+    algorithm: Algorithm | int | None = None,
+    format: str = "framed",
+    frame_size: int = framed.DEFAULT_FRAME_SIZE,
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+) -> StreamResult:
+    """Encrypt everything ``src`` yields into one message written to ``dst``.
+
+    ``src``/``dst`` are binary file objects; neither needs to be seekable.
+    ``framed`` and ``alibaba-stream`` use bounded memory whatever the input
+    size; ``alibaba`` (one DER message, readable by the official one-shot
+    APIs) holds the whole input and output in memory. ``progress`` is called
+    with the cumulative number of bytes read from ``src``. ``threads`` (framed
+    only) caps the native worker threads; default: all usable cores."""
+    fmt = _check_format(format)
+    ctx = _context(encryption_context)
+    alg = _algorithm(provider, algorithm)
+    nthreads = check_threads(threads)
+    source = Source(src, progress)
+    if fmt == "framed":
+        framed.check_algorithm(alg)
+        framed.check_frame_size(frame_size)
+    enc = _make_encryptor(dst, provider, fmt, ctx, alg, frame_size, nthreads)
+    try:
+        if isinstance(enc, FramedEncryptor):
+            while True:  # fill the batch buffer in place: no extra copy
+                room = enc.buffer()
+                n = source.readinto(room)
+                enc.commit(n)
+                if n < len(room):
+                    break
+        else:
+            chunk = bytearray(1024 * 1024)
+            view = memoryview(chunk)
+            while True:
+                n = source.readinto(view)
+                if n:
+                    enc.write(view[:n])
+                if n < len(view):
+                    break
+        enc.close()
+    except BaseException:
+        enc.abort()
+        raise
+    return StreamResult(fmt, enc.header, source.consumed, enc.bytes_out)
+
+
+# ------------------------------------------------------------------ decrypt
+
+
+class _WholeMessageDecryptor:
+    """A DER message: read whole (bounded by its own length field), then decrypted."""
+
+    def __init__(self, src: Source, provider: DataKeyProvider, **kw: Any):
+        head = src.peek(6)
+        if len(head) < 2:
+            raise MessageFormatError("truncated message")
+        first = head[1]
+        if first < 0x80:
+            total = 2 + first
+        else:
+            count = first & 0x7F
+            if not 1 <= count <= 4 or len(head) < 2 + count:
+                raise MessageFormatError("message: bad or truncated DER length")
+            total = 2 + count + int.from_bytes(head[2 : 2 + count], "big")
+        if total > _MAX_DER_MESSAGE:
+            raise MessageFormatError("message is larger than a DER message can be")
+        data = src.read_exact(total, "message")
+        if not src.at_eof():
+            raise MessageFormatError("trailing data after the message")
+        result = _decrypt_message(data, provider, **kw)
+        self.header = result.header
+        self._pt: bytes | None = result.plaintext
+        self.bytes_out = len(result.plaintext)
+
+    def read_chunk(self) -> memoryview | None:
+        pt, self._pt = self._pt, None
+        return memoryview(pt) if pt is not None else None
+
+    def close(self) -> None:
+        self._pt = None
+
+
+def _make_decryptor(
+    source: Source,
+    provider: DataKeyProvider,
+    *,
+    expected_encryption_context: Mapping[str, str] | None,
+    allow_unauthenticated: bool,
+    max_encrypted_data_keys: int,
+    threads: int,
+    spool_dir: str | None,
+) -> tuple[str, Any]:
+    fmt = detect_format(source.peek(4))
+    if fmt == "framed":
+        return fmt, FramedDecryptor(
+            source, provider, expected_encryption_context=expected_encryption_context,
+            max_encrypted_data_keys=max_encrypted_data_keys, threads=threads,
+            check_context=_check_expected_context,
+        )
+    if fmt == "alibaba-stream":
+        return fmt, AlibabaStreamDecryptor(
+            source, provider, expected_encryption_context=expected_encryption_context,
+            allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
+            check_context=_check_expected_context, check_readable=_check_readable, spool_dir=spool_dir,
+        )
+    return fmt, _WholeMessageDecryptor(
+        source, provider, expected_encryption_context=expected_encryption_context,
+        allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
+    )
+
+
+def _dir_of(f: Any) -> str | None:
+    name = getattr(f, "name", None)
+    if isinstance(name, str) and name and os.path.dirname(os.path.abspath(name)):
+        directory = os.path.dirname(os.path.abspath(name))
+        return directory if os.path.isdir(directory) else None
+    return None
+
+
+def decrypt_stream(
+    src: Any,
+    dst: Any,
+    provider: DataKeyProvider,
+    *,
+    expected_encryption_context: Mapping[str, str] | None = None,
+    allow_unauthenticated: bool = False,
+    max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+) -> StreamResult:
+    """Decrypt one message of any format (detected from its first bytes) from
+    ``src`` to ``dst``. Only verified plaintext is ever written: framed
+    messages a batch of frames at a time, Java streams after the whole body's
+    tag verified. On an error ``dst`` holds at most the verified frames that
+    preceded the damage (never any of a damaged frame), and the call raises a
+    :class:`KmsEnvError`. A non-seekable Java-stream input is spooled to a
+    temporary file next to ``dst`` when ``dst`` has a file name."""
+    nthreads = check_threads(threads)
+    source = Source(src, progress)
+    fmt, dec = _make_decryptor(
+        source, provider, expected_encryption_context=expected_encryption_context,
+        allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
+        threads=nthreads, spool_dir=_dir_of(dst),
+    )
+    try:
+        while True:
+            chunk = dec.read_chunk()
+            if chunk is None:
+                break
+            write_all(dst, chunk)
+    finally:
+        dec.close()
+    return StreamResult(fmt, dec.header, source.consumed, dec.bytes_out)
+
+
+# ------------------------------------------------------------------ file objects
+
+
+class EncryptingWriter(io.RawIOBase):
+    """``kmsenv.open(..., "wb")``: plaintext written here leaves encrypted.
+    ``close()`` completes the message; leaving a ``with`` block on an
+    exception does not (the output stays an unreadable, incomplete message)."""
+
+    def __init__(self, raw: Any, owns: bool, enc: Any, fmt: str):
+        super().__init__()
+        self._raw, self._owns, self._enc, self._fmt = raw, owns, enc, fmt
+        self.result: StreamResult | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("write to a closed kmsenv stream")
+        return self._enc.write(b)
+
+    @property
+    def header(self) -> Any:
+        return self._enc.header
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._enc.close()
+            self.result = StreamResult(self._fmt, self._enc.header, self._enc.bytes_in, self._enc.bytes_out)
+            if hasattr(self._raw, "flush"):
+                self._raw.flush()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            if self._owns:
+                self._raw.close()
+        finally:
+            super().close()
+
+    def abort(self) -> None:
+        """Stop without completing the message."""
+        if not self.closed:
+            try:
+                self._enc.abort()
+            finally:
+                self._release()
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        # Never complete a message nobody closed: a prefix must not pass as whole.
+        try:
+            self.abort()
+        except Exception:
+            pass
+
+
+class DecryptingReader(io.RawIOBase):
+    """``kmsenv.open(..., "rb")``: reads verified plaintext. The header (and,
+    for Java streams, the whole body's tag) is checked when it is opened."""
+
+    def __init__(self, raw: Any, owns: bool, source: Source, fmt: str, dec: Any):
+        super().__init__()
+        self._raw, self._owns, self._source, self.format, self._dec = raw, owns, source, fmt, dec
+        self._chunk = memoryview(b"")
+        self._eof = False
+
+    @property
+    def header(self) -> Any:
+        return self._dec.header
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("read from a closed kmsenv stream")
+        view = memoryview(b).cast("B")
+        while not self._chunk and not self._eof:
+            chunk = self._dec.read_chunk()
+            if chunk is None:
+                self._eof = True
+            else:
+                self._chunk = chunk
+        n = min(len(view), len(self._chunk))
+        view[:n] = self._chunk[:n]
+        self._chunk = self._chunk[n:]
+        return n
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._dec.close()
+            if self._owns:
+                self._raw.close()
+        finally:
+            super().close()
+
+
+def open(  # noqa: A001 - mirrors builtins.open / gzip.open
+    path_or_file: PathOrFile,
+    mode: str = "rb",
+    *,
+    provider: DataKeyProvider,
+    encryption_context: Mapping[str, str] | None = None,
+    expected_encryption_context: Mapping[str, str] | None = None,
+    algorithm: Algorithm | int | None = None,
+    format: str = "framed",
+    frame_size: int = framed.DEFAULT_FRAME_SIZE,
+    allow_unauthenticated: bool = False,
+    max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+    threads: int | None = None,
+) -> EncryptingWriter | DecryptingReader:
+    """A file object that encrypts what is written to it (``"wb"``) or
+    decrypts what is read from it (``"rb"``, format detected). ``path_or_file``
+    is a path (opened and closed here) or a binary file object (left open)."""
+    if mode not in ("rb", "wb"):
+        raise ConfigurationError('mode must be "rb" or "wb"')
+    nthreads = check_threads(threads)
+    if isinstance(path_or_file, (str, bytes, os.PathLike)):
+        raw, owns = builtins.open(path_or_file, mode), True
+    else:
+        raw, owns = path_or_file, False
+    try:
+        if mode == "wb":
+            fmt = _check_format(format)
+            ctx = _context(encryption_context)
+            alg = _algorithm(provider, algorithm)
+            if fmt == "framed":
+                framed.check_algorithm(alg)
+            enc = _make_encryptor(raw, provider, fmt, ctx, alg, frame_size, nthreads)
+            return EncryptingWriter(raw, owns, enc, fmt)
+        source = Source(raw)
+        fmt, dec = _make_decryptor(
+            source, provider, expected_encryption_context=expected_encryption_context,
+            allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
+            threads=nthreads, spool_dir=None,
+        )
+        return DecryptingReader(raw, owns, source, fmt, dec)
+    except BaseException:
+        if owns:
+            raw.close()
+        raise

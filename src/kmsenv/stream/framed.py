@@ -1,0 +1,446 @@
+"""kmsenv's framed, key-committing stream format (docs/format.md is the spec).
+
+Writing: one data key per message; per-message keys come from HKDF(data key,
+message id); the header carries a key commitment and a GCM tag; the body is a
+run of fixed-size frames sealed in batches (native: on several threads, GIL
+released) and closed by an explicit final frame.
+
+Reading: header parsed with every length bounded before it is read, data key
+unwrapped, commitment compared in constant time, header tag verified, then
+frames opened a batch at a time; a batch's plaintext is released only when
+every frame in it verified.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .._wipe import wipe
+from ..algorithms import Algorithm, algorithm_from_id
+from ..crypto import get_backend
+from ..crypto import interface as I
+from ..engine import _context_bytes_for_encrypt, _generate, _Key, _unwrap
+from ..exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    KmsEnvError,
+    MessageFormatError,
+    UnsupportedAlgorithmError,
+)
+from ..message.codec import DEFAULT_MAX_ENCRYPTED_DATA_KEYS, MAX_ARN_BYTES, MAX_EDK_BYTES, check_edks
+from ..model import DataKeyProvider, EncryptedDataKey
+from . import _rand
+from ._io import Source, parse_context_bytes, write_all
+
+MAGIC = b"KMSF"
+VERSION = 1
+DEFAULT_FRAME_SIZE = 65536
+MIN_FRAME_SIZE = I.FRAME_MIN_SIZE
+MAX_FRAME_SIZE = I.FRAME_MAX_SIZE
+MAX_FRAMES = I.FRAME_MAX_SEQ
+MSGID_LEN = 32
+COMMIT_LEN = 32
+TAG_LEN = 16
+BASE_IV = bytes(12)  # the per-message key makes a fixed base safe; seq 0 is the header
+GCM_ALGORITHMS = (Algorithm.AES_GCM_NOPADDING_128, Algorithm.AES_GCM_NOPADDING_256, Algorithm.SM4_GCM_NOPADDING_128)
+# Plaintext per batch handed to the native core: large enough that thread
+# start-up is noise, small enough that memory stays a few MiB.
+BATCH_BYTES = 8 * 1024 * 1024
+
+_INFO_KEY = b"kmsenv framed v1 data key"
+_INFO_COMMIT = b"kmsenv framed v1 commitment"
+
+_u16 = struct.Struct(">H")
+_u32 = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class FramedHeader:
+    """A framed message's header. Nothing in it is trusted until decryption
+    has checked the commitment and the header tag."""
+
+    version: int
+    algorithm: Algorithm
+    frame_size: int
+    message_id: bytes
+    encrypted_data_keys: tuple[EncryptedDataKey, ...]
+    encryption_context: Mapping[str, str]
+    commitment: bytes = field(repr=False)
+    header_auth_tag: bytes = field(repr=False)
+    encoded: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def format(self) -> str:
+        return "framed"
+
+
+def check_algorithm(alg: Algorithm) -> None:
+    if alg not in GCM_ALGORITHMS:
+        raise UnsupportedAlgorithmError(
+            f"the framed format takes only GCM algorithms (AES-128/256-GCM, SM4-GCM), not {alg.name}"
+        )
+
+
+def check_frame_size(frame_size: Any) -> int:
+    if not isinstance(frame_size, int) or isinstance(frame_size, bool):
+        raise ConfigurationError("frame_size must be an int")
+    if not MIN_FRAME_SIZE <= frame_size <= MAX_FRAME_SIZE:
+        raise ConfigurationError(f"frame_size must be from {MIN_FRAME_SIZE} to {MAX_FRAME_SIZE} bytes")
+    return frame_size
+
+
+def _hash_for(alg: Algorithm) -> str:
+    return "SM3" if alg.info.cipher == "SM4" else "SHA256"
+
+
+def derive(alg: Algorithm, data_key: Any, message_id: bytes) -> tuple[bytearray, bytearray]:
+    """(content key, commitment): HKDF from the data key, salted with the message id."""
+    backend: Any = get_backend()
+    suite = _u16.pack(int(alg))
+    key = backend.hkdf(_hash_for(alg), data_key, message_id, _INFO_KEY + suite, alg.key_len)
+    try:
+        commit = backend.hkdf(_hash_for(alg), data_key, message_id, _INFO_COMMIT + suite, COMMIT_LEN)
+    except BaseException:
+        wipe(key)
+        raise
+    return key, commit
+
+
+def _header_body(
+    alg: Algorithm, frame_size: int, message_id: bytes, ctx_bytes: bytes, edks: tuple[EncryptedDataKey, ...],
+    commitment: bytes,
+) -> bytes:
+    parts = [MAGIC, bytes((VERSION,)), _u16.pack(int(alg)), _u32.pack(frame_size), message_id]
+    parts += [_u32.pack(len(ctx_bytes)), ctx_bytes, _u16.pack(len(edks))]
+    for edk in edks:
+        arn = edk.key_arn.encode("utf-8")
+        if len(arn) > MAX_ARN_BYTES or len(edk.ciphertext_blob) > MAX_EDK_BYTES:
+            raise ConfigurationError("an encrypted data key is larger than the format allows")
+        parts += [_u16.pack(len(arn)), arn, _u32.pack(len(edk.ciphertext_blob)), edk.ciphertext_blob]
+    parts.append(commitment)
+    return b"".join(parts)
+
+
+def _header_tag(alg: Algorithm, content_key: Any, body: bytes) -> bytes:
+    with _Key(alg, content_key) as key:
+        return key.gcm_seal(BASE_IV, body, b"")[1]
+
+
+def read_header(src: Source, max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS) -> FramedHeader:
+    """Parse a framed header from ``src``; every length is bounded before reading."""
+    raw = bytearray()
+
+    def take(n: int, what: str) -> bytes:
+        data = src.read_exact(n, what)
+        raw.extend(data)
+        return data
+
+    if take(4, "magic") != MAGIC:
+        raise MessageFormatError("not a kmsenv framed message")
+    version = take(1, "version")[0]
+    if version != VERSION:
+        raise MessageFormatError(f"unsupported framed format version {version}")
+    alg = algorithm_from_id(_u16.unpack(take(2, "algorithm"))[0])
+    if alg not in GCM_ALGORITHMS:
+        raise MessageFormatError(f"algorithm {alg.name} is not allowed in the framed format")
+    frame_size = _u32.unpack(take(4, "frame size"))[0]
+    if not MIN_FRAME_SIZE <= frame_size <= MAX_FRAME_SIZE:
+        raise MessageFormatError(f"frame size {frame_size} is outside {MIN_FRAME_SIZE}..{MAX_FRAME_SIZE}")
+    message_id = take(MSGID_LEN, "message id")
+    ctx_len = _u32.unpack(take(4, "context length"))[0]
+    if ctx_len > 32767:
+        raise MessageFormatError(f"encryption context of {ctx_len} bytes exceeds 32767")
+    ctx = parse_context_bytes(take(ctx_len, "encryption context"))
+    count = _u16.unpack(take(2, "EDK count"))[0]
+    if count == 0:
+        raise MessageFormatError("the message has no encrypted data key")
+    if count > max_encrypted_data_keys:
+        raise MessageFormatError(
+            f"the message has more than {max_encrypted_data_keys} encrypted data keys "
+            "(raise max_encrypted_data_keys if this is expected)"
+        )
+    edks: list[EncryptedDataKey] = []
+    seen: set[str] = set()
+    for _ in range(count):
+        arn_len = _u16.unpack(take(2, "key ARN length"))[0]
+        if not 0 < arn_len <= MAX_ARN_BYTES:
+            raise MessageFormatError(f"key ARN length {arn_len} is outside 1..{MAX_ARN_BYTES}")
+        try:
+            arn = take(arn_len, "key ARN").decode("utf-8")
+        except UnicodeDecodeError:
+            raise MessageFormatError("key ARN is not valid UTF-8") from None
+        blob_len = _u32.unpack(take(4, "EDK length"))[0]
+        if not 0 < blob_len <= MAX_EDK_BYTES:
+            raise MessageFormatError(f"encrypted data key length {blob_len} is outside 1..{MAX_EDK_BYTES}")
+        blob = take(blob_len, "encrypted data key")
+        if arn in seen:
+            raise MessageFormatError("two encrypted data keys name the same CMK")
+        seen.add(arn)
+        edks.append(EncryptedDataKey(arn, blob))
+    commitment = take(COMMIT_LEN, "key commitment")
+    tag = take(TAG_LEN, "header auth tag")
+    return FramedHeader(
+        version, alg, frame_size, message_id, tuple(edks), ctx, commitment, tag, bytes(raw)
+    )
+
+
+def _batch_frames(frame_size: int) -> int:
+    return max(1, BATCH_BYTES // frame_size)
+
+
+def _frame_error(exc: I.FrameBatchError, first_seq: int) -> KmsEnvError:
+    seq = first_seq + exc.index
+    if exc.status == I.STATUS_AUTH:
+        return AuthenticationError(f"frame {seq} failed authentication: the message was altered")
+    return MessageFormatError(
+        f"frame {seq} is malformed, out of order, cut off, or followed by data after the final frame"
+    )
+
+
+class FramedEncryptor:
+    """Push-style writer: ``write`` plaintext, ``close`` to emit the final frame.
+
+    Holds at most one batch of plaintext and its ciphertext."""
+
+    def __init__(
+        self,
+        dst: Any,
+        provider: DataKeyProvider,
+        *,
+        encryption_context: Mapping[str, str],
+        algorithm: Algorithm,
+        frame_size: int,
+        threads: int,
+    ):
+        check_algorithm(algorithm)
+        self._fs = check_frame_size(frame_size)
+        ctx_bytes = _context_bytes_for_encrypt(encryption_context)
+        self._dst = dst
+        self._alg = algorithm
+        self._threads = threads
+        message_id = _rand.random_bytes(MSGID_LEN)
+        data_key = _generate(provider, algorithm, dict(encryption_context))
+        try:
+            edks = tuple(data_key.encrypted_data_keys)
+            check_edks(edks)
+            self._key, commitment = derive(algorithm, data_key.plaintext, message_id)
+        finally:
+            data_key.wipe()
+        try:
+            body = _header_body(algorithm, self._fs, message_id, ctx_bytes, edks, bytes(commitment))
+            tag = _header_tag(algorithm, self._key, body)
+        except BaseException:
+            wipe(self._key)
+            raise
+        finally:
+            wipe(commitment)
+        encoded = body + tag
+        self.header = FramedHeader(
+            VERSION, algorithm, self._fs, message_id, edks, MappingProxyType(dict(encryption_context)),
+            body[-COMMIT_LEN:], tag, encoded,
+        )
+        self._msgid = message_id
+        self._seq = 1
+        self._cap = _batch_frames(self._fs) * self._fs
+        self._in = bytearray(self._cap)
+        self._fill = 0
+        self._out = bytearray(I.frames_sealed_size(self._fs, self._cap, True))
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._closed = False
+        self._emit(encoded)
+
+    def _emit(self, data: Any) -> None:
+        write_all(self._dst, data)
+        self.bytes_out += len(data)
+
+    def _seal(self, n: int, final: bool) -> None:
+        frames = n // self._fs + (1 if final else 0)
+        if self._seq + frames - 1 > MAX_FRAMES:
+            raise ConfigurationError(
+                f"the input needs more than {MAX_FRAMES} frames of {self._fs} bytes; use a larger frame_size"
+            )
+        backend: Any = get_backend()
+        written = backend.frames_seal(
+            self._alg.info.cipher, self._key, BASE_IV, self._msgid, self._seq, self._fs, final,
+            memoryview(self._in)[:n], self._out, self._threads,
+        )
+        self._seq += frames
+        self._emit(memoryview(self._out)[:written])
+
+    def buffer(self) -> memoryview:
+        """The free part of the batch buffer, for readers that fill it in place."""
+        return memoryview(self._in)[self._fill :]
+
+    def commit(self, n: int) -> None:
+        """``n`` bytes were placed at the start of :meth:`buffer`."""
+        self._fill += n
+        self.bytes_in += n
+        if self._fill == self._cap:
+            self._seal(self._cap, False)
+            self._fill = 0
+
+    def write(self, data: Any) -> int:
+        if self._closed:
+            raise ValueError("write to a closed kmsenv stream")
+        view = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(view):
+            room = self._cap - self._fill
+            step = min(room, len(view) - pos)
+            self._in[self._fill : self._fill + step] = view[pos : pos + step]
+            pos += step
+            self.commit(step)
+        return len(view)
+
+    def close(self) -> None:
+        """Seal what is buffered with the final frame, then wipe the keys."""
+        if self._closed:
+            return
+        try:
+            self._seal(self._fill, True)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop without a final frame (the output stays an incomplete message)."""
+        self._closed = True
+        wipe(self._key)
+        wipe(self._in)
+
+
+class FramedDecryptor:
+    """Pull-style reader: ``read_chunk`` returns verified plaintext a batch at a time."""
+
+    def __init__(
+        self,
+        src: Source,
+        provider: DataKeyProvider,
+        *,
+        expected_encryption_context: Mapping[str, str] | None,
+        max_encrypted_data_keys: int,
+        threads: int,
+        check_context: Any,
+    ):
+        self.header = read_header(src, max_encrypted_data_keys)
+        h = self.header
+        check_context(h, expected_encryption_context)
+        data_key = _unwrap(provider, _KeyRequest(h))
+        try:
+            self._key, commitment = derive(h.algorithm, data_key, h.message_id)
+        finally:
+            wipe(data_key)
+        try:
+            # Before any decryption: the message must commit to this very key.
+            if not hmac.compare_digest(bytes(commitment), h.commitment):
+                raise AuthenticationError(
+                    "key commitment mismatch: the data key is not the one this message was written with"
+                )
+            with _Key(h.algorithm, self._key) as key:
+                try:
+                    key.gcm_open(BASE_IV, h.encoded[:-TAG_LEN], b"", h.header_auth_tag)
+                except AuthenticationError:
+                    raise AuthenticationError("header authentication failed: the header was altered") from None
+        except BaseException:
+            wipe(self._key)
+            raise
+        finally:
+            wipe(commitment)
+        self._src = src
+        self._fs = h.frame_size
+        self._threads = threads
+        self._seq = 1
+        k = _batch_frames(self._fs)
+        # Room for k regular frames, or k-1 and a final one (8 bytes longer).
+        self._in = bytearray(k * (self._fs + I.FRAME_REGULAR_OVERHEAD) + 8)
+        self._k = k
+        self._out = bytearray(len(self._in))
+        self._fill = 0
+        self._done = False
+        self.bytes_out = 0
+
+    def _scan(self, filled: int) -> tuple[int, bool]:
+        """End offset of the whole frames at the start of the buffer (at most
+        k of them) and whether the last of them is the final frame."""
+        buf = self._in
+        fs = self._fs
+        pos = 0
+        for _ in range(self._k + 1):
+            left = filled - pos
+            if left < 4:
+                break
+            if buf[pos : pos + 4] == b"\xff\xff\xff\xff":
+                if left < 12:
+                    break
+                n = _u32.unpack_from(buf, pos + 8)[0]
+                if n >= fs:
+                    raise MessageFormatError(f"frame {self._seq}: final frame length exceeds the frame size")
+                if left < n + I.FRAME_FINAL_OVERHEAD:
+                    break
+                return pos + n + I.FRAME_FINAL_OVERHEAD, True
+            if left < fs + I.FRAME_REGULAR_OVERHEAD:
+                break
+            pos += fs + I.FRAME_REGULAR_OVERHEAD
+        return pos, False
+
+    def read_chunk(self) -> memoryview | None:
+        """The next batch of verified plaintext (a view valid until the next
+        call), or None after the final frame. Raises on any damage; nothing of
+        a damaged batch is returned."""
+        while not self._done:
+            filled = self._fill + self._src.readinto(memoryview(self._in)[self._fill :])
+            eof = filled < len(self._in)
+            end, final = self._scan(filled)
+            if final:
+                if end != filled or not self._src.at_eof():
+                    raise MessageFormatError("trailing data after the final frame")
+            elif eof:
+                end = filled  # let the batch check name the cut-off frame
+            if end == 0:
+                if eof:
+                    raise MessageFormatError("truncated message: the final frame is missing")
+                raise MessageFormatError(f"frame {self._seq} is malformed")
+            backend: Any = get_backend()
+            try:
+                n, frames, final_seen = backend.frames_open(
+                    self.header.algorithm.info.cipher, self._key, BASE_IV, self.header.message_id, self._seq,
+                    self._fs, memoryview(self._in)[:end], self._out, self._threads,
+                )
+            except I.FrameBatchError as exc:
+                raise _frame_error(exc, self._seq) from None
+            self._seq += frames
+            rest = filled - end
+            self._in[:rest] = self._in[end:filled]
+            self._fill = rest
+            if final_seen:
+                self._done = True
+                self._close_keys()
+            elif eof and rest == 0:
+                raise MessageFormatError("truncated message: the final frame is missing")
+            if n:
+                self.bytes_out += n
+                return memoryview(self._out)[:n]
+        return None
+
+    def _close_keys(self) -> None:
+        wipe(self._key)
+
+    def close(self) -> None:
+        self._done = True
+        self._close_keys()
+        wipe(self._out)
+
+
+class _KeyRequest:
+    """What engine._unwrap reads from a header: the EDKs, algorithm and context."""
+
+    __slots__ = ("encrypted_data_keys", "algorithm", "encryption_context")
+
+    def __init__(self, h: FramedHeader):
+        self.encrypted_data_keys = h.encrypted_data_keys
+        self.algorithm = h.algorithm
+        self.encryption_context = h.encryption_context
