@@ -1,0 +1,5 @@
+"""``aliyun_encryption_sdk.cache``: data key caches."""
+
+from .local import LocalDataKeyMaterialCache
+
+__all__ = ["LocalDataKeyMaterialCache"]

@@ -1,0 +1,7 @@
+"""``aliyun_encryption_sdk.ckm``: crypto key managers."""
+
+from .base import CryptoKeyManager
+from .cache import CachingCryptoKeyManager
+from .default import DefaultCryptoKeyManager
+
+__all__ = ["CryptoKeyManager", "DefaultCryptoKeyManager", "CachingCryptoKeyManager"]
