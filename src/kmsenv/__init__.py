@@ -9,6 +9,7 @@ from typing import Any
 
 from ._version import __version__
 from .algorithms import Algorithm
+from .cache import CacheStats, CachingProvider, DataKeyCache
 from .crypto import backend_info, backend_name, native_available
 from .engine import (
     DecryptResult,
@@ -32,18 +33,23 @@ from .exceptions import (
 )
 from .message.codec import MessageHeader
 from .model import DataKey, DataKeyProvider, EncryptedDataKey
+from .stream import FramedHeader, StreamResult, decrypt_stream, encrypt_stream, open
 
 __all__ = [
     "__version__",
     "Algorithm",
     "AuthenticationError",
+    "CacheStats",
+    "CachingProvider",
     "ConfigurationError",
     "DataKey",
+    "DataKeyCache",
     "DataKeyProvider",
     "DecryptResult",
     "EncryptResult",
     "EncryptedDataKey",
     "EncryptionContextMismatchError",
+    "FramedHeader",
     "Kms",
     "KmsEnvError",
     "KmsError",
@@ -51,15 +57,19 @@ __all__ = [
     "MessageFormatError",
     "MessageHeader",
     "NoUsableKeyError",
+    "StreamResult",
     "UnauthenticatedAlgorithmError",
     "UnsupportedAlgorithmError",
     "backend_info",
     "backend_name",
     "decrypt",
     "decrypt_many",
+    "decrypt_stream",
     "encrypt",
     "encrypt_many",
+    "encrypt_stream",
     "native_available",
+    "open",
     "parse_header",
 ]
 
