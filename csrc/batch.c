@@ -41,7 +41,7 @@ uint8_t *kmsenv__der_put_len(uint8_t *p, size_t n)
     return p;
 }
 
-static int add_ok(size_t *acc, size_t x)
+int kmsenv__add_ok(size_t *acc, size_t x)
 {
     if (x > SIZE_MAX - *acc)
         return 0;
@@ -50,10 +50,10 @@ static int add_ok(size_t *acc, size_t x)
 }
 
 /* Size of a TLV whose value has `content` bytes; 0 if it cannot be encoded. */
-static size_t tlv_size(size_t content)
+size_t kmsenv__tlv_size(size_t content)
 {
     size_t lenlen = kmsenv__der_len_size(content), total = 1;
-    if (lenlen == 0 || !add_ok(&total, lenlen) || !add_ok(&total, content))
+    if (lenlen == 0 || !kmsenv__add_ok(&total, lenlen) || !kmsenv__add_ok(&total, content))
         return 0;
     return total;
 }
@@ -66,17 +66,17 @@ typedef struct {
 
 static int layout_of(size_t headerlen, size_t ptlen, layout *l)
 {
-    size_t ct_tlv = tlv_size(ptlen), body_tlv;
+    size_t ct_tlv = kmsenv__tlv_size(ptlen), body_tlv;
     if (ct_tlv == 0)
         return 0;
     l->body_content = 2 + KMSENV_GCM_IV_LEN;
-    if (!add_ok(&l->body_content, ct_tlv) || !add_ok(&l->body_content, 2 + KMSENV_GCM_TAG_LEN))
+    if (!kmsenv__add_ok(&l->body_content, ct_tlv) || !kmsenv__add_ok(&l->body_content, 2 + KMSENV_GCM_TAG_LEN))
         return 0;
-    body_tlv = tlv_size(l->body_content);
+    body_tlv = kmsenv__tlv_size(l->body_content);
     l->msg_content = headerlen;
-    if (body_tlv == 0 || !add_ok(&l->msg_content, body_tlv))
+    if (body_tlv == 0 || !kmsenv__add_ok(&l->msg_content, body_tlv))
         return 0;
-    l->total = tlv_size(l->msg_content);
+    l->total = kmsenv__tlv_size(l->msg_content);
     return l->total != 0;
 }
 
@@ -113,7 +113,7 @@ int kmsenv_gcm_seal_messages(kmsenv_key *k, const uint8_t *header, size_t header
         if (in_offsets[i + 1] < in_offsets[i])
             return KMSENV_E_ARG;
         size = kmsenv_message_size(headerlen, in_offsets[i + 1] - in_offsets[i]);
-        if (size == 0 || !add_ok(&total, size))
+        if (size == 0 || !kmsenv__add_ok(&total, size))
             return KMSENV_E_ARG;
     }
     if (KMSENV_BAD_BUF(in, in_offsets[n] - in_offsets[0]) || out == NULL || total > outcap)

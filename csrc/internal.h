@@ -117,6 +117,10 @@ int kmsenv__aes_vaes_open(kmsenv_aes_vaes *c, const uint8_t iv[12], const uint8_
 #define DER_SEQUENCE 0x30
 #define DER_SET 0x31
 size_t kmsenv__der_len_size(size_t n);
+/* *acc += x unless that overflows (then 0 and *acc unchanged). */
+int kmsenv__add_ok(size_t *acc, size_t x);
+/* Size of a TLV with `content` value bytes; 0 if it cannot be encoded. */
+size_t kmsenv__tlv_size(size_t content);
 uint8_t *kmsenv__der_put_len(uint8_t *p, size_t n);
 /* Reads tag + strict DER length at *off (indefinite, non-minimal and > 4
  * length octets rejected); on success *len value bytes lie inside [*off, end). */

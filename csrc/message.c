@@ -14,33 +14,16 @@
 #define IV KMSENV_GCM_IV_LEN
 #define TAG KMSENV_GCM_TAG_LEN
 
-static int add_ok(size_t *acc, size_t x)
-{
-    if (x > SIZE_MAX - *acc)
-        return 0;
-    *acc += x;
-    return 1;
-}
-
-/* Size of a TLV whose value has `content` bytes; 0 if it cannot be encoded. */
-static size_t tlv_size(size_t content)
-{
-    size_t lenlen = kmsenv__der_len_size(content), total = 1;
-    if (lenlen == 0 || !add_ok(&total, lenlen) || !add_ok(&total, content))
-        return 0;
-    return total;
-}
-
 static size_t header_content(size_t fieldslen)
 {
     size_t n = fieldslen;
-    return add_ok(&n, 2 + IV + 2 + TAG) ? n : 0;
+    return kmsenv__add_ok(&n, 2 + IV + 2 + TAG) ? n : 0;
 }
 
 size_t kmsenv_sealed_size(size_t fieldslen, size_t ptlen)
 {
     size_t hc = header_content(fieldslen), htlv;
-    if (hc == 0 || (htlv = tlv_size(hc)) == 0)
+    if (hc == 0 || (htlv = kmsenv__tlv_size(hc)) == 0)
         return 0;
     return kmsenv_message_size(htlv, ptlen);
 }
@@ -82,7 +65,7 @@ int kmsenv_seal_message(int cipher, const uint8_t *key, size_t keylen,
 
     /* Build the header TLV (on the stack unless the header is unusually
      * large), then let the batch writer frame it with the body. */
-    hlen = tlv_size(hc);
+    hlen = kmsenv__tlv_size(hc);
     if (hlen == 0) {
         rc = KMSENV_E_ARG;
         goto done;

@@ -11,32 +11,9 @@
 #include <openssl/rand.h>
 
 #include "internal.h"
+#include "check.h"
 
-static int passed, failed;
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (cond) {                                                            \
-            passed++;                                                          \
-        } else {                                                               \
-            failed++;                                                          \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);    \
-        }                                                                      \
-    } while (0)
-
-#define CHECK_RC(expr, want)                                                   \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        unsigned long e_ = ERR_peek_error();                                   \
-        if (rc_ == (want) && e_ == 0) {                                        \
-            passed++;                                                          \
-        } else {                                                               \
-            failed++;                                                          \
-            fprintf(stderr, "FAIL %s:%d: %s = %d (want %d), err queue %lx\n",  \
-                    __FILE__, __LINE__, #expr, rc_, (int)(want), e_);          \
-            ERR_clear_error();                                                 \
-        }                                                                      \
-    } while (0)
 
 #define FS 1024
 

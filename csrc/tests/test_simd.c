@@ -15,18 +15,8 @@
 #include <openssl/rand.h>
 
 #include "internal.h"
+#include "check.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (cond) {                                                            \
-            passed++;                                                          \
-        } else {                                                               \
-            failed++;                                                          \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);    \
-        }                                                                      \
-    } while (0)
 
 static size_t unhex(const char *s, uint8_t *out)
 {

@@ -1,0 +1,39 @@
+/*
+ * check.h: the assertion macros shared by the C test programs. Each program
+ * counts into its own `passed`/`failed` and prints "N passed, N failed".
+ */
+#ifndef KMSENV_TEST_CHECK_H
+#define KMSENV_TEST_CHECK_H
+
+#include <stdio.h>
+
+#include <openssl/err.h>
+
+static int passed, failed;
+
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (cond) {                                                            \
+            passed++;                                                          \
+        } else {                                                               \
+            failed++;                                                          \
+            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);    \
+        }                                                                      \
+    } while (0)
+
+/* Every call must also leave OpenSSL's error queue empty. */
+#define CHECK_RC(expr, want)                                                   \
+    do {                                                                       \
+        int rc_ = (expr);                                                      \
+        unsigned long e_ = ERR_peek_error();                                   \
+        if (rc_ == (want) && e_ == 0) {                                        \
+            passed++;                                                          \
+        } else {                                                               \
+            failed++;                                                          \
+            fprintf(stderr, "FAIL %s:%d: %s = %d (want %d), err queue %lx\n",  \
+                    __FILE__, __LINE__, #expr, rc_, (int)(want), e_);          \
+            ERR_clear_error();                                                 \
+        }                                                                      \
+    } while (0)
+
+#endif
