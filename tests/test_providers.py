@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+import kmsenv
+
 from kms_fixtures import *  # noqa: F401,F403
 from kms_fixtures import BJ, HZ, SH
 from kmsenv.algorithms import Algorithm
@@ -396,3 +398,62 @@ class TestDiscovery:
         assert KmsKeyProvider.discovery(kms=kms).decrypt_data_key(junk + list(edks), AES256, CTX) == key
         with pytest.raises(NoUsableKeyError):
             KmsKeyProvider.discovery(kms=kms).decrypt_data_key(junk, AES256, CTX)
+
+
+# ---------------------------------------------------------------- fast failover, then retries
+
+
+def test_failover_is_immediate_while_another_cmk_remains(make_kms, cmks, local_kms, clean_faults):
+    """A region down costs one refused connection, not the whole retry budget."""
+    import time
+
+    slept: list[float] = []
+    kms = make_kms(max_attempts=4, backoff_base=0.5, backoff_max=0.5)
+    kms._sleep = slept.append  # count backoff instead of sleeping
+    provider = KmsKeyProvider(cmks.hz, cmks.bj, kms=kms)
+    message = kmsenv.encrypt(b"fast", provider).ciphertext
+    local_kms.set_fault(HZ, down=True)
+    started = time.monotonic()
+    assert kmsenv.decrypt(message, provider).plaintext == b"fast"
+    assert slept == []  # no backoff before failing over
+    assert time.monotonic() - started < 5.0
+
+
+def test_all_regions_transient_then_second_pass_with_retries(make_kms, cmks, local_kms, clean_faults):
+    """When every region fails transiently on the fast pass, each is retried
+    with the full budget, in order: a throttle that clears is survived."""
+    calls: list[float] = []
+    kms = make_kms(max_attempts=3)
+
+    def sleep(seconds: float) -> None:
+        calls.append(seconds)
+        local_kms.set_fault(HZ)  # the storm ends during the first backoff
+        local_kms.set_fault(BJ)
+
+    kms._sleep = sleep
+    provider = KmsKeyProvider(cmks.hz, cmks.bj, kms=kms)
+    message = kmsenv.encrypt(b"storm", provider).ciphertext
+    local_kms.set_fault(HZ, throttle_rate=1.0)
+    local_kms.set_fault(BJ, throttle_rate=1.0)
+    local_kms.reset_stats()
+    assert kmsenv.decrypt(message, provider).plaintext == b"storm"
+    assert local_kms.stats()[HZ] == {"Decrypt": 3}  # fast pass 1, then 1 throttled + 1 ok
+    assert local_kms.stats()[BJ] == {"Decrypt": 1}  # fast pass only
+    assert len(calls) == 1
+
+
+def test_permanent_errors_are_not_retried_on_the_second_pass(make_kms, cmks, local_kms, clean_faults):
+    kms = make_kms(max_attempts=3)
+    provider = KmsKeyProvider(cmks.hz, cmks.bj, kms=kms)
+    message = kmsenv.encrypt(b"x", provider).ciphertext
+    local_kms.disable_key(cmks.hz)
+    local_kms.set_fault(BJ, throttle_rate=1.0)
+    local_kms.reset_stats()
+    try:
+        with pytest.raises(kmsenv.NoUsableKeyError) as info:
+            kmsenv.decrypt(message, provider)
+    finally:
+        local_kms.enable_key(cmks.hz)
+    assert [arn for arn, _ in info.value.errors] == [cmks.hz, cmks.bj]
+    assert local_kms.stats()[HZ] == {"Decrypt": 1}  # disabled: not retried
+    assert local_kms.stats()[BJ] == {"Decrypt": 1 + 3}  # fast pass, then the full budget

@@ -483,8 +483,11 @@ class Kms:
 
     # -- retry loop and error mapping ---------------------------------------
 
-    def _call(self, region: str, action: str, what: str, fn: Callable[[Any, Any], Any]) -> Any:
+    def _call(
+        self, region: str, action: str, what: str, fn: Callable[[Any, Any], Any], max_attempts: int | None = None
+    ) -> Any:
         """Run ``fn(client, runtime)`` with retries; return the response body."""
+        limit = self.max_attempts if max_attempts is None else max(1, max_attempts)
         attempt = 0
         while True:
             attempt += 1
@@ -505,7 +508,7 @@ class Kms:
                     )
                 return body
             assert error is not None
-            if not isinstance(error, KmsError) or not error.retryable or attempt >= self.max_attempts:
+            if not isinstance(error, KmsError) or not error.retryable or attempt >= limit:
                 if isinstance(error, KmsError) and error.retryable and attempt > 1:
                     error.args = (f"{error.args[0]} (after {attempt} attempts)",)
                 raise error from None
@@ -514,7 +517,7 @@ class Kms:
                 delay = max(delay, min(self.backoff_max, retry_after))
             logger.debug(
                 "kmsenv: KMS %s in %s failed with %s (attempt %d/%d); retrying in %.3fs",
-                action, region, error.code, attempt, self.max_attempts, delay,
+                action, region, error.code, attempt, limit, delay,
             )
             if delay > 0:
                 self._sleep(delay)
@@ -705,8 +708,11 @@ class Kms:
         key_arn: str | Arn,
         ciphertext_blob: bytes | bytearray | memoryview,
         encryption_context: Mapping[str, str] | None = None,
+        *,
+        max_attempts: int | None = None,
     ) -> bytearray:
         """Decrypt a blob made under ``key_arn``; the call goes to that key's region.
+        ``max_attempts`` overrides the client's retry budget for this call.
 
         The returned bytes are the base64-decoded ``Plaintext`` (the data key).
         KMS's answer must name ``key_arn``'s key ID (Decrypt takes no KeyId, so
@@ -721,7 +727,9 @@ class Kms:
         request = models.DecryptRequest(
             ciphertext_blob=base64.b64encode(ciphertext_blob).decode("ascii"), encryption_context=ctx
         )
-        body = self._call(arn.region, "Decrypt", f"under {arn}", lambda c, rt: c.decrypt_with_options(request, rt))
+        body = self._call(
+            arn.region, "Decrypt", f"under {arn}", lambda c, rt: c.decrypt_with_options(request, rt), max_attempts
+        )
         request_id = _none_if_null(body.request_id)
         key_id = _none_if_null(body.key_id)
         if key_id is not None and key_id not in (arn.key_id, str(arn)):

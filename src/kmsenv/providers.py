@@ -325,30 +325,56 @@ class KmsKeyProvider:
                 f"none of the message's encrypted data keys ({message_arns!r}) is under a CMK this provider may "
                 f"use: {allowed}"
             )
-        errors: list[tuple[str, BaseException]] = []
-        for position, edk in enumerate(candidates):
-            try:
-                key = self.kms.decrypt(edk.key_arn, edk.ciphertext_blob, ctx)
-            except KmsError as e:
-                errors.append((edk.key_arn, e))
-                self._log_failure(edk.key_arn, e, position + 1 < len(candidates))
-                continue
-            if len(key) != algorithm.key_len:
-                n = len(key)
-                _wipe(key)
-                err = KmsError(
-                    f"KMS Decrypt under {edk.key_arn} returned a {n}-byte data key; "
-                    f"{algorithm.name} needs {algorithm.key_len} bytes",
-                    code="InvalidDataKeyLength", region=Arn.parse(edk.key_arn).region,
-                )
-                errors.append((edk.key_arn, err))
-                self._log_failure(edk.key_arn, err, position + 1 < len(candidates))
-                continue
-            return key
-        details = "; ".join(f"{arn}: {err}" for arn, err in errors)
+        # With another CMK to fall back on, a failing region gets one attempt
+        # (fail over at once instead of backing off); if every region failed
+        # with a transient error, they are tried again with full retries.
+        errors: dict[str, BaseException] = {}
+        passes = [1, None] if len(candidates) > 1 else [None]
+        todo = candidates
+        for pass_no, attempts in enumerate(passes):
+            last_pass = pass_no == len(passes) - 1
+            for position, edk in enumerate(todo):
+                more = position + 1 < len(todo) or not last_pass
+                key = self._decrypt_one(edk, ctx, algorithm, attempts, errors, more)
+                if key is not None:
+                    return key
+            todo = [edk for edk in todo if getattr(errors.get(edk.key_arn), "retryable", False)]
+            if not todo:
+                break
+        errors_list = [(edk.key_arn, errors[edk.key_arn]) for edk in candidates if edk.key_arn in errors]
+        details = "; ".join(f"{arn}: {err}" for arn, err in errors_list)
         raise NoUsableKeyError(
-            f"could not decrypt the data key with any of {len(errors)} CMK(s): {details}", errors=errors
+            f"could not decrypt the data key with any of {len(errors_list)} CMK(s): {details}", errors=errors_list
         )
+
+    def _decrypt_one(
+        self,
+        edk: EncryptedDataKey,
+        ctx: dict[str, str],
+        algorithm: Algorithm,
+        attempts: int | None,
+        errors: dict[str, BaseException],
+        more: bool,
+    ) -> bytearray | None:
+        """The data key from one EDK, or None with the failure recorded."""
+        try:
+            key = self.kms.decrypt(edk.key_arn, edk.ciphertext_blob, ctx, max_attempts=attempts)
+        except KmsError as e:
+            errors[edk.key_arn] = e
+            self._log_failure(edk.key_arn, e, more)
+            return None
+        if len(key) != algorithm.key_len:
+            n = len(key)
+            _wipe(key)
+            err = KmsError(
+                f"KMS Decrypt under {edk.key_arn} returned a {n}-byte data key; "
+                f"{algorithm.name} needs {algorithm.key_len} bytes",
+                code="InvalidDataKeyLength", region=Arn.parse(edk.key_arn).region,
+            )
+            errors[edk.key_arn] = err
+            self._log_failure(edk.key_arn, err, more)
+            return None
+        return key
 
     @staticmethod
     def _log_failure(arn: str, err: KmsError, more: bool) -> None:
