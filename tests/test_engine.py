@@ -262,3 +262,27 @@ def test_decrypt_many_legacy_with_opt_in(backend):
     with pytest.raises(kmsenv.UnauthenticatedAlgorithmError):
         kmsenv.decrypt_many(msgs, p)
     assert kmsenv.decrypt_many(msgs, p, allow_unauthenticated=True) == [b"a", b"b", b"c"]
+
+
+def test_encrypted_data_keys_survive_pickling_across_processes(tmp_path):
+    """EDKs cache their hash; a pickle must not carry it into a process whose
+    str hashes differ (job keys travel to workers this way)."""
+    import os
+    import subprocess
+    import sys
+
+    src = os.path.join(os.path.dirname(kmsenv.__file__), "..")
+    dump = tmp_path / "edk.pkl"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    code_dump = (
+        "import pickle, kmsenv; open(%r, 'wb').write(pickle.dumps("
+        "[kmsenv.EncryptedDataKey('acs:kms:r:1:key/k', b'blob')]))" % str(dump)
+    )
+    code_load = (
+        "import pickle, kmsenv; e = pickle.load(open(%r, 'rb'))[0];"
+        "f = kmsenv.EncryptedDataKey('acs:kms:r:1:key/k', b'blob');"
+        "assert e == f and hash(e) == hash(f) and {e: 1}[f] == 1" % str(dump)
+    )
+    for seed, code in (("1", code_dump), ("2", code_load)):
+        out = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONHASHSEED=seed), capture_output=True)
+        assert out.returncode == 0, out.stderr.decode()

@@ -169,3 +169,15 @@ def test_parse_header_makes_no_provider_call():
     assert provider.decrypt_calls == 0
     with pytest.raises(TypeError):
         header.encryption_context["tenant"] = "evil"  # read-only
+
+
+def test_short_and_odd_framings_are_format_errors():
+    """The fast framing path must hand every odd input to the strict reader."""
+    msg, provider = _message()
+    for n in range(0, 12):
+        for prefix in (msg[:n], b"\x30\x84" + msg[2:n], b"\x30\x06\x30\x84\x00\x00"[:n]):
+            with pytest.raises(kmsenv.MessageFormatError):
+                codec.message_header(prefix)
+    for blob in (b"\x30\x08\x30\x84\x00\x00\x01\x00\x00\x00", b"\x30\x81\x05" + bytes(5), bytes(10)):
+        with pytest.raises(kmsenv.MessageFormatError):
+            kmsenv.decrypt(blob, provider)

@@ -295,9 +295,15 @@ def encrypt(
     ``algorithm=None`` uses the provider's ``algorithm`` attribute, else AES-256-GCM.
     Legacy CBC/CTR algorithms need ``allow_unauthenticated=True``.
     """
-    data = _as_bytes(plaintext, "plaintext")
-    ctx = _context(encryption_context)
-    alg = _algorithm(provider, algorithm)
+    # The common argument types take the short way: this path is per message.
+    data = plaintext if type(plaintext) is bytes else _as_bytes(plaintext, "plaintext")
+    if encryption_context is None:
+        ctx: dict[str, str] = {}
+    elif type(encryption_context) is dict:
+        ctx = encryption_context.copy()
+    else:
+        ctx = _context(encryption_context)
+    alg = algorithm if type(algorithm) is Algorithm else _algorithm(provider, algorithm)
     _check_new_algorithm(alg, allow_unauthenticated)
     ctx_bytes = _context_bytes_for_encrypt(ctx)
     data_key = _generate(provider, alg, ctx, len(data) if type(data) is bytes else memoryview(data).nbytes)
@@ -362,7 +368,7 @@ def decrypt(
     _check_readable(header, allow_unauthenticated)
     key_bytes = _unwrap(provider, header)
     try:
-        ctx_bytes = context_bytes(header.encryption_context)
+        ctx_bytes = header.context_bytes()
         if body is None:
             # One native call: strict framing, header tag, body tag.
             try:

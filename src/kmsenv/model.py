@@ -5,18 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+from ._wipe import wipe as _wipe_buffer
 from .algorithms import Algorithm
 
 __all__ = ["EncryptedDataKey", "DataKey", "DataKeyProvider"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EncryptedDataKey:
     """One CMK's wrapping of the data key: the CMK ARN and the raw KMS ciphertext
     blob (the base64-decoded ``CiphertextBlob``)."""
 
     key_arn: str
     ciphertext_blob: bytes
+    # Headers are memoized by their EDKs, so the hash is computed once.
+    _hash: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key_arn, str) or not self.key_arn:
@@ -24,6 +27,23 @@ class EncryptedDataKey:
         if not isinstance(self.ciphertext_blob, (bytes, bytearray, memoryview)):
             raise TypeError("ciphertext_blob must be bytes")
         object.__setattr__(self, "ciphertext_blob", bytes(self.ciphertext_blob))
+        object.__setattr__(self, "_hash", hash((self.key_arn, self.ciphertext_blob)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EncryptedDataKey):
+            return NotImplemented
+        return self is other or (
+            self._hash == other._hash
+            and self.key_arn == other.key_arn
+            and self.ciphertext_blob == other.ciphertext_blob
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> Any:
+        # Rebuild through __init__: str hashes differ between processes.
+        return (EncryptedDataKey, (self.key_arn, self.ciphertext_blob))
 
     def __repr__(self) -> str:
         return f"EncryptedDataKey(key_arn={self.key_arn!r}, ciphertext_blob=<{len(self.ciphertext_blob)} bytes>)"
@@ -53,9 +73,7 @@ class DataKey:
         """Zero the key in place (idempotent)."""
         key = self._key
         if key:
-            from ._wipe import wipe
-
-            wipe(key)
+            _wipe_buffer(key)
             # Detach the zeroed buffer so a second wipe (e.g. in __del__) costs nothing.
             self._key = bytearray()
 

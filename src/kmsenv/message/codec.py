@@ -55,11 +55,28 @@ class MessageHeader:
     header_auth_tag: bytes
     # The header's DER bytes exactly as read or written (the TLV).
     encoded: bytes = field(default=b"", repr=False, compare=False)
+    # Derived once per header object (parsed headers are memoized and reused).
+    _derived: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _parts(self) -> tuple[bytes, bytes]:
+        derived = self._derived
+        if derived is None:
+            if self.version == MESSAGE_VERSION:
+                _, auth, ctx_bytes = header_parts(self.algorithm, self.encrypted_data_keys, self.encryption_context)
+            else:
+                ctx_bytes = context_parts(self.encryption_context)[0]
+                auth = auth_fields(self.version, self.algorithm, self.encryption_context, self.encrypted_data_keys)
+            derived = (auth, ctx_bytes)
+            object.__setattr__(self, "_derived", derived)
+        return derived
 
     def auth_fields(self) -> bytes:
-        if self.version == MESSAGE_VERSION:
-            return header_parts(self.algorithm, self.encrypted_data_keys, self.encryption_context)[1]
-        return auth_fields(self.version, self.algorithm, self.encryption_context, self.encrypted_data_keys)
+        """The bytes the header tag covers (spec section 5.1)."""
+        return self._parts()[0]
+
+    def context_bytes(self) -> bytes:
+        """The context serialisation (spec section 4): the GCM body AAD."""
+        return self._parts()[1]
 
 
 @dataclass(frozen=True)
@@ -308,6 +325,39 @@ _HEADER_MEMO = _Memo(256)
 _MEMO_HEADER_MAX = 4096  # keep the memo small: only headers of ordinary size
 
 
+def _tl(buf: bytes, pos: int, tag: int) -> tuple[int, int]:
+    """(content start, content length) of a TLV at pos, or (-1, 0) when it is
+    not a minimally encoded definite-length TLV with that tag (1-4 octets)."""
+    end = len(buf)
+    if end - pos < 2 or buf[pos] != tag:
+        return -1, 0
+    first = buf[pos + 1]
+    if first < 0x80:
+        return pos + 2, first
+    count = first - 0x80
+    if not 1 <= count <= 4 or end - pos - 2 < count or buf[pos + 2] == 0:
+        return -1, 0
+    length = int.from_bytes(buf[pos + 2 : pos + 2 + count], "big")
+    if length < 0x80:
+        return -1, 0
+    return pos + 2 + count, length
+
+
+def _quick_header_slice(data: object) -> bytes | None:
+    """The header TLV of a well-framed ``bytes`` message, or None (let the strict
+    reader explain). Checks what the strict path checks for the framing: exact
+    outer length, header inside it."""
+    if type(data) is not bytes or len(data) < 8:
+        return None
+    start, length = _tl(data, 0, 0x30)
+    if start < 0 or start + length != len(data):
+        return None
+    hstart, hlen = _tl(data, start, 0x30)
+    if hstart < 0 or hstart + hlen > len(data):
+        return None
+    return data[start : hstart + hlen]
+
+
 def message_header(
     data: bytes | bytearray | memoryview,
     max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
@@ -317,12 +367,15 @@ def message_header(
 
     Messages under one cached data key share their header bytes, so parsed
     headers are memoized by those bytes (they are immutable records)."""
-    top = der.Reader(memoryview(data))
-    msg = top.enter(der.SEQUENCE, "message")
-    top.expect_end("the message")
-    start = msg.pos
-    msg.enter(der.SEQUENCE, "header")
-    raw = bytes(msg.buf[start : msg.pos])
+    raw = _quick_header_slice(data)
+    if raw is None:
+        # Anything unusual: the strict reader says exactly what is wrong.
+        top = der.Reader(memoryview(data))
+        msg = top.enter(der.SEQUENCE, "message")
+        top.expect_end("the message")
+        start = msg.pos
+        msg.enter(der.SEQUENCE, "header")
+        raw = bytes(msg.buf[start : msg.pos])
     key = (raw, max_encrypted_data_keys)
     header = _HEADER_MEMO.get(key)
     if header is None:
