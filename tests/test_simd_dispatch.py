@@ -60,8 +60,11 @@ def _run(disable: bool) -> dict:
     env.pop("KMSENV_DISABLE_SIMD", None)
     if disable:
         env["KMSENV_DISABLE_SIMD"] = "1"
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    # The child imports the same kmsenv as this process (installed or in-tree).
+    import kmsenv
+
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))
+    env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run(
         [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=300, check=True
     )

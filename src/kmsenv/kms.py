@@ -54,7 +54,9 @@ class _RedactPlaintext(logging.Filter):
 
 
 # Records are filtered on the logger that creates them, before they propagate.
-for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry"):
+# darabonba (the official client's core) traces each request's query on its own
+# logger when DEBUG=sdk is set.
+for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry", "darabonba-core"):
     logging.getLogger(_name).addFilter(_RedactPlaintext())
 
 ENDPOINTS_ENV = "KMSENV_KMS_ENDPOINTS"

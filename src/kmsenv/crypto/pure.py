@@ -349,10 +349,11 @@ class PureBackend:
             k.close()
 
     def open_message(self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes) -> bytes:
-        # The same strict checks as the C core, through the codec.
-        from ..message.codec import message_header
+        # The same order as the C core: strict framing of the whole message
+        # first (a malformed body is a format error), then the tags.
+        from ..message.codec import decode_message
 
-        header = message_header(message, 2**31)
+        header, _ = decode_message(message, 2**31)
         k = PureKey(cipher, key)
         try:
             try:
