@@ -57,7 +57,8 @@ def _build_options() -> dict[str, list[str]]:
     if prefix:
         options["include_dirs"].append(os.path.join(prefix, "include"))
         if sys.platform == "win32":
-            options["libraries"] += ["libcrypto", "crypt32", "ws2_32", "advapi32", "user32"]
+            # OpenSSL's own ex_libs for VC-WIN64A (Configurations/10-main.conf).
+            options["libraries"] += ["libcrypto", "crypt32", "ws2_32", "gdi32", "advapi32", "user32"]
             options["library_dirs"] = [os.path.join(prefix, "lib")]
         else:
             archives = glob.glob(os.path.join(prefix, "lib*", "libcrypto.a"))
@@ -65,7 +66,10 @@ def _build_options() -> dict[str, list[str]]:
                 raise RuntimeError(f"no libcrypto.a under {prefix}")
             options["extra_objects"] = [archives[0]]
             compile_args.append("-fvisibility=hidden")
-            if sys.platform != "darwin":
+            if sys.platform == "darwin":
+                # ld64 has no --exclude-libs: export the module's init function only.
+                link_args.append("-Wl,-exported_symbol,_PyInit__native")
+            else:
                 link_args.append("-Wl,--exclude-libs,ALL")
                 options["libraries"] += ["pthread", "dl"]
     else:

@@ -73,6 +73,10 @@ __all__ = [
     "parse_header",
 ]
 
+from .crypto import check_at_import as _check_at_import
+
+_check_at_import()
+
 # The KMS side pulls in the Alibaba Cloud SDK; load it only when asked for.
 _LAZY = {"Kms": ("kms", "Kms"), "KmsKeyProvider": ("providers", "KmsKeyProvider")}
 

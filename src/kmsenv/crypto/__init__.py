@@ -79,13 +79,20 @@ def get_backend() -> Backend:
             elif native_available():
                 _backend = _make("native")
             else:
-                warnings.warn(
-                    f"kmsenv is using its pure-Python backend: {_native_reason}",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                _backend = _make("pure")
+                _backend = _make("pure")  # check_at_import() already said why
         return _backend
+
+
+def check_at_import() -> None:
+    """Load and version-check the native core when kmsenv is imported, and say
+    at once (a RuntimeWarning) when it is missing or stale, unless the pure
+    backend was chosen on purpose with KMSENV_BACKEND=pure."""
+    if not native_available() and os.environ.get("KMSENV_BACKEND", "").strip().lower() != "pure":
+        warnings.warn(
+            f"kmsenv will use its pure-Python backend: {_native_reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def set_backend(name: str) -> None:
