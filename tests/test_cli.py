@@ -161,3 +161,37 @@ def test_exit_codes(kms_env, tmp_path):
     out = kmsenv("decrypt", "-k", arns[0], "-c", "app=x", "-i", str(enc), "-o", str(tmp_path / "o"), env=env)
     assert out.returncode == 4
     assert not (tmp_path / "o").exists()
+
+
+def test_progress_bar_on_a_terminal_only(kms_env, tmp_path):
+    """A terminal gets a progress bar for large inputs; a pipe gets nothing."""
+    import pty
+    import select
+
+    _, arns, env = kms_env
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(6 << 20))  # over the 4 MB threshold
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kmsenv", "encrypt", "-k", arns[0], "-i", str(src), "-o", str(tmp_path / "o")],
+        env=env, stdout=subprocess.DEVNULL, stderr=slave,
+    )
+    os.close(slave)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    text = seen.decode(errors="replace")
+    assert "100.0%" in text and "MB/s" in text and "#" in text
+    piped = kmsenv("encrypt", "-k", arns[0], "-i", str(src), "-o", str(tmp_path / "o2"), env=env)
+    assert piped.returncode == 0 and piped.stderr == b""
