@@ -7,6 +7,7 @@ be mutated by other threads while a call runs.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any, Sequence
 
@@ -15,7 +16,9 @@ from ..message import der
 from . import interface as I
 
 try:
-    from .. import _native  # type: ignore[attr-defined]
+    # By full name: during kmsenv's own import, `from .. import _native` would
+    # report a missing module as a "circular import".
+    _native = importlib.import_module("kmsenv._native")
 except ImportError as exc:  # pragma: no cover - exercised when the build is missing
     _native = None
     IMPORT_ERROR: str | None = f"{type(exc).__name__}: {exc}"
