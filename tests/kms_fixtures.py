@@ -17,7 +17,7 @@ from kmsenv.localkms import LocalKms
 REGIONS = ("cn-hangzhou", "cn-beijing", "cn-shanghai")
 HZ, BJ, SH = REGIONS
 
-__all__ = ["REGIONS", "HZ", "BJ", "SH", "Cmks", "local_kms", "cmks", "kms", "make_kms", "clean_faults"]
+__all__ = ["REGIONS", "HZ", "BJ", "SH", "Cmks", "local_kms", "cmks", "kms", "make_kms", "clean_faults", "cli_env"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,20 @@ def make_kms(local_kms, clean_faults):
 @pytest.fixture
 def kms(make_kms) -> Kms:
     return make_kms()
+
+
+@pytest.fixture(scope="module")
+def cli_env():
+    """(server, [beijing ARN, hangzhou ARN], environment) for running the real
+    ``kmsenv`` command against a LocalKms of its own."""
+    import os
+
+    with LocalKms(regions=["cn-beijing", "cn-hangzhou"]) as server:
+        arns = [server.create_key(r) for r in ("cn-beijing", "cn-hangzhou")]
+        env = dict(os.environ)
+        env.update(
+            KMSENV_KMS_ENDPOINTS=",".join(f"{r}={u}" for r, u in server.endpoints.items()),
+            ALIBABA_CLOUD_ACCESS_KEY_ID=server.access_key_id,
+            ALIBABA_CLOUD_ACCESS_KEY_SECRET=server.access_key_secret,
+        )
+        yield server, arns, env

@@ -10,22 +10,13 @@ import sys
 
 import pytest
 
-from kmsenv.localkms import LocalKms
 
-REGIONS = ["cn-beijing", "cn-hangzhou"]
+from kms_fixtures import cli_env  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
-def kms_env():
-    with LocalKms(regions=REGIONS) as server:
-        arns = [server.create_key(r) for r in REGIONS]
-        env = dict(os.environ)
-        env.update(
-            KMSENV_KMS_ENDPOINTS=",".join(f"{r}={u}" for r, u in server.endpoints.items()),
-            ALIBABA_CLOUD_ACCESS_KEY_ID=server.access_key_id,
-            ALIBABA_CLOUD_ACCESS_KEY_SECRET=server.access_key_secret,
-        )
-        yield server, arns, env
+def kms_env(cli_env):  # noqa: F811
+    return cli_env
 
 
 def kmsenv(*args: str, env=None, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -18,22 +18,14 @@ import time
 
 import pytest
 
-from kmsenv.localkms import LocalKms
 
-REGIONS = ["cn-beijing", "cn-hangzhou"]
+from kms_fixtures import cli_env  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
-def env_and_arns():
-    with LocalKms(regions=REGIONS) as server:
-        arns = [server.create_key(r) for r in REGIONS]
-        env = dict(os.environ)
-        env.update(
-            KMSENV_KMS_ENDPOINTS=",".join(f"{r}={u}" for r, u in server.endpoints.items()),
-            ALIBABA_CLOUD_ACCESS_KEY_ID=server.access_key_id,
-            ALIBABA_CLOUD_ACCESS_KEY_SECRET=server.access_key_secret,
-        )
-        yield env, arns
+def env_and_arns(cli_env):  # noqa: F811
+    _, arns, env = cli_env
+    return env, arns
 
 
 def _sha(path) -> str:
