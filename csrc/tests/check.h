@@ -5,7 +5,9 @@
 #ifndef KMSENV_TEST_CHECK_H
 #define KMSENV_TEST_CHECK_H
 
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <openssl/err.h>
 
@@ -35,5 +37,19 @@ static int passed, failed;
             ERR_clear_error();                                                 \
         }                                                                      \
     } while (0)
+
+/* Hex text to bytes (test literals only: a bad digit aborts the run). */
+static inline size_t unhex(const char *s, uint8_t *out)
+{
+    size_t n = 0;
+    while (s[0] && s[1]) {
+        unsigned int v;
+        if (sscanf(s, "%2x", &v) != 1)
+            abort();
+        out[n++] = (uint8_t)v;
+        s += 2;
+    }
+    return n;
+}
 
 #endif

@@ -20,17 +20,6 @@
 
 
 
-static size_t unhex(const char *s, uint8_t *out)
-{
-    size_t n = 0;
-    while (s[0] && s[1]) {
-        unsigned int v;
-        sscanf(s, "%2x", &v);
-        out[n++] = (uint8_t)v;
-        s += 2;
-    }
-    return n;
-}
 
 static int all_byte(const uint8_t *p, size_t n, uint8_t b)
 {

@@ -18,18 +18,6 @@
 #include "check.h"
 
 
-static size_t unhex(const char *s, uint8_t *out)
-{
-    size_t n = 0;
-    while (s[0] && s[1]) {
-        unsigned int v;
-        if (sscanf(s, "%2x", &v) != 1)
-            abort();
-        out[n++] = (uint8_t)v;
-        s += 2;
-    }
-    return n;
-}
 
 static void rnd(void *p, size_t n)
 {
