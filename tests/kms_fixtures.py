@@ -17,7 +17,7 @@ from kmsenv.localkms import LocalKms
 REGIONS = ("cn-hangzhou", "cn-beijing", "cn-shanghai")
 HZ, BJ, SH = REGIONS
 
-__all__ = ["REGIONS", "HZ", "BJ", "SH", "Cmks", "local_kms", "cmks", "kms", "make_kms", "clean_faults", "cli_env"]
+__all__ = ["REGIONS", "HZ", "BJ", "SH", "Cmks", "local_kms", "cmks", "kms", "make_kms", "clean_faults", "cli_env", "kms_options"]
 
 
 @dataclass(frozen=True)
@@ -63,19 +63,25 @@ def make_kms(local_kms, clean_faults):
     """Build a Kms for the LocalKms with tiny backoffs; keyword arguments override."""
 
     def factory(**overrides) -> Kms:
-        options = dict(
-            access_key_id=local_kms.access_key_id,
-            access_key_secret=local_kms.access_key_secret,
-            endpoints=local_kms.endpoints,
-            backoff_base=0.001,
-            backoff_max=0.005,
-            connect_timeout=2.0,
-            read_timeout=5.0,
-        )
-        options.update(overrides)
-        return Kms(**options)
+        return Kms(**kms_options(local_kms, **overrides))
 
     return factory
+
+
+def kms_options(local_kms, **overrides) -> dict:
+    """Keyword arguments for a Kms (or subclass) talking to ``local_kms`` with
+    tiny backoffs, so retry tests stay fast; keyword arguments override."""
+    options = dict(
+        access_key_id=local_kms.access_key_id,
+        access_key_secret=local_kms.access_key_secret,
+        endpoints=local_kms.endpoints,
+        backoff_base=0.001,
+        backoff_max=0.005,
+        connect_timeout=2.0,
+        read_timeout=5.0,
+    )
+    options.update(overrides)
+    return options
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from kmsenv.kms import Kms
 from kmsenv.model import DataKey
 
 from kms_fixtures import *  # noqa: F401,F403
-from kms_fixtures import BJ, HZ, SH
+from kms_fixtures import BJ, HZ, SH, kms_options
 
 CTX = {"tenant": "acme"}
 
@@ -62,17 +62,7 @@ class RecordingKms(Kms):
 @pytest.fixture
 def make_recording_kms(local_kms, clean_faults):
     def factory(**overrides) -> RecordingKms:
-        options = dict(
-            access_key_id=local_kms.access_key_id,
-            access_key_secret=local_kms.access_key_secret,
-            endpoints=local_kms.endpoints,
-            backoff_base=0.001,
-            backoff_max=0.005,
-            connect_timeout=2.0,
-            read_timeout=5.0,
-        )
-        options.update(overrides)
-        return RecordingKms(**options)
+        return RecordingKms(**kms_options(local_kms, **overrides))
 
     return factory
 
