@@ -7,7 +7,6 @@ Every error that leaves it is a :class:`KmsEnvError`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
 from .algorithms import Algorithm
@@ -26,18 +25,14 @@ from .message import der
 from .message.codec import (
     DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
     MAX_CONTEXT_BYTES,
-    MESSAGE_VERSION,
     MessageBody,
     MessageHeader,
-    auth_fields,
-    check_edks,
     context_bytes,
     context_parts,
     header_parts,
     decode_message,
     message_header,
     encode_body,
-    encode_header_fields,
     encode_message,
 )
 from .model import DataKey, DataKeyProvider, EncryptedDataKey

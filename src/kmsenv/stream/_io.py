@@ -176,3 +176,22 @@ def parse_context_bytes(raw: bytes) -> Mapping[str, str]:
     if pos != len(raw) or context_bytes(ctx) != bytes(raw):
         raise MessageFormatError("encryption context is not in canonical form")
     return MappingProxyType(ctx)
+
+
+def check_edk_count(count: int, limit: int) -> None:
+    """An EDK count read from a stream header: at least one, at most ``limit``."""
+    if count == 0:
+        raise MessageFormatError("the message has no encrypted data key")
+    if count > limit:
+        raise MessageFormatError(
+            f"the message has more than {limit} encrypted data keys "
+            "(raise max_encrypted_data_keys if this is expected)"
+        )
+
+
+def decode_arn(raw: bytes) -> str:
+    """A key ARN read from a stream header (UTF-8)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MessageFormatError("key ARN is not valid UTF-8") from None

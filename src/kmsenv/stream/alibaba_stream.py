@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import struct
 import tempfile
 from types import MappingProxyType
@@ -21,7 +20,7 @@ from .._wipe import wipe
 from ..algorithms import Algorithm, algorithm_from_id
 from ..crypto import get_backend
 from ..engine import _context_bytes_for_encrypt, _generate, _Key, _unwrap
-from ..exceptions import AuthenticationError, ConfigurationError, MessageFormatError, UnsupportedAlgorithmError
+from ..exceptions import AuthenticationError, MessageFormatError, UnsupportedAlgorithmError
 from ..message.codec import (
     MAX_ARN_BYTES,
     MAX_CONTEXT_BYTES,
@@ -33,7 +32,7 @@ from ..message.codec import (
 )
 from ..model import DataKeyProvider, EncryptedDataKey
 from . import _rand
-from ._io import Source, parse_context_bytes, write_all
+from ._io import Source, check_edk_count, decode_arn, parse_context_bytes, write_all
 
 VERSION = 1
 TAG_LEN = 16
@@ -72,22 +71,13 @@ def read_header(src: Source, max_encrypted_data_keys: int) -> tuple[MessageHeade
         raise MessageFormatError(f"encryption context of {ctx_len} bytes exceeds {MAX_CONTEXT_BYTES}")
     ctx = parse_context_bytes(src.read_exact(ctx_len, "encryption context"))
     count = src.u32("EDK count")
-    if count == 0:
-        raise MessageFormatError("the message has no encrypted data key")
-    if count > max_encrypted_data_keys:
-        raise MessageFormatError(
-            f"the message has more than {max_encrypted_data_keys} encrypted data keys "
-            "(raise max_encrypted_data_keys if this is expected)"
-        )
+    check_edk_count(count, max_encrypted_data_keys)
     edks: list[EncryptedDataKey] = []
     for _ in range(count):
         arn_len = src.u32("key ARN length")
         if not 0 < arn_len <= MAX_ARN_BYTES:
             raise MessageFormatError(f"key ARN length {arn_len} is outside 1..{MAX_ARN_BYTES}")
-        try:
-            arn = src.read_exact(arn_len, "key ARN").decode("utf-8")
-        except UnicodeDecodeError:
-            raise MessageFormatError("key ARN is not valid UTF-8") from None
+        arn = decode_arn(src.read_exact(arn_len, "key ARN"))
         text_len = src.u32("EDK length")
         if not 0 < text_len <= _MAX_EDK_TEXT:
             raise MessageFormatError(f"encrypted data key text of {text_len} bytes is out of range")

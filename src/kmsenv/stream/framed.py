@@ -34,7 +34,7 @@ from ..exceptions import (
 from ..message.codec import DEFAULT_MAX_ENCRYPTED_DATA_KEYS, MAX_ARN_BYTES, MAX_EDK_BYTES, check_edks
 from ..model import DataKeyProvider, EncryptedDataKey
 from . import _rand
-from ._io import Source, parse_context_bytes, write_all
+from ._io import Source, check_edk_count, decode_arn, parse_context_bytes, write_all
 
 MAGIC = b"KMSF"
 VERSION = 1
@@ -156,23 +156,14 @@ def read_header(src: Source, max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTE
         raise MessageFormatError(f"encryption context of {ctx_len} bytes exceeds 32767")
     ctx = parse_context_bytes(take(ctx_len, "encryption context"))
     count = _u16.unpack(take(2, "EDK count"))[0]
-    if count == 0:
-        raise MessageFormatError("the message has no encrypted data key")
-    if count > max_encrypted_data_keys:
-        raise MessageFormatError(
-            f"the message has more than {max_encrypted_data_keys} encrypted data keys "
-            "(raise max_encrypted_data_keys if this is expected)"
-        )
+    check_edk_count(count, max_encrypted_data_keys)
     edks: list[EncryptedDataKey] = []
     seen: set[str] = set()
     for _ in range(count):
         arn_len = _u16.unpack(take(2, "key ARN length"))[0]
         if not 0 < arn_len <= MAX_ARN_BYTES:
             raise MessageFormatError(f"key ARN length {arn_len} is outside 1..{MAX_ARN_BYTES}")
-        try:
-            arn = take(arn_len, "key ARN").decode("utf-8")
-        except UnicodeDecodeError:
-            raise MessageFormatError("key ARN is not valid UTF-8") from None
+        arn = decode_arn(take(arn_len, "key ARN"))
         blob_len = _u32.unpack(take(4, "EDK length"))[0]
         if not 0 < blob_len <= MAX_EDK_BYTES:
             raise MessageFormatError(f"encrypted data key length {blob_len} is outside 1..{MAX_EDK_BYTES}")
