@@ -86,6 +86,41 @@ size_t kmsenv_message_size(size_t headerlen, size_t ptlen)
     return layout_of(headerlen, ptlen, &l) ? l.total : 0;
 }
 
+int kmsenv__der_write_message(kmsenv_key *k, const uint8_t *header, size_t headerlen,
+                              const uint8_t *aad, size_t aadlen, const uint8_t *iv_in,
+                              const uint8_t *in, size_t ptlen, uint8_t *out, size_t *written)
+{
+    uint8_t iv[KMSENV_GCM_IV_LEN], *p = out, *tag;
+    layout l;
+    int rc;
+    if (!layout_of(headerlen, ptlen, &l))
+        return KMSENV_E_ARG;
+    /* The IV may live in the output area (the batch IV pool): copy it first. */
+    memcpy(iv, iv_in, KMSENV_GCM_IV_LEN);
+    *p++ = DER_SEQUENCE;
+    p = kmsenv__der_put_len(p, l.msg_content);
+    if (headerlen != 0)
+        memcpy(p, header, headerlen);
+    p += headerlen;
+    *p++ = DER_SEQUENCE;
+    p = kmsenv__der_put_len(p, l.body_content);
+    *p++ = DER_OCTET_STRING;
+    *p++ = KMSENV_GCM_IV_LEN;
+    memcpy(p, iv, KMSENV_GCM_IV_LEN);
+    p += KMSENV_GCM_IV_LEN;
+    *p++ = DER_OCTET_STRING;
+    p = kmsenv__der_put_len(p, ptlen);
+    tag = p + ptlen + 2;
+    rc = kmsenv_gcm_seal(k, iv, aad, aadlen, ptlen ? in : NULL, ptlen, ptlen ? p : NULL, tag);
+    if (rc != KMSENV_OK)
+        return rc;
+    p += ptlen;
+    *p++ = DER_OCTET_STRING;
+    *p++ = KMSENV_GCM_TAG_LEN;
+    *written = l.total;
+    return KMSENV_OK;
+}
+
 /* Every message is at least this long, more than one IV: see the IV pool. */
 #define MIN_MESSAGE (2 + 2 + 2 + KMSENV_GCM_IV_LEN + 2 + 2 + KMSENV_GCM_TAG_LEN)
 _Static_assert(MIN_MESSAGE > KMSENV_GCM_IV_LEN, "IV pool invariant");
@@ -135,38 +170,14 @@ int kmsenv_gcm_seal_messages(kmsenv_key *k, const uint8_t *header, size_t header
     }
 
     for (i = 0; i < n; i++) {
-        size_t ptlen = in_offsets[i + 1] - in_offsets[i];
-        uint8_t iv[KMSENV_GCM_IV_LEN], *p = out + pos, *tag;
-        layout l;
-        if (!layout_of(headerlen, ptlen, &l)) { /* validated above; keeps gcc sure */
-            rc = KMSENV_E_ARG;
-            goto fail;
-        }
-        memcpy(iv, ivpool + i * KMSENV_GCM_IV_LEN, KMSENV_GCM_IV_LEN);
+        size_t ptlen = in_offsets[i + 1] - in_offsets[i], written;
         out_offsets[i] = pos;
-
-        *p++ = DER_SEQUENCE;
-        p = kmsenv__der_put_len(p, l.msg_content);
-        if (headerlen != 0)
-            memcpy(p, header, headerlen);
-        p += headerlen;
-        *p++ = DER_SEQUENCE;
-        p = kmsenv__der_put_len(p, l.body_content);
-        *p++ = DER_OCTET_STRING;
-        *p++ = KMSENV_GCM_IV_LEN;
-        memcpy(p, iv, KMSENV_GCM_IV_LEN);
-        p += KMSENV_GCM_IV_LEN;
-        *p++ = DER_OCTET_STRING;
-        p = kmsenv__der_put_len(p, ptlen);
-        tag = p + ptlen + 2;
-        rc = kmsenv_gcm_seal(k, iv, aad, aadlen, ptlen ? in + in_offsets[i] : NULL, ptlen,
-                             ptlen ? p : NULL, tag);
+        rc = kmsenv__der_write_message(k, header, headerlen, aad, aadlen,
+                                       ivpool + i * KMSENV_GCM_IV_LEN,
+                                       ptlen ? in + in_offsets[i] : NULL, ptlen, out + pos, &written);
         if (rc != KMSENV_OK)
             goto fail;
-        p += ptlen;
-        *p++ = DER_OCTET_STRING;
-        *p++ = KMSENV_GCM_TAG_LEN;
-        pos += l.total;
+        pos += written;
     }
     out_offsets[n] = pos;
     return KMSENV_OK;
@@ -204,13 +215,8 @@ int kmsenv__der_header(const uint8_t *m, size_t end, size_t *off, uint8_t tag, s
     return 1;
 }
 
-typedef struct {
-    const uint8_t *iv, *ct, *tag;
-    size_t ctlen;
-} parsed;
-
-static int parse_message(const uint8_t *m, size_t mlen, const uint8_t *header, size_t headerlen,
-                         parsed *out)
+int kmsenv__der_parse_message(const uint8_t *m, size_t mlen, const uint8_t *header,
+                              size_t headerlen, kmsenv__der_parsed *out)
 {
     size_t off = 0, len;
     if (!kmsenv__der_header(m, mlen, &off, DER_SEQUENCE, &len) || len != mlen - off)
@@ -262,10 +268,10 @@ int kmsenv_gcm_open_messages(kmsenv_key *k, const uint8_t *header, size_t header
     /* Each plaintext is shorter than its message, so out never overflows. */
     for (i = 0; i < n; i++) {
         size_t mlen = in_offsets[i + 1] - in_offsets[i];
-        parsed p;
+        kmsenv__der_parsed p;
         int st;
         out_offsets[i] = pos;
-        if (mlen == 0 || !parse_message(in + in_offsets[i], mlen, header, headerlen, &p)) {
+        if (mlen == 0 || !kmsenv__der_parse_message(in + in_offsets[i], mlen, header, headerlen, &p)) {
             st = KMSENV_E_FORMAT;
         } else {
             st = kmsenv_gcm_open(k, p.iv, aad, aadlen, p.ct, p.ctlen, p.tag,

@@ -125,5 +125,45 @@ uint8_t *kmsenv__der_put_len(uint8_t *p, size_t n);
 /* Reads tag + strict DER length at *off (indefinite, non-minimal and > 4
  * length octets rejected); on success *len value bytes lie inside [*off, end). */
 int kmsenv__der_header(const uint8_t *m, size_t end, size_t *off, uint8_t tag, size_t *len);
+/* Writes one complete message (header TLV given, body sealed under iv) at out,
+ * which has room for kmsenv_message_size(headerlen, ptlen) bytes; *written
+ * receives that size. iv may point into out (it is copied first). */
+int kmsenv__der_write_message(kmsenv_key *k, const uint8_t *header, size_t headerlen,
+                              const uint8_t *aad, size_t aadlen, const uint8_t *iv,
+                              const uint8_t *in, size_t ptlen, uint8_t *out, size_t *written);
+/* The body fields of message m[0..mlen) whose Header TLV must equal header;
+ * 0 unless strictly DER, IV of 12 and tag of 16, nothing trailing. */
+typedef struct {
+    const uint8_t *iv, *ct, *tag;
+    size_t ctlen;
+} kmsenv__der_parsed;
+int kmsenv__der_parse_message(const uint8_t *m, size_t mlen, const uint8_t *header,
+                              size_t headerlen, kmsenv__der_parsed *out);
+
+/* arrow.c: Arrow variable-size binary views (see kmsenv_binview). */
+int kmsenv__binview_check(const kmsenv_binview *v);
+static inline int64_t kmsenv__binview_off(const kmsenv_binview *v, size_t i)
+{
+    if (v->offset_width == 4) {
+        int32_t x;
+        memcpy(&x, (const uint8_t *)v->offsets + 4 * i, 4);
+        return x;
+    } else {
+        int64_t x;
+        memcpy(&x, (const uint8_t *)v->offsets + 8 * i, 8);
+        return x;
+    }
+}
+static inline int kmsenv__binview_valid(const kmsenv_binview *v, size_t i)
+{
+    size_t bit;
+    if (v->validity == NULL)
+        return 1;
+    bit = v->validity_offset + i;
+    return (v->validity[bit >> 3] >> (bit & 7)) & 1;
+}
+/* Stores out offset i = pos; 0 when pos does not fit the offset width. */
+int kmsenv__binout_put(kmsenv_binout *o, size_t i, size_t pos);
+size_t kmsenv__binout_get(const kmsenv_binout *o, size_t i);
 
 #endif

@@ -236,6 +236,99 @@ int kmsenv_open_message(int cipher, const uint8_t *key, size_t keylen,
                         const uint8_t *aad, size_t aadlen,
                         const uint8_t *msg, size_t msglen,
                         uint8_t *out, size_t outcap, size_t *outlen);
+/* ---- Arrow columns (arrow.c, compact.c) ----
+ * A view of an Arrow variable-size binary/string array: `length` values, value
+ * i is data[offsets[i] .. offsets[i+1]) with offsets of offset_width bytes (4:
+ * int32 binary/string, 8: int64 large_binary/large_string), already advanced
+ * past the array's own offset. validity is Arrow's bitmap (bit validity_offset
+ * + i set = value i present) or NULL for no nulls. data_len bounds data: the
+ * core checks offsets[0] >= 0, non-decreasing offsets and offsets[length] <=
+ * data_len before it reads anything. */
+typedef struct {
+    size_t length;
+    const uint8_t *data;
+    size_t data_len;
+    const void *offsets;
+    int offset_width;
+    const uint8_t *validity;
+    size_t validity_offset;
+} kmsenv_binview;
+
+/* Output of an Arrow binary array: the core writes offsets[1..length] (the
+ * caller sets offsets[0], normally 0) and data up to capacity. A null input
+ * value gives a zero-length output value; the caller reuses the validity. */
+typedef struct {
+    uint8_t *data;
+    size_t capacity;
+    void *offsets;
+    int offset_width;
+} kmsenv_binout;
+
+/* The value at *stopped belongs to another data key (or another header): open
+ * it, and what follows, with that key by calling again from *stopped. */
+#define KMSENV_E_OTHER_KEY -9
+
+/* Output bytes kmsenv_arrow_seal_messages needs for `in` (0: cannot encode). */
+size_t kmsenv_arrow_messages_size(size_t headerlen, const kmsenv_binview *in);
+
+/* Like kmsenv_gcm_seal_messages, over an Arrow column: every present value
+ * becomes one complete DER message sharing the encoded header; ivs is
+ * 12 * length bytes or NULL (drawn from the CSPRNG in blocks). */
+int kmsenv_arrow_seal_messages(kmsenv_key *k, const uint8_t *header, size_t headerlen,
+                               const uint8_t *aad, size_t aadlen, const kmsenv_binview *in,
+                               const uint8_t *ivs, kmsenv_binout *out);
+
+/* Opens values start..length-1 of a column of DER messages whose Header TLV
+ * equals header (the caller checked that header's tag once). Returns OK;
+ * KMSENV_E_OTHER_KEY when value *stopped has another header or is malformed
+ * (the caller parses it to tell which); KMSENV_E_AUTH when its body tag fails.
+ * out->offsets[start] must hold the output position to continue from. On
+ * E_AUTH the output written by this call is wiped. */
+int kmsenv_arrow_open_messages(kmsenv_key *k, const uint8_t *header, size_t headerlen,
+                               const uint8_t *aad, size_t aadlen, const kmsenv_binview *in,
+                               size_t start, size_t *stopped, kmsenv_binout *out);
+
+/* ---- Compact column values (compact.c; docs/format.md "compact") ----
+ *   u8 format (0xC1, or 0xC3 when bound to a row id) || key_ref[8] ||
+ *   segment[8] || iv[12] || ct || tag[16]
+ * key_ref = SHA-256(key header)[0..8). Values are sealed under a subkey
+ *   HKDF-H(ikm = data key, salt = segment, info = "kmsenv/compact/v1/key" || SHA-256(key header))
+ * (H = SHA-256 for AES, SM3 for SM4) with AAD = the first 17 bytes, followed
+ * by the row id for 0xC3 values. One segment covers at most
+ * KMSENV_COMPACT_MAX_SEGMENT values, so random IVs stay far from the GCM bound
+ * under every subkey however many values one data key protects. */
+#define KMSENV_COMPACT_FORMAT 193
+#define KMSENV_COMPACT_ROW_BOUND 2
+#define KMSENV_COMPACT_REF_LEN 8
+#define KMSENV_COMPACT_SEGMENT_LEN 8
+#define KMSENV_COMPACT_PREFIX_LEN 17
+#define KMSENV_COMPACT_OVERHEAD 45
+#define KMSENV_COMPACT_MAX_SEGMENT 1048576
+#define KMSENV_HEADER_HASH_LEN 32
+
+/* The subkey for one segment (out: keylen bytes, the caller wipes it). */
+int kmsenv_compact_subkey(int cipher, const uint8_t *key, size_t keylen,
+                          const uint8_t *header_hash, const uint8_t *segment, uint8_t *out);
+
+/* Seals every present value of `in` (at most KMSENV_COMPACT_MAX_SEGMENT) as a
+ * compact value of one segment. rows: NULL, or the row ids to bind (one per
+ * value, same length; nulls in rows are not allowed where in has a value).
+ * out->capacity >= (data span) + KMSENV_COMPACT_OVERHEAD * length. */
+int kmsenv_compact_seal(int cipher, const uint8_t *key, size_t keylen,
+                        const uint8_t *header_hash, const uint8_t *segment,
+                        const kmsenv_binview *in, const kmsenv_binview *rows,
+                        const uint8_t *ivs, kmsenv_binout *out);
+
+/* Opens values start..length-1 whose key_ref is header_hash[0..8), deriving
+ * the subkey again whenever the segment changes. Returns OK, or stops at
+ * *stopped with KMSENV_E_OTHER_KEY (another key_ref), KMSENV_E_FORMAT (too
+ * short, unknown format byte, or row binding that does not match rows being
+ * given) or KMSENV_E_AUTH (tag). On E_FORMAT/E_AUTH the output written by this
+ * call is wiped. */
+int kmsenv_compact_open(int cipher, const uint8_t *key, size_t keylen,
+                        const uint8_t *header_hash, const kmsenv_binview *in,
+                        const kmsenv_binview *rows, size_t start, size_t *stopped,
+                        kmsenv_binout *out);
 /* CDEF-END */
 
 #endif

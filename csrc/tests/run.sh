@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds csrc/tests/test_core.c against the core's sources and runs it:
+# Builds csrc/tests/test_core.c (and test_frames.c, test_columns.c) against the core's sources and runs them:
 #   1. ASan + UBSan with a 48-byte EVP chunk (drives the INT_MAX split loops);
 #   2. ASan + UBSan with the production chunk size;
 #   3. if valgrind is installed, a plain build under valgrind (leaks included).
@@ -27,12 +27,19 @@ build_frames() { # frames.c's own tests (test_frames.c), same flags
     shift
     "$cc" "${common[@]}" "$@" "$here/test_frames.c" "$csrc"/*.c -lcrypto -lpthread -o "$out/$name"
 }
+build_columns() { # arrow.c and compact.c (test_columns.c), same flags
+    local name=$1
+    shift
+    "$cc" "${common[@]}" "$@" "$here/test_columns.c" "$csrc"/*.c -lcrypto -lpthread -o "$out/$name"
+}
 
 echo "== ASan+UBSan, KMSENV_EVP_CHUNK=48"
 build test_core_asan_chunk "${san[@]}" -DKMSENV_EVP_CHUNK=48
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 "$out/test_core_asan_chunk"
 build_frames test_frames_asan_chunk "${san[@]}" -DKMSENV_EVP_CHUNK=48
 ASAN_OPTIONS=detect_leaks=1 "$out/test_frames_asan_chunk"
+build_columns test_columns_asan_chunk "${san[@]}" -DKMSENV_EVP_CHUNK=48
+ASAN_OPTIONS=detect_leaks=1 "$out/test_columns_asan_chunk"
 
 echo "== ASan+UBSan, default chunk"
 build test_core_asan "${san[@]}"
@@ -55,6 +62,10 @@ if command -v valgrind >/dev/null 2>&1; then
     OPENSSL_ia32cap="~0x1000000000000000" \
     valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
         "$out/test_frames_plain"
+    build_columns test_columns_plain -g -O1
+    OPENSSL_ia32cap="~0x1000000000000000" \
+    valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+        "$out/test_columns_plain"
 else
     echo "== valgrind not found, skipped"
 fi

@@ -1,0 +1,283 @@
+/*
+ * compact.c: the compact column format (kmsenv_core.h, docs/format.md).
+ * A value carries a key reference instead of the key header, and is sealed
+ * under a per-segment subkey so that the number of values per data key is not
+ * bounded by the random-IV limit of GCM.
+ */
+#include <stdlib.h>
+
+#include <openssl/err.h>
+
+#include "internal.h"
+
+#define IV_BLOCK 1024
+static const char SUBKEY_INFO[] = "kmsenv/compact/v1/key";
+#define SUBKEY_INFO_LEN (sizeof SUBKEY_INFO - 1)
+
+int kmsenv_compact_subkey(int cipher, const uint8_t *key, size_t keylen,
+                          const uint8_t *header_hash, const uint8_t *segment, uint8_t *out)
+{
+    uint8_t info[SUBKEY_INFO_LEN + KMSENV_HEADER_HASH_LEN];
+    int hash;
+    if (key == NULL || header_hash == NULL || segment == NULL || out == NULL)
+        return KMSENV_E_ARG;
+    if (cipher == KMSENV_CIPHER_AES && (keylen == 16 || keylen == 32))
+        hash = KMSENV_HASH_SHA256;
+    else if (cipher == KMSENV_CIPHER_SM4 && keylen == 16)
+        hash = KMSENV_HASH_SM3;
+    else
+        return KMSENV_E_ARG;
+    memcpy(info, SUBKEY_INFO, SUBKEY_INFO_LEN);
+    memcpy(info + SUBKEY_INFO_LEN, header_hash, KMSENV_HEADER_HASH_LEN);
+    return kmsenv_hkdf(hash, key, keylen, segment, KMSENV_COMPACT_SEGMENT_LEN, info, sizeof info, out,
+                       keylen);
+}
+
+static int subkey_new(int cipher, const uint8_t *key, size_t keylen, const uint8_t *header_hash,
+                      const uint8_t *segment, kmsenv_key **out)
+{
+    uint8_t sub[32];
+    int rc = kmsenv_compact_subkey(cipher, key, keylen, header_hash, segment, sub);
+    if (rc == KMSENV_OK)
+        rc = kmsenv_key_new(cipher, sub, keylen, out);
+    kmsenv_wipe(sub, sizeof sub);
+    return rc;
+}
+
+/* AAD for one value: the 17-byte prefix, then the row id when bound. Short
+ * ones are assembled in `small`, longer ones in a growing heap buffer. */
+typedef struct {
+    uint8_t small[256];
+    uint8_t *heap;
+    size_t heapcap;
+} aadbuf;
+
+static const uint8_t *aad_for(aadbuf *b, const uint8_t *prefix, const kmsenv_binview *rows, size_t i,
+                              size_t *aadlen)
+{
+    int64_t a, z;
+    size_t rowlen, total;
+    uint8_t *dst;
+    if (rows == NULL) {
+        *aadlen = KMSENV_COMPACT_PREFIX_LEN;
+        return prefix;
+    }
+    a = kmsenv__binview_off(rows, i);
+    z = kmsenv__binview_off(rows, i + 1);
+    rowlen = (size_t)(z - a);
+    if (rowlen > SIZE_MAX - KMSENV_COMPACT_PREFIX_LEN)
+        return NULL;
+    total = KMSENV_COMPACT_PREFIX_LEN + rowlen;
+    if (total <= sizeof b->small) {
+        dst = b->small;
+    } else {
+        if (total > b->heapcap) {
+            uint8_t *grown = malloc(total);
+            if (grown == NULL)
+                return NULL;
+            if (b->heap != NULL) {
+                kmsenv_wipe(b->heap, b->heapcap);
+                free(b->heap);
+            }
+            b->heap = grown;
+            b->heapcap = total;
+        }
+        dst = b->heap;
+    }
+    memcpy(dst, prefix, KMSENV_COMPACT_PREFIX_LEN);
+    if (rowlen)
+        memcpy(dst + KMSENV_COMPACT_PREFIX_LEN, rows->data + a, rowlen);
+    *aadlen = total;
+    return dst;
+}
+
+static void aadbuf_free(aadbuf *b)
+{
+    kmsenv_wipe(b->small, sizeof b->small);
+    if (b->heap != NULL) {
+        kmsenv_wipe(b->heap, b->heapcap);
+        free(b->heap);
+    }
+}
+
+static int rows_ok(const kmsenv_binview *in, const kmsenv_binview *rows)
+{
+    size_t i;
+    if (rows == NULL)
+        return 1;
+    if (!kmsenv__binview_check(rows) || rows->length != in->length)
+        return 0;
+    for (i = 0; i < in->length; i++)
+        if (kmsenv__binview_valid(in, i) && !kmsenv__binview_valid(rows, i))
+            return 0;
+    return 1;
+}
+
+static int out_ok(const kmsenv_binout *o)
+{
+    return o != NULL && o->offsets != NULL && (o->offset_width == 4 || o->offset_width == 8) &&
+           !KMSENV_BAD_BUF(o->data, o->capacity);
+}
+
+int kmsenv_compact_seal(int cipher, const uint8_t *key, size_t keylen,
+                        const uint8_t *header_hash, const uint8_t *segment,
+                        const kmsenv_binview *in, const kmsenv_binview *rows,
+                        const uint8_t *ivs, kmsenv_binout *out)
+{
+    uint8_t pool[IV_BLOCK * KMSENV_GCM_IV_LEN];
+    aadbuf ab = {{0}, NULL, 0};
+    kmsenv_key *sub = NULL;
+    size_t pos, first, i, pooled = 0, used = 0;
+    int rc;
+
+    if (header_hash == NULL || segment == NULL || !out_ok(out) || !kmsenv__binview_check(in) ||
+        in->length > KMSENV_COMPACT_MAX_SEGMENT || !rows_ok(in, rows))
+        return KMSENV_E_ARG;
+    first = pos = kmsenv__binout_get(out, 0);
+    if (pos == SIZE_MAX || pos > out->capacity)
+        return KMSENV_E_ARG;
+    rc = subkey_new(cipher, key, keylen, header_hash, segment, &sub);
+    if (rc != KMSENV_OK)
+        return rc;
+
+    for (i = 0; i < in->length; i++) {
+        if (kmsenv__binview_valid(in, i)) {
+            int64_t a = kmsenv__binview_off(in, i), b = kmsenv__binview_off(in, i + 1);
+            size_t ptlen = (size_t)(b - a), aadlen;
+            uint8_t *p = out->data + pos;
+            const uint8_t *aad;
+            if (ptlen > out->capacity - pos || out->capacity - pos - ptlen < KMSENV_COMPACT_OVERHEAD) {
+                rc = KMSENV_E_ARG;
+                goto fail;
+            }
+            p[0] = (uint8_t)(KMSENV_COMPACT_FORMAT | (rows != NULL ? KMSENV_COMPACT_ROW_BOUND : 0));
+            memcpy(p + 1, header_hash, KMSENV_COMPACT_REF_LEN);
+            memcpy(p + 1 + KMSENV_COMPACT_REF_LEN, segment, KMSENV_COMPACT_SEGMENT_LEN);
+            if (ivs != NULL) {
+                memcpy(p + KMSENV_COMPACT_PREFIX_LEN, ivs + i * KMSENV_GCM_IV_LEN, KMSENV_GCM_IV_LEN);
+            } else {
+                if (used == pooled) {
+                    pooled = in->length - i < IV_BLOCK ? in->length - i : IV_BLOCK;
+                    used = 0;
+                    rc = kmsenv_random(pool, pooled * KMSENV_GCM_IV_LEN);
+                    if (rc != KMSENV_OK)
+                        goto fail;
+                }
+                memcpy(p + KMSENV_COMPACT_PREFIX_LEN, pool + used++ * KMSENV_GCM_IV_LEN,
+                       KMSENV_GCM_IV_LEN);
+            }
+            aad = aad_for(&ab, p, rows, i, &aadlen);
+            if (aad == NULL) {
+                rc = KMSENV_E_NOMEM;
+                goto fail;
+            }
+            rc = kmsenv_gcm_seal(sub, p + KMSENV_COMPACT_PREFIX_LEN, aad, aadlen,
+                                 ptlen ? in->data + a : NULL, ptlen,
+                                 ptlen ? p + KMSENV_COMPACT_PREFIX_LEN + KMSENV_GCM_IV_LEN : NULL,
+                                 p + KMSENV_COMPACT_PREFIX_LEN + KMSENV_GCM_IV_LEN + ptlen);
+            if (rc != KMSENV_OK)
+                goto fail;
+            pos += ptlen + KMSENV_COMPACT_OVERHEAD;
+        }
+        if (!kmsenv__binout_put(out, i + 1, pos)) {
+            rc = KMSENV_E_ARG;
+            goto fail;
+        }
+    }
+    kmsenv_key_free(sub);
+    aadbuf_free(&ab);
+    kmsenv_wipe(pool, sizeof pool);
+    return KMSENV_OK;
+
+fail:
+    kmsenv_key_free(sub);
+    aadbuf_free(&ab);
+    kmsenv_wipe(pool, sizeof pool);
+    kmsenv_wipe(out->data + first, pos - first);
+    ERR_clear_error();
+    return rc;
+}
+
+int kmsenv_compact_open(int cipher, const uint8_t *key, size_t keylen,
+                        const uint8_t *header_hash, const kmsenv_binview *in,
+                        const kmsenv_binview *rows, size_t start, size_t *stopped,
+                        kmsenv_binout *out)
+{
+    aadbuf ab = {{0}, NULL, 0};
+    kmsenv_key *sub = NULL;
+    uint8_t segment[KMSENV_COMPACT_SEGMENT_LEN];
+    size_t pos, first, i;
+    int rc = KMSENV_OK;
+
+    if (header_hash == NULL || stopped == NULL || !out_ok(out) || !kmsenv__binview_check(in) ||
+        start > in->length || !rows_ok(in, rows) || key == NULL)
+        return KMSENV_E_ARG;
+    first = pos = kmsenv__binout_get(out, start);
+    if (pos == SIZE_MAX || pos > out->capacity)
+        return KMSENV_E_ARG;
+
+    for (i = start; i < in->length; i++) {
+        if (kmsenv__binview_valid(in, i)) {
+            int64_t a = kmsenv__binview_off(in, i), b = kmsenv__binview_off(in, i + 1);
+            size_t vlen = (size_t)(b - a), ctlen, aadlen;
+            const uint8_t *v = in->data + a, *aad;
+            int bound;
+            if (vlen < KMSENV_COMPACT_OVERHEAD ||
+                (v[0] & ~KMSENV_COMPACT_ROW_BOUND) != KMSENV_COMPACT_FORMAT) {
+                rc = KMSENV_E_FORMAT;
+                goto stop;
+            }
+            if (memcmp(v + 1, header_hash, KMSENV_COMPACT_REF_LEN) != 0) {
+                rc = KMSENV_E_OTHER_KEY;
+                goto stop;
+            }
+            bound = (v[0] & KMSENV_COMPACT_ROW_BOUND) != 0;
+            if (bound != (rows != NULL)) {
+                rc = KMSENV_E_FORMAT;
+                goto stop;
+            }
+            ctlen = vlen - KMSENV_COMPACT_OVERHEAD;
+            if (ctlen > out->capacity - pos) {
+                rc = KMSENV_E_ARG;
+                goto stop;
+            }
+            if (sub == NULL || memcmp(segment, v + 1 + KMSENV_COMPACT_REF_LEN, sizeof segment) != 0) {
+                kmsenv_key_free(sub);
+                sub = NULL;
+                memcpy(segment, v + 1 + KMSENV_COMPACT_REF_LEN, sizeof segment);
+                rc = subkey_new(cipher, key, keylen, header_hash, segment, &sub);
+                if (rc != KMSENV_OK)
+                    goto stop;
+            }
+            aad = aad_for(&ab, v, rows, i, &aadlen);
+            if (aad == NULL) {
+                rc = KMSENV_E_NOMEM;
+                goto stop;
+            }
+            rc = kmsenv_gcm_open(sub, v + KMSENV_COMPACT_PREFIX_LEN, aad, aadlen,
+                                 ctlen ? v + KMSENV_COMPACT_PREFIX_LEN + KMSENV_GCM_IV_LEN : NULL,
+                                 ctlen, v + vlen - KMSENV_GCM_TAG_LEN,
+                                 ctlen ? out->data + pos : NULL);
+            if (rc != KMSENV_OK)
+                goto stop;
+            pos += ctlen;
+        }
+        if (!kmsenv__binout_put(out, i + 1, pos)) {
+            rc = KMSENV_E_ARG;
+            goto stop;
+        }
+    }
+    *stopped = in->length;
+    kmsenv_key_free(sub);
+    aadbuf_free(&ab);
+    return KMSENV_OK;
+
+stop:
+    *stopped = i;
+    kmsenv_key_free(sub);
+    aadbuf_free(&ab);
+    if (rc != KMSENV_E_OTHER_KEY)
+        kmsenv_wipe(out->data + first, pos - first);
+    ERR_clear_error();
+    return rc;
+}
