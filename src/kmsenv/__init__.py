@@ -31,6 +31,9 @@ from .exceptions import (
     UnauthenticatedAlgorithmError,
     UnsupportedAlgorithmError,
 )
+from .jobkey import JobKey, WorkerSpec
+from .keyheader import DictKeyHeaderStore, KeyHeader, KeyHeaderStore, SqliteKeyHeaderStore
+from .kmsspec import KmsSpec
 from .message.codec import MessageHeader
 from .model import DataKey, DataKeyProvider, EncryptedDataKey
 from .stream import FramedHeader, StreamResult, decrypt_stream, encrypt_stream, open
@@ -46,20 +49,27 @@ __all__ = [
     "DataKeyCache",
     "DataKeyProvider",
     "DecryptResult",
+    "DictKeyHeaderStore",
     "EncryptResult",
     "EncryptedDataKey",
     "EncryptionContextMismatchError",
     "FramedHeader",
+    "JobKey",
+    "KeyHeader",
+    "KeyHeaderStore",
     "Kms",
     "KmsEnvError",
     "KmsError",
     "KmsKeyProvider",
+    "KmsSpec",
     "MessageFormatError",
     "MessageHeader",
     "NoUsableKeyError",
+    "SqliteKeyHeaderStore",
     "StreamResult",
     "UnauthenticatedAlgorithmError",
     "UnsupportedAlgorithmError",
+    "WorkerSpec",
     "backend_info",
     "backend_name",
     "decrypt",

@@ -239,9 +239,11 @@ def _decode_utf8(raw: bytes, what: str) -> str:
         raise MessageFormatError(f"{what} is not valid UTF-8") from None
 
 
-def _read_header(r: der.Reader, max_edks: int) -> MessageHeader:
-    start = r.pos
-    h = r.enter(der.SEQUENCE, "header")
+def read_header_fields(
+    h: der.Reader, max_edks: int
+) -> tuple[int, Algorithm, tuple[EncryptedDataKey, ...], Mapping[str, str]]:
+    """(version, algorithm, EDKs, context): the header fields before its IV,
+    read strictly (also the body of a compact-format key header)."""
     version = h.small_uint("version")
     algorithm = algorithm_from_id(h.small_uint("algorithm id"))
 
@@ -278,6 +280,13 @@ def _read_header(r: der.Reader, max_edks: int) -> MessageHeader:
             raise MessageFormatError("the encryption context repeats a key")
         context[key] = value
 
+    return version, algorithm, tuple(edks), MappingProxyType(context)
+
+
+def _read_header(r: der.Reader, max_edks: int) -> MessageHeader:
+    start = r.pos
+    h = r.enter(der.SEQUENCE, "header")
+    version, algorithm, edks, context = read_header_fields(h, max_edks)
     header_iv = h.octets("header IV", 64)
     tag = h.octets("header auth tag", 64)
     h.expect_end("header")
@@ -288,8 +297,8 @@ def _read_header(r: der.Reader, max_edks: int) -> MessageHeader:
     return MessageHeader(
         version,
         algorithm,
-        tuple(edks),
-        MappingProxyType(context),
+        edks,
+        context,
         header_iv,
         tag,
         bytes(r.buf[start : r.pos]),
