@@ -662,6 +662,8 @@ class KeySource:
         return store.get(ref) if store is not None else None
 
     def key_for(self, header: KeyHeader) -> bytearray:
+        if self.job is not None:
+            return self.job.data_key(header)
         if self.spec is not None:
             return self.spec.data_key(header)
         from .engine import _unwrap

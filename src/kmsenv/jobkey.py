@@ -196,9 +196,29 @@ class JobKey:
             finally:
                 data_key.wipe()  # the driver keeps EDKs only
         job = cls(tuple(headers), spec, max_messages_per_key, rows)
+        if hasattr(provider, "decrypt_data_key"):
+            object.__setattr__(job, "_local", (os.getpid(), provider))
         if key_store is not None:
             job.save(key_store)
         return job
+
+    # In the process that created it, a JobKey decrypts with the provider it
+    # came from (its credentials included); that provider is never pickled.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
+    def _local_provider(self) -> Any:
+        local = self.__dict__.get("_local")
+        return local[1] if local is not None and local[0] == os.getpid() else None
+
+    def data_key(self, header: KeyHeader) -> bytearray:
+        """The plaintext data key of ``header``, through this process's cache
+        (a copy the caller wipes)."""
+        return _cached_key(self.spec, header, self._local_provider())
 
     def save(self, store: KeyHeaderStore) -> None:
         """Put every header of this job into ``store``."""
@@ -270,7 +290,7 @@ def _lookup(spec: WorkerSpec, header: KeyHeader) -> _Entry | None:
     return entry
 
 
-def _entry(spec: WorkerSpec, header: KeyHeader) -> _Entry:
+def _entry(spec: WorkerSpec, header: KeyHeader, provider: Any = None) -> _Entry:
     with _LOCK:
         entry = _lookup(spec, header)
         if entry is not None:
@@ -286,7 +306,7 @@ def _entry(spec: WorkerSpec, header: KeyHeader) -> _Entry:
                 return entry
         from .engine import _unwrap
 
-        key = _unwrap(spec._provider(), header)  # type: ignore[arg-type]
+        key = _unwrap(provider if provider is not None else spec._provider(), header)  # type: ignore[arg-type]
         with _LOCK:
             _STATS["kms_decrypts"] += 1
             entry = _Entry(key, time.monotonic() + spec.cache_ttl)
@@ -297,8 +317,8 @@ def _entry(spec: WorkerSpec, header: KeyHeader) -> _Entry:
             return entry
 
 
-def _cached_key(spec: WorkerSpec, header: KeyHeader) -> bytearray:
-    entry = _entry(spec, header)
+def _cached_key(spec: WorkerSpec, header: KeyHeader, provider: Any = None) -> bytearray:
+    entry = _entry(spec, header, provider)
     with _LOCK:
         return bytearray(entry.key)
 
@@ -314,7 +334,7 @@ def _reserve(job: JobKey, header: KeyHeader, messages: int, partitions: int | No
                 "set to the row count (more keys), or use the compact format"
             )
         return
-    entry = _entry(job.spec, header)
+    entry = _entry(job.spec, header, job._local_provider())
     with _LOCK:
         if entry.sealed + messages > job.max_messages_per_key:
             raise ConfigurationError(

@@ -45,9 +45,12 @@ REF_LEN = 8
 MAX_KEY_HEADER_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class KeyHeader:
-    """What a reader needs to get the data key back: algorithm, context, EDKs."""
+    """What a reader needs to get the data key back: algorithm, context, EDKs.
+
+    Two headers are equal when their encodings are (the DER SETs sort EDKs and
+    context entries, so the order they were given in does not matter)."""
 
     algorithm: Algorithm
     encryption_context: Mapping[str, str]
@@ -68,6 +71,12 @@ class KeyHeader:
         if not self.encoded:
             fields = encode_header_fields(MESSAGE_VERSION, algorithm, edks, context)
             object.__setattr__(self, "encoded", der.tlv(der.SEQUENCE, fields))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeyHeader) and other.encoded == self.encoded
+
+    def __hash__(self) -> int:
+        return hash(self.encoded)
 
     @property
     def digest(self) -> bytes:
