@@ -4,24 +4,39 @@
 
 #include "internal.h"
 
+/* The EVP GCM context for one direction, keyed on first use: a key that only
+ * seals never pays for the decrypt context, and with the VAES kernel active
+ * one-message keys (kmsenv_seal_message, compact segments) need neither,
+ * which halves the cost of a key for small messages. */
+EVP_CIPHER_CTX *kmsenv__aes_evp(kmsenv_key *k, int decrypt)
+{
+    EVP_CIPHER_CTX **slot = decrypt ? &k->dec : &k->enc;
+    const EVP_CIPHER *gcm;
+    if (*slot != NULL)
+        return *slot;
+    gcm = k->keylen == 16 ? EVP_aes_128_gcm() : EVP_aes_256_gcm();
+    *slot = EVP_CIPHER_CTX_new();
+    if (*slot == NULL)
+        return NULL;
+    /* The key schedule happens here, once; messages only set the IV. */
+    if (EVP_CipherInit_ex(*slot, gcm, NULL, k->raw, NULL, decrypt ? 0 : 1) != 1) {
+        EVP_CIPHER_CTX_free(*slot);
+        *slot = NULL;
+        ERR_clear_error();
+    }
+    return *slot;
+}
+
 static int aes_contexts_new(kmsenv_key *k)
 {
-    const EVP_CIPHER *gcm = k->keylen == 16 ? EVP_aes_128_gcm() : EVP_aes_256_gcm();
-    k->enc = EVP_CIPHER_CTX_new();
-    k->dec = EVP_CIPHER_CTX_new();
-    if (k->enc == NULL || k->dec == NULL)
-        return KMSENV_E_NOMEM;
-    /* The key schedule happens here, once; messages only set the IV. */
-    if (EVP_EncryptInit_ex(k->enc, gcm, NULL, k->raw, NULL) != 1 ||
-        EVP_DecryptInit_ex(k->dec, gcm, NULL, k->raw, NULL) != 1)
-        return KMSENV_E_CRYPTO;
 #if defined(KMSENV_HAVE_X86_SIMD)
-    /* VAES kernel (aes_gcm_vaes.c) when kmsenv_features() chose it; the EVP
-     * contexts above stay as the fallback and reference. */
+    /* VAES kernel (aes_gcm_vaes.c) when kmsenv_features() chose it; EVP
+     * stays the fallback and reference, created when first needed. */
     if ((kmsenv_features() & KMSENV_FEATURE_AES_VAES) &&
         (k->vaes = kmsenv__aes_vaes_new(k->raw, k->keylen)) == NULL)
         return KMSENV_E_NOMEM;
 #endif
+    (void)k;
     return KMSENV_OK;
 }
 
@@ -127,7 +142,7 @@ static int evp_body(EVP_CIPHER_CTX *c, const uint8_t *in, size_t inlen, uint8_t 
 static int aes_gcm_seal(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, size_t aadlen,
                         const uint8_t *in, size_t inlen, uint8_t *out, uint8_t *tag)
 {
-    EVP_CIPHER_CTX *c = k->enc;
+    EVP_CIPHER_CTX *c;
     unsigned char fin[16];
     int outl;
 
@@ -135,6 +150,8 @@ static int aes_gcm_seal(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, si
     if (k->vaes != NULL)
         return kmsenv__aes_vaes_seal(k->vaes, iv, aad, aadlen, in, inlen, out, tag);
 #endif
+    if ((c = kmsenv__aes_evp(k, 0)) == NULL)
+        return KMSENV_E_CRYPTO;
     if (EVP_EncryptInit_ex(c, NULL, NULL, NULL, iv) != 1 || !evp_aad(c, aad, aadlen) ||
         !evp_body(c, in, inlen, out) || EVP_EncryptFinal_ex(c, fin, &outl) != 1 ||
         EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, KMSENV_GCM_TAG_LEN, tag) != 1)
@@ -145,7 +162,7 @@ static int aes_gcm_seal(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, si
 static int aes_gcm_open(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, size_t aadlen,
                         const uint8_t *in, size_t inlen, const uint8_t *tag, uint8_t *out)
 {
-    EVP_CIPHER_CTX *c = k->dec;
+    EVP_CIPHER_CTX *c;
     unsigned char fin[16];
     int outl;
 
@@ -153,6 +170,8 @@ static int aes_gcm_open(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, si
     if (k->vaes != NULL)
         return kmsenv__aes_vaes_open(k->vaes, iv, aad, aadlen, in, inlen, tag, out);
 #endif
+    if ((c = kmsenv__aes_evp(k, 1)) == NULL)
+        return KMSENV_E_CRYPTO;
     if (EVP_DecryptInit_ex(c, NULL, NULL, NULL, iv) != 1 ||
         EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, KMSENV_GCM_TAG_LEN, (void *)tag) != 1 ||
         !evp_aad(c, aad, aadlen) || !evp_body(c, in, inlen, out))

@@ -361,8 +361,8 @@ int kmsenv_gcm_stream_new(int cipher, const uint8_t *key, size_t keylen, const u
     rc = kmsenv_key_new(cipher, key, keylen, &s->k);
     if (rc == KMSENV_OK) {
         if (cipher == KMSENV_CIPHER_AES) {
-            EVP_CIPHER_CTX *c = s->decrypt ? s->k->dec : s->k->enc;
-            if (EVP_CipherInit_ex(c, NULL, NULL, NULL, iv, -1) != 1)
+            EVP_CIPHER_CTX *c = kmsenv__aes_evp(s->k, s->decrypt);
+            if (c == NULL || EVP_CipherInit_ex(c, NULL, NULL, NULL, iv, -1) != 1)
                 rc = KMSENV_E_CRYPTO;
         } else {
             s->k->sm4.failed = 0;

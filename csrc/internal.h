@@ -71,6 +71,11 @@ static inline int kmsenv__partial_overlap(const void *a, const void *b, size_t n
     return x < y ? y - x < n : x - y < n;
 }
 
+/* aead.c: AES-GCM EVP context for encrypt (0) or decrypt (1), keyed on first
+ * use and kept in k; NULL on failure. stream_ctx and the gcm_stream final /
+ * verify in frames.c rely on it having been created at kmsenv_gcm_stream_new. */
+EVP_CIPHER_CTX *kmsenv__aes_evp(kmsenv_key *k, int decrypt);
+
 /* sm4.c */
 int kmsenv__sm4_init(kmsenv_sm4 *s, const unsigned char key[16]);
 void kmsenv__sm4_cleanup(kmsenv_sm4 *s);
