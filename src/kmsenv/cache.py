@@ -215,6 +215,9 @@ class DataKeyCache:
 # ---------------------------------------------------------------- cache keys
 
 
+from .message.codec import _Memo  # noqa: E402  (a bounded dict, shared with the codec)
+
+
 def _lp(data: bytes) -> bytes:
     return _u32(len(data)) + data
 
@@ -228,19 +231,37 @@ def _utf8(text: object, what: str) -> bytes:
         raise ConfigurationError(f"{what} is not encodable as UTF-8") from None
 
 
+# Cache keys are rebuilt on every call; a warm message spent more time here
+# than in its cipher. Only parts built from valid input are remembered.
+_CONTEXT_MEMO = _Memo(256)
+_EDKS_MEMO = _Memo(256)
+
+
 def _context_part(ctx: Mapping[str, str]) -> bytes:
-    items = sorted((_utf8(k, "encryption context key"), _utf8(v, "encryption context value")) for k, v in ctx.items())
-    return _u32(len(items)) + b"".join(_lp(k) + _lp(v) for k, v in items)
+    memo_key = tuple(ctx.items())
+    part = _CONTEXT_MEMO.get(memo_key)
+    if part is None:
+        items = sorted((_utf8(k, "encryption context key"), _utf8(v, "encryption context value")) for k, v in ctx.items())
+        part = _u32(len(items)) + b"".join(_lp(k) + _lp(v) for k, v in items)
+        _CONTEXT_MEMO.put(memo_key, part)
+    return part
 
 
 def _edks_part(edks: Sequence[EncryptedDataKey]) -> bytes:
+    memo_key = tuple(edks) if all(type(e) is EncryptedDataKey for e in edks) else None
+    part = _EDKS_MEMO.get(memo_key) if memo_key is not None else None
+    if part is not None:
+        return part
     out = [_u32(len(edks))]
     for edk in edks:
         arn, blob = getattr(edk, "key_arn", None), getattr(edk, "ciphertext_blob", None)
         if not isinstance(blob, (bytes, bytearray)):
             raise ConfigurationError("encrypted_data_keys must be EncryptedDataKey objects")
         out.append(_lp(_utf8(arn, "an encrypted data key's ARN")) + _lp(bytes(blob)))
-    return b"".join(out)
+    part = b"".join(out)
+    if memo_key is not None:
+        _EDKS_MEMO.put(memo_key, part)
+    return part
 
 
 _tokens = itertools.count(1)
