@@ -43,7 +43,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 #: Harness names (fuzz/fuzz_<name>.py), in the order run.sh runs them.
-TARGETS = ("decode_message", "parse_header", "decrypt", "decrypt_many", "native_open_messages", "decrypt_stream")
+TARGETS = ("decode_message", "parse_header", "decrypt", "decrypt_many", "native_open_messages", "decrypt_stream",
+           "open_columns")
 
 # kmsenv from the environment (an installed package, as in CI) or else from src/.
 if importlib.util.find_spec("kmsenv") is None:

@@ -122,6 +122,28 @@ def seeds_native_open_messages() -> list[bytes]:
     return out
 
 
+def seeds_open_columns() -> list[bytes]:
+    from fuzz_open_columns import HEADERS
+
+    from kmsenv import columns
+
+    out = []
+    values = [b"", b"a", bytes(range(40)), None]
+    for i, header in enumerate(HEADERS):
+        key = common.fixed_key(header.algorithm.key_len)
+        col = columns.Column.from_values(values)
+        rows = columns.Column.from_values([f"row-{j}".encode() for j in range(len(values))])
+        for flags, sealed in (
+            (i, columns.seal_compact(header.algorithm, key, header, col)),
+            (i | 4, columns.seal_compact(header.algorithm, key, header, col, rows)),
+            (i | 8, columns.seal_alibaba(header.algorithm, key, header, col)),
+        ):
+            items = [v if v is not None else b"" for v in sealed.values(col)]
+            out.append(bytes((flags,)) + common.join_items(items))
+            out.append(bytes((flags | 16,)) + common.join_items(items))
+    return out
+
+
 def seeds_decrypt_stream() -> list[bytes]:
     import io
 

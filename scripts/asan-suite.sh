@@ -91,7 +91,7 @@ grep -m1 -E '#[0-9]+ .* in (parse_message|der_header|kmsenv_[a-z_]+)' "$work/can
 say "pytest under ASan+UBSan"
 tests=(test_native_core test_backends_agree test_engine test_official_vectors test_known_answers
        test_message_codec test_properties)
-for extra in test_stream_framed test_stream_alibaba test_stream_api test_simd_dispatch; do
+for extra in test_stream_framed test_stream_alibaba test_stream_api test_simd_dispatch test_arrow; do
     [ -f "$root/tests/$extra.py" ] && tests+=("$extra")
 done
 paths=()

@@ -25,6 +25,14 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(
             "KMSENV_REQUIRE_NATIVE=1 but " + str(crypto.native_unavailable_reason())
         )
+    # The engine tests skip when their engine is not installed; CI names the
+    # engines it installed so that a missing one fails instead of skipping.
+    import importlib.util
+
+    required = [m for m in os.environ.get("KMSENV_REQUIRE_ENGINES", "").split(",") if m.strip()]
+    missing = [m for m in required if importlib.util.find_spec(m.strip()) is None]
+    if missing:
+        raise pytest.UsageError(f"KMSENV_REQUIRE_ENGINES names modules that are not installed: {missing}")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -36,6 +36,7 @@ import fuzz_decrypt  # noqa: E402
 import fuzz_decrypt_many  # noqa: E402
 import fuzz_decrypt_stream  # noqa: E402
 import fuzz_native_open_messages  # noqa: E402
+import fuzz_open_columns  # noqa: E402
 import fuzz_parse_header  # noqa: E402
 import make_corpus  # noqa: E402
 
@@ -46,8 +47,9 @@ TARGETS = {
     "decrypt_many": fuzz_decrypt_many.target,
     "native_open_messages": fuzz_native_open_messages.target,
     "decrypt_stream": fuzz_decrypt_stream.target,
+    "open_columns": fuzz_open_columns.target,
 }
-NEEDS_NATIVE = {"decrypt", "decrypt_many", "native_open_messages", "decrypt_stream"}
+NEEDS_NATIVE = {"decrypt", "decrypt_many", "native_open_messages", "decrypt_stream", "open_columns"}
 NATIVE = kmsenv.native_available()
 needs_native = pytest.mark.skipif(not NATIVE, reason="the native core is not built (the backends cannot be compared)")
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -180,10 +182,10 @@ def test_hostile_lengths_fail_at_once_with_bounded_memory(pos, bomb):
     for name, target in TARGETS.items():
         if name == "decrypt_many":
             data = b"\x00" + common.join_items([msg, BOMB_MESSAGE])
-        elif name == "native_open_messages":
+        elif name in ("native_open_messages", "open_columns"):
             if not NATIVE:
                 continue
-            data = b"\x00" + common.join_items([msg])
+            data = bytes((8 if name == "open_columns" else 0,)) + common.join_items([msg])
         else:
             data = b"\x00" + msg
         if name in NEEDS_NATIVE and not NATIVE:
