@@ -1,0 +1,167 @@
+"""kmsenv.ray on a real local Ray (2 CPUs) against a real LocalKms.
+
+Encryptor/Decryptor fetch the data key in ``__init__``: one KMS Decrypt per
+actor, whatever the number of batches. Counts are asserted exactly from the
+server's own statistics.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+import pyarrow as pa  # noqa: E402
+import ray.data  # noqa: E402
+
+import kmsenv  # noqa: E402
+import kmsenv.ray as kr  # noqa: E402
+from kmsenv.kms import Kms  # noqa: E402
+from kmsenv.localkms import LocalKms  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+REGIONS = ("cn-hangzhou", "cn-beijing", "cn-shanghai")
+HZ, BJ, SH = REGIONS
+ROWS = 50_000
+ACTORS = 2
+
+
+def _kmsenv_path() -> str | None:
+    """The sys.path entry kmsenv was imported from, unless it is installed."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))
+    if "site-packages" in root or "dist-packages" in root:
+        return None
+    return root
+
+
+@pytest.fixture(scope="module")
+def env():
+    with LocalKms(regions=list(REGIONS)) as server, pytest.MonkeyPatch.context() as mp:
+        arns = [server.create_key(r) for r in REGIONS]
+        env_vars = {
+            "ALIBABA_CLOUD_ACCESS_KEY_ID": server.access_key_id,
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": server.access_key_secret,
+        }
+        for name, value in env_vars.items():  # the driver too (Encryptor called in-process below)
+            mp.setenv(name, value)
+        path = _kmsenv_path()
+        if path:
+            env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (path, os.environ.get("PYTHONPATH")) if p)
+        kms = Kms(
+            access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
+            endpoints=server.endpoints, backoff_base=0.001, backoff_max=0.005,
+        )
+        provider = kmsenv.KmsKeyProvider(*arns, kms=kms)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env_vars})
+        try:
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = False
+            # Start every pool actor (and so its __init__ Decrypt) before the first
+            # batch, so that the per-actor counts below do not depend on timing.
+            context.wait_for_min_actors_s = 60
+            yield server, provider
+        finally:
+            ray.shutdown()
+
+
+def calls(server) -> dict[tuple[str, str], int]:
+    return {(region, action): n for region, actions in server.stats().items() for action, n in actions.items() if n}
+
+
+@pytest.fixture(scope="module")
+def table():
+    return pa.table({
+        "id": pa.array(range(ROWS), pa.int64()),
+        "email": pa.array([f"user{i:07d}.{(i * 2654435761) % 100000:05d}@example.com" for i in range(ROWS)]),
+    })
+
+
+def blocks(table: pa.Table, n: int = 8):
+    """A dataset of n blocks (no shuffle)."""
+    size = -(-table.num_rows // n)
+    return ray.data.from_arrow([table.slice(i, size) for i in range(0, table.num_rows, size)])
+
+
+def to_table(ds) -> pa.Table:
+    return pa.concat_tables(ray.get(ds.to_arrow_refs())).sort_by("id")
+
+
+def test_one_decrypt_per_actor(env, table):
+    server, provider = env
+    server.reset_stats()
+    job = kmsenv.JobKey.create(provider, encryption_context={"table": "users"})
+    assert calls(server) == {(HZ, "GenerateDataKey"): 1, (BJ, "Encrypt"): 1, (SH, "Encrypt"): 1}
+    server.reset_stats()
+    ds = blocks(table)
+    enc = ds.map_batches(
+        kr.Encryptor, fn_constructor_args=(job, "email"), fn_constructor_kwargs={"output": "enc", "share": ACTORS},
+        concurrency=ACTORS, num_cpus=0.5, batch_format="pyarrow", batch_size=5_000,
+    ).materialize()
+    # 16 batches over 2 actors: one Decrypt per actor, in __init__.
+    assert calls(server) == {(HZ, "Decrypt"): ACTORS}
+    got = to_table(enc)
+    assert got.column("enc").type == pa.binary()
+    assert kmsenv.decrypt(got.column("enc")[123].as_py(), provider).plaintext == table.column("email")[123].as_py().encode()
+    server.reset_stats()
+    dec = to_table(kr.decrypt_dataset(enc, "enc", job, concurrency=ACTORS, num_cpus=0.5))
+    # New actors (new processes): one Decrypt each again (+1 for the check above).
+    assert calls(server) == {(HZ, "Decrypt"): ACTORS}
+    assert dec.column("enc").to_pylist() == table.column("email").to_pylist()
+
+
+def test_compact_row_binding(env, table):
+    server, provider = env
+    job = kmsenv.JobKey.create(provider)
+    store = kmsenv.DictKeyHeaderStore(job.headers)
+    server.reset_stats()
+    enc = kr.encrypt_dataset(
+        blocks(table), "email", job, concurrency=ACTORS, num_cpus=0.5, format="compact", aad_column="id",
+    ).materialize()
+    assert calls(server) == {(HZ, "Decrypt"): ACTORS}
+    got = to_table(enc)
+    # Compact values: plaintext + 45 bytes.
+    assert [len(v) for v in got.column("email").to_pylist()] == [len(v) + 45 for v in table.column("email").to_pylist()]
+    # A reader with only a WorkerSpec and the key headers' store.
+    reader = kmsenv.WorkerSpec.from_provider(provider)
+    dec = to_table(kr.decrypt_dataset(enc, "email", reader, key_store=store, aad_column="id", concurrency=1, num_cpus=0.5))
+    assert dec.column("email").to_pylist() == table.column("email").to_pylist()
+    # Swapped between rows: fails, naming the value.
+    values = got.column("email").to_pylist()
+    values[3], values[4] = values[4], values[3]
+    swapped = got.set_column(1, "email", pa.array(values, pa.binary()))
+    with pytest.raises(kmsenv.AuthenticationError, match=r"value 3: .*moved to another row"):
+        kr.Decryptor(job, "email", aad_column="id")(swapped.slice(0, 10))
+
+
+def test_alibaba_share_per_actor(env, table):
+    """Each actor may seal max_messages_per_key // share values per data key,
+    then moves to the JobKey's next key; with none left it refuses."""
+    server, provider = env
+    job = kmsenv.JobKey.create(provider, rows=3_000, max_messages_per_key=1_000)  # 3 keys
+    batch = table.slice(0, 400)
+    enc = kr.Encryptor(job, "email", share=2)  # 500 values per key for this actor
+    assert enc.budget == 500
+    assert enc(batch).column("email").type == pa.binary()
+    assert enc.key_index == 0
+    enc(batch.slice(0, 100))  # 500 of 500 on key 0
+    assert enc.key_index == 0
+    enc(batch)  # does not fit: key 1
+    assert enc.key_index == 1
+    enc(batch)  # key 2
+    with pytest.raises(kmsenv.ConfigurationError, match="its share of all 3 data keys"):
+        enc(batch)
+    with pytest.raises(kmsenv.ConfigurationError, match="over one actor's share"):
+        kr.Encryptor(job, "email", share=2)(table.slice(0, 501))
+    with pytest.raises(kmsenv.ConfigurationError, match="share="):
+        kr.Encryptor(job, "email")
+    # The compact format has no budget.
+    assert kr.Encryptor(job, "email", format="compact")(table).num_rows == ROWS
+    # Values sealed under key 1 decrypt with the JobKey.
+    out = kr.Encryptor(job, "email", share=2)
+    out.key_index = 1
+    sealed = out(batch)
+    assert kr.Decryptor(job, "email")(sealed).column("email").to_pylist() == batch.column("email").to_pylist()
