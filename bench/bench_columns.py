@@ -24,6 +24,7 @@ Also reported: bytes per value for both formats and the KMS calls made.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -31,7 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# kmsenv as installed, else from this checkout's src/.
+if importlib.util.find_spec("kmsenv") is None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import pyarrow as pa  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402

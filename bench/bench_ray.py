@@ -16,6 +16,8 @@ Decrypt per actor.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+import importlib.util
 import json
 import os
 import platform
@@ -26,7 +28,11 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import kmsenv
+# kmsenv as installed, else from this checkout's src/.
+if importlib.util.find_spec("kmsenv") is None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import kmsenv  # noqa: E402
 import kmsenv.ray as kr
 from kmsenv.kms import Kms
 from kmsenv.localkms import LocalKms
