@@ -9,9 +9,6 @@
 
 #include "internal.h"
 
-/* IVs drawn per RAND_bytes call when the caller does not pass them. */
-#define IV_BLOCK 1024
-
 int kmsenv__binview_check(const kmsenv_binview *v)
 {
     size_t i;
@@ -34,6 +31,19 @@ int kmsenv__binview_check(const kmsenv_binview *v)
         prev = cur;
     }
     return (uint64_t)prev <= (uint64_t)v->data_len;
+}
+
+const uint8_t *kmsenv__ivpool_next(kmsenv__ivpool *p, size_t left)
+{
+    if (p->used == p->pooled) {
+        p->pooled = left < KMSENV_IVPOOL_BLOCK ? left : KMSENV_IVPOOL_BLOCK;
+        p->used = 0;
+        if (kmsenv_random(p->buf, p->pooled * KMSENV_GCM_IV_LEN) != KMSENV_OK) {
+            p->pooled = 0;
+            return NULL;
+        }
+    }
+    return p->buf + p->used++ * KMSENV_GCM_IV_LEN;
 }
 
 int kmsenv__binout_put(kmsenv_binout *o, size_t i, size_t pos)
@@ -94,8 +104,8 @@ int kmsenv_arrow_seal_messages(kmsenv_key *k, const uint8_t *header, size_t head
                                const uint8_t *aad, size_t aadlen, const kmsenv_binview *in,
                                const uint8_t *ivs, kmsenv_binout *out)
 {
-    uint8_t pool[IV_BLOCK * KMSENV_GCM_IV_LEN];
-    size_t pos, i, need, pooled = 0, used = 0;
+    kmsenv__ivpool pool = {{0}, 0, 0};
+    size_t pos, i, need;
     int rc = KMSENV_OK;
 
     if (k == NULL || !binout_ok(out) || KMSENV_BAD_BUF(header, headerlen) ||
@@ -116,17 +126,10 @@ int kmsenv_arrow_seal_messages(kmsenv_key *k, const uint8_t *header, size_t head
         if (kmsenv__binview_valid(in, i)) {
             const uint8_t *iv;
             int64_t a = kmsenv__binview_off(in, i), b = kmsenv__binview_off(in, i + 1);
-            if (ivs != NULL) {
-                iv = ivs + i * KMSENV_GCM_IV_LEN;
-            } else {
-                if (used == pooled) {
-                    pooled = in->length - i < IV_BLOCK ? in->length - i : IV_BLOCK;
-                    used = 0;
-                    rc = kmsenv_random(pool, pooled * KMSENV_GCM_IV_LEN);
-                    if (rc != KMSENV_OK)
-                        goto fail;
-                }
-                iv = pool + used++ * KMSENV_GCM_IV_LEN;
+            iv = ivs != NULL ? ivs + i * KMSENV_GCM_IV_LEN : kmsenv__ivpool_next(&pool, in->length - i);
+            if (iv == NULL) {
+                rc = KMSENV_E_CRYPTO;
+                goto fail;
             }
             rc = kmsenv__der_write_message(k, header, headerlen, aad, aadlen, iv,
                                            b > a ? in->data + a : NULL, (size_t)(b - a),
@@ -140,11 +143,11 @@ int kmsenv_arrow_seal_messages(kmsenv_key *k, const uint8_t *header, size_t head
             goto fail;
         }
     }
-    kmsenv_wipe(pool, sizeof pool);
+    kmsenv_wipe(&pool, sizeof pool);
     return KMSENV_OK;
 
 fail:
-    kmsenv_wipe(pool, sizeof pool);
+    kmsenv_wipe(&pool, sizeof pool);
     kmsenv_wipe(out->data, out->capacity);
     ERR_clear_error();
     return rc;

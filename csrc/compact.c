@@ -10,7 +10,6 @@
 
 #include "internal.h"
 
-#define IV_BLOCK 1024
 static const char SUBKEY_INFO[] = "kmsenv/compact/v1/key";
 #define SUBKEY_INFO_LEN (sizeof SUBKEY_INFO - 1)
 
@@ -124,10 +123,10 @@ int kmsenv_compact_seal(int cipher, const uint8_t *key, size_t keylen,
                         const kmsenv_binview *in, const kmsenv_binview *rows,
                         const uint8_t *ivs, kmsenv_binout *out)
 {
-    uint8_t pool[IV_BLOCK * KMSENV_GCM_IV_LEN];
+    kmsenv__ivpool pool = {{0}, 0, 0};
     aadbuf ab = {{0}, NULL, 0};
     kmsenv_key *sub = NULL;
-    size_t pos, first, i, pooled = 0, used = 0;
+    size_t pos, first, i;
     int rc;
 
     if (header_hash == NULL || segment == NULL || !out_ok(out) || !kmsenv__binview_check(in) ||
@@ -153,18 +152,14 @@ int kmsenv_compact_seal(int cipher, const uint8_t *key, size_t keylen,
             p[0] = (uint8_t)(KMSENV_COMPACT_FORMAT | (rows != NULL ? KMSENV_COMPACT_ROW_BOUND : 0));
             memcpy(p + 1, header_hash, KMSENV_COMPACT_REF_LEN);
             memcpy(p + 1 + KMSENV_COMPACT_REF_LEN, segment, KMSENV_COMPACT_SEGMENT_LEN);
-            if (ivs != NULL) {
-                memcpy(p + KMSENV_COMPACT_PREFIX_LEN, ivs + i * KMSENV_GCM_IV_LEN, KMSENV_GCM_IV_LEN);
-            } else {
-                if (used == pooled) {
-                    pooled = in->length - i < IV_BLOCK ? in->length - i : IV_BLOCK;
-                    used = 0;
-                    rc = kmsenv_random(pool, pooled * KMSENV_GCM_IV_LEN);
-                    if (rc != KMSENV_OK)
-                        goto fail;
+            {
+                const uint8_t *iv = ivs != NULL ? ivs + i * KMSENV_GCM_IV_LEN
+                                                : kmsenv__ivpool_next(&pool, in->length - i);
+                if (iv == NULL) {
+                    rc = KMSENV_E_CRYPTO;
+                    goto fail;
                 }
-                memcpy(p + KMSENV_COMPACT_PREFIX_LEN, pool + used++ * KMSENV_GCM_IV_LEN,
-                       KMSENV_GCM_IV_LEN);
+                memcpy(p + KMSENV_COMPACT_PREFIX_LEN, iv, KMSENV_GCM_IV_LEN);
             }
             aad = aad_for(&ab, p, rows, i, &aadlen);
             if (aad == NULL) {
@@ -186,13 +181,13 @@ int kmsenv_compact_seal(int cipher, const uint8_t *key, size_t keylen,
     }
     kmsenv_key_free(sub);
     aadbuf_free(&ab);
-    kmsenv_wipe(pool, sizeof pool);
+    kmsenv_wipe(&pool, sizeof pool);
     return KMSENV_OK;
 
 fail:
     kmsenv_key_free(sub);
     aadbuf_free(&ab);
-    kmsenv_wipe(pool, sizeof pool);
+    kmsenv_wipe(&pool, sizeof pool);
     kmsenv_wipe(out->data + first, pos - first);
     ERR_clear_error();
     return rc;

@@ -167,6 +167,17 @@ static inline int kmsenv__binview_valid(const kmsenv_binview *v, size_t i)
     bit = v->validity_offset + i;
     return (v->validity[bit >> 3] >> (bit & 7)) & 1;
 }
+/* Random IVs drawn from the CSPRNG in blocks of KMSENV_IVPOOL_BLOCK, for
+ * batches whose caller did not pass IVs. Zero-initialise; wipe when done. */
+#define KMSENV_IVPOOL_BLOCK 1024
+typedef struct {
+    uint8_t buf[KMSENV_IVPOOL_BLOCK * KMSENV_GCM_IV_LEN];
+    size_t pooled, used;
+} kmsenv__ivpool;
+/* The next unused IV; `left` (>= 1) bounds how many the batch still needs, so
+ * no more are drawn than used. NULL when the CSPRNG fails. */
+const uint8_t *kmsenv__ivpool_next(kmsenv__ivpool *p, size_t left);
+
 /* Stores out offset i = pos; 0 when pos does not fit the offset width. */
 int kmsenv__binout_put(kmsenv_binout *o, size_t i, size_t pos);
 size_t kmsenv__binout_get(const kmsenv_binout *o, size_t i);

@@ -7,9 +7,16 @@ lead may move these into conftest.py).
 
 from __future__ import annotations
 
+import os
+import site
+import sysconfig
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import pytest
+
+import kmsenv
 
 from kmsenv.kms import Kms
 from kmsenv.localkms import LocalKms
@@ -17,7 +24,8 @@ from kmsenv.localkms import LocalKms
 REGIONS = ("cn-hangzhou", "cn-beijing", "cn-shanghai")
 HZ, BJ, SH = REGIONS
 
-__all__ = ["REGIONS", "HZ", "BJ", "SH", "Cmks", "local_kms", "cmks", "kms", "make_kms", "clean_faults", "cli_env", "kms_options"]
+__all__ = ["REGIONS", "HZ", "BJ", "SH", "Cmks", "local_kms", "cmks", "kms", "make_kms", "clean_faults", "cli_env",
+           "kms_options", "kms_calls", "kmsenv_import_root", "worker_env_vars", "worker_environment"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +112,54 @@ def cli_env():
             ALIBABA_CLOUD_ACCESS_KEY_SECRET=server.access_key_secret,
         )
         yield server, arns, env
+
+
+def kms_calls(server) -> dict[tuple[str, str], int]:
+    """``{(region, action): count}`` of the calls a LocalKms served (zeros left out)."""
+    return {(r, a): n for r, actions in server.stats().items() for a, n in actions.items() if n}
+
+
+# ---------------------------------------------------------------- engine workers
+
+
+def kmsenv_import_root() -> str | None:
+    """The sys.path entry kmsenv was imported from, unless it is an installed
+    package (worker processes find that one on their own)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))
+    sites = {os.path.abspath(p) for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]]}
+    return None if root in sites or "site-packages" in root or "dist-packages" in root else root
+
+
+def worker_env_vars(server) -> dict[str, str]:
+    """What worker processes need to reach ``server``: its credentials in the
+    standard variables (never in a task closure), and PYTHONPATH when kmsenv
+    runs from a checkout."""
+    env = {
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": server.access_key_id,
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": server.access_key_secret,
+    }
+    root = kmsenv_import_root()
+    if root:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+@contextmanager
+def worker_environment(server, **extra: str) -> Iterator[dict[str, str]]:
+    """``os.environ`` as workers started inside the block inherit it (also used
+    by WorkerSpec clients in this process); restored afterwards. A stray
+    KMSENV_PREFER_REGIONS / KMSENV_KMS_ENDPOINTS would change what the tests see."""
+    env = dict(worker_env_vars(server), **extra)
+    names = set(env) | {"KMSENV_PREFER_REGIONS", "KMSENV_KMS_ENDPOINTS"}
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.pop("KMSENV_PREFER_REGIONS", None)
+    os.environ.pop("KMSENV_KMS_ENDPOINTS", None)
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

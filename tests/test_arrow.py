@@ -30,7 +30,7 @@ from kmsenv.keyheader import DictKeyHeaderStore, KeyHeader  # noqa: E402
 from kmsenv.model import EncryptedDataKey  # noqa: E402
 from kmsenv.providers import KmsKeyProvider  # noqa: E402
 from kms_fixtures import *  # noqa: E402,F401,F403
-from kms_fixtures import kms_options  # noqa: E402
+from kms_fixtures import kms_options, worker_environment  # noqa: E402
 
 
 def emails(n: int, start: int = 0) -> list[str]:
@@ -40,15 +40,8 @@ def emails(n: int, start: int = 0) -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def worker_credentials(local_kms):
     """WorkerSpec-built clients (other processes, or this one) read the environment."""
-    saved = {k: os.environ.get(k) for k in ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET")}
-    os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"] = local_kms.access_key_id
-    os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = local_kms.access_key_secret
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with worker_environment(local_kms):
+        yield
     from kmsenv import jobkey
 
     jobkey.clear_cache()

@@ -9,7 +9,6 @@ from the server's own statistics.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 
@@ -27,6 +26,7 @@ import kmsenv.dask as kd  # noqa: E402
 from kmsenv.kms import Kms  # noqa: E402
 from kmsenv.kmsspec import KmsSpec  # noqa: E402
 from kmsenv.localkms import LocalKms  # noqa: E402
+from kms_fixtures import kms_calls, worker_environment  # noqa: E402
 
 pytestmark = pytest.mark.dask
 
@@ -36,26 +36,12 @@ ROWS = 200_000
 WORKERS = 2
 
 
-def _kmsenv_path() -> str | None:
-    """The sys.path entry kmsenv was imported from, unless it is installed."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))
-    if "site-packages" in root or "dist-packages" in root:
-        return None
-    return root
-
-
 @pytest.fixture(scope="module")
 def env():
     """LocalKms, its CMKs, a driver-side provider, and a 2-process LocalCluster
     started after the workers' environment (credentials, PYTHONPATH) is set."""
-    with LocalKms(regions=list(REGIONS)) as server, pytest.MonkeyPatch.context() as mp:
+    with LocalKms(regions=list(REGIONS)) as server, worker_environment(server):
         arns = [server.create_key(r) for r in REGIONS]
-        mp.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", server.access_key_id)
-        mp.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", server.access_key_secret)
-        mp.delenv("KMSENV_PREFER_REGIONS", raising=False)
-        path = _kmsenv_path()
-        if path:
-            mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (path, os.environ.get("PYTHONPATH")) if p))
         kms = Kms(
             access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
             endpoints=server.endpoints, backoff_base=0.001, backoff_max=0.005, connect_timeout=2.0, read_timeout=5.0,
@@ -77,8 +63,7 @@ def no_faults(env):
         server.set_fault(region)
 
 
-def calls(server) -> dict[tuple[str, str], int]:
-    return {(region, action): n for region, actions in server.stats().items() for action, n in actions.items() if n}
+calls = kms_calls
 
 
 def emails(n: int = ROWS) -> pd.DataFrame:

@@ -22,20 +22,16 @@ from kmsenv.keyheader import DictKeyHeaderStore, KeyHeader, SqliteKeyHeaderStore
 from kmsenv.kmsspec import KmsSpec  # noqa: E402
 from kmsenv.providers import KmsKeyProvider  # noqa: E402
 from kms_fixtures import *  # noqa: E402,F401,F403
-from kms_fixtures import BJ, HZ, SH, kms_options  # noqa: E402
+from kms_fixtures import BJ, HZ, SH, kms_calls, kms_options, worker_environment  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
 def worker_credentials(local_kms):
-    saved = {k: os.environ.get(k) for k in ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET")}
-    os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"] = local_kms.access_key_id
-    os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = local_kms.access_key_secret
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    """WorkerSpec-built clients (other processes, or this one) read the environment."""
+    with worker_environment(local_kms):
+        yield
+    from kmsenv import jobkey
+
     jobkey.clear_cache()
 
 
@@ -49,10 +45,7 @@ def counts(local_kms, clean_faults):
     jobkey.clear_cache()
     local_kms.reset_stats()
 
-    def read() -> dict[tuple[str, str], int]:
-        return {(r, a): n for r, acts in local_kms.stats().items() for a, n in acts.items() if n}
-
-    return read
+    return lambda: kms_calls(local_kms)
 
 
 def test_create_costs_one_call_per_region_and_keeps_no_plaintext(provider, counts):

@@ -7,7 +7,6 @@ server's own statistics.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -21,6 +20,7 @@ import kmsenv  # noqa: E402
 import kmsenv.ray as kr  # noqa: E402
 from kmsenv.kms import Kms  # noqa: E402
 from kmsenv.localkms import LocalKms  # noqa: E402
+from kms_fixtures import kms_calls, worker_environment  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -30,27 +30,11 @@ ROWS = 50_000
 ACTORS = 2
 
 
-def _kmsenv_path() -> str | None:
-    """The sys.path entry kmsenv was imported from, unless it is installed."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))
-    if "site-packages" in root or "dist-packages" in root:
-        return None
-    return root
-
-
 @pytest.fixture(scope="module")
 def env():
-    with LocalKms(regions=list(REGIONS)) as server, pytest.MonkeyPatch.context() as mp:
+    # The driver too reads the environment (an Encryptor is called in-process below).
+    with LocalKms(regions=list(REGIONS)) as server, worker_environment(server) as env_vars:
         arns = [server.create_key(r) for r in REGIONS]
-        env_vars = {
-            "ALIBABA_CLOUD_ACCESS_KEY_ID": server.access_key_id,
-            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": server.access_key_secret,
-        }
-        for name, value in env_vars.items():  # the driver too (Encryptor called in-process below)
-            mp.setenv(name, value)
-        path = _kmsenv_path()
-        if path:
-            env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (path, os.environ.get("PYTHONPATH")) if p)
         kms = Kms(
             access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
             endpoints=server.endpoints, backoff_base=0.001, backoff_max=0.005,
@@ -68,8 +52,7 @@ def env():
             ray.shutdown()
 
 
-def calls(server) -> dict[tuple[str, str], int]:
-    return {(region, action): n for region, actions in server.stats().items() for action, n in actions.items() if n}
+calls = kms_calls
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,7 @@ kmsenv.jobkey.stats()) on the other.
 from __future__ import annotations
 
 import functools
-import os
-import site
 import sys
-import sysconfig
 from collections import defaultdict
 
 import pytest
@@ -33,7 +30,7 @@ import kmsenv.jobkey  # noqa: E402
 import kmsenv.spark  # noqa: E402
 from kmsenv import ConfigurationError, DictKeyHeaderStore, JobKey, KmsKeyProvider, KmsSpec, WorkerSpec  # noqa: E402
 from kmsenv.kms import Kms  # noqa: E402
-from kms_fixtures import BJ, HZ, SH, kms_options, local_kms  # noqa: E402,F401
+from kms_fixtures import BJ, HZ, SH, kms_options, local_kms, worker_environment  # noqa: E402,F401
 
 pytestmark = pytest.mark.spark
 
@@ -43,30 +40,16 @@ EMAIL = "concat('user', lpad(id, 7, '0'), '@example.com')"
 # test module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-_ENV = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "PYSPARK_PYTHON", "PYTHONPATH",
-        "KMSENV_PREFER_REGIONS", "KMSENV_KMS_ENDPOINTS")
-
-
-def _import_root() -> str | None:
-    """The sys.path entry kmsenv came from, unless it is site-packages (workers find that)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))
-    sites = {os.path.abspath(p) for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]]}
-    return None if root in sites else root
-
 
 @pytest.fixture(scope="module")
 def spark(local_kms):
-    saved = {k: os.environ.get(k) for k in _ENV}
     # Python workers inherit this environment when the session starts: they
     # take their KMS credentials from it (never from the task closure).
-    os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"] = local_kms.access_key_id
-    os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = local_kms.access_key_secret
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ.pop("KMSENV_PREFER_REGIONS", None)
-    os.environ.pop("KMSENV_KMS_ENDPOINTS", None)
-    root = _import_root()
-    if root:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
+    with worker_environment(local_kms, PYSPARK_PYTHON=sys.executable):
+        yield from _session()
+
+
+def _session():
     session = (
         SparkSession.builder.master("local[2]")
         .appName("kmsenv-test-spark")
@@ -80,11 +63,6 @@ def spark(local_kms):
         yield session
     finally:
         session.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +245,9 @@ def test_reader_prefers_its_region_and_fails_over(spark, local_kms, provider):
     dec = kmsenv.spark.decrypt_column(df, "email", spec)
     assert mismatches(dec) == (20_000, 0)
     first = calls(local_kms, before)
-    assert set(first) == {HZ} and 1 <= first[HZ]["Decrypt"] <= 2
+    # The count itself is covered by the encrypt tests (one per worker pid);
+    # here Spark may have started a fresh Python worker, so allow up to 2 per slot.
+    assert set(first) == {HZ} and 1 <= first[HZ]["Decrypt"] <= 4
 
     _, df = _driver_sealed(spark, provider)
     local_kms.set_fault(HZ, down=True)
@@ -279,7 +259,7 @@ def test_reader_prefers_its_region_and_fails_over(spark, local_kms, provider):
     finally:
         local_kms.set_fault(HZ)
     # cn-hangzhou refused connections (not counted); cn-beijing answered.
-    assert set(second) == {BJ} and 1 <= second[BJ]["Decrypt"] <= 2
+    assert set(second) == {BJ} and 1 <= second[BJ]["Decrypt"] <= 4
 
 
 # ---------------------------------------------------------------- the budget and misuse
