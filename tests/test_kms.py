@@ -476,3 +476,19 @@ def test_endpoint_that_is_not_kms():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_encrypt_in_region_takes_an_alias_and_decrypt_in_region_needs_no_arn(local_kms, make_kms):
+    """Aliases name a different key in each region (kmsenv.parquet wraps by alias)."""
+    kms = make_kms()
+    keys = {r: local_kms.create_key(r) for r in (HZ, BJ)}
+    for region, arn in keys.items():
+        local_kms.create_alias(region, "alias/kmsenv-test-orders", arn)
+    for region, arn in keys.items():
+        blob = kms.encrypt_in_region(region, "alias/kmsenv-test-orders", b"k" * 32, {"m": "x"})
+        assert kms.decrypt_in_region(region, blob, {"m": "x"}) == bytearray(b"k" * 32)
+        assert kms.decrypt(arn, blob, {"m": "x"}) == bytearray(b"k" * 32)  # the blob names the real key
+        with pytest.raises(KmsError):
+            kms.decrypt_in_region(region, blob, {"m": "other"})
+    with pytest.raises(ConfigurationError):
+        kms.encrypt_in_region(HZ, "alias/with space", b"k", None)

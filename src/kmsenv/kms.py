@@ -648,21 +648,39 @@ class Kms:
     ) -> bytes:
         """Encrypt ``plaintext`` (sent base64-encoded, as the official SDKs send
         data keys) under ``key_arn``; returns the raw ciphertext blob."""
+        arn = self._arn(key_arn)
+        return self.encrypt_in_region(arn.region, arn.key_id, plaintext, encryption_context, what=f"under {arn}")
+
+    def encrypt_in_region(
+        self,
+        region: str,
+        key_id: str,
+        plaintext: bytes | bytearray | memoryview,
+        encryption_context: Mapping[str, str] | None = None,
+        *,
+        what: str | None = None,
+    ) -> bytes:
+        """Encrypt under ``key_id`` in ``region``: a key ID, an alias
+        (``alias/orders-pii``, which names a different key in each region) or an
+        ARN. Returns the raw ciphertext blob (it names the key it was made with)."""
         from alibabacloud_kms20160120 import models
 
-        arn = self._arn(key_arn)
+        _check_region(region, "region")
+        if not isinstance(key_id, str) or not key_id or any(c.isspace() for c in key_id):
+            raise ConfigurationError("key_id must be a key ID, alias or ARN without whitespace")
         ctx = _context_dict(encryption_context)
         if not isinstance(plaintext, (bytes, bytearray, memoryview)):
             raise ConfigurationError("plaintext must be bytes")
+        what = what or f"under {key_id} in {region}"
         request = models.EncryptRequest(
-            key_id=arn.key_id, plaintext=base64.b64encode(plaintext).decode("ascii"), encryption_context=ctx
+            key_id=key_id, plaintext=base64.b64encode(plaintext).decode("ascii"), encryption_context=ctx
         )
-        body = self._call(arn.region, "Encrypt", f"under {arn}", lambda c, rt: c.encrypt_with_options(request, rt))
+        body = self._call(region, "Encrypt", what, lambda c, rt: c.encrypt_with_options(request, rt))
         try:
             return _b64decode(body.ciphertext_blob)
         except (ValueError, binascii.Error):
-            raise KmsError(f"KMS Encrypt under {arn} returned a malformed CiphertextBlob", code="InvalidResponse",
-                           region=arn.region, request_id=_none_if_null(body.request_id)) from None
+            raise KmsError(f"KMS Encrypt {what} returned a malformed CiphertextBlob", code="InvalidResponse",
+                           region=region, request_id=_none_if_null(body.request_id)) from None
 
     def re_encrypt(
         self,
@@ -720,27 +738,44 @@ class Kms:
         KMS's answer must name ``key_arn``'s key ID (Decrypt takes no KeyId, so
         this catches a blob wrapped under a different key than its ARN claims).
         """
+        arn = self._arn(key_arn)
+        return self.decrypt_in_region(arn.region, ciphertext_blob, encryption_context, max_attempts=max_attempts,
+                                      expect_key=arn)
+
+    def decrypt_in_region(
+        self,
+        region: str,
+        ciphertext_blob: bytes | bytearray | memoryview,
+        encryption_context: Mapping[str, str] | None = None,
+        *,
+        max_attempts: int | None = None,
+        expect_key: Arn | None = None,
+    ) -> bytearray:
+        """Decrypt a blob in ``region`` (the blob names its key). With
+        ``expect_key``, KMS's answer must name that key. Returns the plaintext
+        (a bytearray the caller wipes)."""
         from alibabacloud_kms20160120 import models
 
-        arn = self._arn(key_arn)
+        _check_region(region, "region")
         ctx = _context_dict(encryption_context)
         if not isinstance(ciphertext_blob, (bytes, bytearray, memoryview)) or not len(ciphertext_blob):
             raise ConfigurationError("ciphertext_blob must be non-empty bytes")
+        what = f"under {expect_key}" if expect_key is not None else f"in {region}"
         request = models.DecryptRequest(
             ciphertext_blob=base64.b64encode(ciphertext_blob).decode("ascii"), encryption_context=ctx
         )
         body = self._call(
-            arn.region, "Decrypt", f"under {arn}", lambda c, rt: c.decrypt_with_options(request, rt), max_attempts
+            region, "Decrypt", what, lambda c, rt: c.decrypt_with_options(request, rt), max_attempts
         )
         request_id = _none_if_null(body.request_id)
         key_id = _none_if_null(body.key_id)
-        if key_id is not None and key_id not in (arn.key_id, str(arn)):
+        if expect_key is not None and key_id is not None and key_id not in (expect_key.key_id, str(expect_key)):
             raise KmsError(
-                f"KMS Decrypt under {arn}: the ciphertext blob belongs to key {key_id!r}, not to {arn.key_id!r}",
-                code="KeyIdMismatch", region=arn.region, request_id=request_id, retryable=False,
+                f"KMS Decrypt {what}: the ciphertext blob belongs to key {key_id!r}, not to {expect_key.key_id!r}",
+                code="KeyIdMismatch", region=region, request_id=request_id, retryable=False,
             )
         try:
             return bytearray(_b64decode(body.plaintext))
         except (ValueError, binascii.Error):
-            raise KmsError(f"KMS Decrypt under {arn} returned a malformed Plaintext", code="InvalidResponse",
-                           region=arn.region, request_id=request_id) from None
+            raise KmsError(f"KMS Decrypt {what} returned a malformed Plaintext", code="InvalidResponse",
+                           region=region, request_id=request_id) from None

@@ -27,7 +27,7 @@ messages record ARNs, and ``Arn.parse`` deliberately rejects aliases), and its
 ``decrypt`` needs the ARN of the key to check KMS's answer against. Loosening
 those checks would weaken the message path, so this module sends its two
 requests (Encrypt by key ID or alias in a given region, Decrypt in a given
-region) through ``Kms._call``: the same retry loop, timeouts, proxy handling
+region) through ``Kms.encrypt_in_region``/``decrypt_in_region``: the same retry loop, timeouts, proxy handling
 and secret-free error translation as every other kmsenv KMS call.
 
 pyarrow's encryption objects cannot be pickled, so nothing here ships them to
@@ -318,37 +318,12 @@ def reset_kms_stats() -> None:
 
 def _kms_encrypt(kms: Any, region: str, key_id: str, plaintext: bytes, context: dict[str, str]) -> bytes:
     """Encrypt in ``region`` with ``KeyId=key_id`` (key ID, alias or ARN); the raw blob."""
-    from alibabacloud_kms20160120 import models
-
-    request = models.EncryptRequest(
-        key_id=key_id, plaintext=base64.b64encode(plaintext).decode("ascii"), encryption_context=context
-    )
-    body = kms._call(region, "Encrypt", f"under {key_id} in {region}",
-                     lambda c, rt: c.encrypt_with_options(request, rt))
-    try:
-        blob = body.ciphertext_blob
-        if not isinstance(blob, str) or not blob:
-            raise ValueError
-        return base64.b64decode(blob, validate=True)
-    except (ValueError, binascii.Error):
-        raise KmsError(f"KMS Encrypt under {key_id} in {region} returned a malformed CiphertextBlob",
-                       code="InvalidResponse", region=region) from None
+    return kms.encrypt_in_region(region, key_id, plaintext, context)
 
 
 def _kms_decrypt(kms: Any, region: str, blob: bytes, context: dict[str, str], max_attempts: int | None) -> bytearray:
     """Decrypt ``blob`` in ``region`` (the blob names its key); the plaintext, to be wiped."""
-    from alibabacloud_kms20160120 import models
-
-    request = models.DecryptRequest(ciphertext_blob=base64.b64encode(blob).decode("ascii"), encryption_context=context)
-    body = kms._call(region, "Decrypt", f"in {region}", lambda c, rt: c.decrypt_with_options(request, rt), max_attempts)
-    try:
-        text = body.plaintext
-        if not isinstance(text, str) or not text:
-            raise ValueError
-        return bytearray(base64.b64decode(text, validate=True))
-    except (ValueError, binascii.Error):
-        raise KmsError(f"KMS Decrypt in {region} returned a malformed Plaintext", code="InvalidResponse",
-                       region=region) from None
+    return kms.decrypt_in_region(region, blob, context, max_attempts=max_attempts)
 
 
 def _wipe(buf: bytearray) -> None:
