@@ -46,6 +46,8 @@ OVERHEAD = PREFIX_LEN + 12 + 16
 MAX_SEGMENT = 1 << 20
 SUBKEY_INFO = b"kmsenv/compact/v1/key"
 _INT32_MAX = 2**31 - 1
+# Statuses of the column calls (kmsenv_core.h); the pure paths return the same.
+_OK, _AUTH, _FORMAT, _OTHER_KEY = 0, -2, -7, -9
 
 
 # ---------------------------------------------------------------- column views
@@ -355,15 +357,15 @@ def open_compact(
                 status, stopped = _open_compact_native(native, header, data_key, col, rows, start, out)
             else:
                 status, stopped = _open_compact_pure(header, data_key, col, rows, start, out)
-            if status == 0:
+            if status == _OK:
                 break
-            if status == native_status("OTHER_KEY"):
+            if status == _OTHER_KEY:
                 current = None
                 start = stopped
                 continue
             value = col.value(stopped)
             assert value is not None
-            if status == native_status("AUTH"):
+            if status == _AUTH:
                 raise AuthenticationError(f"value {stopped}: authentication failed (altered, moved to another row, or not sealed under this key header)")
             raise MessageFormatError(f"value {stopped}: {_compact_problem(value, rows is not None)}")
     except BaseException:
@@ -373,10 +375,6 @@ def open_compact(
         for _, k in keys.values():
             wipe(k)
     return _finish(out)
-
-
-def native_status(name: str) -> int:
-    return {"OTHER_KEY": -9, "AUTH": -2, "FORMAT": -7}[name]
 
 
 def _next_present(col: Column, start: int) -> int:
@@ -450,7 +448,7 @@ def _open_compact_native(native, header, data_key, col, rows, start, out) -> tup
         native._CIPHERS[_cipher(header.algorithm)], key, len(data_key), header.digest, v, r, start, stopped, o
     )
     del keep
-    if status not in (0, -9, -2, -7):
+    if status not in (_OK, _OTHER_KEY, _AUTH, _FORMAT):
         native._raise(status, "compact open")
     return status, stopped[0]
 
@@ -467,12 +465,12 @@ def _open_compact_pure(header, data_key, col, rows, start, out) -> tuple[int, in
             if value is not None:
                 if len(value) < OVERHEAD or value[0] & ~COMPACT_ROW_BOUND & 0xFF != COMPACT_FORMAT:
                     out.data[first:pos] = bytes(pos - first)
-                    return -7, i
+                    return _FORMAT, i
                 if bytes(value[1 : 1 + REF_LEN]) != header.ref:
-                    return -9, i
+                    return _OTHER_KEY, i
                 if bool(value[0] & COMPACT_ROW_BOUND) != (rows is not None):
                     out.data[first:pos] = bytes(pos - first)
-                    return -7, i
+                    return _FORMAT, i
                 seg = bytes(value[1 + REF_LEN : PREFIX_LEN])
                 if seg != segment:
                     if key is not None:
@@ -488,14 +486,14 @@ def _open_compact_pure(header, data_key, col, rows, start, out) -> tuple[int, in
                                       bytes(value[PREFIX_LEN + 12 : -16]), bytes(value[-16:]))
                 except AuthenticationError:
                     out.data[first:pos] = bytes(pos - first)
-                    return -2, i
+                    return _AUTH, i
                 out.data[pos : pos + len(pt)] = pt
                 pos += len(pt)
             struct.pack_into(fmt, out.offsets, (i + 1) * out.width, pos)
     finally:
         if key is not None:
             key.close()
-    return 0, col.length
+    return _OK, col.length
 
 
 # ---------------------------------------------------------------- alibaba (DER) format
@@ -585,9 +583,9 @@ def open_alibaba(
                     status, stopped = _open_alibaba_native(native, key, header.encoded, ctx_bytes, col, start, out)
                 else:
                     status, stopped = _open_alibaba_pure(key, header.encoded, ctx_bytes, col, start, out)
-            if status == 0:
+            if status == _OK:
                 break
-            if status == -2:
+            if status == _AUTH:
                 raise AuthenticationError(f"value {stopped}: message body authentication failed")
             if stopped == start:  # its own header, yet the C parser refused it
                 raise MessageFormatError(f"value {stopped}: malformed message")
@@ -607,7 +605,7 @@ def _open_alibaba_native(native, key, header, aad, col, start, out) -> tuple[int
     stopped = ffi.new("size_t *")
     status = lib.kmsenv_arrow_open_messages(key._h(), header, len(header), aad, len(aad), v, start, stopped, o)
     del keep
-    if status not in (0, -9, -2):
+    if status not in (_OK, _OTHER_KEY, _AUTH):
         native._raise(status, "column open")
     return status, stopped[0]
 
@@ -619,18 +617,18 @@ def _open_alibaba_pure(key, header, aad, col, start, out) -> tuple[int, int]:
         value = col.value(i)
         if value is not None:
             if bytes(value[: len(header) + 8]).find(header) < 0:
-                return -9, i
+                return _OTHER_KEY, i
             plaintexts, statuses = key.open_messages(header, aad, [bytes(value)])
-            if statuses[0] == -2:
+            if statuses[0] == _AUTH:
                 out.data[first:pos] = bytes(pos - first)
-                return -2, i
+                return _AUTH, i
             if statuses[0] != 0:
-                return -9, i
+                return _OTHER_KEY, i
             pt = plaintexts[0]
             out.data[pos : pos + len(pt)] = pt
             pos += len(pt)
         struct.pack_into(fmt, out.offsets, (i + 1) * out.width, pos)
-    return 0, col.length
+    return _OK, col.length
 
 
 # ---------------------------------------------------------------- key sources

@@ -24,12 +24,12 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ._wipe import wipe
 from .algorithms import Algorithm
 from .arn import Arn
-from .exceptions import ConfigurationError, KmsEnvError
+from .exceptions import ConfigurationError
 from .keyheader import KeyHeader, KeyHeaderStore
 from .kmsspec import KmsSpec
 
@@ -376,7 +376,3 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(clear_cache)
-
-
-def headers_by_ref(headers: Iterable[KeyHeader]) -> dict[bytes, KeyHeader]:
-    return {h.ref: h for h in headers}
