@@ -21,7 +21,8 @@
 # Other knobs: KMSENV_CHECK_KEEP=1 keeps the temp dir; KMSENV_CHECK_OUT=dir
 # copies the tested sdist and static wheel there (the sdist CI job uploads them);
 # KMSENV_CHECK_PYTEST_ARGS adds pytest arguments (default: the whole suite);
-# KMSENV_CHECK_PYTEST_MARK is a marker expression (e.g. "not slow") passed as -m.
+# KMSENV_CHECK_PYTEST_MARK is a marker expression (e.g. "not slow") passed as -m;
+# KMSENV_CHECK_PYTEST_K a keyword expression passed as -k (e.g. a list of modules).
 #
 # Needs: Debian/Ubuntu with python3 (venv), gcc, libssl-dev, binutils; installs
 # the missing ones with apt-get when root. Python tools go in a throwaway venv.
@@ -315,7 +316,7 @@ suite() {
   cp -r "$WORK/src/tests" "$WORK/src/pyproject.toml" "$run/"
   if [ -d "$WORK/src/fuzz" ]; then cp -r "$WORK/src/fuzz" "$run/"; fi
   # shellcheck disable=SC2086 # extra pytest arguments are meant to split
-  (cd "$run" && "${NOCC[@]}" python -m pytest -p no:cacheprovider -q ${KMSENV_CHECK_PYTEST_MARK:+-m "$KMSENV_CHECK_PYTEST_MARK"} ${KMSENV_CHECK_PYTEST_ARGS:-} tests) \
+  (cd "$run" && "${NOCC[@]}" python -m pytest -p no:cacheprovider -q ${KMSENV_CHECK_PYTEST_MARK:+-m "$KMSENV_CHECK_PYTEST_MARK"} ${KMSENV_CHECK_PYTEST_K:+-k "$KMSENV_CHECK_PYTEST_K"} ${KMSENV_CHECK_PYTEST_ARGS:-} tests) \
     >"$WORK/pytest-$1.txt" 2>&1 || rc=$?
   tail -n 25 "$WORK/pytest-$1.txt"
   say "$(tail -n 1 "$WORK/pytest-$1.txt")"
