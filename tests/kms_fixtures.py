@@ -25,7 +25,8 @@ REGIONS = ("cn-hangzhou", "cn-beijing", "cn-shanghai")
 HZ, BJ, SH = REGIONS
 
 __all__ = ["REGIONS", "HZ", "BJ", "SH", "Cmks", "local_kms", "cmks", "kms", "make_kms", "clean_faults", "cli_env",
-           "kms_options", "kms_calls", "kmsenv_import_root", "worker_env_vars", "worker_environment"]
+           "kms_options", "kms_calls", "kmsenv_import_root", "worker_env_vars", "worker_environment", "worker_env",
+           "provider"]
 
 
 @dataclass(frozen=True)
@@ -163,3 +164,22 @@ def worker_environment(server, **extra: str) -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def worker_env(local_kms):
+    """The module's WorkerSpec clients (in other processes, or in this one) read
+    the environment; the process's job-key cache is dropped afterwards."""
+    with worker_environment(local_kms):
+        yield
+    from kmsenv import jobkey
+
+    jobkey.clear_cache()
+
+
+@pytest.fixture(scope="module")
+def provider(local_kms, cmks):
+    """A three-region KmsKeyProvider (cn-hangzhou primary) on the module's LocalKms."""
+    from kmsenv.providers import KmsKeyProvider
+
+    return KmsKeyProvider(cmks.hz, cmks.bj, cmks.sh, kms=Kms(**kms_options(local_kms)))

@@ -30,26 +30,13 @@ from kmsenv.keyheader import DictKeyHeaderStore, KeyHeader  # noqa: E402
 from kmsenv.model import EncryptedDataKey  # noqa: E402
 from kmsenv.providers import KmsKeyProvider  # noqa: E402
 from kms_fixtures import *  # noqa: E402,F401,F403
-from kms_fixtures import kms_options, worker_environment  # noqa: E402
 
 
 def emails(n: int, start: int = 0) -> list[str]:
     return [f"user{i:07d}.{(i * 2654435761) % 100000:05d}@example.com" for i in range(start, start + n)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def worker_credentials(local_kms):
-    """WorkerSpec-built clients (other processes, or this one) read the environment."""
-    with worker_environment(local_kms):
-        yield
-    from kmsenv import jobkey
-
-    jobkey.clear_cache()
-
-
-@pytest.fixture(scope="module")
-def provider(local_kms, cmks):
-    return KmsKeyProvider(cmks.hz, cmks.bj, cmks.sh, kms=kmsenv.Kms(**kms_options(local_kms)))
+pytestmark = pytest.mark.usefixtures("worker_env")
 
 
 @pytest.fixture(scope="module")

@@ -22,22 +22,10 @@ from kmsenv.keyheader import DictKeyHeaderStore, KeyHeader, SqliteKeyHeaderStore
 from kmsenv.kmsspec import KmsSpec  # noqa: E402
 from kmsenv.providers import KmsKeyProvider  # noqa: E402
 from kms_fixtures import *  # noqa: E402,F401,F403
-from kms_fixtures import BJ, HZ, SH, kms_calls, kms_options, worker_environment  # noqa: E402
+from kms_fixtures import BJ, HZ, SH, kms_calls  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def worker_credentials(local_kms):
-    """WorkerSpec-built clients (other processes, or this one) read the environment."""
-    with worker_environment(local_kms):
-        yield
-    from kmsenv import jobkey
-
-    jobkey.clear_cache()
-
-
-@pytest.fixture(scope="module")
-def provider(local_kms, cmks):
-    return KmsKeyProvider(cmks.hz, cmks.bj, cmks.sh, kms=kmsenv.Kms(**kms_options(local_kms)))
+pytestmark = pytest.mark.usefixtures("worker_env")
 
 
 @pytest.fixture
