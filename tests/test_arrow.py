@@ -339,3 +339,19 @@ def test_value_lists_for_row_stores(provider):
     assert kc.decrypt_values(enc, provider, key_store=store, rows=[b"1", b"2", b"3", b"4"]) == values
     with pytest.raises(ConfigurationError, match="str"):
         kc.encrypt_values(["text"], provider, key_store=store)
+
+
+def test_importing_kmsenv_imports_no_engine():
+    """The engines are optional extras: `import kmsenv` (and its column core
+    without Arrow) must not pull in pyarrow, pandas, dask, pyspark or ray."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kmsenv, kmsenv.columns, kmsenv.jobkey, kmsenv.keyheader\n"
+        "heavy = [m for m in ('pyarrow', 'pandas', 'dask', 'distributed', 'pyspark', 'ray') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.stdout.strip() == ""
