@@ -22,7 +22,8 @@
 # copies the tested sdist and static wheel there (the sdist CI job uploads them);
 # KMSENV_CHECK_PYTEST_ARGS adds pytest arguments (default: the whole suite);
 # KMSENV_CHECK_PYTEST_MARK is a marker expression (e.g. "not slow") passed as -m;
-# KMSENV_CHECK_PYTEST_K a keyword expression passed as -k (e.g. a list of modules).
+# KMSENV_CHECK_PYTEST_K a keyword expression passed as -k (e.g. a list of modules);
+# KMSENV_TEST_BACKENDS (e.g. "native") narrows the per-backend tests there too.
 #
 # Needs: Debian/Ubuntu with python3 (venv), gcc, libssl-dev, binutils; installs
 # the missing ones with apt-get when root. Python tools go in a throwaway venv.
@@ -109,7 +110,8 @@ fi
 # log the attempt and fail, in front of the venv's bin only (no /usr/bin).
 FAKE_CC="$WORK/no-compiler"
 NOCC=(env -i "HOME=$HOME" "LANG=C.UTF-8" "TMPDIR=$WORK/tmp" "PATH=$FAKE_CC:$VENV/bin"
-      "CC=$FAKE_CC/cc" "LDSHARED=$FAKE_CC/cc" "KMSENV_REQUIRE_NATIVE=1")
+      "CC=$FAKE_CC/cc" "LDSHARED=$FAKE_CC/cc" "KMSENV_REQUIRE_NATIVE=1"
+      ${KMSENV_TEST_BACKENDS:+"KMSENV_TEST_BACKENDS=$KMSENV_TEST_BACKENDS"})
 mkdir -p "$FAKE_CC" "$WORK/tmp"
 : >"$WORK/compiler-calls.log"
 for t in cc gcc g++ c++ clang "$MULTIARCH-gcc" ld; do
