@@ -241,6 +241,9 @@ def test_bad_arguments(env, data):
         kd.encrypt_column(ddf, "nope", provider)
     with pytest.raises(kmsenv.ConfigurationError, match="format"):
         kd.encrypt_column(ddf, "email", provider, format="xml")
+    # A compact job made here from a provider would lose its key headers.
+    with pytest.raises(kmsenv.ConfigurationError, match="key_store"):
+        kd.encrypt_column(ddf, "email", provider, format="compact")
     job = make_job(env, encryption_context={"a": "b"})
     with pytest.raises(kmsenv.ConfigurationError, match="encryption context"):
         kd.encrypt_column(ddf, "email", job, encryption_context={"a": "c"})

@@ -125,20 +125,33 @@ def encrypt_array(
     ChunkedArray. ``rows``: row ids to bind into each value's AAD (compact
     format). ``partition=(p, n)``: this is partition ``p`` of ``n`` of a
     job (selects the JobKey's data key and enforces its budget)."""
-    source = KeySource(key)
     chunks, chunked = _chunks(array)
-    row_chunks = _split_rows(rows, chunks)
-    out = []
-    for chunk, row in zip(chunks, row_chunks):
-        arr = _as_binary(chunk, "array")
-        col = _column(arr)
+    out, _ = _encrypt_chunks(
+        chunks, rows, KeySource(key), "array", format=format, encryption_context=encryption_context,
+        algorithm=algorithm, key_store=key_store, partition=partition,
+    )
+    return _chunked(out) if chunked else out[0]
+
+
+def _encrypt_chunks(
+    chunks: list[Any], rows: Any, source: KeySource, what: str, **options: Any
+) -> tuple[list[pa.Array], dict[bytes, KeyHeader]]:
+    """Each chunk through the native core; the key headers used, by reference."""
+    out, headers = [], {}
+    for chunk, row in zip(chunks, _split_rows(rows, chunks)):
+        arr = _as_binary(chunk, what)
         row_col = _column(_rows_array(row, len(arr))) if row is not None else None
-        sealed, _ = encrypt_with(
-            source, col, format=format, encryption_context=encryption_context, algorithm=algorithm,
-            rows=row_col, key_store=key_store, partition=partition,
-        )
+        sealed, header = encrypt_with(source, _column(arr), rows=row_col, **options)
+        headers[header.ref] = header
         out.append(_to_arrow(sealed, arr))
-    return pa.chunked_array(out, out[0].type if out else pa.binary()) if chunked else out[0]
+    return out, headers
+
+
+def _chunked(arrays: list[pa.Array], as_string: bool = False) -> pa.ChunkedArray:
+    """One type for all chunks: the large one if any chunk needed 64-bit offsets."""
+    small, large = (pa.string(), pa.large_string()) if as_string else (pa.binary(), pa.large_binary())
+    typ = large if any(a.type == large for a in arrays) else small
+    return pa.chunked_array([a.cast(typ) for a in arrays], typ)
 
 
 def _split_rows(rows: Any, chunks: list[Any]) -> list[Any]:
@@ -194,8 +207,7 @@ def decrypt_array(
                 opened.wipe()
                 raise MessageFormatError("a decrypted value is not valid UTF-8 (decrypt with as_string=False)") from None
         out.append(result)
-    typ = out[0].type if out else (pa.string() if as_string else pa.binary())
-    return pa.chunked_array(out, typ) if chunked else out[0]
+    return _chunked(out, as_string) if chunked else out[0]
 
 
 # ---------------------------------------------------------------- tables
@@ -257,24 +269,15 @@ def encrypt_column(
     given. ``aad_column`` binds each value to that column's value (a row id)."""
     i = _index(table, column)
     rows = table.column(_index(table, aad_column)) if aad_column else None
-    source = KeySource(key)
-    headers: dict[bytes, KeyHeader] = {}
-    out_chunks = []
     chunks = table.column(i).chunks or [pa.array([], table.schema.field(i).type)]
-    row_chunks = _split_rows(rows, chunks)
-    for chunk, row in zip(chunks, row_chunks):
-        arr = _as_binary(chunk, f"column {column!r}")
-        col = _column(arr)
-        row_col = _column(_rows_array(row, len(arr))) if row is not None else None
-        sealed, header = encrypt_with(
-            source, col, format=format, encryption_context=encryption_context, algorithm=algorithm,
-            rows=row_col, key_store=key_store if key_store is not None else _NullStore(),
-        )
-        headers[header.ref] = header
-        out_chunks.append(_to_arrow(sealed, arr))
-    typ = pa.large_binary() if any(c.type == pa.large_binary() for c in out_chunks) else pa.binary()
-    result = pa.chunked_array([c.cast(typ) for c in out_chunks], typ)
-    field = _with_headers(pa.field(output or column, typ, nullable=True), list(headers.values()), format, aad_column)
+    out, headers = _encrypt_chunks(
+        chunks, rows, KeySource(key), f"column {column!r}", format=format,
+        encryption_context=encryption_context, algorithm=algorithm,
+        key_store=key_store if key_store is not None else _NullStore(),
+    )
+    result = _chunked(out)
+    field = _with_headers(pa.field(output or column, result.type, nullable=True), list(headers.values()), format,
+                          aad_column)
     if output is None or output == column:
         return table.set_column(i, field, result)
     return table.append_column(field, result)

@@ -34,7 +34,7 @@ from .exceptions import (
 from .keyheader import REF_LEN, KeyHeader, KeyHeaderStore
 from .message.codec import decode_message
 
-__all__ = ["FORMATS", "Column", "SealedColumn", "encrypt_values", "decrypt_values"]
+__all__ = ["FORMATS", "Column", "SealedColumn", "check_format", "encrypt_values", "decrypt_values"]
 
 FORMATS = ("alibaba", "compact")
 
@@ -48,6 +48,15 @@ SUBKEY_INFO = b"kmsenv/compact/v1/key"
 _INT32_MAX = 2**31 - 1
 # Statuses of the column calls (kmsenv_core.h); the pure paths return the same.
 _OK, _AUTH, _FORMAT, _OTHER_KEY = 0, -2, -7, -9
+
+
+def check_format(format: str | None, bound: bool = False, *, detect: bool = False) -> None:
+    """``format`` is one of :data:`FORMATS` (or None, to detect it, when
+    ``detect``); row binding (``bound``) needs the compact format."""
+    if not (format in FORMATS or (detect and format is None)):
+        raise ConfigurationError(f"format must be one of {FORMATS}{' or None' if detect else ''}, not {format!r}")
+    if bound and format != "compact":
+        raise ConfigurationError("row binding (aad_column= / rows=) needs format='compact'")
 
 
 # ---------------------------------------------------------------- column views
@@ -681,10 +690,7 @@ def encrypt_with(
     partition: tuple[int, int] | None = None,
 ) -> tuple[SealedColumn, KeyHeader]:
     """Encrypt a column with a key source; returns the output and the key header used."""
-    if format not in FORMATS:
-        raise ConfigurationError(f"format must be one of {FORMATS}, not {format!r}")
-    if rows is not None and format != "compact":
-        raise ConfigurationError("row binding (rows= / aad_column=) needs format='compact'")
+    check_format(format, rows is not None)
     if source.job is not None:
         job = source.job
         if encryption_context is not None and dict(encryption_context) != dict(job.headers[0].encryption_context):
@@ -753,9 +759,8 @@ def decrypt_with(
     headers: Iterable[KeyHeader] = (),
     expected_context: Mapping[str, str] | None = None,
 ) -> SealedColumn:
+    check_format(format, detect=True)
     fmt = format or detect_format(col)
-    if fmt not in FORMATS:
-        raise ConfigurationError(f"format must be one of {FORMATS}, not {format!r}")
     if fmt == "alibaba":
         if rows is not None:
             raise ConfigurationError("row ids apply to the compact format only")

@@ -32,9 +32,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from . import arrow as _arrow
 from . import jobkey as _jobkey
 from ._wipe import wipe
-from .columns import FORMATS
+from .columns import check_format
 from .exceptions import ConfigurationError
-from .jobkey import JobKey, WorkerSpec
+from .jobkey import JobKey, job_key_for, reader_key
 from .keyheader import KeyHeaderStore
 
 __all__ = ["encrypt_column", "decrypt_column", "PrefetchKeys", "worker_stats", "BINARY"]
@@ -111,6 +111,7 @@ def encrypt_column(
     aad_column: str | None = None,
     encryption_context: Mapping[str, str] | None = None,
     rows: int | None = None,
+    key_store: KeyHeaderStore | None = None,
 ) -> Any:
     """Encrypt ``column`` of a Dask DataFrame (lazily) in place or into ``output``.
 
@@ -123,26 +124,15 @@ def encrypt_column(
     may seal at most ``jobkey.budget_for(n)`` Alibaba-format values.
 
     ``format``: ``"alibaba"`` (standalone messages) or ``"compact"`` (45 bytes
-    per value; the key headers are in the JobKey: keep it, or save them with
-    ``jobkey.save(store)``). ``aad_column`` (compact only) binds every value
+    per value; the key headers are in the JobKey: keep it, save them with
+    ``jobkey.save(store)``, or pass ``key_store=``, which a compact job made
+    here from a provider requires). ``aad_column`` (compact only) binds every value
     to that column's value in its row (a row id). The result column has dtype
     :data:`BINARY`; nulls stay null.
     """
     _check_columns(ddf, column, aad_column)
-    if format not in FORMATS:
-        raise ConfigurationError(f"format must be one of {FORMATS}, not {format!r}")
-    if aad_column is not None and format != "compact":
-        raise ConfigurationError("row binding (aad_column=) needs format='compact'")
-    if isinstance(key, JobKey):
-        if rows is not None:
-            raise ConfigurationError("rows= sizes a new JobKey: pass it to JobKey.create(), not with a JobKey")
-        if encryption_context is not None and dict(encryption_context) != dict(key.headers[0].encryption_context):
-            raise ConfigurationError("a JobKey carries its own encryption context: set it in JobKey.create()")
-        job = key
-    elif isinstance(key, WorkerSpec) or not hasattr(key, "decrypt_data_key"):
-        raise ConfigurationError("key must be a kmsenv.JobKey or a data key provider (e.g. kmsenv.KmsKeyProvider)")
-    else:
-        job = JobKey.create(key, encryption_context=encryption_context, rows=rows)
+    check_format(format, aad_column is not None)
+    job = job_key_for(key, format=format, encryption_context=encryption_context, rows=rows, key_store=key_store)
     output = output or column
     return ddf.map_partitions(
         _encrypt_partition, column, job, output, format, aad_column, ddf.npartitions,
@@ -176,12 +166,8 @@ def decrypt_column(
     :class:`kmsenv.AuthenticationError` naming its index in the partition.
     """
     _check_columns(ddf, column, aad_column)
-    if format is not None and format not in FORMATS:
-        raise ConfigurationError(f"format must be one of {FORMATS} or None, not {format!r}")
-    if not isinstance(key, (JobKey, WorkerSpec)):
-        if not hasattr(key, "decrypt_data_key"):
-            raise ConfigurationError("key must be a kmsenv.JobKey, a kmsenv.WorkerSpec or a kmsenv.KmsKeyProvider")
-        key = WorkerSpec.from_provider(key)
+    check_format(format, detect=True)
+    key = reader_key(key)
     output = output or column
     dtype = pd.Series([], dtype="str").dtype if as_string else BINARY
     return ddf.map_partitions(

@@ -33,7 +33,7 @@ from .exceptions import ConfigurationError
 from .keyheader import KeyHeader, KeyHeaderStore
 from .kmsspec import KmsSpec
 
-__all__ = ["JobKey", "WorkerSpec", "stats", "clear_cache", "DEFAULT_MAX_MESSAGES_PER_KEY"]
+__all__ = ["JobKey", "WorkerSpec", "job_key_for", "reader_key", "stats", "clear_cache", "DEFAULT_MAX_MESSAGES_PER_KEY"]
 
 #: Messages one data key may seal in the Alibaba (DER) format, where every
 #: message uses the data key directly with two random 96-bit IVs: 2^28 messages
@@ -253,6 +253,51 @@ class JobKey:
         )
 
 
+# ---------------------------------------------------------------- what the adapters take
+
+
+def job_key_for(
+    key: Any,
+    *,
+    format: str,
+    encryption_context: Mapping[str, str] | None = None,
+    rows: int | None = None,
+    key_store: KeyHeaderStore | None = None,
+) -> JobKey:
+    """The JobKey an engine adapter encrypts with: ``key`` itself, or one made
+    here (on the driver) from a data key provider. A compact-format job made
+    here must leave its headers in ``key_store``: nobody else sees the JobKey."""
+    if isinstance(key, JobKey):
+        if encryption_context is not None or rows is not None:
+            raise ConfigurationError(
+                "a JobKey carries its own encryption context and key count: set them in JobKey.create()"
+            )
+        if key_store is not None:
+            key.save(key_store)
+        return key
+    if isinstance(key, WorkerSpec):
+        raise ConfigurationError("a WorkerSpec can only decrypt: encrypt with a kmsenv.JobKey or a data key provider")
+    if not hasattr(key, "decrypt_data_key"):
+        raise ConfigurationError("key must be a kmsenv.JobKey or a data key provider (e.g. kmsenv.KmsKeyProvider)")
+    if format == "compact" and key_store is None:
+        raise ConfigurationError(
+            "compact values need their key header to read: pass key_store=, or create the JobKey yourself "
+            "(JobKey.create(provider, key_store=store)) and keep it"
+        )
+    return JobKey.create(key, encryption_context=encryption_context, rows=rows, key_store=key_store)
+
+
+def reader_key(key: Any) -> JobKey | WorkerSpec:
+    """What an adapter ships to its workers to decrypt: a JobKey or WorkerSpec
+    as given; a provider becomes its WorkerSpec, so the provider (its KMS
+    client, possibly its credentials) never leaves the driver."""
+    if isinstance(key, (JobKey, WorkerSpec)):
+        return key
+    if not hasattr(key, "decrypt_data_key"):
+        raise ConfigurationError("key must be a kmsenv.JobKey, a kmsenv.WorkerSpec or a data key provider")
+    return WorkerSpec.from_provider(key)
+
+
 # ---------------------------------------------------------------- the process cache
 
 
@@ -279,7 +324,7 @@ def _evict(digest: bytes) -> None:
         _STATS["evictions"] += 1
 
 
-def _lookup(spec: WorkerSpec, header: KeyHeader) -> _Entry | None:
+def _lookup(header: KeyHeader) -> _Entry | None:
     now = time.monotonic()
     entry = _CACHE.get(header.digest)
     if entry is not None and entry.expires <= now:
@@ -292,7 +337,7 @@ def _lookup(spec: WorkerSpec, header: KeyHeader) -> _Entry | None:
 
 def _entry(spec: WorkerSpec, header: KeyHeader, provider: Any = None) -> _Entry:
     with _LOCK:
-        entry = _lookup(spec, header)
+        entry = _lookup(header)
         if entry is not None:
             _STATS["hits"] += 1
             return entry
@@ -300,7 +345,7 @@ def _entry(spec: WorkerSpec, header: KeyHeader, provider: Any = None) -> _Entry:
     # One Decrypt per key per process, even when several threads miss at once.
     with fetch_lock:
         with _LOCK:
-            entry = _lookup(spec, header)
+            entry = _lookup(header)
             if entry is not None:
                 _STATS["hits"] += 1
                 return entry

@@ -51,9 +51,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import arrow as _arrow
 from ._wipe import wipe
-from .columns import FORMATS
+from .columns import check_format
 from .exceptions import ConfigurationError
-from .jobkey import JobKey, WorkerSpec
+from .jobkey import JobKey, WorkerSpec, reader_key
 from .keyheader import KeyHeaderStore
 
 __all__ = ["Encryptor", "Decryptor", "encrypt_dataset", "decrypt_dataset"]
@@ -105,10 +105,7 @@ class Encryptor:
     ) -> None:
         if not isinstance(jobkey, JobKey):
             raise ConfigurationError("Encryptor takes a kmsenv.JobKey (JobKey.create(provider) on the driver)")
-        if format not in FORMATS:
-            raise ConfigurationError(f"format must be one of {FORMATS}, not {format!r}")
-        if aad_column is not None and format != "compact":
-            raise ConfigurationError("row binding (aad_column=) needs format='compact'")
+        check_format(format, aad_column is not None)
         if format == "alibaba":
             if isinstance(share, bool) or not isinstance(share, int) or share < 1:
                 raise ConfigurationError(
@@ -180,12 +177,8 @@ class Decryptor:
         key_store: KeyHeaderStore | None = None,
         as_string: bool = True,
     ) -> None:
-        if format is not None and format not in FORMATS:
-            raise ConfigurationError(f"format must be one of {FORMATS} or None, not {format!r}")
-        if not isinstance(key, (JobKey, WorkerSpec)):
-            if not hasattr(key, "decrypt_data_key"):
-                raise ConfigurationError("key must be a kmsenv.JobKey, a kmsenv.WorkerSpec or a kmsenv.KmsKeyProvider")
-            key = WorkerSpec.from_provider(key)
+        check_format(format, detect=True)
+        key = reader_key(key)
         self.key = key
         self.column = column
         self.output = output or column
@@ -259,8 +252,7 @@ def decrypt_dataset(
 ) -> Any:
     """``ds.map_batches(Decryptor, ...)`` on a fixed pool of ``concurrency``
     actors of ``num_cpus`` CPUs each, with ``batch_format="pyarrow"``."""
-    if not isinstance(key, (JobKey, WorkerSpec)) and hasattr(key, "decrypt_data_key"):
-        key = WorkerSpec.from_provider(key)  # never ship a provider (it holds a client with credentials)
+    key = reader_key(key)  # never ship a provider (it holds a client with credentials)
     return ds.map_batches(
         Decryptor,
         compute=_pool(concurrency),

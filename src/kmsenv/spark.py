@@ -37,13 +37,11 @@ import pyarrow as pa
 
 from . import arrow as _arrow
 from .exceptions import ConfigurationError
-from .jobkey import JobKey, WorkerSpec
+from .columns import check_format
+from .jobkey import JobKey, job_key_for, reader_key
 from .keyheader import KeyHeaderStore
 
 __all__ = ["encrypt_column", "decrypt_column", "encrypt_udf"]
-
-_FORMATS = ("alibaba", "compact")
-
 
 # ---------------------------------------------------------------- driver side
 
@@ -68,30 +66,6 @@ def _output_schema(df: DataFrame, column: str, output: str | None, typ: Any) -> 
     if out != column:
         fields.append(StructField(out, typ, True))
     return StructType(fields)
-
-
-def _job_key(
-    key: Any, *, encryption_context: Mapping[str, str] | None, rows: int | None, key_store: KeyHeaderStore | None,
-    format: str,
-) -> JobKey:
-    if isinstance(key, JobKey):
-        if encryption_context is not None or rows is not None:
-            raise ConfigurationError(
-                "a JobKey carries its own encryption context and key count: set them in JobKey.create()"
-            )
-        if key_store is not None:
-            key.save(key_store)
-        return key
-    if isinstance(key, WorkerSpec):
-        raise ConfigurationError("a WorkerSpec can only decrypt: encrypt with a JobKey or a provider")
-    if not hasattr(key, "decrypt_data_key"):
-        raise ConfigurationError("key must be a kmsenv.JobKey or a data key provider (e.g. kmsenv.KmsKeyProvider)")
-    if format == "compact" and key_store is None:
-        raise ConfigurationError(
-            "compact values need their key header to read: pass key_store=, or create the JobKey yourself "
-            "(JobKey.create(provider, key_store=store)) and keep it"
-        )
-    return JobKey.create(key, encryption_context=encryption_context, rows=rows, key_store=key_store)
 
 
 def encrypt_column(
@@ -123,16 +97,13 @@ def encrypt_column(
     compact format the key headers must be kept: ``key_store=`` receives them
     on the driver (or keep the JobKey, or ``JobKey.create(..., key_store=)``).
     """
-    if format not in _FORMATS:
-        raise ConfigurationError(f"format must be one of {_FORMATS}, not {format!r}")
-    if aad_column is not None and format != "compact":
-        raise ConfigurationError("aad_column (row binding) needs format='compact'")
+    check_format(format, aad_column is not None)
     source = _field(df, column, "input")
     if not isinstance(source.dataType, (StringType, BinaryType)):
         raise ConfigurationError(f"column {column!r} must be a string or binary column, not {source.dataType.simpleString()}")
     if aad_column is not None:
         _field(df, aad_column, "row id")
-    job = _job_key(key, encryption_context=encryption_context, rows=rows, key_store=key_store, format=format)
+    job = job_key_for(key, format=format, encryption_context=encryption_context, rows=rows, key_store=key_store)
     schema = _output_schema(df, column, output, BinaryType())
     partitions = max(1, df.rdd.getNumPartitions())
     fn = functools.partial(
@@ -166,15 +137,11 @@ def decrypt_column(
     every executor can read). ``aad_column``: the row-id column the values were
     bound to. Output is StringType when ``as_string`` else BinaryType.
     """
-    if format is not None and format not in _FORMATS:
-        raise ConfigurationError(f"format must be one of {_FORMATS} or None, not {format!r}")
+    check_format(format, detect=True)
     _field(df, column, "input")
     if aad_column is not None:
         _field(df, aad_column, "row id")
-    if not isinstance(key, (JobKey, WorkerSpec)):
-        if not hasattr(key, "decrypt_data_key"):
-            raise ConfigurationError("key must be a kmsenv.JobKey, a kmsenv.WorkerSpec or a kmsenv.KmsKeyProvider")
-        key = WorkerSpec.from_provider(key)
+    key = reader_key(key)
     schema = _output_schema(df, column, output, StringType() if as_string else BinaryType())
     fn = functools.partial(
         _decrypt_batches, column=column, output=output or column, key=key, format=format,
@@ -200,8 +167,7 @@ def encrypt_udf(jobkey: JobKey, *, format: str = "alibaba", partitions: int | No
         raise ConfigurationError("encrypt_udf needs Spark >= 4.1 (arrow_udf); use encrypt_column") from None
     if not isinstance(jobkey, JobKey):
         raise ConfigurationError("encrypt_udf needs a kmsenv.JobKey (JobKey.create(provider, ...) on the driver)")
-    if format not in _FORMATS:
-        raise ConfigurationError(f"format must be one of {_FORMATS}, not {format!r}")
+    check_format(format)
     fn = functools.partial(_encrypt_arrays, key=jobkey, format=format, partitions=partitions)
     with warnings.catch_warnings():
         # A partial has no type hints to infer the UDF type from; it is given.
