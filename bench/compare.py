@@ -374,6 +374,10 @@ def framed_cells(res: Results, provider: Any, size: int) -> list[Cell]:
             fn = lambda threads=threads: kmsenv.encrypt_stream(io.BytesIO(buf), NullSink(), provider,
                                                              encryption_context=CTX, threads=threads)
             cells.append(res.add(Cell(case, f"{name} {threads} thr", fn, 1, size, backend)))
+        if backend == "native":  # any other file object takes the batch-buffer path
+            fn = lambda: kmsenv.encrypt_stream(io.BufferedReader(io.BytesIO(buf)), NullSink(), provider,
+                                               encryption_context=CTX, threads=2)
+            cells.append(res.add(Cell(case, f"{name} 2 thr, file-like source", fn, 1, size, backend)))
     a = AESGCM(os.urandom(32))
     out = bytearray(frame + 16)
     mv = memoryview(buf)
@@ -394,6 +398,10 @@ def framed_cells(res: Results, provider: Any, size: int) -> list[Cell]:
             fn = lambda msg=msg, threads=threads: kmsenv.decrypt_stream(io.BytesIO(msg), NullSink(), provider,
                                                                       threads=threads)
             cells.append(res.add(Cell(case, f"{name} {threads} thr", fn, 1, size, backend)))
+        if backend == "native":
+            fn = lambda msg=msg: kmsenv.decrypt_stream(io.BufferedReader(io.BytesIO(msg)), NullSink(), provider,
+                                                       threads=2)
+            cells.append(res.add(Cell(case, f"{name} 2 thr, file-like source", fn, 1, size, backend)))
     ct = bytes(a.encrypt(nonce, buf[:frame], None))
     outd = bytearray(frame)
 
@@ -748,8 +756,10 @@ def targets(res: Results, stream_size: int, framed_size: int) -> list[Target]:
     T.append(Target("kmsenv.encrypt 1 MiB vs AESGCM.encrypt",
                     _ratio(res, "message AES-256-GCM encrypt 1 MiB", NATIVE, AES_FLOOR), ">=", 1.0))
     fcase = f"framed in memory encrypt {size_name(framed_size)}"
+    fl = _ratio(res, fcase, NATIVE + " 2 thr, file-like source", "AESGCM.encrypt_into 64 KiB frames, 1 thr")
     T.append(Target(f"framed {size_name(framed_size)} on 2 cores vs 1-thread AESGCM.encrypt_into",
-                    _ratio(res, fcase, NATIVE + " 2 thr", "AESGCM.encrypt_into 64 KiB frames, 1 thr"), ">=", 1.6))
+                    _ratio(res, fcase, NATIVE + " 2 thr", "AESGCM.encrypt_into 64 KiB frames, 1 thr"), ">=", 1.6,
+                    detail="" if fl is None else f"a file-like source (one more copy): {fl:.2f}x"))
     for op in ("encrypt", "decrypt"):
         T.append(Target(f"SM4-GCM {op} 1 MiB vs cryptography SM4-GCM",
                         _ratio(res, f"message SM4-GCM {op} 1 MiB", NATIVE, SM4_FLOOR), ">=", 15))
@@ -762,10 +772,14 @@ def targets(res: Results, stream_size: int, framed_size: int) -> list[Target]:
     for op in ("encrypt", "decrypt"):
         api = res.get(f"stream {sz} {op}", f"{op}_stream (API, file to file)")
         mem = res.get(f"framed in memory {op} {size_name(framed_size)}", NATIVE + " 2 thr")
+        copy = res.get(f"stream {sz} encrypt", "file copy, no crypto (python, 8 MiB chunks)")
         for cell in (api, res.get(f"stream {sz} {op}", "CLI minus its start-up (1-byte file run)")):
             if cell is not None and mem is not None and cell.mbs and mem.mbs:
+                detail = ""
+                if copy is not None and copy.mbs:  # the I/O ceiling: the same files copied, no crypto
+                    detail = f"{cell.mbs / copy.mbs:.2f}x a plain file copy ({copy.mbs:,.0f} MB/s)"
                 T.append(Target(f"stream {sz} {op}, {cell.contender.split(' (')[0]}, vs in-memory framed 2 thr",
-                                cell.mbs / mem.mbs, ">=", 0.8))
+                                cell.mbs / mem.mbs, ">=", 0.8, detail=detail))
     k3 = res.get(f"KMS encrypt 1 KiB, 3 regions, {LATENCY_MS:g} ms", NATIVE)
     if k3 is not None and k3.ops:
         T.append(Target(f"KMS encrypt, 3 regions at {LATENCY_MS:g} ms, in units of the latency",
@@ -840,12 +854,13 @@ def print_tables(res: Results, T: list[Target]) -> str:
         lines.append("")
     lines.append("* gmssl: measured at 64 B and 1 KiB (SM4-CBC, pure Python), extrapolated per byte above.")
     lines.append("")
-    cols = ["target", "measured", "goal", "result"]
+    cols = ["target", "measured", "goal", "result", "context"]
     rows = []
     for t in T:
         m = "-" if t.measured is None else (f"{t.measured:,.2f} {t.unit}" if t.measured < 1e4 else
                                              f"{t.measured:,.0f} {t.unit}")
-        rows.append([t.name, m, f"{t.op} {t.goal:g} {t.unit}", {True: "PASS", False: "FAIL", None: "n/a"}[t.ok]])
+        rows.append([t.name, m, f"{t.op} {t.goal:g} {t.unit}", {True: "PASS", False: "FAIL", None: "n/a"}[t.ok],
+                     t.detail])
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
     lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |")
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -1091,7 +1106,7 @@ def main(argv: list[str] | None = None) -> int:
                    "context": CTX, "edks": 2, "kms_latency_ms": LATENCY_MS},
         "cases": {case: {c.contender: c.as_json() for c in res.contenders(case)} for case in res.cases},
         "targets": [{"name": t.name, "measured": t.measured, "op": t.op, "goal": t.goal, "unit": t.unit,
-                     "pass": t.ok} for t in T],
+                     "pass": t.ok, "context": t.detail} for t in T],
         "extra": res.extra,
         "group_seconds": timings,
         "table": text,

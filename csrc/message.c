@@ -182,3 +182,41 @@ int kmsenv_open_message(int cipher, const uint8_t *key, size_t keylen,
         ERR_clear_error();
     return rc;
 }
+
+/* The caller's raw key is only needed until kmsenv_key_new has copied it, so
+ * with KMSENV_WIPE_KEY it is zeroed here, whatever the outcome, instead of by
+ * one more call from Python per message. */
+static void wipe_key_if(uint8_t *key, size_t keylen, int flags)
+{
+    if ((flags & KMSENV_WIPE_KEY) && key != NULL && keylen != 0)
+        kmsenv_wipe(key, keylen);
+}
+
+int kmsenv_seal_message_ex(int cipher, uint8_t *key, size_t keylen,
+                           const uint8_t *fields, size_t fieldslen,
+                           const uint8_t *auth, size_t authlen,
+                           const uint8_t *aad, size_t aadlen,
+                           const uint8_t *in, size_t inlen, const uint8_t *ivs,
+                           uint8_t *out, size_t outcap, size_t *outlen, int flags)
+{
+    int rc = kmsenv_seal_message(cipher, key, keylen, fields, fieldslen, auth, authlen, aad, aadlen,
+                                 in, inlen, ivs, out, outcap, outlen);
+    wipe_key_if(key, keylen, flags);
+    return rc;
+}
+
+int64_t kmsenv_open_message_ex(int cipher, uint8_t *key, size_t keylen,
+                               const uint8_t *auth, size_t authlen,
+                               const uint8_t *aad, size_t aadlen,
+                               const uint8_t *msg, size_t msglen,
+                               uint8_t *out, size_t outcap, int flags)
+{
+    size_t ptlen = 0;
+    int rc = kmsenv_open_message(cipher, key, keylen, auth, authlen, aad, aadlen, msg, msglen, out,
+                                 outcap, &ptlen);
+    wipe_key_if(key, keylen, flags);
+    if (rc != KMSENV_OK)
+        return rc;
+    /* GCM bodies are at most 2^36 - 32 bytes: always representable. */
+    return (int64_t)ptlen;
+}

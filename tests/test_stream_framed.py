@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
 
 import pytest
 
@@ -25,16 +26,32 @@ FS = 1024
 CTX = {"tenant": "acme", "purpose": "stream-test"}
 
 
+def _file_like(data: bytes) -> io.BufferedReader:
+    return io.BufferedReader(io.BytesIO(data))
+
+
+# Every test runs on both input paths: an io.BytesIO is sealed and opened
+# where it lies, any other file object through the batch buffers.
+SOURCES = {"in-memory": io.BytesIO, "file-like": _file_like}
+source = io.BytesIO
+
+
+@pytest.fixture(autouse=True, params=list(SOURCES))
+def source_kind(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "source", SOURCES[request.param])
+    return request.param
+
+
 def enc(data: bytes, provider, **kw) -> tuple[bytes, kmsenv.stream.StreamResult]:
     out = io.BytesIO()
     kw.setdefault("encryption_context", CTX)
-    result = encrypt_stream(io.BytesIO(data), out, provider, **kw)
+    result = encrypt_stream(source(data), out, provider, **kw)
     return out.getvalue(), result
 
 
 def dec(message: bytes, provider, **kw) -> tuple[bytes, kmsenv.stream.StreamResult]:
     out = io.BytesIO()
-    result = decrypt_stream(io.BytesIO(message), out, provider, **kw)
+    result = decrypt_stream(source(message), out, provider, **kw)
     return out.getvalue(), result
 
 
@@ -42,7 +59,7 @@ def dec_fails(message: bytes, provider) -> tuple[type, bytes]:
     """Decrypt expecting a typed failure; return its type and what reached dst."""
     out = io.BytesIO()
     with pytest.raises(KmsEnvError) as info:
-        decrypt_stream(io.BytesIO(message), out, provider)
+        decrypt_stream(source(message), out, provider)
     return type(info.value), out.getvalue()
 
 
@@ -270,7 +287,7 @@ def test_key_commitment_rejects_other_data_key(backend, monkeypatch):
     monkeypatch.setattr(be, "frames_open", lambda *a, **k: calls.append("frames_open") or real_open(*a, **k), raising=False)
     out = io.BytesIO()
     with pytest.raises(AuthenticationError, match="commitment"):
-        decrypt_stream(io.BytesIO(forged), out, provider)
+        decrypt_stream(source(forged), out, provider)
     assert calls == [] and out.getvalue() == b""  # nothing decrypted, not even the header tag
     # Control: the untouched message goes through both.
     assert dec(message, provider)[0] == data

@@ -1115,6 +1115,48 @@ static size_t reference_message(int cipher, const uint8_t *key, size_t keylen,
     return out_offs[1];
 }
 
+/* The _ex variants: the same bytes and statuses as the plain calls, the
+ * plaintext length as the return value, and with KMSENV_WIPE_KEY the caller's
+ * key zeroed on every path, success or failure. */
+static void test_message_ex(int cipher, const uint8_t *key, size_t keylen, const uint8_t *fields,
+                            size_t fieldslen, const uint8_t *auth, size_t authlen, const uint8_t *aad,
+                            size_t aadlen, const uint8_t *pt, size_t n, const uint8_t *ivs,
+                            const uint8_t *msg, size_t size)
+{
+    uint8_t k[32], *out = malloc(size), *bad = malloc(size);
+    size_t got = 0;
+    int64_t r;
+    memcpy(k, key, keylen);
+    CHECK_RC(kmsenv_seal_message_ex(cipher, k, keylen, fields, fieldslen, auth, authlen, aad, aadlen,
+                                    pt, n, ivs, out, size, &got, 0),
+             KMSENV_OK);
+    CHECK(got == size && memcmp(out, msg, size) == 0 && memcmp(k, key, keylen) == 0);
+    CHECK_RC(kmsenv_seal_message_ex(cipher, k, keylen, fields, fieldslen, auth, authlen, aad, aadlen,
+                                    pt, n, ivs, out, size, &got, KMSENV_WIPE_KEY),
+             KMSENV_OK);
+    CHECK(memcmp(out, msg, size) == 0 && all_byte(k, keylen, 0));
+    memcpy(k, key, keylen); /* a failing seal (no room) wipes too */
+    CHECK_RC(kmsenv_seal_message_ex(cipher, k, keylen, fields, fieldslen, auth, authlen, aad, aadlen,
+                                    pt, n, ivs, out, size - 1, &got, KMSENV_WIPE_KEY),
+             KMSENV_E_ARG);
+    CHECK(all_byte(k, keylen, 0));
+    memcpy(k, key, keylen);
+    r = kmsenv_open_message_ex(cipher, k, keylen, auth, authlen, aad, aadlen, msg, size, out, size,
+                               KMSENV_WIPE_KEY);
+    CHECK(r == (int64_t)n && memcmp(out, pt, n) == 0 && all_byte(k, keylen, 0));
+    memcpy(bad, msg, size);
+    bad[size - 1] ^= 1;
+    memcpy(k, key, keylen);
+    r = kmsenv_open_message_ex(cipher, k, keylen, auth, authlen, aad, aadlen, bad, size, out, size,
+                               KMSENV_WIPE_KEY);
+    CHECK(r == KMSENV_E_AUTH && all_byte(out, n, 0) && all_byte(k, keylen, 0));
+    memcpy(k, key, keylen);
+    r = kmsenv_open_message_ex(cipher, k, keylen, auth, authlen, aad, aadlen, msg, size - 1, out, size, 0);
+    CHECK(r == KMSENV_E_FORMAT && memcmp(k, key, keylen) == 0);
+    free(out);
+    free(bad);
+}
+
 static void test_single_message(int cipher, size_t keylen)
 {
     static const size_t sizes[] = {0, 1, 15, 16, 17, 1000, 70000};
@@ -1262,6 +1304,8 @@ static void test_single_message(int cipher, size_t keylen)
             CHECK_RC(kmsenv_open_message(cipher, key, keylen, auth, sizeof auth, aad, sizeof aad,
                                          msg, size, out, size, NULL),
                      KMSENV_E_ARG);
+            test_message_ex(cipher, key, keylen, fields, fieldslen, auth, sizeof auth, aad, sizeof aad,
+                            pt, n, ivs, msg, size);
             free(pt);
             free(msg);
             free(ref);

@@ -247,10 +247,26 @@ def _context_part(ctx: Mapping[str, str]) -> bytes:
     return part
 
 
+# The last EDK list's part: a reader of many messages under one data key asks
+# for the same EDK objects again, and comparing tuples of identical objects is
+# a pointer check, where the memo lookup calls each EDK's __hash__ in Python.
+_LAST_EDKS: tuple[tuple[EncryptedDataKey, ...], bytes] = ((), b"")
+
+
 def _edks_part(edks: Sequence[EncryptedDataKey]) -> bytes:
-    memo_key = tuple(edks) if all(type(e) is EncryptedDataKey for e in edks) else None
+    global _LAST_EDKS
+    memo_key: tuple[EncryptedDataKey, ...] | None = tuple(edks)
+    for e in memo_key:  # type: ignore[union-attr]
+        if type(e) is not EncryptedDataKey:  # only real EDKs are remembered
+            memo_key = None
+            break
+    if memo_key is not None:
+        last_edks, last_part = _LAST_EDKS
+        if last_edks and last_edks == memo_key:
+            return last_part
     part = _EDKS_MEMO.get(memo_key) if memo_key is not None else None
     if part is not None:
+        _LAST_EDKS = (memo_key, part)  # type: ignore[assignment]
         return part
     out = [_u32(len(edks))]
     for edk in edks:
@@ -261,6 +277,7 @@ def _edks_part(edks: Sequence[EncryptedDataKey]) -> bytes:
     part = b"".join(out)
     if memo_key is not None:
         _EDKS_MEMO.put(memo_key, part)
+        _LAST_EDKS = (memo_key, part)
     return part
 
 
@@ -353,6 +370,7 @@ class CachingProvider:
             base.max_bytes if max_bytes is None else max_bytes,
         )
         self._identity = provider_identity(provider)
+        self._prefixes = _Memo(64)  # cache-key prefixes (see _key)
 
     @property
     def algorithm(self) -> Any:
@@ -367,7 +385,14 @@ class CachingProvider:
         return f"CachingProvider({self.provider!r}, {self.cache!r})"
 
     def _key(self, kind: bytes, algorithm: Algorithm, ctx: Mapping[str, str], edks: bytes = b"") -> bytes:
-        return kind + _lp(self._identity) + _u32(int(algorithm)) + _lp(_context_part(ctx)) + edks
+        # Everything before the EDKs repeats per (kind, algorithm, context):
+        # built once per wrapper (the identity is fixed at construction).
+        memo_key = (kind, algorithm, tuple(ctx.items()))
+        prefix = self._prefixes.get(memo_key)
+        if prefix is None:
+            prefix = kind + _lp(self._identity) + _u32(int(algorithm)) + _lp(_context_part(ctx))
+            self._prefixes.put(memo_key, prefix)
+        return prefix + edks
 
     def generate_data_key(
         self,
@@ -382,11 +407,14 @@ class CachingProvider:
         from the wrapped provider (then cached).  The caller owns and wipes it."""
         alg = _algorithm(algorithm)
         ctx = _context(encryption_context)
-        if plaintext_size is not None and (
+        # type() is int first: the engine's common case skips the bool checks.
+        if plaintext_size is not None and not (type(plaintext_size) is int and plaintext_size >= 0) and (
             isinstance(plaintext_size, bool) or not isinstance(plaintext_size, int) or plaintext_size < 0
         ):
             raise ConfigurationError("plaintext_size must be an int >= 0 or None")
-        if isinstance(message_count, bool) or not isinstance(message_count, int) or message_count < 1:
+        if not (type(message_count) is int and message_count >= 1) and (
+            isinstance(message_count, bool) or not isinstance(message_count, int) or message_count < 1
+        ):
             raise ConfigurationError("message_count must be an int >= 1")
         size = plaintext_size or 0
         limits = self._limits
@@ -433,6 +461,8 @@ class CachingProvider:
 
 
 def _algorithm(algorithm: object) -> Algorithm:
+    if type(algorithm) is Algorithm:  # the engine's case: no enum lookup
+        return algorithm
     if isinstance(algorithm, bool):
         raise ConfigurationError(f"unknown algorithm {algorithm!r}")
     try:
@@ -442,6 +472,8 @@ def _algorithm(algorithm: object) -> Algorithm:
 
 
 def _context(encryption_context: object) -> dict[str, str]:
+    if type(encryption_context) is dict:  # the engine's case: no ABC check
+        return encryption_context.copy()
     if encryption_context is None:
         return {}
     if not isinstance(encryption_context, Mapping):

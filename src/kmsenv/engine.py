@@ -7,6 +7,7 @@ Every error that leaves it is a :class:`KmsEnvError`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
 from .algorithms import Algorithm
@@ -49,6 +50,11 @@ __all__ = [
 ]
 
 DEFAULT_ALGORITHM = Algorithm.AES_GCM_NOPADDING_256
+# (cipher, authenticated, key length) per algorithm: the per-message path reads
+# these once from a dict instead of through three enum properties each time.
+_ALG_FACTS: dict[Algorithm, tuple[str, bool, int]] = {
+    a: (a.info.cipher, a.info.authenticated, a.info.key_len) for a in Algorithm
+}
 # Random 96-bit IVs: stay far below NIST SP 800-38D's 2^32 invocations per key.
 MAX_MESSAGES_PER_DATA_KEY = 2**28
 
@@ -85,6 +91,7 @@ class DecryptResult:
 
 _IV_POOL: list[bytes] = []
 _IV_BATCH = 256
+_iv_pop = _IV_POOL.pop  # bound once: this runs per message
 
 
 def _iv_pair() -> bytes:
@@ -92,11 +99,11 @@ def _iv_pair() -> bytes:
     in bulk (one call per 256 pairs); ``list.pop`` is atomic, so each pair is
     handed out exactly once, whatever the threads."""
     try:
-        return _IV_POOL.pop()
+        return _iv_pop()
     except IndexError:
         pool = get_backend().random(24 * _IV_BATCH)
         _IV_POOL.extend(pool[i : i + 24] for i in range(0, len(pool), 24))
-        return _IV_POOL.pop()
+        return _iv_pop()
 
 
 def _iv() -> bytes:
@@ -170,13 +177,13 @@ def _generate(
         raise
     except Exception as exc:
         raise KmsEnvError(f"the data key provider failed ({type(exc).__name__})") from exc
-    if not isinstance(data_key, DataKey):
+    if type(data_key) is not DataKey and not isinstance(data_key, DataKey):
         raise KmsEnvError("the data key provider did not return a kmsenv.DataKey")
     try:
-        if len(data_key.plaintext) != algorithm.key_len:
+        size = len(data_key.plaintext)
+        if size != _ALG_FACTS[algorithm][2]:
             raise KmsEnvError(
-                f"the data key provider returned a {len(data_key.plaintext)}-byte key; "
-                f"{algorithm.name} needs {algorithm.key_len}"
+                f"the data key provider returned a {size}-byte key; {algorithm.name} needs {algorithm.key_len}"
             )
     except Exception:
         data_key.wipe()
@@ -184,20 +191,34 @@ def _generate(
     return data_key
 
 
+def _context_copy(context: Mapping[str, str]) -> dict[str, str]:
+    """A dict the provider may keep or change. Parsed headers hold a read-only
+    proxy of a dict, whose copy() is a plain dict copy (dict() of a proxy walks
+    it key by key, several times slower)."""
+    if type(context) is MappingProxyType:
+        copied = context.copy()
+        if type(copied) is dict:
+            return copied
+    return dict(context)
+
+
 def _unwrap(provider: DataKeyProvider, header: MessageHeader) -> bytearray:
     try:
         key = provider.decrypt_data_key(
-            list(header.encrypted_data_keys), header.algorithm, dict(header.encryption_context)
+            list(header.encrypted_data_keys), header.algorithm, _context_copy(header.encryption_context)
         )
     except KmsEnvError:
         raise
     except Exception as exc:
         raise KmsEnvError(f"the data key provider failed ({type(exc).__name__})") from exc
-    if not isinstance(key, (bytes, bytearray)):
-        raise KmsEnvError("the data key provider did not return bytes")
     # A bytearray from the provider is ours to use and wipe; bytes we copy.
-    owned = key if isinstance(key, bytearray) else bytearray(key)
-    if len(owned) != header.algorithm.key_len:
+    if type(key) is bytearray:
+        owned = key
+    elif isinstance(key, (bytes, bytearray)):
+        owned = key if isinstance(key, bytearray) else bytearray(key)
+    else:
+        raise KmsEnvError("the data key provider did not return bytes")
+    if len(owned) != _ALG_FACTS[header.algorithm][2]:
         wipe(owned)
         # A key of the wrong size cannot be the one this header was sealed with
         # (e.g. an algorithm ID swapped after encryption).
@@ -299,21 +320,32 @@ def encrypt(
     else:
         ctx = _context(encryption_context)
     alg = algorithm if type(algorithm) is Algorithm else _algorithm(provider, algorithm)
-    _check_new_algorithm(alg, allow_unauthenticated)
-    ctx_bytes = _context_bytes_for_encrypt(ctx)
+    cipher, authenticated, _ = _ALG_FACTS[alg]
+    if not authenticated:
+        _check_new_algorithm(alg, allow_unauthenticated)
+    ctx_bytes = context_parts(ctx)[0]  # memoized; validates the context
+    if len(ctx_bytes) > MAX_CONTEXT_BYTES:
+        _context_bytes_for_encrypt(ctx)  # raises, saying why
     data_key = _generate(provider, alg, ctx, len(data) if type(data) is bytes else memoryview(data).nbytes)
-    try:
-        if alg.authenticated:
-            # One native call: key setup, header tag, body, framing.
+    if authenticated:
+        try:
+            # One native call: key setup, header tag, body, framing; it also
+            # zeroes the data key's buffer (saving a wipe call per message).
             fields, auth, _ = header_parts(alg, data_key.encrypted_data_keys, ctx)  # checks the EDKs
-            message = get_backend().seal_message(
-                alg.info.cipher, data_key.plaintext, fields, auth, ctx_bytes, data, _iv_pair()
-            )
-        else:
-            with _Key(alg, data_key.plaintext) as key:
-                header = _header(key, alg, data_key.encrypted_data_keys, ctx, _iv())
-                iv = get_backend().random(alg.info.iv_len)
-                message = encode_message(header, _seal_body(key, alg, ctx_bytes, data, iv))
+            key = data_key.plaintext
+            message = get_backend().seal_message(cipher, key, fields, auth, ctx_bytes, data, _iv_pair(), True)
+        except BaseException as exc:
+            data_key.wipe()
+            if isinstance(exc, ValueError):
+                raise ConfigurationError(str(exc)) from None
+            raise
+        data_key._spent(key)
+        return EncryptResult(message)
+    try:
+        with _Key(alg, data_key.plaintext) as key:
+            header = _header(key, alg, data_key.encrypted_data_keys, ctx, _iv())
+            iv = get_backend().random(alg.info.iv_len)
+            message = encode_message(header, _seal_body(key, alg, ctx_bytes, data, iv))
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     finally:
@@ -351,37 +383,43 @@ def decrypt(
 ) -> DecryptResult:
     """Decrypt one message. Nothing is returned unless the header tag and (for
     GCM) the body tag verify. The provider is never modified."""
-    data = _as_bytes(ciphertext, "ciphertext")
+    data = ciphertext
     if type(data) is not bytes:
         # Parse and authenticate one immutable snapshot: a mutable buffer could
         # change between the Python header parse and the native checks.
-        data = bytes(data)
+        data = bytes(_as_bytes(ciphertext, "ciphertext"))
     header = message_header(data, max_encrypted_data_keys)
+    cipher, authenticated, _ = _ALG_FACTS[header.algorithm]
     # Legacy bodies are parsed here, so a malformed one is a format error first.
-    body = None if header.algorithm.authenticated else decode_message(data, max_encrypted_data_keys)[1]
-    _check_expected_context(header, expected_encryption_context)
-    _check_readable(header, allow_unauthenticated)
+    body = None if authenticated else decode_message(data, max_encrypted_data_keys)[1]
+    if expected_encryption_context:
+        _check_expected_context(header, expected_encryption_context)
+    if not authenticated:
+        _check_readable(header, allow_unauthenticated)
+    if body is None:
+        # Everything that could raise comes before the key exists.
+        auth, ctx_bytes = header._parts()
+        backend = get_backend()
     key_bytes = _unwrap(provider, header)
-    try:
-        ctx_bytes = header.context_bytes()
-        if body is None:
-            # One native call: strict framing, header tag, body tag.
-            try:
-                plaintext = get_backend().open_message(
-                    header.algorithm.info.cipher, key_bytes, header.auth_fields(), ctx_bytes, data
-                )
-            except AuthenticationError as exc:
-                if "header" in str(exc):
-                    raise AuthenticationError(
-                        "header authentication failed: the header was altered or the data key is not its own"
-                    ) from None
-                raise AuthenticationError("message body authentication failed: the body was altered") from None
-        else:
+    if body is None:
+        # One native call: strict framing, header tag, body tag; it zeroes
+        # key_bytes whatever happens (saving a wipe call per message).
+        try:
+            plaintext = backend.open_message(cipher, key_bytes, auth, ctx_bytes, data, True)
+        except AuthenticationError as exc:
+            if "header" in str(exc):
+                raise AuthenticationError(
+                    "header authentication failed: the header was altered or the data key is not its own"
+                ) from None
+            raise AuthenticationError("message body authentication failed: the body was altered") from None
+    else:
+        try:
+            ctx_bytes = header.context_bytes()
             with _Key(header.algorithm, key_bytes) as key:
                 _verify_header(key, header)
                 plaintext = _open_body(key, header, body, ctx_bytes)
-    finally:
-        wipe(key_bytes)
+        finally:
+            wipe(key_bytes)
     return DecryptResult(plaintext, header)
 
 

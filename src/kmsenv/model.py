@@ -77,6 +77,16 @@ class DataKey:
             # Detach the zeroed buffer so a second wipe (e.g. in __del__) costs nothing.
             self._key = bytearray()
 
+    def _spent(self, buf: bytearray) -> None:
+        """The engine's backend zeroed ``buf`` (what ``plaintext`` returned) in
+        place. When that is this key's own buffer, let go of it so that
+        :meth:`wipe` and ``__del__`` have nothing left to do; otherwise (a
+        subclass handing out another buffer) wipe as usual."""
+        if buf is self._key:
+            self._key = bytearray()
+        else:
+            self.wipe()
+
     def __enter__(self) -> DataKey:
         return self
 
@@ -85,7 +95,8 @@ class DataKey:
 
     def __del__(self) -> None:
         try:
-            self.wipe()
+            if self._key:  # usually wiped already: skip the call
+                self.wipe()
         except Exception:  # interpreter shutdown: nothing sane left to do
             pass
 

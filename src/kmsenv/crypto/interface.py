@@ -52,13 +52,19 @@ class Backend(Protocol):
     name: str
 
     def seal_message(
-        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: bytes, ivs: bytes
+        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: bytes, ivs: bytes,
+        wipe_key: bool = False,
     ) -> bytes:
         """One complete GCM message: header tag over ``auth``, header = fields +
-        IV + tag, body under ``ivs[12:24]``. The key is set up and wiped inside."""
+        IV + tag, body under ``ivs[12:24]``. The key schedule is set up and
+        wiped inside; with ``wipe_key`` the caller's ``key`` buffer is zeroed
+        too before this returns or raises."""
 
-    def open_message(self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes) -> bytes:
-        """Verify the header tag over ``auth`` then open the body (strict framing)."""
+    def open_message(
+        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes, wipe_key: bool = False
+    ) -> bytes:
+        """Verify the header tag over ``auth`` then open the body (strict framing).
+        ``wipe_key``: as for seal_message."""
 
     def new_key(self, cipher: str, key: bytes | bytearray) -> CipherKey: ...
 

@@ -25,6 +25,13 @@ except ImportError as exc:  # pragma: no cover - exercised when the build is mis
 else:
     IMPORT_ERROR = None
 
+if _native is not None and not hasattr(_native.lib, "kmsenv_open_message_ex"):
+    # Built from older sources with the same version string (a development
+    # tree): treat it as missing, so kmsenv falls back to pure and says why,
+    # instead of failing here at import.
+    IMPORT_ERROR = "the native core predates kmsenv_open_message_ex; rebuild it (csrc/build_native.py)"
+    _native = None
+
 ffi: Any = _native.ffi if _native is not None else None
 lib: Any = _native.lib if _native is not None else None
 
@@ -34,18 +41,36 @@ _CIPHERS = {"AES": 1, "SM4": 2}
 # core may fill it in place before anyone else sees it, as a C extension does
 # with PyBytes_FromStringAndSize(NULL, n). That saves the second allocation and
 # copy a bytearray would need, which for large messages (page faults on fresh
-# memory) costs as much as the encryption. Elsewhere the copying path is used.
+# memory) costs as much as the encryption. Sealed messages are made this way at
+# every size; a small message is opened into such a scratch object and its
+# plaintext sliced out (one copy), a large one straight into its final object.
 _FILL_BYTES_IN_PLACE = sys.implementation.name == "cpython"
 _IN_PLACE_MIN = 64 * 1024  # below this the copy is cheaper than finding the size
 
 
 def _fresh_bytes(n: int) -> tuple[Any, Any]:
-    """(result object, writable pointer into it) for n > 0 output bytes."""
+    """(result object, the argument to pass as the C output pointer) for n > 0
+    output bytes. cffi passes a ``bytes`` argument as a pointer to its own
+    buffer, so the fresh object needs no ffi.from_buffer wrapper."""
     if _FILL_BYTES_IN_PLACE:
         out = bytes(n)
-        return out, ffi.from_buffer(out)
+        return out, out
     buf = bytearray(n)
     return buf, ffi.from_buffer(buf, require_writable=True)
+
+
+# Bound once: attribute lookups on ffi/lib are a measurable part of a 1 KiB message.
+_from_buffer: Any = ffi.from_buffer if ffi is not None else None
+_sealed_size: Any = lib.kmsenv_sealed_size if lib is not None else None
+_seal: Any = lib.kmsenv_seal_message_ex if lib is not None else None
+_open: Any = lib.kmsenv_open_message_ex if lib is not None else None
+_WIPE_KEY: int = lib.KMSENV_WIPE_KEY if lib is not None else 0
+
+
+def _wipe(buf: bytearray) -> None:
+    """Zero a key buffer that a failed call may not have reached."""
+    if buf:
+        lib.kmsenv_wipe(_from_buffer(buf), len(buf))
 
 
 def _plaintext_len(message: Any) -> int:
@@ -380,43 +405,62 @@ class NativeBackend:
     name = "native"
 
     def seal_message(
-        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: Any, ivs: bytes
+        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: Any, ivs: bytes,
+        wipe_key: bool = False,
     ) -> bytes:
-        n = len(plaintext)
-        size = lib.kmsenv_sealed_size(len(fields), n)
-        result, out = _fresh_bytes(size)
-        status = lib.kmsenv_seal_message(
-            _CIPHERS[cipher], ffi.from_buffer(key), len(key), fields, len(fields), auth, len(auth),
-            aad, len(aad), plaintext if type(plaintext) is bytes else ffi.from_buffer(plaintext), n,
-            ivs, out, size, ffi.NULL,
-        )
+        # Per message: each Python-level step here costs a fair share of the
+        # AES-GCM of 1 KiB, so names are bound at import, bytes go to C as they
+        # are, and ffi.from_buffer gets no keyword (cffi parses those slowly).
+        try:
+            n = len(plaintext)
+            size = _sealed_size(len(fields), n)
+            if _FILL_BYTES_IN_PLACE:  # _fresh_bytes, inlined
+                result = out = bytes(size)
+            else:
+                result, out = _fresh_bytes(size)
+            status = _seal(
+                _CIPHERS[cipher], _from_buffer(key), len(key), fields, len(fields), auth, len(auth),
+                aad, len(aad), plaintext if type(plaintext) is bytes else _from_buffer(plaintext), n,
+                ivs, out, size, ffi.NULL, _WIPE_KEY if wipe_key else 0,
+            )
+        except BaseException:
+            if wipe_key:
+                _wipe(key)
+            raise
         if status:
             _raise(status, "seal")
         return bytes(result) if type(result) is not bytes else result
 
-    def open_message(self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: Any) -> bytes:
-        n = len(message)
-        exact = n >= _IN_PLACE_MIN
-        if exact:
-            # Large: write the plaintext straight into its final object.
-            size = _plaintext_len(message)
-            result, out = _fresh_bytes(size) if size else (b"", ffi.NULL)
-        else:
-            size = n or 1
-            result = bytearray(size)
-            out = ffi.from_buffer(result, require_writable=True)
-        outlen = ffi.new("size_t *")
-        status = lib.kmsenv_open_message(
-            _CIPHERS[cipher], ffi.from_buffer(key), len(key), auth, len(auth), aad, len(aad),
-            ffi.from_buffer(message), n, out, size, outlen,
-        )
-        if status:
-            if status == lib.KMSENV_E_HEADER_AUTH:
+    def open_message(
+        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: Any, wipe_key: bool = False
+    ) -> bytes:
+        try:
+            n = len(message)
+            exact = n >= _IN_PLACE_MIN
+            if exact:
+                # Large: write the plaintext straight into its final object.
+                size = _plaintext_len(message)
+                result, out = _fresh_bytes(size) if size else (b"", ffi.NULL)
+            else:
+                size = n or 1
+                result, out = _fresh_bytes(size)
+            got = _open(
+                _CIPHERS[cipher], _from_buffer(key), len(key), auth, len(auth), aad, len(aad),
+                message if type(message) is bytes else _from_buffer(message), n, out, size,
+                _WIPE_KEY if wipe_key else 0,
+            )
+        except BaseException:
+            if wipe_key:
+                _wipe(key)
+            raise
+        if got < 0:
+            if got == lib.KMSENV_E_HEADER_AUTH:
                 raise AuthenticationError("header authentication failed")
-            _raise(status, "message")
+            _raise(got, "message")
         if exact:
             return bytes(result) if type(result) is not bytes else result
-        return bytes(memoryview(result)[: outlen[0]])
+        # Small: one copy of the plaintext out of the (larger) scratch object.
+        return result[:got] if type(result) is bytes else bytes(memoryview(result)[:got])
 
     def new_key(self, cipher: str, key: bytes | bytearray) -> NativeKey:
         return NativeKey(cipher, key)

@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .._wipe import wipe as _wipe
 from ..exceptions import AuthenticationError, MessageFormatError
 from ..message import der
 from . import interface as I
@@ -338,9 +339,14 @@ class PureBackend:
     name = "pure"
 
     def seal_message(
-        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: bytes, ivs: bytes
+        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: bytes, ivs: bytes,
+        wipe_key: bool = False,
     ) -> bytes:
-        k = PureKey(cipher, key)
+        try:
+            k = PureKey(cipher, key)
+        finally:
+            if wipe_key:  # as the native core: the raw key is spent once set up
+                _wipe(key)
         try:
             _, tag = k.gcm_seal(ivs[:12], auth, b"")
             header = der.tlv(der.SEQUENCE, fields + der.octet_string(ivs[:12]) + der.octet_string(tag))
@@ -348,13 +354,19 @@ class PureBackend:
         finally:
             k.close()
 
-    def open_message(self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes) -> bytes:
+    def open_message(
+        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes, wipe_key: bool = False
+    ) -> bytes:
         # The same order as the C core: strict framing of the whole message
         # first (a malformed body is a format error), then the tags.
         from ..message.codec import decode_message
 
-        header, _ = decode_message(message, 2**31)
-        k = PureKey(cipher, key)
+        try:
+            header, _ = decode_message(message, 2**31)
+            k = PureKey(cipher, key)
+        finally:
+            if wipe_key:
+                _wipe(key)
         try:
             try:
                 k.gcm_open(header.header_iv, auth, b"", header.header_auth_tag)

@@ -177,6 +177,14 @@ def auth_fields(
 
 
 _PARTS_MEMO = _Memo(256)
+# The last header's parts with the key they were made for. Consecutive
+# messages usually repeat the header inputs (a cached or fixed data key: the
+# very same EDK objects), and comparing tuples of identical objects is a
+# pointer check per element, where the memo lookup hashes every EDK in Python.
+# Replaced as a whole tuple, so threads never see a torn entry.
+_LAST_PARTS: tuple[object, tuple[object, ...], tuple[tuple[object, object], ...], tuple[bytes, bytes, bytes] | None] = (
+    None, (), (), None,
+)
 
 
 def header_parts(
@@ -186,7 +194,13 @@ def header_parts(
     header: everything about a header that does not depend on the IV or key.
     Raises ConfigurationError for an empty or duplicate EDK list or a context
     that is not str to str (only valid parts are memoized)."""
-    key = (algorithm, tuple(edks), tuple(context.items()))
+    global _LAST_PARTS
+    edks_key = tuple(edks)
+    ctx_key = tuple(context.items())
+    last_alg, last_edks, last_ctx, last_parts = _LAST_PARTS
+    if last_parts is not None and last_alg is algorithm and last_edks == edks_key and last_ctx == ctx_key:
+        return last_parts
+    key = (algorithm, edks_key, ctx_key)
     parts = _PARTS_MEMO.get(key)
     if parts is None:
         check_edks(edks)
@@ -196,6 +210,7 @@ def header_parts(
             context_parts(context)[0],
         )
         _PARTS_MEMO.put(key, parts)
+    _LAST_PARTS = (algorithm, edks_key, ctx_key, parts)
     return parts
 
 
@@ -352,19 +367,35 @@ def _tl(buf: bytes, pos: int, tag: int) -> tuple[int, int]:
     return pos + 2 + count, length
 
 
-def _quick_header_slice(data: object) -> bytes | None:
-    """The header TLV of a well-framed ``bytes`` message, or None (let the strict
-    reader explain). Checks what the strict path checks for the framing: exact
-    outer length, header inside it."""
-    if type(data) is not bytes or len(data) < 8:
-        return None
-    start, length = _tl(data, 0, 0x30)
-    if start < 0 or start + length != len(data):
-        return None
-    hstart, hlen = _tl(data, start, 0x30)
-    if hstart < 0 or hstart + hlen > len(data):
-        return None
-    return data[start : hstart + hlen]
+def _outer_content_start(data: bytes) -> int:
+    """Where the outer SEQUENCE's content starts when ``data`` is exactly one
+    minimally encoded definite-length SEQUENCE TLV (the checks of ``_tl`` plus
+    "nothing trailing"), else -1. Inlined byte arithmetic: this runs per message."""
+    n = len(data)
+    if n < 8 or data[0] != 0x30:
+        return -1
+    first = data[1]
+    if first < 0x80:
+        return 2 if first == n - 2 else -1
+    if first == 0x82:  # 256 B .. 64 KiB: the common case, without a slice
+        length = data[2] << 8 | data[3]
+        return 4 if length >= 0x100 and length == n - 4 else -1
+    count = first - 0x80
+    if count > 4 or count == 0 or data[2] == 0:
+        return -1
+    length = int.from_bytes(data[2 : 2 + count], "big")
+    if length < 0x80 or length != n - 2 - count:
+        return -1
+    return 2 + count
+
+
+# The most recently parsed header: (header TLV, max EDKs, header). Messages of
+# one data key (encrypt_many, a repeated read) share their header TLV, and
+# ``bytes.startswith`` at an offset compares it in place, without the slice
+# and hash a memo lookup costs. A TLV is self-delimiting, so a message whose
+# outer content starts with a complete cached header TLV has exactly that
+# header. Replaced as a whole tuple, so threads never see a torn entry.
+_LAST_HEADER: tuple[bytes, int, MessageHeader | None] = (b"", -1, None)
 
 
 def message_header(
@@ -374,9 +405,20 @@ def message_header(
     """Parse the header of a complete message, checking the outer framing
     (exact length, nothing trailing) but leaving the body to the caller.
 
-    Messages under one cached data key share their header bytes, so parsed
-    headers are memoized by those bytes (they are immutable records)."""
-    raw = _quick_header_slice(data)
+    Parsed headers are immutable records, memoized by their bytes (messages
+    of one batch share them) and, through their fields, by everything before
+    the header IV (every message under one data key shares that)."""
+    global _LAST_HEADER
+    raw = None
+    if type(data) is bytes:
+        start = _outer_content_start(data)
+        if start > 0:
+            last_raw, last_max, last = _LAST_HEADER
+            if last is not None and last_max == max_encrypted_data_keys and data.startswith(last_raw, start):
+                return last
+            hstart, hlen = _tl(data, start, 0x30)
+            if hstart >= 0 and hstart + hlen <= len(data):
+                raw = data[start : hstart + hlen]
     if raw is None:
         # Anything unusual: the strict reader says exactly what is wrong.
         top = der.Reader(memoryview(data))
@@ -388,9 +430,46 @@ def message_header(
     key = (raw, max_encrypted_data_keys)
     header = _HEADER_MEMO.get(key)
     if header is None:
-        header = _read_header(der.Reader(raw), max_encrypted_data_keys)
+        header = _header_from_fields(raw, max_encrypted_data_keys)
         if len(raw) <= _MEMO_HEADER_MAX:
             _HEADER_MEMO.put(key, header)
+    if len(raw) <= _MEMO_HEADER_MAX:
+        _LAST_HEADER = (raw, max_encrypted_data_keys, header)
+    return header
+
+
+# Parsed header fields (version .. context SET) by their bytes. Every message
+# has its own header IV and tag, so whole headers repeat only within a batch;
+# the fields repeat for every message under one data key, and parsing them
+# (EDKs, context, auth fields with base64) is most of a small message's cost.
+_FIELDS_MEMO = _Memo(256)
+_IV_TAG_LEN = 2 + 12 + 2 + 16  # 04 0c iv(12) 04 10 tag(16): the header's last 32 bytes
+
+
+def _header_from_fields(raw: bytes, max_edks: int) -> MessageHeader:
+    """Parse a header TLV, reusing the parsed fields of an earlier header with
+    the same field bytes. Equivalent to the strict reader: the fields parse
+    consumed exactly those bytes before, and the rest must be exactly a
+    12-byte IV and a 16-byte tag, as the strict reader requires."""
+    if len(raw) > _MEMO_HEADER_MAX or len(raw) < 2 + _IV_TAG_LEN:
+        return _read_header(der.Reader(raw), max_edks)
+    first = raw[1]
+    content = 2 if first < 0x80 else 2 + (first & 0x7F)
+    tail = len(raw) - _IV_TAG_LEN
+    if tail < content or raw[tail] != 0x04 or raw[tail + 1] != 12 or raw[tail + 14] != 0x04 or raw[tail + 15] != 16:
+        return _read_header(der.Reader(raw), max_edks)
+    fields_key = (raw[content:tail], max_edks)
+    proto = _FIELDS_MEMO.get(fields_key)
+    if proto is None:
+        header = _read_header(der.Reader(raw), max_edks)  # strict, raises on anything wrong
+        _FIELDS_MEMO.put(fields_key, header)
+        return header
+    header = MessageHeader(
+        proto.version, proto.algorithm, proto.encrypted_data_keys, proto.encryption_context,
+        raw[tail + 2 : tail + 14], raw[tail + 16 :], raw,
+    )
+    # The auth fields and context bytes depend on the fields only.
+    object.__setattr__(header, "_derived", proto._parts())
     return header
 
 

@@ -1,6 +1,7 @@
 """Streaming encryption with bounded memory: kmsenv's framed key-committing
 format, the Java SDK's stream layout, and file objects over both."""
 
+from ._buffers import release as release_buffers
 from .api import FORMATS, DecryptingReader, EncryptingWriter, StreamResult, decrypt_stream, detect_format, encrypt_stream, open
 from .framed import DEFAULT_FRAME_SIZE, MAX_FRAME_SIZE, MIN_FRAME_SIZE, FramedHeader
 
@@ -17,4 +18,5 @@ __all__ = [
     "DEFAULT_FRAME_SIZE",
     "MIN_FRAME_SIZE",
     "MAX_FRAME_SIZE",
+    "release_buffers",
 ]

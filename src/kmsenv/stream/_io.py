@@ -3,6 +3,7 @@ look-ahead, full writes, and the context-bytes parser."""
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from types import MappingProxyType
@@ -96,6 +97,32 @@ class Source:
                 buf[got : got + len(data)] = data
                 got += len(data)
         return got
+
+    def memory(self) -> memoryview | None:
+        """The unread rest of an in-memory source (``io.BytesIO``) as a view,
+        so batches can be sealed or opened where they lie; None for anything
+        else. The view is read-only and the source stays writable. Pair with
+        :meth:`advance`."""
+        # Exactly BytesIO: a subclass may override read() to hand out other bytes.
+        if self._pending or self._eof or type(self.f) is not io.BytesIO:
+            return None
+        try:
+            # getvalue(), not getbuffer(): CPython hands back the BytesIO's
+            # own bytes object without copying, where getbuffer() copies a
+            # BytesIO made from bytes (it must be writable).
+            whole = self.f.getvalue()
+            pos = self.f.tell()
+        except ValueError:  # closed: let the ordinary read path report it
+            return None
+        return memoryview(whole)[pos:]
+
+    def advance(self, n: int) -> None:
+        """``n`` bytes of :meth:`memory` were used: move the source past them."""
+        if n:
+            self.f.seek(n, io.SEEK_CUR)
+            self.consumed += n
+            if self._progress is not None:
+                self._progress(self.consumed)
 
     def read_exact(self, n: int, what: str) -> bytes:
         # A length read from the input may be a lie: allocate as data arrives

@@ -32,6 +32,7 @@ from ..message.codec import DEFAULT_MAX_ENCRYPTED_DATA_KEYS, MessageHeader
 from ..model import DataKeyProvider
 from . import framed
 from ._io import Source, check_threads, write_all
+from ._writer import BatchWriter, writes_release_gil
 from .alibaba_stream import AlibabaStreamDecryptor, AlibabaStreamEncryptor
 from .framed import FramedDecryptor, FramedEncryptor, FramedHeader
 
@@ -79,11 +80,13 @@ def detect_format(first: bytes) -> str:
 
 
 def _make_encryptor(
-    dst: Any, provider: DataKeyProvider, fmt: str, ctx: dict[str, str], alg: Algorithm, frame_size: int, threads: int
+    dst: Any, provider: DataKeyProvider, fmt: str, ctx: dict[str, str], alg: Algorithm, frame_size: int, threads: int,
+    background_writes: bool = False,
 ) -> Any:
     if fmt == "framed":
         return FramedEncryptor(
-            dst, provider, encryption_context=ctx, algorithm=alg, frame_size=frame_size, threads=threads
+            dst, provider, encryption_context=ctx, algorithm=alg, frame_size=frame_size, threads=threads,
+            background_writes=background_writes,
         )
     if fmt == "alibaba-stream":
         return AlibabaStreamEncryptor(dst, provider, encryption_context=ctx, algorithm=alg)
@@ -139,7 +142,14 @@ def encrypt_stream(
     size; ``alibaba`` (one DER message, readable by the official one-shot
     APIs) holds the whole input and output in memory. ``progress`` is called
     with the cumulative number of bytes read from ``src``. ``threads`` (framed
-    only) caps the native worker threads; default: all usable cores."""
+    only) caps the native worker threads; default: all usable cores.
+
+    Framed fast paths: an ``io.BytesIO`` source is sealed where it lies (no
+    copy; it is left positioned at its end, as a read would leave it), and
+    with more than one thread and an OS-level ``dst`` (a file, pipe or
+    socket: it has a ``fileno()``) each sealed batch is written on a helper
+    thread while the next is sealed (``dst`` still sees one write at a time,
+    in order). ``threads=1`` does everything on the calling thread."""
     fmt = _check_format(format)
     ctx = _context(encryption_context)
     alg = _algorithm(provider, algorithm)
@@ -148,9 +158,14 @@ def encrypt_stream(
     if fmt == "framed":
         framed.check_algorithm(alg)
         framed.check_frame_size(frame_size)
-    enc = _make_encryptor(dst, provider, fmt, ctx, alg, frame_size, nthreads)
+    enc = _make_encryptor(dst, provider, fmt, ctx, alg, frame_size, nthreads,
+                          background_writes=nthreads > 1 and writes_release_gil(dst))
     try:
-        if isinstance(enc, FramedEncryptor):
+        memory = source.memory() if isinstance(enc, FramedEncryptor) else None
+        if memory is not None:  # in-memory input: sealed where it lies
+            with memory:
+                enc.encrypt_all(memory, source.advance)
+        elif isinstance(enc, FramedEncryptor):
             while True:  # fill the batch buffer in place: no extra copy
                 room = enc.buffer()
                 n = source.readinto(room)
@@ -218,13 +233,15 @@ def _make_decryptor(
     max_encrypted_data_keys: int,
     threads: int,
     spool_dir: str | None,
+    in_place: bool = False,
+    double_buffer: bool = False,
 ) -> tuple[str, Any]:
     fmt = detect_format(source.peek(4))
     if fmt == "framed":
         return fmt, FramedDecryptor(
             source, provider, expected_encryption_context=expected_encryption_context,
             max_encrypted_data_keys=max_encrypted_data_keys, threads=threads,
-            check_context=_check_expected_context,
+            check_context=_check_expected_context, in_place=in_place, double_buffer=double_buffer,
         )
     if fmt == "alibaba-stream":
         return fmt, AlibabaStreamDecryptor(
@@ -263,21 +280,33 @@ def decrypt_stream(
     tag verified. On an error ``dst`` holds at most the verified frames that
     preceded the damage (never any of a damaged frame), and the call raises a
     :class:`KmsEnvError`. A non-seekable Java-stream input is spooled to a
-    temporary file next to ``dst`` when ``dst`` has a file name."""
+    temporary file next to ``dst`` when ``dst`` has a file name. Framed
+    messages take the same fast paths as :func:`encrypt_stream` (an
+    ``io.BytesIO`` source read in place; with more than one thread and an
+    OS-level ``dst``, verified batches written on a helper thread)."""
     nthreads = check_threads(threads)
+    background = nthreads > 1 and writes_release_gil(dst)
     source = Source(src, progress)
     fmt, dec = _make_decryptor(
         source, provider, expected_encryption_context=expected_encryption_context,
         allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
-        threads=nthreads, spool_dir=_dir_of(dst),
+        threads=nthreads, spool_dir=_dir_of(dst), in_place=True, double_buffer=background,
     )
+    # Framed chunks are double-buffered (above), so each can be written on a
+    # helper thread while the next batch is opened; the other formats hand
+    # out a chunk that the next read may overwrite, so they write in line.
+    writer = BatchWriter(dst, background=background and fmt == "framed")
+    failed = True
     try:
         while True:
             chunk = dec.read_chunk()
             if chunk is None:
                 break
-            write_all(dst, chunk)
+            writer.write(chunk)
+        writer.finish()
+        failed = False
     finally:
+        writer.finish(raise_errors=not failed)  # verified chunks in flight land before dst is given back
         dec.close()
     return StreamResult(fmt, dec.header, source.consumed, dec.bytes_out)
 

@@ -17,7 +17,7 @@ import hmac
 import struct
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .._wipe import wipe
 from ..algorithms import Algorithm, algorithm_from_id
@@ -33,8 +33,9 @@ from ..exceptions import (
 )
 from ..message.codec import DEFAULT_MAX_ENCRYPTED_DATA_KEYS, MAX_ARN_BYTES, MAX_EDK_BYTES, check_edks
 from ..model import DataKeyProvider, EncryptedDataKey
-from . import _rand
-from ._io import Source, check_edk_count, decode_arn, parse_context_bytes, write_all
+from . import _buffers, _rand
+from ._io import Source, check_edk_count, decode_arn, parse_context_bytes
+from ._writer import BatchWriter
 
 MAGIC = b"KMSF"
 VERSION = 1
@@ -206,11 +207,11 @@ class FramedEncryptor:
         algorithm: Algorithm,
         frame_size: int,
         threads: int,
+        background_writes: bool = False,
     ):
         check_algorithm(algorithm)
         self._fs = check_frame_size(frame_size)
         ctx_bytes = _context_bytes_for_encrypt(encryption_context)
-        self._dst = dst
         self._alg = algorithm
         self._threads = threads
         message_id = _rand.random_bytes(MSGID_LEN)
@@ -237,31 +238,50 @@ class FramedEncryptor:
         self._msgid = message_id
         self._seq = 1
         self._cap = _batch_frames(self._fs) * self._fs
-        self._in = bytearray(self._cap)
+        self._in = _buffers.take(self._cap)
+        self._in_used = 0  # high-water mark of plaintext placed in _in: what abort wipes
         self._fill = 0
-        self._out = bytearray(I.frames_sealed_size(self._fs, self._cap, True))
+        # Two output buffers when batches are written behind on a helper
+        # thread: one being written, one being filled.
+        self._writer = BatchWriter(dst, background_writes)
+        self._outs = [_buffers.take(I.frames_sealed_size(self._fs, self._cap, True))]
+        self._turn = 0
         self.bytes_in = 0
-        self.bytes_out = 0
         self._closed = False
-        self._emit(encoded)
+        try:
+            self._writer.write(memoryview(encoded))
+        except BaseException:
+            self.abort()
+            raise
 
-    def _emit(self, data: Any) -> None:
-        write_all(self._dst, data)
-        self.bytes_out += len(data)
+    @property
+    def bytes_out(self) -> int:
+        return self._writer.bytes_out
 
-    def _seal(self, n: int, final: bool) -> None:
-        frames = n // self._fs + (1 if final else 0)
+    def _next_out(self) -> bytearray:
+        if not self._writer.background:
+            return self._outs[0]
+        if len(self._outs) == 1:
+            self._outs.append(_buffers.take(len(self._outs[0])))
+        out = self._outs[self._turn]
+        self._turn ^= 1
+        return out
+
+    def _seal(self, data: Any, final: bool) -> None:
+        """Seal one batch (at most ``_cap`` bytes) and emit it."""
+        frames = len(data) // self._fs + (1 if final else 0)
         if self._seq + frames - 1 > MAX_FRAMES:
             raise ConfigurationError(
                 f"the input needs more than {MAX_FRAMES} frames of {self._fs} bytes; use a larger frame_size"
             )
         backend: Any = get_backend()
+        out = self._next_out()
         written = backend.frames_seal(
             self._alg.info.cipher, self._key, BASE_IV, self._msgid, self._seq, self._fs, final,
-            memoryview(self._in)[:n], self._out, self._threads,
+            data, out, self._threads,
         )
         self._seq += frames
-        self._emit(memoryview(self._out)[:written])
+        self._writer.write(memoryview(out)[:written])
 
     def buffer(self) -> memoryview:
         """The free part of the batch buffer, for readers that fill it in place."""
@@ -270,10 +290,33 @@ class FramedEncryptor:
     def commit(self, n: int) -> None:
         """``n`` bytes were placed at the start of :meth:`buffer`."""
         self._fill += n
+        self._in_used = max(self._in_used, self._fill)
         self.bytes_in += n
         if self._fill == self._cap:
-            self._seal(self._cap, False)
+            with memoryview(self._in)[: self._cap] as batch:
+                self._seal(batch, False)
             self._fill = 0
+
+    def encrypt_all(self, data: memoryview, consumed: Callable[[int], None]) -> None:
+        """Encrypt ``data`` as the whole rest of the input and close: batches
+        are sealed where they lie, with no copy into the batch buffer. The
+        frames are the same as :meth:`write` + :meth:`close` would make.
+        ``consumed(n)`` is told after each batch."""
+        if self._closed or self._fill:
+            raise ValueError("encrypt_all needs a fresh encryptor")
+        pos, end = 0, len(data)
+        try:
+            while end - pos > self._cap:
+                self._seal(data[pos : pos + self._cap], False)
+                self.bytes_in += self._cap
+                pos += self._cap
+                consumed(self._cap)
+            self._seal(data[pos:end], True)
+            self.bytes_in += end - pos
+            consumed(end - pos)
+            self._writer.finish()
+        finally:
+            self.abort()
 
     def write(self, data: Any) -> int:
         if self._closed:
@@ -293,15 +336,25 @@ class FramedEncryptor:
         if self._closed:
             return
         try:
-            self._seal(self._fill, True)
+            with memoryview(self._in)[: self._fill] as batch:
+                self._seal(batch, True)
+            self._writer.finish()
         finally:
             self.abort()
 
     def abort(self) -> None:
         """Stop without a final frame (the output stays an incomplete message)."""
         self._closed = True
+        self._writer.finish(raise_errors=False)  # no buffer goes back while a write still reads it
         wipe(self._key)
-        wipe(self._in)
+        if self._in_used:
+            with memoryview(self._in)[: self._in_used] as used:
+                wipe(used)
+            self._in_used = 0
+        _buffers.give_back(self._in)
+        for out in self._outs:
+            _buffers.give_back(out)  # ciphertext only: public
+        self._in, self._outs = bytearray(), []
 
 
 class FramedDecryptor:
@@ -316,6 +369,8 @@ class FramedDecryptor:
         max_encrypted_data_keys: int,
         threads: int,
         check_context: Any,
+        in_place: bool = False,
+        double_buffer: bool = False,
     ):
         self.header = read_header(src, max_encrypted_data_keys)
         h = self.header
@@ -347,17 +402,26 @@ class FramedDecryptor:
         self._seq = 1
         k = _batch_frames(self._fs)
         # Room for k regular frames, or k-1 and a final one (8 bytes longer).
-        self._in = bytearray(k * (self._fs + I.FRAME_REGULAR_OVERHEAD) + 8)
+        size = k * (self._fs + I.FRAME_REGULAR_OVERHEAD) + 8
         self._k = k
-        self._out = bytearray(len(self._in))
+        self._window = size
+        # An in-memory source is opened where it lies (in_place); anything
+        # else is read into _in a batch at a time.
+        self._mem = src.memory() if in_place else None
+        self._mpos = 0
+        self._in = _buffers.take(size) if self._mem is None else bytearray()
+        # double_buffer: a returned chunk stays intact through the next
+        # read_chunk call too, so it can be written on another thread meanwhile.
+        self._outs = [_buffers.take(size)] + ([_buffers.take(size)] if double_buffer else [])
+        self._out_used = [0] * len(self._outs)  # plaintext high-water marks: what close wipes
+        self._turn = 0
         self._fill = 0
         self._done = False
         self.bytes_out = 0
 
-    def _scan(self, filled: int) -> tuple[int, bool]:
-        """End offset of the whole frames at the start of the buffer (at most
+    def _scan(self, buf: Any, filled: int) -> tuple[int, bool]:
+        """End offset of the whole frames at the start of ``buf`` (at most
         k of them) and whether the last of them is the final frame."""
-        buf = self._in
         fs = self._fs
         pos = 0
         for _ in range(self._k + 1):
@@ -383,30 +447,25 @@ class FramedDecryptor:
         call), or None after the final frame. Raises on any damage; nothing of
         a damaged batch is returned."""
         while not self._done:
-            filled = self._fill + self._src.readinto(memoryview(self._in)[self._fill :])
-            eof = filled < len(self._in)
-            end, final = self._scan(filled)
-            if final:
-                if end != filled or not self._src.at_eof():
-                    raise MessageFormatError("trailing data after the final frame")
-            elif eof:
-                end = filled  # let the batch check name the cut-off frame
-            if end == 0:
-                if eof:
-                    raise MessageFormatError("truncated message: the final frame is missing")
-                raise MessageFormatError(f"frame {self._seq} is malformed")
-            backend: Any = get_backend()
-            try:
-                n, frames, final_seen = backend.frames_open(
-                    self.header.algorithm.info.cipher, self._key, BASE_IV, self.header.message_id, self._seq,
-                    self._fs, memoryview(self._in)[:end], self._out, self._threads,
-                )
-            except I.FrameBatchError as exc:
-                raise _frame_error(exc, self._seq) from None
+            if self._mem is not None:
+                window = self._mem[self._mpos : self._mpos + self._window]
+                filled = len(window)
+                eof = len(self._mem) - self._mpos < self._window
+            else:
+                filled = self._fill + self._src.readinto(memoryview(self._in)[self._fill :])
+                window = memoryview(self._in)
+                eof = filled < len(self._in)
+            with window:
+                n, frames, final_seen, end = self._open_batch(window, filled, eof)
             self._seq += frames
-            rest = filled - end
-            self._in[:rest] = self._in[end:filled]
-            self._fill = rest
+            if self._mem is not None:
+                self._mpos += end
+                self._src.advance(end)
+                rest = len(self._mem) - self._mpos
+            else:
+                rest = filled - end
+                self._in[:rest] = self._in[end:filled]
+                self._fill = rest
             if final_seen:
                 self._done = True
                 self._close_keys()
@@ -414,8 +473,43 @@ class FramedDecryptor:
                 raise MessageFormatError("truncated message: the final frame is missing")
             if n:
                 self.bytes_out += n
-                return memoryview(self._out)[:n]
+                return memoryview(self._outs[self._turn])[:n]
         return None
+
+    def _input_ends_at(self, end: int) -> bool:
+        if self._mem is not None:
+            return self._mpos + end == len(self._mem)
+        return self._src.at_eof()
+
+    def _open_batch(self, window: memoryview, filled: int, eof: bool) -> tuple[int, int, bool, int]:
+        """Open the whole frames at the start of ``window``: (plaintext bytes,
+        frames, final frame seen, input bytes used)."""
+        end, final = self._scan(window, filled)
+        if final:
+            if end != filled or not self._input_ends_at(end):
+                raise MessageFormatError("trailing data after the final frame")
+        elif eof:
+            end = filled  # let the batch check name the cut-off frame
+        if end == 0:
+            if eof:
+                raise MessageFormatError("truncated message: the final frame is missing")
+            raise MessageFormatError(f"frame {self._seq} is malformed")
+        backend: Any = get_backend()
+        self._turn = (self._turn + 1) % len(self._outs)
+        out = self._outs[self._turn]
+        try:
+            with window[:end] as batch:
+                n, frames, final_seen = backend.frames_open(
+                    self.header.algorithm.info.cipher, self._key, BASE_IV, self.header.message_id, self._seq,
+                    self._fs, batch, out, self._threads,
+                )
+        except BaseException as exc:
+            self._out_used[self._turn] = len(out)  # whatever the failed batch wrote gets wiped at close
+            if isinstance(exc, I.FrameBatchError):
+                raise _frame_error(exc, self._seq) from None
+            raise
+        self._out_used[self._turn] = max(self._out_used[self._turn], n)
+        return n, frames, final_seen, end
 
     def _close_keys(self) -> None:
         wipe(self._key)
@@ -423,7 +517,17 @@ class FramedDecryptor:
     def close(self) -> None:
         self._done = True
         self._close_keys()
-        wipe(self._out)
+        if self._mem is not None:
+            self._mem.release()
+            self._mem = None
+        for i, out in enumerate(self._outs):
+            if self._out_used[i]:
+                with memoryview(out)[: self._out_used[i]] as used:
+                    wipe(used)
+                self._out_used[i] = 0
+            _buffers.give_back(out)
+        _buffers.give_back(self._in)  # ciphertext only
+        self._in, self._outs = bytearray(), []
 
 
 class _KeyRequest:
