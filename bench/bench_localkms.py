@@ -36,7 +36,10 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlencode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+try:  # an installed kmsenv wins (it has the built core); else the source tree
+    import kmsenv  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 for _var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
     os.environ.pop(_var, None)  # the SDK would send loopback traffic to a proxy
 
