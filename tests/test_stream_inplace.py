@@ -236,3 +236,23 @@ def test_helper_thread_only_for_os_level_sinks(backend, tmp_path):
     assert (tmp_path / "p").read_bytes() == data
     for sink in (io.BytesIO(), io.BufferedWriter(io.BytesIO()), object()):
         assert not writes_release_gil(sink)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_with_a_fresh_pool(backend, small_batches):
+    provider = FakeKmsProvider()
+    encrypt_stream(io.BufferedReader(io.BytesIO(os.urandom(6 * FS))), io.BytesIO(), provider,
+                   encryption_context=CTX, frame_size=FS)
+    assert _buffers.held() > 0
+    with _buffers._lock:  # as if another thread were inside take() when fork() ran
+        pid = os.fork()
+        if pid == 0:  # child: must neither deadlock nor inherit the parent's buffers
+            import signal
+
+            signal.signal(signal.SIGALRM, lambda *_: os._exit(2))  # a deadlock fails, never hangs
+            signal.alarm(10)
+            ok = _buffers.held() == 0
+            _buffers.give_back(bytearray(16))
+            os._exit(0 if ok and _buffers.held() == 16 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

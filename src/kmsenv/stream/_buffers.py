@@ -13,6 +13,7 @@ they wrote before ``give``. Ciphertext may stay: it is public by design.
 
 from __future__ import annotations
 
+import os
 import threading
 
 # Enough for one encrypting and one decrypting stream at the default batch size.
@@ -21,6 +22,19 @@ MAX_KEPT_BYTES = 40 * 1024 * 1024
 
 _lock = threading.Lock()
 _free: list[bytearray] = []
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held the lock at fork time; the child
+    # starts with a fresh lock and no kept buffers (copy-on-write pages it
+    # would only have to fault in again).
+    global _lock
+    _lock = threading.Lock()
+    _free.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def take(size: int) -> bytearray:
