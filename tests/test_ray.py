@@ -148,3 +148,15 @@ def test_alibaba_share_per_actor(env, table):
     out.key_index = 1
     sealed = out(batch)
     assert kr.Decryptor(job, "email")(sealed).column("email").to_pylist() == batch.column("email").to_pylist()
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5])
+def test_pool_size_checked_before_anything_runs(bad):
+    class NoDataset:
+        def map_batches(self, *a, **k):
+            raise AssertionError("map_batches must not be reached")
+
+    job = object()  # never looked at: the pool size is checked first
+    for fn in (kr.encrypt_dataset, kr.decrypt_dataset):
+        with pytest.raises(kmsenv.ConfigurationError, match="concurrency must be an int >= 1"):
+            fn(NoDataset(), "c", job, concurrency=bad)

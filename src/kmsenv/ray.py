@@ -200,6 +200,8 @@ class Decryptor:
 
 def _pool(size: int) -> Any:
     """A fixed pool of ``size`` actors (``concurrency=`` is deprecated since Ray 2.51)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigurationError("concurrency must be an int >= 1 (the size of a fixed actor pool)")
     try:
         from ray.data import ActorPoolStrategy
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -223,11 +225,10 @@ def encrypt_dataset(
     actors of ``num_cpus`` CPUs each (see the module doc), with
     ``share=concurrency`` and ``batch_format="pyarrow"``;
     other keyword arguments go to ``map_batches`` (e.g. ``batch_size``)."""
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigurationError("concurrency must be an int >= 1 (a fixed actor pool: it sets the budget share)")
+    compute = _pool(concurrency)  # checked first: it also sets the budget share
     return ds.map_batches(
         Encryptor,
-        compute=_pool(concurrency),
+        compute=compute,
         fn_constructor_args=(jobkey, column),
         fn_constructor_kwargs={"output": output, "format": format, "aad_column": aad_column, "share": concurrency},
         batch_format="pyarrow",
@@ -252,10 +253,11 @@ def decrypt_dataset(
 ) -> Any:
     """``ds.map_batches(Decryptor, ...)`` on a fixed pool of ``concurrency``
     actors of ``num_cpus`` CPUs each, with ``batch_format="pyarrow"``."""
+    compute = _pool(concurrency)
     key = reader_key(key)  # never ship a provider (it holds a client with credentials)
     return ds.map_batches(
         Decryptor,
-        compute=_pool(concurrency),
+        compute=compute,
         fn_constructor_args=(key, column),
         fn_constructor_kwargs={
             "output": output, "format": format, "aad_column": aad_column, "key_store": key_store, "as_string": as_string,
