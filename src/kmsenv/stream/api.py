@@ -296,7 +296,6 @@ def decrypt_stream(
     # helper thread while the next batch is opened; the other formats hand
     # out a chunk that the next read may overwrite, so they write in line.
     writer = BatchWriter(dst, background=background and fmt == "framed")
-    failed = True
     try:
         while True:
             chunk = dec.read_chunk()
@@ -304,9 +303,10 @@ def decrypt_stream(
                 break
             writer.write(chunk)
         writer.finish()
-        failed = False
+    except BaseException:
+        writer.finish(raise_errors=False)  # verified chunks in flight land before the buffers are wiped
+        raise
     finally:
-        writer.finish(raise_errors=not failed)  # verified chunks in flight land before dst is given back
         dec.close()
     return StreamResult(fmt, dec.header, source.consumed, dec.bytes_out)
 
