@@ -195,7 +195,7 @@ def test_lru_capacity_wipes(local_kms, cmks, config):
     client = AliyunCrypto(config, CachingCryptoKeyManager(cache, 60))
     provider = DefaultDataKeyProvider(cmks.hz)
     client.encrypt(provider, PLAIN, {"n": "1"})
-    (buf,) = [e.key for e in cache.data_key_cache._entries.values()]
+    (buf,) = [e.key._key for e in cache.data_key_cache._entries.values()]
     client.encrypt(provider, PLAIN, {"n": "2"})
     assert buf == bytearray(len(buf)) and len(cache) == 1 and cache.stats().evictions == 1
     cache.clear()

@@ -51,7 +51,7 @@ def edk_set(message: bytes) -> tuple:
 
 def entry_buffers(cache: DataKeyCache) -> list[bytearray]:
     # White-box: the cache's own key buffers, to check they are wiped.
-    return [e.key for e in cache._entries.values()]
+    return [e.key._key for e in cache._entries.values()]  # the KeyCell's own buffer
 
 
 # ---------------------------------------------------------------- limits

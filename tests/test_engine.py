@@ -264,6 +264,21 @@ def test_decrypt_many_legacy_with_opt_in(backend):
     assert kmsenv.decrypt_many(msgs, p, allow_unauthenticated=True) == [b"a", b"b", b"c"]
 
 
+@pytest.mark.parametrize("alg", LEGACY, ids=lambda a: a.name)
+def test_decrypt_many_legacy_copies_of_one_message(alg, backend):
+    """Regression: three copies of one legacy message were refused as
+    'message 2: malformed message' (the legacy path opened only the first
+    message of each header group and handed back the rest as strangers)."""
+    p = FakeKmsProvider()
+    one = kmsenv.encrypt(b"x" * 32, p, algorithm=alg, allow_unauthenticated=True).ciphertext
+    other = kmsenv.encrypt(b"y" * 16, p, algorithm=alg, allow_unauthenticated=True).ciphertext
+    for n in range(1, 6):
+        assert kmsenv.decrypt_many([one] * n, p, allow_unauthenticated=True) == [b"x" * 32] * n
+    mixed = [one, other, one, one, other, one]
+    want = [b"x" * 32 if m is one else b"y" * 16 for m in mixed]
+    assert kmsenv.decrypt_many(mixed, p, allow_unauthenticated=True) == want
+
+
 def test_encrypted_data_keys_survive_pickling_across_processes(tmp_path):
     """EDKs cache their hash; a pickle must not carry it into a process whose
     str hashes differ (job keys travel to workers this way)."""

@@ -30,6 +30,7 @@ from .exceptions import (
     NoUsableKeyError,
     UnauthenticatedAlgorithmError,
     UnsupportedAlgorithmError,
+    WipedKeyError,
 )
 from .jobkey import JobKey, WorkerSpec
 from .keyheader import DictKeyHeaderStore, KeyHeader, KeyHeaderStore, SqliteKeyHeaderStore
@@ -69,6 +70,7 @@ __all__ = [
     "StreamResult",
     "UnauthenticatedAlgorithmError",
     "UnsupportedAlgorithmError",
+    "WipedKeyError",
     "WorkerSpec",
     "backend_info",
     "backend_name",

@@ -23,6 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from . import _process
+from ._secret import KeyCell
 from ._wipe import wipe
 from .algorithms import Algorithm
 from .exceptions import ConfigurationError
@@ -71,7 +73,7 @@ class _Entry:
 
     def __init__(self, key: bytes | bytearray, edks: tuple[EncryptedDataKey, ...] | None, created: float,
                  messages: int = 0, nbytes: int = 0):
-        self.key = bytearray(key)
+        self.key = KeyCell(key)
         self.edks = edks
         self.created = created
         self.messages = messages
@@ -111,6 +113,7 @@ class DataKeyCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._hits = self._misses = self._evictions = 0
+        _process.track(self)
 
     @property
     def max_age(self) -> float:
@@ -134,7 +137,19 @@ class DataKeyCache:
             entries = list(self._entries.values())
             self._entries.clear()
         for entry in entries:
-            wipe(entry.key)
+            entry.key.wipe()
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child keeps the decrypt entries (reading needs no budget) and
+        drops the encrypt entries: two processes sealing under one cached key
+        would each spend its message and byte limits, and the child's copy of
+        the parent's lock may be held by a thread that no longer exists."""
+        self._lock = _process.new_lock()
+        for cache_key, entry in list(self._entries.items()):
+            entry.key._after_fork_in_child()
+            if entry.edks is not None:
+                del self._entries[cache_key]
+                entry.key.wipe()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -159,7 +174,7 @@ class DataKeyCache:
         """Remove and wipe one entry; the lock is held."""
         entry = self._entries.pop(cache_key)
         self._evictions += 1
-        wipe(entry.key)
+        entry.key.wipe()
 
     def _expired(self, entry: _Entry, limits: _Limits, now: float) -> bool:
         return now - entry.created >= limits.max_age
@@ -178,7 +193,7 @@ class DataKeyCache:
                     entry.bytes += size
                     self._entries.move_to_end(cache_key)
                     self._hits += 1
-                    return DataKey(entry.key, entry.edks)
+                    return DataKey._adopt(entry.key.copy(), entry.edks)
             self._misses += 1
             return None
 
@@ -191,7 +206,7 @@ class DataKeyCache:
                 else:
                     self._entries.move_to_end(cache_key)
                     self._hits += 1
-                    return bytearray(entry.key)
+                    return entry.key.copy()
             self._misses += 1
             return None
 
@@ -199,7 +214,7 @@ class DataKeyCache:
         with self._lock:
             old = self._entries.pop(cache_key, None)
             if old is not None:  # a concurrent miss for the same key got there first
-                wipe(old.key)
+                old.key.wipe()
             self._entries[cache_key] = entry
             while len(self._entries) > self.capacity:
                 self._drop(next(iter(self._entries)))
@@ -300,6 +315,21 @@ def _object_token(obj: object) -> int | None:
             return None
         token = _object_tokens[key] = next(_tokens)
         return token
+
+
+def _reset_after_fork() -> None:
+    global _object_tokens_lock, _LAST_EDKS
+    _object_tokens_lock = _process.new_lock()
+    _CONTEXT_MEMO.clear()
+    _EDKS_MEMO.clear()
+    _LAST_EDKS = ((), b"")
+
+
+# Object tokens stay: the objects (and their ids) are the same in the child.
+_process.register(
+    __name__, ("_CONTEXT_MEMO", "_EDKS_MEMO", "_LAST_EDKS", "_object_tokens_lock", "_tokens", "_object_tokens"),
+    _reset_after_fork,
+)
 
 
 def _forget_token(key: int) -> None:

@@ -6,10 +6,12 @@ Every error that leaves it is a :class:`KmsEnvError`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
+from . import _process
 from .algorithms import Algorithm
 from .crypto import get_backend
 from .crypto.interface import STATUS_AUTH, STATUS_OK, CipherKey
@@ -89,21 +91,39 @@ class DecryptResult:
 
 # ---------------------------------------------------------------- IVs
 
+# Pre-drawn (header IV, body IV) pairs. The pool belongs to the process that
+# drew it: a forked child that used its parent's pairs would repeat GCM nonces
+# under the data keys both processes hold (a cached key). The at-fork reset
+# empties it; the pid check covers a fork that ran no Python handler.
 _IV_POOL: list[bytes] = []
 _IV_BATCH = 256
 _iv_pop = _IV_POOL.pop  # bound once: this runs per message
+_IV_PID = os.getpid()
+_getpid = os.getpid
 
 
 def _iv_pair() -> bytes:
     """24 fresh random bytes: a header IV and a body IV. Drawn from the CSPRNG
     in bulk (one call per 256 pairs); ``list.pop`` is atomic, so each pair is
-    handed out exactly once, whatever the threads."""
+    handed out exactly once, whatever the threads; and only ever in the
+    process that drew it."""
+    if _IV_PID != _getpid():
+        _reset_iv_pool()
     try:
         return _iv_pop()
     except IndexError:
         pool = get_backend().random(24 * _IV_BATCH)
         _IV_POOL.extend(pool[i : i + 24] for i in range(0, len(pool), 24))
         return _iv_pop()
+
+
+def _reset_iv_pool() -> None:
+    global _IV_PID
+    _IV_POOL.clear()
+    _IV_PID = os.getpid()
+
+
+_process.register(__name__, ("_IV_POOL", "_IV_PID"), _reset_iv_pool)
 
 
 def _iv() -> bytes:
@@ -550,8 +570,7 @@ def _decrypt_group(
         except AuthenticationError as exc:
             raise AuthenticationError(f"message {first}: {exc}") from None
         if not header.algorithm.authenticated:
-            results[first] = _open_body(key, header, body, ctx_bytes)
-            return indices[1:]
+            return _open_legacy_group(key, header, body, ctx_bytes, items, indices, results, max_edks)
         plaintexts, statuses = key.open_messages(header.encoded, ctx_bytes, [items[i] for i in indices])
     leftover = []
     for i, pt, status in zip(indices, plaintexts, statuses):
@@ -563,4 +582,31 @@ def _decrypt_group(
             raise MessageFormatError(f"message {i}: malformed message body")
         else:
             leftover.append(i)
+    return leftover
+
+
+def _open_legacy_group(
+    key: CipherKey,
+    header: MessageHeader,
+    body: MessageBody,
+    ctx_bytes: bytes,
+    items: list[Any],
+    indices: list[int],
+    results: list[bytes | None],
+    max_edks: int,
+) -> list[int]:
+    """Legacy CBC/CTR messages have no batch call: open, one by one, every
+    message of ``indices`` whose header is the first one's (already verified);
+    return the others. (Returning all but the first made a third copy of one
+    message look like a lone malformed message.)"""
+    leftover = []
+    for i in indices:
+        try:
+            other, other_body = (header, body) if i == indices[0] else decode_message(items[i], max_edks)
+            if other.encoded != header.encoded:
+                leftover.append(i)
+                continue
+            results[i] = _open_body(key, other, other_body, ctx_bytes)
+        except KmsEnvError as exc:
+            raise type(exc)(f"message {i}: {exc}") from None
     return leftover

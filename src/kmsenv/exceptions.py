@@ -16,6 +16,7 @@ __all__ = [
     "UnsupportedAlgorithmError",
     "KmsError",
     "ConfigurationError",
+    "WipedKeyError",
 ]
 
 
@@ -95,3 +96,9 @@ class KmsError(KmsEnvError):
         if details:
             parts.append("(" + ", ".join(details) + ")")
         return " ".join(parts)
+
+
+class WipedKeyError(KmsEnvError, RuntimeError):
+    """A cached data key was used after it had been wiped (evicted, expired,
+    cleared). kmsenv's caches never hand out such a key; seeing this error
+    means a caller kept a cache entry past its life."""

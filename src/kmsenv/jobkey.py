@@ -26,6 +26,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from . import _process
+from ._secret import KeyCell
 from ._wipe import wipe
 from .algorithms import Algorithm
 from .arn import Arn
@@ -305,7 +307,7 @@ class _Entry:
     __slots__ = ("key", "expires", "sealed")
 
     def __init__(self, key: bytearray, expires: float) -> None:
-        self.key = key
+        self.key = KeyCell(key)
         self.expires = expires
         self.sealed = 0  # Alibaba-format messages sealed by this process
 
@@ -320,7 +322,7 @@ _STATS = {"kms_decrypts": 0, "hits": 0, "evictions": 0}
 def _evict(digest: bytes) -> None:
     entry = _CACHE.pop(digest, None)
     if entry is not None:
-        wipe(entry.key)
+        entry.key.wipe()
         _STATS["evictions"] += 1
 
 
@@ -335,37 +337,57 @@ def _lookup(header: KeyHeader) -> _Entry | None:
     return entry
 
 
-def _entry(spec: WorkerSpec, header: KeyHeader, provider: Any = None) -> _Entry:
+def _hit(header: KeyHeader, messages: int, limit: int | None) -> bytearray | None:
+    """A copy of the cached key, taken under the lock that guards its wiping
+    (so an eviction by another thread can never leave us a zeroed copy), with
+    ``messages`` counted against ``limit``; None on a miss. ``_LOCK`` is held."""
+    entry = _lookup(header)
+    if entry is None:
+        return None
+    _STATS["hits"] += 1
+    _count(entry, messages, limit)
+    return entry.key.copy()
+
+
+def _count(entry: _Entry, messages: int, limit: int | None) -> None:
+    if limit is not None and entry.sealed + messages > limit:
+        raise ConfigurationError(
+            f"the data key would seal more than {limit} messages in the Alibaba format; "
+            "create the JobKey with rows= set to the row count (more keys), or use the compact format"
+        )
+    entry.sealed += messages
+
+
+def _cached_key(
+    spec: WorkerSpec, header: KeyHeader, provider: Any = None, *, messages: int = 0, limit: int | None = None
+) -> bytearray:
+    """The data key of ``header`` (a copy the caller wipes), from this process's
+    cache or through one KMS Decrypt per key, however many threads miss at once."""
     with _LOCK:
-        entry = _lookup(header)
-        if entry is not None:
-            _STATS["hits"] += 1
-            return entry
+        key = _hit(header, messages, limit)
+        if key is not None:
+            return key
         fetch_lock = _FETCH_LOCKS.setdefault(header.digest, threading.Lock())
-    # One Decrypt per key per process, even when several threads miss at once.
     with fetch_lock:
         with _LOCK:
-            entry = _lookup(header)
-            if entry is not None:
-                _STATS["hits"] += 1
-                return entry
+            key = _hit(header, messages, limit)
+            if key is not None:
+                return key
         from .engine import _unwrap
 
-        key = _unwrap(provider if provider is not None else spec._provider(), header)  # type: ignore[arg-type]
-        with _LOCK:
-            _STATS["kms_decrypts"] += 1
-            entry = _Entry(key, time.monotonic() + spec.cache_ttl)
-            _CACHE[header.digest] = entry
-            while len(_CACHE) > spec.cache_max_keys:
-                _evict(next(iter(_CACHE)))
-            _FETCH_LOCKS.pop(header.digest, None)
-            return entry
-
-
-def _cached_key(spec: WorkerSpec, header: KeyHeader, provider: Any = None) -> bytearray:
-    entry = _entry(spec, header, provider)
-    with _LOCK:
-        return bytearray(entry.key)
+        fetched = _unwrap(provider if provider is not None else spec._provider(), header)  # type: ignore[arg-type]
+        try:
+            with _LOCK:
+                _STATS["kms_decrypts"] += 1
+                entry = _Entry(fetched, time.monotonic() + spec.cache_ttl)
+                _CACHE[header.digest] = entry
+                _FETCH_LOCKS.pop(header.digest, None)
+                while len(_CACHE) > spec.cache_max_keys:
+                    _evict(next(iter(_CACHE)))
+                _count(entry, messages, limit)
+                return entry.key.copy()
+        finally:
+            wipe(fetched)
 
 
 def _reserve(job: JobKey, header: KeyHeader, messages: int, partitions: int | None) -> None:
@@ -379,14 +401,7 @@ def _reserve(job: JobKey, header: KeyHeader, messages: int, partitions: int | No
                 "set to the row count (more keys), or use the compact format"
             )
         return
-    entry = _entry(job.spec, header, job._local_provider())
-    with _LOCK:
-        if entry.sealed + messages > job.max_messages_per_key:
-            raise ConfigurationError(
-                f"the data key would seal more than {job.max_messages_per_key} messages in the Alibaba format; "
-                "create the JobKey with rows= set to the row count (more keys), or use the compact format"
-            )
-        entry.sealed += messages
+    wipe(_cached_key(job.spec, header, job._local_provider(), messages=messages, limit=job.max_messages_per_key))
 
 
 def stats() -> dict[str, int]:
@@ -409,9 +424,10 @@ def clear_cache() -> None:
 
 def _after_fork_in_child() -> None:
     global _LOCK
-    _LOCK = threading.Lock()
+    _LOCK = _process.new_lock()
     for entry in _CACHE.values():
-        wipe(entry.key)
+        entry.key._after_fork_in_child()
+        entry.key.wipe()
     _CACHE.clear()
     _PROVIDERS.clear()
     _FETCH_LOCKS.clear()
@@ -419,5 +435,5 @@ def _after_fork_in_child() -> None:
         _STATS[k] = 0
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_process.register(__name__, ("_LOCK", "_CACHE", "_PROVIDERS", "_FETCH_LOCKS", "_STATS"), _after_fork_in_child)
 atexit.register(clear_cache)

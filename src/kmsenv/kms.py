@@ -19,12 +19,14 @@ import logging
 import os
 import random as _random
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from kmsenv import _process
 from kmsenv._version import __version__
 from kmsenv.arn import Arn
 from kmsenv.exceptions import ConfigurationError, KmsError
@@ -183,6 +185,27 @@ def _parse_endpoints_arg(endpoints: Mapping[str, str]) -> dict[str, _Endpoint]:
 # ---------------------------------------------------------------------------
 
 _bypass_lock = threading.Lock()
+# Connection pools a forked child inherited: kept referenced, never used or
+# closed (closing could end a TLS session its parent still uses).
+_INHERITED_SESSIONS: list[Any] = []
+
+
+def _forget_connections_after_fork() -> None:
+    """A forked child must not share its parent's keep-alive sockets: two
+    processes writing requests on one connection read each other's responses
+    (a data key meant for one landing in the other). darabonba keeps one
+    ``requests.Session`` per endpoint, class-wide; the child starts afresh."""
+    global _bypass_lock
+    _bypass_lock = _process.new_lock()
+    core = sys.modules.get("darabonba.core")
+    dara = getattr(core, "DaraCore", None)
+    sessions = getattr(dara, "_sessions", None)
+    if isinstance(sessions, dict) and sessions:
+        _INHERITED_SESSIONS.extend(sessions.values())
+        dara._sessions = {}  # type: ignore[union-attr]
+
+
+_process.register(__name__, ("_bypass_lock", "_INHERITED_SESSIONS"), _forget_connections_after_fork)
 
 
 def _direct_adapter_class() -> type:
@@ -376,6 +399,12 @@ class Kms:
         self._clients: dict[str, Any] = {}
         self._config_kwargs: dict[str, Any] | None = None
         self._runtime = None
+        _process.track(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Clients hold connection pools; a child builds its own (credentials stay).
+        self._lock = _process.new_lock()
+        self._clients = {}
 
     # -- configuration ------------------------------------------------------
 

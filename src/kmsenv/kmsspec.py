@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from kmsenv import _process
 from kmsenv.exceptions import ConfigurationError
 
 __all__ = ["KmsSpec", "REGION_ENV"]
@@ -113,8 +114,8 @@ _CLIENTS: dict[tuple, Any] = {}
 def _forget_after_fork() -> None:
     # A child must not share the parent's HTTP connections (or its lock state).
     global _LOCK
-    _LOCK = threading.Lock()
+    _LOCK = _process.new_lock()
     _CLIENTS.clear()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+_process.register(__name__, ("_LOCK", "_CLIENTS"), _forget_after_fork)

@@ -64,6 +64,14 @@ class DataKey:
         self._key = bytearray(plaintext)
         self.encrypted_data_keys: list[EncryptedDataKey] = list(encrypted_data_keys)
 
+    @classmethod
+    def _adopt(cls, key: bytearray, encrypted_data_keys: Sequence[EncryptedDataKey]) -> DataKey:
+        """A DataKey that takes ownership of ``key`` (no second copy to wipe)."""
+        self = cls.__new__(cls)
+        self._key = key
+        self.encrypted_data_keys = list(encrypted_data_keys)
+        return self
+
     @property
     def plaintext(self) -> bytearray:
         """The key bytes (a live view: do not keep it beyond the key's life)."""

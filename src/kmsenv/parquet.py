@@ -60,6 +60,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from kmsenv import _process
 from kmsenv.exceptions import ConfigurationError, KmsError, MessageFormatError, NoUsableKeyError
 from kmsenv.kmsspec import KmsSpec
 
@@ -541,14 +542,16 @@ def clear_crypto_factories() -> None:
 
 def _forget_after_fork() -> None:
     global _FACTORY_LOCK, _STATS_LOCK
-    _FACTORY_LOCK = threading.Lock()
-    _STATS_LOCK = threading.Lock()
+    _FACTORY_LOCK = _process.new_lock()
+    _STATS_LOCK = _process.new_lock()
     _FACTORIES.clear()
     _STATS.clear()
     _UNWRAPPED.clear()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+_process.register(
+    __name__, ("_FACTORY_LOCK", "_FACTORIES", "_STATS_LOCK", "_STATS", "_UNWRAPPED"), _forget_after_fork
+)
 
 
 def connection_config(spec: ParquetKmsSpec) -> Any:

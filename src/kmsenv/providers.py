@@ -12,12 +12,12 @@ Specs: alibaba-message-format.md sections 8, 12 and 15.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, Sequence
 
+from kmsenv import _process
 from kmsenv.algorithms import Algorithm
 from kmsenv.arn import Arn
 from kmsenv.exceptions import ConfigurationError, KmsError, NoUsableKeyError
@@ -51,11 +51,10 @@ def _shared_pool() -> ThreadPoolExecutor:
 def _reset_pool_after_fork() -> None:  # a forked child cannot use the parent's threads
     global _pool, _pool_lock
     _pool = None
-    _pool_lock = threading.Lock()
+    _pool_lock = _process.new_lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pool_after_fork)
+_process.register(__name__, ("_pool", "_pool_lock"), _reset_pool_after_fork)
 
 
 def _wipe(buf: bytearray | None) -> None:

@@ -9,11 +9,21 @@ import warnings
 from typing import Any
 
 from .._version import __version__
+from .. import _process
 from ..exceptions import ConfigurationError
 from .interface import Backend
 
 _lock = threading.Lock()
 _backend: Backend | None = None
+
+
+def _reset_lock_after_fork() -> None:
+    # The choice of backend holds in the child; only the lock may be stuck.
+    global _lock
+    _lock = _process.new_lock()
+
+
+_process.register(__name__, ("_lock",), _reset_lock_after_fork)
 _native_checked = False
 _native_reason: str | None = None  # why native is unavailable, if it is
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
+from .. import _process
 from ..algorithms import Algorithm, algorithm_from_id
 from ..exceptions import ConfigurationError, MessageFormatError
 from ..model import EncryptedDataKey
@@ -479,3 +480,20 @@ def decode_header(
 ) -> MessageHeader:
     """Parse only the header (the body must still be well formed)."""
     return decode_message(data, max_encrypted_data_keys)[0]
+
+
+def _forget_after_fork() -> None:
+    # Only public header bytes live here, but a child starts clean like every
+    # other per-process memo (nothing it parses relies on its parent's).
+    global _LAST_PARTS, _LAST_HEADER
+    for memo in (_CTX_MEMO, _EDK_MEMO, _PARTS_MEMO, _HEADER_MEMO, _FIELDS_MEMO):
+        memo.clear()
+    _LAST_PARTS = (None, (), (), None)
+    _LAST_HEADER = (b"", -1, None)
+
+
+_process.register(
+    __name__,
+    ("_CTX_MEMO", "_EDK_MEMO", "_PARTS_MEMO", "_HEADER_MEMO", "_FIELDS_MEMO", "_LAST_PARTS", "_LAST_HEADER"),
+    _forget_after_fork,
+)

@@ -13,8 +13,9 @@ they wrote before ``give``. Ciphertext may stay: it is public by design.
 
 from __future__ import annotations
 
-import os
 import threading
+
+from .. import _process
 
 # Enough for one encrypting and one decrypting stream at the default batch size.
 MAX_KEPT_BUFFERS = 4
@@ -29,12 +30,11 @@ def _after_fork_in_child() -> None:
     # starts with a fresh lock and no kept buffers (copy-on-write pages it
     # would only have to fault in again).
     global _lock
-    _lock = threading.Lock()
+    _lock = _process.new_lock()
     _free.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_process.register(__name__, ("_lock", "_free"), _after_fork_in_child)
 
 
 def take(size: int) -> bytearray:
