@@ -6,11 +6,13 @@ Each subcommand sets ``func``: call ``args.func(args)`` and exit with its return
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+from ..exceptions import ConfigurationError
 from .keystore import KEY_SPECS
 from .server import LocalKms
 
@@ -28,7 +30,8 @@ def add_subcommands(subparsers: Any) -> None:
                             f"--state, else {DEFAULT_REGION})")
     serve.add_argument("--state", metavar="DIR",
                        help="persist keys, aliases, credentials and ports in DIR "
-                            "(key material is stored in clear); default: in memory")
+                            "(key material is stored in clear; created 0700, and refused "
+                            "if another user owns it or can write it); default: in memory")
     serve.add_argument("--port", type=int, metavar="N",
                        help="port of the first region, the next regions get N+1, N+2, ... "
                             "(0 = ephemeral; default: the ports remembered in --state, "
@@ -38,7 +41,8 @@ def add_subcommands(subparsers: Any) -> None:
     create = subparsers.add_parser(
         "create-key", help="create a key in a local KMS state directory and print its ARN")
     create.add_argument("--region", required=True, metavar="R")
-    create.add_argument("--state", required=True, metavar="DIR")
+    create.add_argument("--state", required=True, metavar="DIR",
+                        help="state directory (created 0700; see serve --state)")
     create.add_argument("--spec", default="Aliyun_AES_256", choices=sorted(KEY_SPECS))
     create.add_argument("--description", default="")
     create.set_defaults(func=create_key_command)
@@ -59,6 +63,23 @@ def _regions(args: argparse.Namespace) -> list[str]:
     return [DEFAULT_REGION]
 
 
+def _refusing_unsafe_state(command: Callable[[argparse.Namespace], int]
+                           ) -> Callable[[argparse.Namespace], int]:
+    """Report an unsafe or unusable --state as one line on stderr and exit status 2,
+    the same under ``kmsenv kms ...`` and ``python -m kmsenv.localkms ...``."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except ConfigurationError as exc:
+            print(f"localkms: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@_refusing_unsafe_state
 def serve_command(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
@@ -103,6 +124,7 @@ def serve_command(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
+@_refusing_unsafe_state
 def create_key_command(args: argparse.Namespace) -> int:
     kms = LocalKms(regions=[args.region], state_dir=args.state)
     try:

@@ -53,3 +53,22 @@ SERVER_ERRORS = {
 def server_error(code: str) -> KmsError:
     status, message = SERVER_ERRORS[code]
     return KmsError(status, code, message)
+
+
+# Protocol-level refusals (malformed HTTP, sizes over the server's limits).  KMS documents
+# no codes for these; these names are localkms's choice.  All are 4xx/5xx non-throttling
+# statuses, so clients (kmsenv included) treat them as final instead of retrying.
+_HTTP_ERRORS = {
+    400: ("InvalidParameter", "The request is not well-formed HTTP."),
+    411: ("MissingContentLength", "Send the request body with Content-Length."),
+    413: ("RequestEntityTooLarge", "The request body is too large."),
+    414: ("RequestURITooLong", "The request line is too long."),
+    431: ("RequestHeaderFieldsTooLarge", "The request headers are too large."),
+    501: ("UnsupportedHTTPMethod", "Only POST and GET are supported."),
+    505: ("HTTPVersionNotSupported", "Only HTTP/1.0 and HTTP/1.1 are supported."),
+}
+
+
+def http_error(status: int) -> KmsError:
+    code, message = _HTTP_ERRORS.get(status, _HTTP_ERRORS[400])
+    return KmsError(status if status in _HTTP_ERRORS else 400, code, message)

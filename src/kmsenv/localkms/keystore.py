@@ -10,8 +10,10 @@ Key material is stored in clear: this is a test/development server.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -21,7 +23,14 @@ from typing import Any, Optional
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..exceptions import ConfigurationError
+
+log = logging.getLogger("kmsenv.localkms")
+
 DB_FILENAME = "localkms.sqlite3"
+# SQLite's side files replay into the database when it is opened: a planted WAL is as
+# good as a planted database, so they pass the same checks.
+_DB_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 # CMK spec -> material length.  Aliyun_SM4 uses SM4-GCM if OpenSSL has it (probed below),
 # else AES-128-GCM as a stand-in so the server still works on such builds.
@@ -114,8 +123,96 @@ class KeyVersion:
     aead: Any = field(repr=False, compare=False)
 
 
+# -- state directory ownership and permissions -----------------------------------------
+# The database holds key material and the access key secret, and whoever can write it can
+# plant their own access key or keys.  As ssh does with ~/.ssh and its keys, refuse a
+# directory or file that another user owns or could write, and create ours private
+# whatever the umask is.
+
+def _describe_mode(st: os.stat_result) -> str:
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}"
+
+
+def _check_private(path: str, st: os.stat_result, what: str, fix: str) -> None:
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise ConfigurationError(
+            f"localkms {what} {path} belongs to another user ({_describe_mode(st)}; you are "
+            f"uid {euid}): it may hold keys or an access key that user planted, and they can "
+            f"read yours. Use a {what} you created yourself (remove this one, or pick a new "
+            "path and localkms creates it private).")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigurationError(
+            f"localkms {what} {path} is writable by group or others ({_describe_mode(st)}): "
+            f"another user could plant keys or an access key in it. Fix: {fix} (and remove "
+            "anything in it you did not create).")
+
+
+def secure_state_dir(state_dir: str) -> str:
+    """Create ``state_dir`` (mode 0700) or check an existing one; return the database path.
+
+    Raises :class:`~kmsenv.exceptions.ConfigurationError` naming the path and the fix if
+    the directory, the database or one of SQLite's side files is another user's or is
+    group/world-writable.  A database of ours that others may read is narrowed to 0600.
+    """
+    state_dir = os.path.abspath(state_dir)
+    try:
+        os.mkdir(state_dir, 0o700)
+        os.chmod(state_dir, 0o700)  # mkdir's mode is filtered by the umask
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # parents are ordinary directories: default permissions
+        os.makedirs(os.path.dirname(state_dir), exist_ok=True)
+        return secure_state_dir(state_dir)
+    try:
+        st = os.stat(state_dir)
+    except FileNotFoundError:  # mkdir found a name, stat found nothing behind it
+        raise ConfigurationError(f"localkms state directory {state_dir} is a dangling "
+                                 "symbolic link; remove it or point it at a directory") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigurationError(f"localkms state directory {state_dir} is not a directory")
+    _check_private(state_dir, st, "state directory", f"chmod 700 {state_dir}")
+    db_path = os.path.join(state_dir, DB_FILENAME)
+    for path in [db_path] + [db_path + suffix for suffix in _DB_SIDE_FILES]:
+        _secure_db_file(path, create=path == db_path)
+    return db_path
+
+
+def _secure_db_file(path: str, create: bool) -> None:
+    if create:
+        try:
+            # Created here rather than by sqlite3.connect, which would make it 0666 & ~umask
+            # and leave a window in which another user could open it.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+            return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ConfigurationError(f"localkms database {path} is a dangling symbolic link; "
+                                     "remove it") from None
+        return  # side files exist only while a database is open
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigurationError(f"localkms database {path} is not a regular file")
+    _check_private(path, st, "database", f"chmod 600 {path}")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("localkms database %s was readable by others (mode %04o); now 0600",
+                    path, stat.S_IMODE(st.st_mode))
+        os.chmod(path, 0o600)
+
+
 class KeyStore:
-    """Thread-safe store; ``state_dir=None`` keeps everything in memory."""
+    """Thread-safe store; ``state_dir=None`` keeps everything in memory.
+
+    A ``state_dir`` must be private to the current user (see :func:`secure_state_dir`).
+    """
 
     def __init__(self, state_dir: Optional[str] = None) -> None:
         self._lock = threading.RLock()
@@ -125,16 +222,12 @@ class KeyStore:
         self._versions: dict[tuple[str, str], KeyVersion] = {}
         self._aliases: dict[tuple[str, str], str] = {}
         if state_dir is not None:
-            os.makedirs(state_dir, exist_ok=True)
-            path = os.path.join(state_dir, DB_FILENAME)
+            path = secure_state_dir(state_dir)
             # One shared connection guarded by self._lock; autocommit so each write is
             # durable immediately; WAL + busy_timeout let a CLI process write concurrently.
+            # SQLite gives its -wal/-shm files the database file's mode (0600).
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                        timeout=10.0)
-            try:
-                os.chmod(path, 0o600)  # holds key material and the access key secret
-            except OSError:
-                pass
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
 
