@@ -309,47 +309,74 @@ int kmsenv_arrow_open_messages(kmsenv_key *k, const uint8_t *header, size_t head
                                const uint8_t *aad, size_t aadlen, const kmsenv_binview *in,
                                size_t start, size_t *stopped, kmsenv_binout *out);
 
-/* ---- Compact column values (compact.c; docs/format.md "compact") ----
- *   u8 format (0xC1, or 0xC3 when bound to a row id) || key_ref[8] ||
+/* ---- Compact column values (compact.c; docs/format.md section 4) ----
+ * Version 2 (written): a key header carries a 32-byte key commitment
+ *   commitment = HKDF-H(ikm = data key, salt = empty,
+ *                       info = "kmsenv/compact/v2/commitment" || fields_hash)
+ * where fields_hash = SHA-256 of the header's version .. context fields; a
+ * value is
+ *   u8 format (0xC5, or 0xC7 when bound to a row id) || key_ref[8] ||
  *   segment[8] || iv[12] || ct || tag[16]
  * key_ref = SHA-256(key header)[0..8). Values are sealed under a subkey
- *   HKDF-H(ikm = data key, salt = segment, info = "kmsenv/compact/v1/key" || SHA-256(key header))
- * (H = SHA-256 for AES, SM3 for SM4) with AAD = the first 17 bytes, followed
- * by the row id for 0xC3 values. One segment covers at most
- * KMSENV_COMPACT_MAX_SEGMENT values, so random IVs stay far from the GCM bound
- * under every subkey however many values one data key protects. */
-#define KMSENV_COMPACT_FORMAT 193
+ *   HKDF-H(ikm = data key, salt = segment, info = "kmsenv/compact/v2/key" || SHA-256(key header))
+ * (H = SHA-256 for AES, SM3 for SM4) with AAD = the first 17 bytes ||
+ * u32be(column name length) || column name, followed by the row id for 0xC7
+ * values. Version 1 (read only, on request): format 0xC1/0xC3, no commitment,
+ * info "kmsenv/compact/v1/key", AAD = the first 17 bytes || row id.
+ * One segment covers at most KMSENV_COMPACT_MAX_SEGMENT values, so random IVs
+ * stay far from the GCM bound under every subkey however many values one data
+ * key protects. A reader checks the commitment (kmsenv_compact_check_commitment)
+ * once per data key it obtains, before it opens any value under that key. */
+#define KMSENV_COMPACT_FORMAT 197
+#define KMSENV_COMPACT_FORMAT_V1 193
 #define KMSENV_COMPACT_ROW_BOUND 2
 #define KMSENV_COMPACT_REF_LEN 8
 #define KMSENV_COMPACT_SEGMENT_LEN 8
 #define KMSENV_COMPACT_PREFIX_LEN 17
 #define KMSENV_COMPACT_OVERHEAD 45
 #define KMSENV_COMPACT_MAX_SEGMENT 1048576
+#define KMSENV_COMPACT_COMMIT_LEN 32
 #define KMSENV_HEADER_HASH_LEN 32
 
-/* The subkey for one segment (out: keylen bytes, the caller wipes it). */
-int kmsenv_compact_subkey(int cipher, const uint8_t *key, size_t keylen,
+/* The subkey of one segment for a version 1 or 2 value (out: keylen bytes,
+ * the caller wipes it). */
+int kmsenv_compact_subkey(int version, int cipher, const uint8_t *key, size_t keylen,
                           const uint8_t *header_hash, const uint8_t *segment, uint8_t *out);
 
+/* The key commitment of a version 2 key header (out: KMSENV_COMPACT_COMMIT_LEN
+ * bytes). fields_hash: SHA-256 of the header's fields before the commitment. */
+int kmsenv_compact_commitment(int cipher, const uint8_t *key, size_t keylen,
+                              const uint8_t *fields_hash, uint8_t *out);
+
+/* KMSENV_OK when `commitment` is the one `key` gives (compared with
+ * CRYPTO_memcmp), KMSENV_E_AUTH when it is not. */
+int kmsenv_compact_check_commitment(int cipher, const uint8_t *key, size_t keylen,
+                                    const uint8_t *fields_hash, const uint8_t *commitment);
+
 /* Seals every present value of `in` (at most KMSENV_COMPACT_MAX_SEGMENT) as a
- * compact value of one segment. rows: NULL, or the row ids to bind (one per
- * value, same length; nulls in rows are not allowed where in has a value).
- * out->capacity >= (data span) + KMSENV_COMPACT_OVERHEAD * length. */
+ * version 2 compact value of one segment, bound to the column name
+ * name[0..namelen) (NULL/0: the empty name). rows: NULL, or the row ids to
+ * bind (one per value, same length; nulls in rows are not allowed where in
+ * has a value). out->capacity >= (data span) + KMSENV_COMPACT_OVERHEAD * length. */
 int kmsenv_compact_seal(int cipher, const uint8_t *key, size_t keylen,
                         const uint8_t *header_hash, const uint8_t *segment,
+                        const uint8_t *name, size_t namelen,
                         const kmsenv_binview *in, const kmsenv_binview *rows,
                         const uint8_t *ivs, kmsenv_binout *out);
 
-/* Opens values start..length-1 whose key_ref is header_hash[0..8), deriving
- * the subkey again whenever the segment changes. Returns OK, or stops at
- * *stopped with KMSENV_E_OTHER_KEY (another key_ref), KMSENV_E_FORMAT (too
- * short, unknown format byte, or row binding that does not match rows being
- * given) or KMSENV_E_AUTH (tag). On E_FORMAT/E_AUTH the output written by this
- * call is wiped. */
-int kmsenv_compact_open(int cipher, const uint8_t *key, size_t keylen,
-                        const uint8_t *header_hash, const kmsenv_binview *in,
-                        const kmsenv_binview *rows, size_t start, size_t *stopped,
-                        kmsenv_binout *out);
+/* Opens values start..length-1 whose key_ref is header_hash[0..8) and whose
+ * format is `version`'s (1 or 2; the key header's version), deriving the
+ * subkey again whenever the segment changes. The column name is bound into
+ * version 2 values only. The caller has checked the header's commitment
+ * (version 2) before the call. Returns OK, or stops at *stopped with
+ * KMSENV_E_OTHER_KEY (another key_ref), KMSENV_E_FORMAT (too short, unknown
+ * format byte, a value of the other version, or row binding that does not
+ * match rows being given) or KMSENV_E_AUTH (tag). On E_FORMAT/E_AUTH the
+ * output written by this call is wiped. */
+int kmsenv_compact_open(int version, int cipher, const uint8_t *key, size_t keylen,
+                        const uint8_t *header_hash, const uint8_t *name, size_t namelen,
+                        const kmsenv_binview *in, const kmsenv_binview *rows, size_t start,
+                        size_t *stopped, kmsenv_binout *out);
 /* CDEF-END */
 
 #endif

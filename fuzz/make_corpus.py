@@ -122,8 +122,35 @@ def seeds_native_open_messages() -> list[bytes]:
     return out
 
 
+def _seal_v1(header, key, col, rows=None) -> list:
+    """Compact format v1 values (as kmsenv wrote them before v2; it no longer
+    does): subkey "kmsenv/compact/v1/key", AAD = prefix || row id."""
+    import struct
+
+    from kmsenv import columns
+    from kmsenv.crypto.pure import PureBackend
+
+    segment, out = b"\x01" * 8, []
+    sub = columns.subkey(header.algorithm, key, header, segment)
+    cipher = PureBackend().new_key(header.algorithm.info.cipher, bytes(sub))
+    try:
+        for i in range(col.length):
+            value = col.value(i)
+            if value is None:
+                out.append(None)
+                continue
+            prefix = bytes([0xC3 if rows is not None else 0xC1]) + header.ref + segment
+            iv = struct.pack(">4xQ", i + 1)
+            aad = prefix + (bytes(rows.value(i)) if rows is not None else b"")
+            ct, tag = cipher.gcm_seal(iv, aad, bytes(value))
+            out.append(prefix + iv + ct + tag)
+    finally:
+        cipher.close()
+    return out
+
+
 def seeds_open_columns() -> list[bytes]:
-    from fuzz_open_columns import HEADERS
+    from fuzz_open_columns import COLUMN, HEADERS, LEGACY_HEADERS
 
     from kmsenv import columns
 
@@ -133,14 +160,22 @@ def seeds_open_columns() -> list[bytes]:
         key = common.fixed_key(header.algorithm.key_len)
         col = columns.Column.from_values(values)
         rows = columns.Column.from_values([f"row-{j}".encode() for j in range(len(values))])
+        legacy = LEGACY_HEADERS[i]
         for flags, sealed in (
-            (i, columns.seal_compact(header.algorithm, key, header, col)),
-            (i | 4, columns.seal_compact(header.algorithm, key, header, col, rows)),
-            (i | 8, columns.seal_alibaba(header.algorithm, key, header, col)),
+            (i, columns.seal_compact(header.algorithm, key, header, col).values(col)),
+            (i | 4, columns.seal_compact(header.algorithm, key, header, col, rows).values(col)),
+            (i | 128, columns.seal_compact(header.algorithm, key, header, col, column=COLUMN).values(col)),
+            (i | 4 | 128, columns.seal_compact(header.algorithm, key, header, col, rows, column=COLUMN).values(col)),
+            (i | 8, columns.seal_alibaba(header.algorithm, key, header, col).values(col)),
+            (i | 32 | 64, _seal_v1(legacy, key, col)),
+            (i | 4 | 32 | 64, _seal_v1(legacy, key, col, rows)),
+            (i | 32, _seal_v1(legacy, key, col)),  # refused: no allow_uncommitted
         ):
-            items = [v if v is not None else b"" for v in sealed.values(col)]
+            items = [v for v in sealed if v is not None]  # a null is what flag 16 makes
             out.append(bytes((flags,)) + common.join_items(items))
             out.append(bytes((flags | 16,)) + common.join_items(items))
+            if i == 0 and not flags & 8:
+                out.append(bytes((flags | 3,)) + common.join_items(items))  # read with another key
     return out
 
 

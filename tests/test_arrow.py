@@ -46,28 +46,42 @@ def sm4_provider(local_kms, cmks):
     )
 
 
-def a_header(algorithm=Algorithm.AES_GCM_NOPADDING_256, context=None):
-    return KeyHeader(
+def a_header(algorithm=Algorithm.AES_GCM_NOPADDING_256, context=None, key=None):
+    """A version 2 key header committing to ``key`` (EDKs are random stand-ins)."""
+    return KeyHeader.for_data_key(
         algorithm,
         context or {"table": "users"},
         (EncryptedDataKey("acs:kms:cn-hangzhou:123:key/k1", os.urandom(40)),
          EncryptedDataKey("acs:kms:cn-beijing:123:key/k2", os.urandom(40))),
+        key if key is not None else os.urandom(algorithm.key_len),
     )
 
 
 # ---------------------------------------------------------------- the compact format, byte by byte
 
 
-def reference_compact(algorithm, data_key, header, value, segment, iv, row=None):
-    """docs/format.md "Compact column values", written from the spec with `cryptography`."""
+def _hkdf(algorithm, length, salt, info, ikm):
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    digest = hashlib.sha256(header.encoded).digest()
     hash_cls = hashes.SM3 if algorithm.info.cipher == "SM4" else hashes.SHA256
-    sub = HKDF(hash_cls(), algorithm.key_len, segment, b"kmsenv/compact/v1/key" + digest).derive(bytes(data_key))
-    prefix = bytes([0xC3 if row is not None else 0xC1]) + digest[:8] + segment
-    aad = prefix + (row or b"")
+    return HKDF(hash_cls(), length, salt, info).derive(bytes(ikm))
+
+
+def reference_commitment(algorithm, data_key, encoded):
+    """docs/format.md §4.1: HKDF(data key, no salt, label || SHA-256(version .. context fields))."""
+    assert encoded[0] == 0x30 and encoded[-34:-32] == b"\x04\x20"  # SEQUENCE { ..., OCTET STRING (32) }
+    head = 2 if encoded[1] < 0x80 else 2 + (encoded[1] & 0x7F)
+    fields = encoded[head:-34]
+    return _hkdf(algorithm, 32, None, b"kmsenv/compact/v2/commitment" + hashlib.sha256(fields).digest(), data_key)
+
+
+def reference_compact(algorithm, data_key, header, value, segment, iv, row=None, column=b""):
+    """docs/format.md §4 "Compact column values" (v2), written from the spec with `cryptography`."""
+    digest = hashlib.sha256(header.encoded).digest()
+    sub = _hkdf(algorithm, algorithm.key_len, segment, b"kmsenv/compact/v2/key" + digest, data_key)
+    prefix = bytes([0xC7 if row is not None else 0xC5]) + digest[:8] + segment
+    aad = prefix + struct.pack(">I", len(column)) + column + (row or b"")
     if algorithm.info.cipher == "SM4":
         from kmsenv.crypto.sm4_gcm_fallback import Sm4Fallback  # gmssl's SM4 + Python GCM
 
@@ -80,31 +94,54 @@ def reference_compact(algorithm, data_key, header, value, segment, iv, row=None)
 
 @pytest.mark.parametrize("algorithm", [Algorithm.AES_GCM_NOPADDING_256, Algorithm.AES_GCM_NOPADDING_128])
 @pytest.mark.parametrize("bound", [False, True])
-def test_compact_matches_the_spec(backend, algorithm, bound):
-    header = a_header(algorithm)
+@pytest.mark.parametrize("column", [None, "email", "ü" * 200])
+def test_compact_matches_the_spec(backend, algorithm, bound, column):
     key = bytearray(os.urandom(algorithm.key_len))
+    header = a_header(algorithm, key=key)
     values = [os.urandom(i % 40) for i in range(200)]
     rows = [str(i).encode() for i in range(200)] if bound else None
     segment, ivs = os.urandom(8), os.urandom(12 * 200)
     col = kc.Column.from_values(values)
     out = kc.seal_compact(algorithm, key, header, col, kc.Column.from_values(rows) if rows else None,
-                          segments=[segment], ivs=ivs).values(col)
+                          segments=[segment], ivs=ivs, column=column).values(col)
+    name = (column or "").encode()
     for i, v in enumerate(values):
-        want = reference_compact(algorithm, key, header, v, segment, ivs[12 * i : 12 * i + 12], rows[i] if rows else None)
+        want = reference_compact(algorithm, key, header, v, segment, ivs[12 * i : 12 * i + 12],
+                                 rows[i] if rows else None, name)
         assert out[i] == want
         assert len(out[i]) == len(v) + 45
 
 
 def test_compact_sm4_matches_the_spec(backend):
     algorithm = Algorithm.SM4_GCM_NOPADDING_128
-    header = a_header(algorithm)
     key = bytearray(os.urandom(16))
+    header = a_header(algorithm, key=key)
     values = [os.urandom(i % 33) for i in range(50)]
     segment, ivs = os.urandom(8), os.urandom(12 * 50)
     col = kc.Column.from_values(values)
-    out = kc.seal_compact(algorithm, key, header, col, segments=[segment], ivs=ivs).values(col)
+    out = kc.seal_compact(algorithm, key, header, col, segments=[segment], ivs=ivs, column="phone").values(col)
     for i, v in enumerate(values):
-        assert out[i] == reference_compact(algorithm, key, header, v, segment, ivs[12 * i : 12 * i + 12])
+        assert out[i] == reference_compact(algorithm, key, header, v, segment, ivs[12 * i : 12 * i + 12],
+                                           column=b"phone")
+
+
+@pytest.mark.parametrize("algorithm", [Algorithm.AES_GCM_NOPADDING_256, Algorithm.AES_GCM_NOPADDING_128,
+                                       Algorithm.SM4_GCM_NOPADDING_128])
+def test_key_header_commitment_matches_the_spec(backend, algorithm):
+    key = bytearray(os.urandom(algorithm.key_len))
+    header = a_header(algorithm, {"table": "users", "column": "email"}, key=key)
+    assert header.version == 2 and header.encoded[-34:-32] == b"\x04\x20"
+    assert header.commitment == header.encoded[-32:] == reference_commitment(algorithm, key, header.encoded)
+    again = KeyHeader.decode(header.encoded)
+    assert again == header and again.commitment == header.commitment and again.fields_digest == header.fields_digest
+    again.check_data_key(key)
+    with pytest.raises(AuthenticationError, match="key commitment mismatch"):
+        again.check_data_key(bytearray(os.urandom(algorithm.key_len)))
+    # New values are never sealed under a version 1 (uncommitted) header.
+    legacy = KeyHeader(algorithm, {"table": "users"}, header.encrypted_data_keys)
+    assert legacy.version == 1 and KeyHeader.decode(legacy.encoded).version == 1
+    with pytest.raises(ConfigurationError, match="version 2 key header"):
+        kc.seal_compact(algorithm, key, legacy, kc.Column.from_values([b"x"]))
 
 
 def test_native_and_pure_agree_on_both_formats():
@@ -112,8 +149,8 @@ def test_native_and_pure_agree_on_both_formats():
         pytest.skip("native core not built")
     from kmsenv import crypto
 
-    header = a_header()
     key = bytearray(os.urandom(32))
+    header = a_header(key=key)
     values = [None if i % 7 == 3 else os.urandom(i % 90) for i in range(500)]
     rows = [struct.pack(">Q", i) for i in range(500)]
     segment, ivs = os.urandom(8), os.urandom(12 * 500)
@@ -122,8 +159,10 @@ def test_native_and_pure_agree_on_both_formats():
     for name in ("native", "pure"):
         crypto.set_backend(name)
         try:
-            sealed[name] = kc.seal_compact(header.algorithm, key, header, col, rcol, segments=[segment], ivs=ivs).values(col)
-            opened = kc.open_compact(kc.Column.from_values(sealed[name]), lambda r: header, lambda h: bytearray(key), rcol)
+            sealed[name] = kc.seal_compact(header.algorithm, key, header, col, rcol, segments=[segment], ivs=ivs,
+                                           column="c").values(col)
+            opened = kc.open_compact(kc.Column.from_values(sealed[name]), lambda r: header, lambda h: bytearray(key),
+                                     rcol, column="c")
             assert opened.values(col) == values
         finally:
             crypto.set_backend("native")
@@ -261,7 +300,8 @@ def test_row_binding_needs_matching_rows(provider):
         ka.decrypt_array(arr, provider, key_store=store)
     with pytest.raises(AuthenticationError):
         ka.decrypt_array(arr, provider, key_store=store, rows=pa.array(range(1, 11)))
-    assert ka.decrypt_array(arr, provider, key_store=store, rows=pa.array(range(10)), as_string=True).to_pylist() == emails(10)
+    assert ka.decrypt_array(arr, provider, key_store=store, rows=pa.array(range(10)), column="email",
+                            as_string=True).to_pylist() == emails(10)
     # An unbound value where bound ones are expected is refused (no downgrade).
     unbound = ka.encrypt_array(pa.array(emails(10)), provider, format="compact", key_store=store)
     with pytest.raises(MessageFormatError, match="not bound"):

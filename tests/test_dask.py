@@ -173,6 +173,13 @@ def test_row_binding(env, data, ddf8):
     # Without the row ids the bound values do not open either.
     with pytest.raises(kmsenv.MessageFormatError, match="bound to a row id"):
         kd.decrypt_column(enc, "email", job).compute()
+    # Values are bound to their column's name: a renamed column is read with
+    # the name it was written under.
+    renamed = enc.rename(columns={"email": "mail"})
+    with pytest.raises(kmsenv.AuthenticationError, match="written under"):
+        kd.decrypt_column(renamed, "mail", job, aad_column="id").compute()
+    out = kd.decrypt_column(renamed, "mail", job, aad_column="id", aad_name="email").compute()
+    assert out["mail"].tolist() == data["email"].tolist()
     # Row binding is a compact-format feature.
     with pytest.raises(kmsenv.ConfigurationError, match="compact"):
         kd.encrypt_column(ddf8, "email", job, aad_column="id")

@@ -132,10 +132,38 @@ def test_every_module_level_pool_cache_memo_and_lock_is_registered():
             assert hasattr(module, name), f"{reg.module}.{name}"
 
 
+def _classes_with_locks() -> dict[str, set[str]]:
+    """Class name -> its methods, for every class that keeps a lock in an attribute."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "localkms" in path.parts:  # the test server: one process, never forked with clients
+            continue
+        for cls in (n for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(n, ast.ClassDef)):
+            methods = {f.name for f in cls.body if isinstance(f, ast.FunctionDef)}
+            for node in ast.walk(cls):
+                if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                        and isinstance(node.value.func, ast.Attribute) and node.value.func.attr in ("Lock", "RLock")
+                        and any(isinstance(t, ast.Attribute) for t in node.targets)):
+                    found[f"{_module_name(path)}.{cls.name}"] = methods
+    return found
+
+
+def test_every_class_that_keeps_a_lock_resets_it_after_fork():
+    """A parent thread may hold an object's lock at fork time; an object that
+    keeps one must be tracked and replace it in the child."""
+    classes = _classes_with_locks()
+    assert "kmsenv.cache.DataKeyCache" in classes
+    missing = sorted(name for name, methods in classes.items() if "_after_fork_in_child" not in methods)
+    assert missing == []
+
+
 def test_objects_with_per_process_state_are_tracked(local_kms):
+    from kmsenv.aliyun import AliyunConfig, AliyunCrypto
+
     cache = DataKeyCache()
     kms = kmsenv.Kms(**kms_options(local_kms))
-    assert cache in _process._TRACKED and kms in _process._TRACKED
+    client = AliyunCrypto(AliyunConfig("LTAIunused", "unused"))
+    assert all(obj in _process._TRACKED for obj in (cache, kms, client))
     with pytest.raises(TypeError):
         _process.track(object())
 

@@ -118,6 +118,12 @@ def test_compact_row_binding(env, table):
     swapped = got.set_column(1, "email", pa.array(values, pa.binary()))
     with pytest.raises(kmsenv.AuthenticationError, match=r"value 3: .*moved to another row"):
         kr.Decryptor(job, "email", aad_column="id")(swapped.slice(0, 10))
+    # Bound to the column's name: a renamed column is read with its original name.
+    renamed = got.slice(0, 10).rename_columns(["mail" if n == "email" else n for n in got.column_names])
+    with pytest.raises(kmsenv.AuthenticationError, match="written under"):
+        kr.Decryptor(job, "mail", aad_column="id")(renamed)
+    out = kr.Decryptor(job, "mail", aad_column="id", aad_name="email")(renamed)
+    assert out.column("mail").to_pylist() == [table.column("email")[i].as_py() for i in out.column("id").to_pylist()]
 
 
 def test_alibaba_share_per_actor(env, table):

@@ -212,12 +212,22 @@ def test_compact_row_binding_and_a_swapped_value(spark, provider):
     swapped = enc.withColumn("email", F.when(F.col("id") == 10, F.lit(moved)).otherwise(F.col("email")))
     with pytest.raises(Exception) as info:
         kmsenv.spark.decrypt_column(swapped, "email", job, aad_column="id").collect()
-    assert "authentication failed (altered, moved to another row, or not sealed under this key header)" in str(info.value)
+    assert "authentication failed (altered, moved to another row or column, or not sealed under this key header" in str(
+        info.value)
 
     # Bound values without their row ids are refused, and say why.
     with pytest.raises(Exception) as info:
         kmsenv.spark.decrypt_column(enc, "email", job).collect()
     assert "the value is bound to a row id: pass the row id column" in str(info.value)
+
+    # Values are bound to their column's name: a renamed column is read with
+    # the name it was written under.
+    renamed = enc.withColumnRenamed("email", "mail")
+    with pytest.raises(Exception) as info:
+        kmsenv.spark.decrypt_column(renamed, "mail", job, aad_column="id").collect()
+    assert "a renamed column is read with the name it was written under" in str(info.value)
+    dec = kmsenv.spark.decrypt_column(renamed, "mail", job, aad_column="id", aad_name="email")
+    assert mismatches(dec, "mail") == (5000, 0)
     enc.unpersist()
 
 
@@ -308,6 +318,10 @@ def test_encrypt_udf(spark, provider):
     dec = kmsenv.spark.decrypt_column(enc, "email", job)
     assert mismatches(dec) == (20_000, 0)
 
-    bound = src.select("id", kmsenv.spark.encrypt_udf(job, format="compact")("email", "id").alias("email"))
+    bound = src.select("id", kmsenv.spark.encrypt_udf(job, format="compact", aad_name="email")("email", "id")
+                       .alias("email"))
     dec = kmsenv.spark.decrypt_column(bound, "email", job, aad_column="id")
     assert mismatches(dec) == (20_000, 0)
+    # The UDF cannot see its alias: the compact format needs the column name.
+    with pytest.raises(ConfigurationError, match="aad_name="):
+        kmsenv.spark.encrypt_udf(job, format="compact")

@@ -2,7 +2,9 @@
  * test_columns.c: C-only tests for arrow.c and compact.c (Arrow column views,
  * DER messages per value, compact values), built by run.sh with ASan+UBSan
  * and under valgrind. Compact values are checked against an independent
- * opening with kmsenv_compact_subkey + kmsenv_gcm_open.
+ * opening with kmsenv_compact_subkey + kmsenv_gcm_open; version 1 values
+ * (read only) are made the same long way. The key commitment is checked
+ * against kmsenv_hkdf with the label spelled out here.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,28 +115,48 @@ static const uint8_t *value_of(const column *c, size_t i, size_t *len)
     return c->data + a;
 }
 
+static const uint8_t NAME[] = "email";
+#define NAME_LEN (sizeof NAME - 1)
+
+/* The AAD of a version 2 value, built the long way: prefix || u32be(name
+ * length) || name || row id. Returns its length (aad holds 17 + 4 + 64 + 64). */
+static size_t aad_v2(uint8_t *aad, const uint8_t *v, const uint8_t *name, size_t namelen,
+                     const uint8_t *row, size_t rowlen)
+{
+    size_t n = 0;
+    memcpy(aad, v, 17);
+    n = 17;
+    aad[n++] = 0;
+    aad[n++] = 0;
+    aad[n++] = (uint8_t)(namelen >> 8);
+    aad[n++] = (uint8_t)namelen;
+    memcpy(aad + n, name, namelen);
+    n += namelen;
+    if (row && rowlen)
+        memcpy(aad + n, row, rowlen);
+    return n + (row ? rowlen : 0);
+}
+
 /* Opens one compact value the long way and compares it with the plaintext. */
 static int reference_open(int cipher, const uint8_t *key, size_t keylen, const uint8_t *hash,
                           const uint8_t *v, size_t vlen, const uint8_t *row, size_t rowlen,
                           const uint8_t *pt, size_t ptlen)
 {
-    uint8_t sub[32], aad[17 + 64], *out;
+    uint8_t sub[32], aad[17 + 4 + 64 + 64], *out;
     kmsenv_key *k = NULL;
+    size_t aadlen;
     int ok;
     if (vlen != ptlen + KMSENV_COMPACT_OVERHEAD || rowlen > 64)
         return 0;
-    if (v[0] != (row ? 0xC3 : 0xC1) || memcmp(v + 1, hash, 8) != 0)
+    if (v[0] != (row ? 0xC7 : 0xC5) || memcmp(v + 1, hash, 8) != 0)
         return 0;
-    if (kmsenv_compact_subkey(cipher, key, keylen, hash, v + 9, sub) != KMSENV_OK)
+    if (kmsenv_compact_subkey(2, cipher, key, keylen, hash, v + 9, sub) != KMSENV_OK)
         return 0;
     if (kmsenv_key_new(cipher, sub, keylen, &k) != KMSENV_OK)
         return 0;
-    memcpy(aad, v, 17);
-    if (row && rowlen)
-        memcpy(aad + 17, row, rowlen);
+    aadlen = aad_v2(aad, v, NAME, NAME_LEN, row, rowlen);
     out = malloc(ptlen + 1);
-    ok = kmsenv_gcm_open(k, v + 17, aad, 17 + (row ? rowlen : 0), v + 29, ptlen, v + vlen - 16,
-                         out) == KMSENV_OK &&
+    ok = kmsenv_gcm_open(k, v + 17, aad, aadlen, v + 29, ptlen, v + vlen - 16, out) == KMSENV_OK &&
          (ptlen == 0 || memcmp(out, pt, ptlen) == 0);
     free(out);
     kmsenv_key_free(k);
@@ -156,7 +178,7 @@ static void test_compact_roundtrip(int cipher, size_t keylen, int width, int out
     make_column(&rows, N, 4, 0, 0);
     cap = in.data_len + KMSENV_COMPACT_OVERHEAD * N;
     make_output(&sealed, N, cap, outwidth);
-    CHECK_RC(kmsenv_compact_seal(cipher, key, keylen, hash, segment, &in.view,
+    CHECK_RC(kmsenv_compact_seal(cipher, key, keylen, hash, segment, NAME, NAME_LEN, &in.view,
                                  bound ? &rows.view : NULL, NULL, &sealed.out),
              KMSENV_OK);
     for (i = 0; i < N; i++) {
@@ -183,7 +205,7 @@ static void test_compact_roundtrip(int cipher, size_t keylen, int width, int out
         sc.view.offsets = sc.offsets;
         sc.view.offset_width = outwidth;
         make_output(&opened, N, sc.data_len, width);
-        CHECK_RC(kmsenv_compact_open(cipher, key, keylen, hash, &sc.view, bound ? &rows.view : NULL,
+        CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, hash, NAME, NAME_LEN, &sc.view, bound ? &rows.view : NULL,
                                      0, &stopped, &opened.out),
                  KMSENV_OK);
         CHECK(stopped == N);
@@ -197,22 +219,46 @@ static void test_compact_roundtrip(int cipher, size_t keylen, int width, int out
                 CHECK((size_t)(b - a) == ptlen && memcmp(opened.data + a, pt, ptlen) == 0);
         }
         /* Row binding must match what the reader passes. */
-        CHECK_RC(kmsenv_compact_open(cipher, key, keylen, hash, &sc.view, bound ? NULL : &rows.view,
+        CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, hash, NAME, NAME_LEN, &sc.view, bound ? NULL : &rows.view,
                                      0, &stopped, &opened.out),
                  KMSENV_E_FORMAT);
+        /* Another column name (or none): every value fails its tag, the first at once. */
+        {
+            static const uint8_t PHONE[] = "phone";
+            size_t first_present = 0;
+            while (!kmsenv__binview_valid(&in.view, first_present))
+                first_present++;
+            CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, hash, PHONE, sizeof PHONE - 1, &sc.view,
+                                         bound ? &rows.view : NULL, 0, &stopped, &opened.out),
+                     KMSENV_E_AUTH);
+            CHECK(stopped == first_present);
+            CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, hash, NULL, 0, &sc.view,
+                                         bound ? &rows.view : NULL, 0, &stopped, &opened.out),
+                     KMSENV_E_AUTH);
+            /* A prefix of the name. */
+            CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, hash, NAME, NAME_LEN - 1, &sc.view,
+                                         bound ? &rows.view : NULL, 0, &stopped, &opened.out),
+                     KMSENV_E_AUTH);
+            /* Version 2 values are not version 1 values. */
+            CHECK_RC(kmsenv_compact_open(1, cipher, key, keylen, hash, NAME, NAME_LEN, &sc.view,
+                                         bound ? &rows.view : NULL, 0, &stopped, &opened.out),
+                     KMSENV_E_FORMAT);
+            CHECK(stopped == first_present);
+            ERR_clear_error();
+        }
         /* Another header hash: the first present value belongs to another key. */
         {
             uint8_t other[32];
             memcpy(other, hash, 32);
             other[0] ^= 1;
-            CHECK_RC(kmsenv_compact_open(cipher, key, keylen, other, &sc.view,
+            CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, other, NAME, NAME_LEN, &sc.view,
                                          bound ? &rows.view : NULL, 0, &stopped, &opened.out),
                      KMSENV_E_OTHER_KEY);
             CHECK(stopped == 0 || (nulls && !kmsenv__binview_valid(&in.view, 0)));
             /* Same reference, other digest bytes: the subkey differs, the tag fails. */
             memcpy(other, hash, 32);
             other[31] ^= 1;
-            CHECK_RC(kmsenv_compact_open(cipher, key, keylen, other, &sc.view,
+            CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, other, NAME, NAME_LEN, &sc.view,
                                          bound ? &rows.view : NULL, 0, &stopped, &opened.out),
                      KMSENV_E_AUTH);
         }
@@ -226,7 +272,7 @@ static void test_compact_roundtrip(int cipher, size_t keylen, int width, int out
                 sealed.data[j] ^= 0x40;
                 opened.out.capacity = sc.data_len;
                 put_off(opened.offsets, width, 0, 0);
-                rc = kmsenv_compact_open(cipher, key, keylen, hash, &sc.view,
+                rc = kmsenv_compact_open(2, cipher, key, keylen, hash, NAME, NAME_LEN, &sc.view,
                                          bound ? &rows.view : NULL, 0, &stopped, &opened.out);
                 if (rc == KMSENV_OK || stopped != 7)
                     all_fail = 0;
@@ -237,13 +283,13 @@ static void test_compact_roundtrip(int cipher, size_t keylen, int width, int out
         }
         /* Resume from the middle: offsets[start] says where to write. */
         put_off(opened.offsets, width, 150, 17);
-        CHECK_RC(kmsenv_compact_open(cipher, key, keylen, hash, &sc.view, bound ? &rows.view : NULL,
+        CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, hash, NAME, NAME_LEN, &sc.view, bound ? &rows.view : NULL,
                                      150, &stopped, &opened.out),
                  KMSENV_OK);
         /* Output too small: refused, nothing written past capacity (ASan). */
         opened.out.capacity = 10;
         put_off(opened.offsets, width, 0, 0);
-        CHECK_RC(kmsenv_compact_open(cipher, key, keylen, hash, &sc.view, bound ? &rows.view : NULL,
+        CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, hash, NAME, NAME_LEN, &sc.view, bound ? &rows.view : NULL,
                                      0, &stopped, &opened.out),
                  KMSENV_E_ARG);
         free_output(&opened);
@@ -270,7 +316,7 @@ static void test_compact_roundtrip(int cipher, size_t keylen, int width, int out
         sc.view.offsets = offs2;
         sc.view.offset_width = outwidth;
         make_output(&opened, N, pos, width);
-        CHECK_RC(kmsenv_compact_open(cipher, key, keylen, hash, &sc.view, &rows.view, 0, &stopped,
+        CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, hash, NAME, NAME_LEN, &sc.view, &rows.view, 0, &stopped,
                                      &opened.out),
                  KMSENV_E_AUTH);
         CHECK(stopped == 40);
@@ -291,35 +337,195 @@ static void test_bad_views(void)
     kmsenv_binview v = {2, data, sizeof data, offs, 4, NULL, 0};
     kmsenv_binout o = {outbuf, sizeof outbuf, outoffs, 4};
     size_t stopped;
-    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, &v, NULL, NULL, &o), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, NULL, 0, &v, NULL, NULL, &o), KMSENV_E_ARG);
     offs[2] = 17; /* past data_len */
-    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, &v, NULL, NULL, &o), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, NULL, 0, &v, NULL, NULL, &o), KMSENV_E_ARG);
     offs[0] = -1;
     offs[2] = 12;
-    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, &v, NULL, NULL, &o), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, NULL, 0, &v, NULL, NULL, &o), KMSENV_E_ARG);
     offs[0] = 0;
     v.offset_width = 3;
-    CHECK_RC(kmsenv_compact_open(KMSENV_CIPHER_AES, key, 32, hash, &v, NULL, 0, &stopped, &o), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_open(2, KMSENV_CIPHER_AES, key, 32, hash, NULL, 0, &v, NULL, 0, &stopped, &o),
+             KMSENV_E_ARG);
     v.offset_width = 4;
     o.capacity = 40; /* 12 + 45 does not fit */
-    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, &v, NULL, NULL, &o), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, NULL, 0, &v, NULL, NULL, &o), KMSENV_E_ARG);
     o.capacity = sizeof outbuf;
-    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, &v, NULL, NULL, &o), KMSENV_OK);
+    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, NULL, 0, &v, NULL, NULL, &o), KMSENV_OK);
     CHECK(outoffs[2] == 12 + 2 * KMSENV_COMPACT_OVERHEAD);
-    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 24, hash, seg, &v, NULL, NULL, &o), KMSENV_E_ARG);
-    CHECK_RC(kmsenv_compact_open(KMSENV_CIPHER_AES, key, 32, hash, &v, NULL, 3, &stopped, &o), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 24, hash, seg, NULL, 0, &v, NULL, NULL, &o), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_open(2, KMSENV_CIPHER_AES, key, 32, hash, NULL, 0, &v, NULL, 3, &stopped, &o),
+             KMSENV_E_ARG);
     /* Short values are format errors, not reads past the end. */
     outoffs[0] = 0;
-    CHECK_RC(kmsenv_compact_open(KMSENV_CIPHER_AES, key, 32, hash, &v, NULL, 0, &stopped, &o), KMSENV_E_FORMAT);
+    CHECK_RC(kmsenv_compact_open(2, KMSENV_CIPHER_AES, key, 32, hash, NULL, 0, &v, NULL, 0, &stopped, &o),
+             KMSENV_E_FORMAT);
     CHECK(stopped == 0);
     {   /* rows of another length, or null where a value is present */
         int32_t roffs[3] = {0, 1, 2};
         uint8_t rbits = 1;
         kmsenv_binview r = {2, data, 2, roffs, 4, &rbits, 0};
-        CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, &v, &r, NULL, &o), KMSENV_E_ARG);
+        CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, NULL, 0, &v, &r, NULL, &o), KMSENV_E_ARG);
         r.length = 1;
         r.validity = NULL;
-        CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, &v, &r, NULL, &o), KMSENV_E_ARG);
+        CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, NULL, 0, &v, &r, NULL, &o), KMSENV_E_ARG);
+    }
+}
+
+/* The commitment is HKDF(key, no salt, label || fields hash, 32), and the
+ * check accepts only the key (and fields) it was made with. */
+static void test_commitment(int cipher, size_t keylen)
+{
+    static const char label[] = "kmsenv/compact/v2/commitment";
+    uint8_t key[32], fh[32], c[32], want[32], info[sizeof label - 1 + 32];
+    int hash = cipher == KMSENV_CIPHER_SM4 ? KMSENV_HASH_SM3 : KMSENV_HASH_SHA256;
+    RAND_bytes(key, sizeof key);
+    RAND_bytes(fh, sizeof fh);
+    memcpy(info, label, sizeof label - 1);
+    memcpy(info + sizeof label - 1, fh, 32);
+    CHECK_RC(kmsenv_hkdf(hash, key, keylen, NULL, 0, info, sizeof info, want, 32), KMSENV_OK);
+    CHECK_RC(kmsenv_compact_commitment(cipher, key, keylen, fh, c), KMSENV_OK);
+    CHECK(memcmp(c, want, 32) == 0);
+    CHECK_RC(kmsenv_compact_check_commitment(cipher, key, keylen, fh, c), KMSENV_OK);
+    key[keylen - 1] ^= 1; /* another data key */
+    CHECK_RC(kmsenv_compact_check_commitment(cipher, key, keylen, fh, c), KMSENV_E_AUTH);
+    key[keylen - 1] ^= 1;
+    fh[5] ^= 1; /* another header */
+    CHECK_RC(kmsenv_compact_check_commitment(cipher, key, keylen, fh, c), KMSENV_E_AUTH);
+    fh[5] ^= 1;
+    c[31] ^= 0x80; /* another commitment */
+    CHECK_RC(kmsenv_compact_check_commitment(cipher, key, keylen, fh, c), KMSENV_E_AUTH);
+    c[31] ^= 0x80;
+    /* The commitment differs from the first 32 bytes of any subkey-style output. */
+    {
+        uint8_t sub[32], zero_seg[8] = {0};
+        CHECK_RC(kmsenv_compact_subkey(2, cipher, key, keylen, fh, zero_seg, sub), KMSENV_OK);
+        CHECK(memcmp(sub, c, keylen) != 0);
+    }
+    CHECK_RC(kmsenv_compact_check_commitment(cipher, key, keylen, fh, NULL), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_check_commitment(cipher, NULL, keylen, fh, c), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_commitment(cipher, key, keylen, NULL, c), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_commitment(cipher, key, 24, fh, c), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_subkey(3, cipher, key, keylen, fh, fh, c), KMSENV_E_ARG);
+}
+
+/* Version 1 values (made here the long way: "kmsenv/compact/v1/key", AAD =
+ * prefix || row id, no column name) open with version 1 only. */
+static void test_v1_values(int cipher, size_t keylen, int bound)
+{
+    enum { M = 20 };
+    uint8_t key[32], hash[32], segment[8], sub[32], data[M * (KMSENV_COMPACT_OVERHEAD + 40)];
+    uint8_t rowdata[M * 4], opened[M * 40 + 1];
+    int32_t offs[M + 1], roffs[M + 1], ooffs[M + 1];
+    kmsenv_key *k = NULL;
+    size_t i, pos = 0, stopped = 99;
+    kmsenv_binview v, r;
+    kmsenv_binout o;
+    RAND_bytes(key, sizeof key);
+    RAND_bytes(hash, sizeof hash);
+    RAND_bytes(segment, sizeof segment);
+    CHECK_RC(kmsenv_compact_subkey(1, cipher, key, keylen, hash, segment, sub), KMSENV_OK);
+    CHECK_RC(kmsenv_key_new(cipher, sub, keylen, &k), KMSENV_OK);
+    for (i = 0; i < M; i++) {
+        uint8_t *p = data + pos, pt[40], aad[17 + 4];
+        size_t ptlen = i * 2;
+        memset(pt, (int)i, sizeof pt);
+        roffs[i] = (int32_t)(4 * i);
+        memcpy(rowdata + 4 * i, "r", 1);
+        rowdata[4 * i + 1] = (uint8_t)('0' + i / 10);
+        rowdata[4 * i + 2] = (uint8_t)('0' + i % 10);
+        rowdata[4 * i + 3] = '!';
+        offs[i] = (int32_t)pos;
+        p[0] = bound ? 0xC3 : 0xC1;
+        memcpy(p + 1, hash, 8);
+        memcpy(p + 9, segment, 8);
+        RAND_bytes(p + 17, 12);
+        memcpy(aad, p, 17);
+        memcpy(aad + 17, rowdata + 4 * i, 4);
+        CHECK_RC(kmsenv_gcm_seal(k, p + 17, aad, bound ? 21 : 17, ptlen ? pt : NULL, ptlen,
+                                 ptlen ? p + 29 : NULL, p + 29 + ptlen),
+                 KMSENV_OK);
+        pos += ptlen + KMSENV_COMPACT_OVERHEAD;
+    }
+    offs[M] = (int32_t)pos;
+    roffs[M] = 4 * M;
+    v = (kmsenv_binview){M, data, pos, offs, 4, NULL, 0};
+    r = (kmsenv_binview){M, rowdata, sizeof rowdata, roffs, 4, NULL, 0};
+    memset(ooffs, 0, sizeof ooffs);
+    o = (kmsenv_binout){opened, sizeof opened, ooffs, 4};
+    /* The name is not part of a version 1 value: any name opens it. */
+    CHECK_RC(kmsenv_compact_open(1, cipher, key, keylen, hash, NAME, NAME_LEN, &v, bound ? &r : NULL, 0,
+                                 &stopped, &o),
+             KMSENV_OK);
+    CHECK(stopped == M);
+    for (i = 0; i < M; i++) {
+        size_t j;
+        CHECK((size_t)(ooffs[i + 1] - ooffs[i]) == i * 2);
+        for (j = 0; j < i * 2; j++)
+            if (opened[ooffs[i] + (int32_t)j] != (uint8_t)i)
+                break;
+        CHECK(j == i * 2);
+    }
+    /* A version 2 reader of the same reference refuses it (format, not tag). */
+    ooffs[0] = 0;
+    CHECK_RC(kmsenv_compact_open(2, cipher, key, keylen, hash, NAME, NAME_LEN, &v, bound ? &r : NULL, 0,
+                                 &stopped, &o),
+             KMSENV_E_FORMAT);
+    CHECK(stopped == 0);
+    /* A version 1 row swap is still caught by the row binding. */
+    if (bound) {
+        memcpy(rowdata + 4 * 3, "zzzz", 4);
+        CHECK_RC(kmsenv_compact_open(1, cipher, key, keylen, hash, NULL, 0, &v, &r, 0, &stopped, &o),
+                 KMSENV_E_AUTH);
+        CHECK(stopped == 3);
+    }
+    kmsenv_key_free(k);
+    kmsenv_wipe(sub, sizeof sub);
+    ERR_clear_error();
+}
+
+static void test_bad_names(void)
+{
+    uint8_t key[32] = {0}, hash[32] = {0}, seg[8] = {0}, data[16] = {0}, outbuf[256];
+    int32_t offs[3] = {0, 8, 12};
+    int32_t outoffs[3] = {0};
+    kmsenv_binview v = {2, data, sizeof data, offs, 4, NULL, 0};
+    kmsenv_binout o = {outbuf, sizeof outbuf, outoffs, 4};
+    size_t stopped;
+    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, NULL, 3, &v, NULL, NULL, &o), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_open(2, KMSENV_CIPHER_AES, key, 32, hash, NULL, 3, &v, NULL, 0, &stopped, &o),
+             KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_open(0, KMSENV_CIPHER_AES, key, 32, hash, NULL, 0, &v, NULL, 0, &stopped, &o),
+             KMSENV_E_ARG);
+    CHECK_RC(kmsenv_compact_open(3, KMSENV_CIPHER_AES, key, 32, hash, NULL, 0, &v, NULL, 0, &stopped, &o),
+             KMSENV_E_ARG);
+#if SIZE_MAX > UINT32_MAX
+    /* Past the 4-byte length field: refused before anything is read. */
+    CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, data, (size_t)UINT32_MAX + 1, &v, NULL,
+                                 NULL, &o),
+             KMSENV_E_ARG);
+#endif
+    /* A long name goes through the heap AAD buffer. */
+    {
+        uint8_t *big = malloc(1000);
+        memset(big, 'n', 1000);
+        CHECK_RC(kmsenv_compact_seal(KMSENV_CIPHER_AES, key, 32, hash, seg, big, 1000, &v, NULL, NULL, &o), KMSENV_OK);
+        {
+            uint8_t plain[64];
+            int32_t poffs[3] = {0};
+            kmsenv_binview sv = {2, outbuf, (size_t)outoffs[2], outoffs, 4, NULL, 0};
+            kmsenv_binout po = {plain, sizeof plain, poffs, 4};
+            CHECK_RC(kmsenv_compact_open(2, KMSENV_CIPHER_AES, key, 32, hash, big, 1000, &sv, NULL, 0, &stopped,
+                                         &po),
+                     KMSENV_OK);
+            CHECK(poffs[2] == 12 && memcmp(plain, data, 12) == 0);
+            big[999] = 'm';
+            CHECK_RC(kmsenv_compact_open(2, KMSENV_CIPHER_AES, key, 32, hash, big, 1000, &sv, NULL, 0, &stopped,
+                                         &po),
+                     KMSENV_E_AUTH);
+        }
+        free(big);
+        ERR_clear_error();
     }
 }
 
@@ -416,6 +622,14 @@ int main(void)
                                                cipher == 1 ? 16 : cipher == 2 ? 16 : 32, w, ow, nulls,
                                                bound);
     test_bad_views();
+    test_bad_names();
+    for (cipher = 0; cipher < 3; cipher++) {
+        int c = cipher == 2 ? KMSENV_CIPHER_SM4 : KMSENV_CIPHER_AES;
+        size_t kl = cipher == 0 ? 32 : 16;
+        test_commitment(c, kl);
+        for (bound = 0; bound < 2; bound++)
+            test_v1_values(c, kl, bound);
+    }
     test_der_column(4);
     test_der_column(8);
     printf("test_columns: %d passed, %d failed\n", passed, failed);

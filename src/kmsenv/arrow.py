@@ -9,7 +9,10 @@ with processes, not rows), a :class:`kmsenv.WorkerSpec` (decrypt only), or a
 data key provider such as :class:`kmsenv.KmsKeyProvider` (one data key per
 call). ``format`` is ``"alibaba"`` (standalone messages the official SDKs
 read) or ``"compact"`` (45 bytes per value plus a key header stored once:
-``docs/format.md``).
+``docs/format.md`` §4). Compact values are bound to the name of the column
+they are stored in: :func:`encrypt_column` / :func:`decrypt_column` fill it in
+(``aad_name=`` overrides it, e.g. to read a renamed column);
+:func:`encrypt_array` / :func:`decrypt_array` take it as ``column=``.
 """
 
 from __future__ import annotations
@@ -118,19 +121,28 @@ def encrypt_array(
     rows: Any = None,
     key_store: KeyHeaderStore | None = None,
     partition: tuple[int, int] | None = None,
+    column: str | None = None,
 ) -> Any:
     """Encrypt every value of a binary/string array; nulls stay null.
 
     Returns ``binary`` (``large_binary`` past 2 GiB); a ChunkedArray gives a
-    ChunkedArray. ``rows``: row ids to bind into each value's AAD (compact
-    format). ``partition=(p, n)``: this is partition ``p`` of ``n`` of a
-    job (selects the JobKey's data key and enforces its budget)."""
+    ChunkedArray. ``column`` (compact format): the name of the column the
+    values will be stored in, bound into each value (give it again to
+    :func:`decrypt_array`). ``rows``: row ids to bind into each value's AAD
+    (compact format). ``partition=(p, n)``: this is partition ``p`` of ``n``
+    of a job (selects the JobKey's data key and enforces its budget)."""
+    _check_column(column, format)
     chunks, chunked = _chunks(array)
     out, _ = _encrypt_chunks(
         chunks, rows, KeySource(key), "array", format=format, encryption_context=encryption_context,
-        algorithm=algorithm, key_store=key_store, partition=partition,
+        algorithm=algorithm, key_store=key_store, partition=partition, column=column,
     )
     return _chunked(out) if chunked else out[0]
+
+
+def _check_column(column: str | None, format: str) -> None:
+    if column is not None and format != "compact":
+        raise ConfigurationError("a column name is bound into compact values only: it needs format='compact'")
 
 
 def _encrypt_chunks(
@@ -181,12 +193,17 @@ def decrypt_array(
     headers: Any = (),
     expected_encryption_context: Mapping[str, str] | None = None,
     as_string: bool = False,
+    column: str | None = None,
+    allow_uncommitted: bool = False,
 ) -> Any:
     """Decrypt an array made by :func:`encrypt_array`; all or nothing.
 
     ``format``: ``None`` detects it from the first value. Compact key headers
     are looked up in the JobKey, then ``headers``, then ``key_store``.
-    ``as_string=True`` returns (validated UTF-8) strings."""
+    ``column``: the column name the compact values were sealed for.
+    ``allow_uncommitted``: also open compact format v1 values (no key
+    commitment; refused by default). ``as_string=True`` returns (validated
+    UTF-8) strings."""
     source = KeySource(key)
     chunks, chunked = _chunks(array)
     row_chunks = _split_rows(rows, chunks)
@@ -197,7 +214,7 @@ def decrypt_array(
         row_col = _column(_rows_array(row, len(arr))) if row is not None else None
         opened = decrypt_with(
             source, col, format=format, rows=row_col, key_store=key_store, headers=headers,
-            expected_context=expected_encryption_context,
+            expected_context=expected_encryption_context, column=column, allow_uncommitted=allow_uncommitted,
         )
         result = _to_arrow(opened, arr)
         if as_string:
@@ -261,19 +278,25 @@ def encrypt_column(
     algorithm: Algorithm | int | None = None,
     aad_column: str | None = None,
     key_store: KeyHeaderStore | None = None,
+    aad_name: str | None = None,
 ) -> pa.Table:
     """Encrypt one column of a table (in place, or into ``output``).
 
     With the compact format the key headers go into the output field's
     metadata (which Parquet keeps in its footer) and into ``key_store`` when
-    given. ``aad_column`` binds each value to that column's value (a row id)."""
+    given, and each value is bound to the name of the column it is stored in
+    (``output`` or ``column``; ``aad_name`` overrides it), so that it cannot be
+    moved to another column. ``aad_column`` binds each value to that column's
+    value (a row id)."""
     i = _index(table, column)
+    _check_column(aad_name, format)
     rows = table.column(_index(table, aad_column)) if aad_column else None
     chunks = table.column(i).chunks or [pa.array([], table.schema.field(i).type)]
     out, headers = _encrypt_chunks(
         chunks, rows, KeySource(key), f"column {column!r}", format=format,
         encryption_context=encryption_context, algorithm=algorithm,
         key_store=key_store if key_store is not None else _NullStore(),
+        column=bound_name(output or column, aad_name, format),
     )
     result = _chunked(out)
     field = _with_headers(pa.field(output or column, result.type, nullable=True), list(headers.values()), format,
@@ -281,6 +304,15 @@ def encrypt_column(
     if output is None or output == column:
         return table.set_column(i, field, result)
     return table.append_column(field, result)
+
+
+def bound_name(stored: str, aad_name: str | None, format: str | None) -> str | None:
+    """The column name compact values are bound to: ``aad_name`` when given,
+    else the name of the column that holds the encrypted values. None for the
+    Alibaba format, which has no place for it."""
+    if format == "alibaba":
+        return None
+    return aad_name if aad_name is not None else stored
 
 
 class _NullStore:
@@ -304,10 +336,17 @@ def decrypt_column(
     key_store: KeyHeaderStore | None = None,
     expected_encryption_context: Mapping[str, str] | None = None,
     as_string: bool = False,
+    aad_name: str | None = None,
+    allow_uncommitted: bool = False,
 ) -> pa.Table:
     """Decrypt one column made by :func:`encrypt_column` (in place, or into
     ``output``). Key headers come from the field metadata, the JobKey and
-    ``key_store``; the row-id column defaults to the one recorded at encryption."""
+    ``key_store``; the row-id column defaults to the one recorded at encryption.
+
+    Compact values must be read under the column name they were bound to:
+    ``column`` itself, unless ``aad_name`` names another (the original name of
+    a renamed column). ``allow_uncommitted``: also open compact format v1
+    values (no key commitment, no column binding; refused by default)."""
     i = _index(table, column)
     field = table.schema.field(i)
     meta = field.metadata or {}
@@ -319,6 +358,7 @@ def decrypt_column(
     result = decrypt_array(
         table.column(i), key, format=format, rows=rows, key_store=key_store, headers=key_headers(field),
         expected_encryption_context=expected_encryption_context, as_string=as_string,
+        column=aad_name if aad_name is not None else column, allow_uncommitted=allow_uncommitted,
     )
     clean = {k: v for k, v in meta.items() if k not in (METADATA_KEY, FORMAT_KEY, AAD_KEY)}
     out_field = pa.field(output or column, result.type, nullable=True, metadata=clean or None)

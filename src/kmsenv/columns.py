@@ -8,9 +8,10 @@ no Python object is made per value. Two output formats:
 * ``"alibaba"``: every value becomes a complete standalone Alibaba message
   (readable by the official SDKs and :func:`kmsenv.decrypt`); the values of
   one batch share their header.
-* ``"compact"``: ``docs/format.md`` "Compact column values": 45 bytes of
-  overhead per value, the key header stored once in a
-  :class:`~kmsenv.keyheader.KeyHeaderStore`, optional binding to a row id.
+* ``"compact"``: ``docs/format.md`` §4 "Compact column values": 45 bytes of
+  overhead per value, the key header (with its key commitment) stored once in
+  a :class:`~kmsenv.keyheader.KeyHeaderStore`, each value bound to its column
+  name (``column=``) and optionally to a row id.
 
 Null values stay null. Without pyarrow, :func:`encrypt_values` /
 :func:`decrypt_values` take and return Python lists.
@@ -19,9 +20,11 @@ Null values stay null. Without pyarrow, :func:`encrypt_values` /
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from . import _process
 from ._wipe import wipe
 from .algorithms import Algorithm
 from .crypto import get_backend
@@ -34,20 +37,92 @@ from .exceptions import (
 from .keyheader import REF_LEN, KeyHeader, KeyHeaderStore
 from .message.codec import decode_message
 
-__all__ = ["FORMATS", "Column", "SealedColumn", "check_format", "encrypt_values", "decrypt_values"]
+__all__ = ["FORMATS", "Column", "SealedColumn", "check_format", "encrypt_values", "decrypt_values", "stats"]
 
 FORMATS = ("alibaba", "compact")
 
-COMPACT_FORMAT = 0xC1
+#: Format byte of a version 2 value (| COMPACT_ROW_BOUND when row-bound): its
+#: key header commits to the data key and its AAD names its column.
+COMPACT_FORMAT = 0xC5
+#: Version 1 (read only, with allow_uncommitted=True): no commitment, no column.
+COMPACT_FORMAT_V1 = 0xC1
 COMPACT_ROW_BOUND = 0x02
+_VERSIONS = {COMPACT_FORMAT: 2, COMPACT_FORMAT_V1: 1}
 SEGMENT_LEN = 8
 PREFIX_LEN = 1 + REF_LEN + SEGMENT_LEN
 OVERHEAD = PREFIX_LEN + 12 + 16
 MAX_SEGMENT = 1 << 20
-SUBKEY_INFO = b"kmsenv/compact/v1/key"
+SUBKEY_INFO = b"kmsenv/compact/v2/key"
+SUBKEY_INFO_V1 = b"kmsenv/compact/v1/key"
+#: The column name's length field in the AAD is 4 bytes.
+MAX_COLUMN_NAME = 2**32 - 1
 _INT32_MAX = 2**31 - 1
 # Statuses of the column calls (kmsenv_core.h); the pure paths return the same.
 _OK, _AUTH, _FORMAT, _OTHER_KEY = 0, -2, -7, -9
+
+
+_STATS_LOCK = threading.Lock()
+_STATS = {"commitment_checks": 0, "uncommitted_keys": 0}
+
+
+def _count(name: str) -> None:
+    with _STATS_LOCK:
+        _STATS[name] += 1
+
+
+def _reset_stats_after_fork() -> None:
+    global _STATS_LOCK
+    _STATS_LOCK = _process.new_lock()
+    for name in _STATS:
+        _STATS[name] = 0
+
+
+_process.register(__name__, ("_STATS_LOCK", "_STATS"), _reset_stats_after_fork)
+
+
+def stats() -> dict[str, int]:
+    """This process's compact-read figures: ``commitment_checks`` (key
+    commitments compared: one per data key obtained by a read, never one per
+    value) and ``uncommitted_keys`` (version 1 key headers opened with
+    ``allow_uncommitted=True``)."""
+    with _STATS_LOCK:
+        return dict(_STATS)
+
+
+V1_REFUSED = (
+    "a compact format v1 value: its key header has no key commitment, so a writer holding CMKs in two regions "
+    "could make it decrypt to different plaintexts in each; v1 is refused by default. To read data written "
+    "before format v2 that you trust, pass allow_uncommitted=True (then re-encrypt it)"
+)
+
+
+def value_version(value: bytes | memoryview) -> int | None:
+    """The compact format version of a value (2 or 1), or None if it is not one."""
+    if len(value) < OVERHEAD:
+        return None
+    return _VERSIONS.get(value[0] & ~COMPACT_ROW_BOUND & 0xFF)
+
+
+def column_name(column: str | None) -> bytes:
+    """The column name bound into each version 2 value's AAD, as UTF-8 (None: empty)."""
+    if column is None:
+        return b""
+    if not isinstance(column, str):
+        raise ConfigurationError(f"a column name must be a str, not {type(column).__name__}")
+    raw = column.encode("utf-8")
+    if len(raw) > MAX_COLUMN_NAME:
+        raise ConfigurationError(f"a column name is at most {MAX_COLUMN_NAME} bytes of UTF-8")
+    return raw
+
+
+def _aad(prefix: bytes, version: int, name: bytes, row: Any) -> bytes:
+    """prefix || (v2) u32be(len(name)) || name || row id (when bound)."""
+    parts = [prefix]
+    if version == 2:
+        parts += [struct.pack(">I", len(name)), name]
+    if row is not None:
+        parts.append(bytes(row))
+    return b"".join(parts)
 
 
 def check_format(format: str | None, bound: bool = False, *, detect: bool = False) -> None:
@@ -210,11 +285,13 @@ def _finish(out: SealedColumn) -> SealedColumn:
 
 
 def subkey(algorithm: Algorithm, data_key: Any, header: KeyHeader, segment: bytes) -> bytearray:
-    """The compact format's per-segment key (pure reference of the C core's)."""
+    """The compact format's per-segment key for the header's version (pure
+    reference of the C core's)."""
     hash_name = "SM3" if algorithm.info.cipher == "SM4" else "SHA256"
     from .crypto.pure import PureBackend
 
-    return PureBackend.hkdf(hash_name, data_key, segment, SUBKEY_INFO + header.digest, algorithm.key_len)
+    info = (SUBKEY_INFO if header.version == 2 else SUBKEY_INFO_V1) + header.digest
+    return PureBackend.hkdf(hash_name, data_key, segment, info, algorithm.key_len)
 
 
 def _check_rows(col: Column, rows: Column | None) -> None:
@@ -236,9 +313,18 @@ def seal_compact(
     *,
     segments: Sequence[bytes] | None = None,
     ivs: bytes | None = None,
+    column: str | None = None,
 ) -> SealedColumn:
-    """Seal a column as compact values: one fresh random segment (subkey) per
-    :data:`MAX_SEGMENT` values. ``segments``/``ivs`` are for known-answer tests."""
+    """Seal a column as version 2 compact values bound to ``column`` (the
+    name of the column they will be stored in): one fresh random segment
+    (subkey) per :data:`MAX_SEGMENT` values. The header must carry a key
+    commitment (:meth:`KeyHeader.for_data_key`). ``segments``/``ivs`` are for
+    known-answer tests."""
+    if header.version != 2:
+        raise ConfigurationError(
+            "new compact values need a version 2 key header (KeyHeader.for_data_key: it commits to the data key)"
+        )
+    name = column_name(column)
     _check_rows(col, rows)
     out = _new_output(col.length, col.span() + OVERHEAD * col.length)
     backend = get_backend()
@@ -249,9 +335,10 @@ def seal_compact(
             segment = segments[part] if segments is not None else backend.random(SEGMENT_LEN)
             part_ivs = ivs[start * 12 : stop * 12] if ivs is not None else None
             if native is not None:
-                _seal_compact_native(native, algorithm, data_key, header, col, rows, start, stop, segment, part_ivs, out)
+                _seal_compact_native(native, algorithm, data_key, header, name, col, rows, start, stop, segment,
+                                     part_ivs, out)
             else:
-                _seal_compact_pure(algorithm, data_key, header, col, rows, start, stop, segment, part_ivs, out)
+                _seal_compact_pure(algorithm, data_key, header, name, col, rows, start, stop, segment, part_ivs, out)
     except BaseException:
         out.wipe()
         raise
@@ -263,7 +350,7 @@ def _slice(col: Column, start: int, stop: int) -> Column:
     return Column(stop - start, col.data, offs, col.width, col.validity, col.validity_offset + start, col.keepalive)
 
 
-def _seal_compact_native(native, algorithm, data_key, header, col, rows, start, stop, segment, ivs, out) -> None:
+def _seal_compact_native(native, algorithm, data_key, header, name, col, rows, start, stop, segment, ivs, out) -> None:
     ffi, lib = native.ffi, native.lib
     part = _slice(col, start, stop)
     v, _, keep = _views(native, part)
@@ -278,7 +365,7 @@ def _seal_compact_native(native, algorithm, data_key, header, col, rows, start, 
     o.data, o.capacity, o.offsets, o.offset_width = odata, len(out.data), ooffs, out.width
     key = ffi.from_buffer(data_key)
     status = lib.kmsenv_compact_seal(
-        native._CIPHERS[_cipher(algorithm)], key, len(data_key), header.digest, segment, v, r,
+        native._CIPHERS[_cipher(algorithm)], key, len(data_key), header.digest, segment, name, len(name), v, r,
         ivs if ivs is not None else ffi.NULL, o,
     )
     del keep
@@ -286,7 +373,7 @@ def _seal_compact_native(native, algorithm, data_key, header, col, rows, start, 
         native._raise(status, "compact seal")
 
 
-def _seal_compact_pure(algorithm, data_key, header, col, rows, start, stop, segment, ivs, out) -> None:
+def _seal_compact_pure(algorithm, data_key, header, name, col, rows, start, stop, segment, ivs, out) -> None:
     backend = get_backend()
     sub = subkey(algorithm, data_key, header, segment)
     key = backend.new_key(_cipher(algorithm), sub)
@@ -299,7 +386,7 @@ def _seal_compact_pure(algorithm, data_key, header, col, rows, start, stop, segm
             value = col.value(i)
             if value is not None:
                 iv = ivs[(i - start) * 12 : (i - start + 1) * 12] if ivs is not None else backend.random(12)
-                aad = prefix + bytes(rows.value(i)) if rows is not None else prefix  # type: ignore[arg-type]
+                aad = _aad(prefix, 2, name, rows.value(i) if rows is not None else None)
                 ct, tag = key.gcm_seal(iv, aad, bytes(value))
                 sealed = prefix + iv + ct + tag
                 out.data[pos : pos + len(sealed)] = sealed
@@ -314,19 +401,22 @@ def _seal_compact_pure(algorithm, data_key, header, col, rows, start, stop, segm
 
 
 def compact_ref(value: bytes | memoryview) -> bytes | None:
-    """The key reference of a compact value, or None if it is not one."""
-    if len(value) < OVERHEAD or value[0] & ~COMPACT_ROW_BOUND & 0xFF != COMPACT_FORMAT:
+    """The key reference of a compact value (version 2 or 1), or None if it is not one."""
+    if value_version(value) is None:
         return None
     return bytes(value[1 : 1 + REF_LEN])
 
 
-def _compact_problem(value: memoryview, rows_given: bool) -> str:
+def _compact_problem(value: memoryview, rows_given: bool, header_version: int | None = None) -> str:
     if len(value) < OVERHEAD:
         return f"too short for a compact value ({len(value)} bytes, at least {OVERHEAD})"
-    if value[0] & ~COMPACT_ROW_BOUND & 0xFF != COMPACT_FORMAT:
+    version = value_version(value)
+    if version is None:
         if value[0] == 0x30:
             return "an Alibaba-format message, not a compact value (use format='alibaba')"
         return f"unknown compact format byte 0x{value[0]:02x}"
+    if header_version is not None and version != header_version:
+        return f"a compact format v{version} value refers to a version {header_version} key header (never valid)"
     bound = bool(value[0] & COMPACT_ROW_BOUND)
     if bound and not rows_given:
         return "the value is bound to a row id: pass the row id column (rows= / aad_column=)"
@@ -344,9 +434,18 @@ def open_compact(
     key_for: KeyFor,
     rows: Column | None = None,
     expected_context: Mapping[str, str] | None = None,
+    *,
+    column: str | None = None,
+    allow_uncommitted: bool = False,
 ) -> SealedColumn:
     """Open compact values; ``headers(ref)`` finds a key header, ``key_for``
-    returns its data key (a copy this function wipes). All or nothing."""
+    returns its data key (a copy this function wipes). All or nothing.
+
+    Each data key is checked against its header's commitment once, when it is
+    obtained, before any value under it is opened. ``column``: the name the
+    values were sealed for. Version 1 values (no commitment, no column name)
+    are refused unless ``allow_uncommitted``."""
+    name = column_name(column)
     _check_rows(col, rows)
     out = _new_output(col.length, col.span())
     native = _native()
@@ -360,12 +459,13 @@ def open_compact(
                 if start >= col.length:
                     _fill_offsets(out, col.length)
                     break
-                current = _compact_key(col, start, headers, key_for, keys, expected_context, rows is not None)
+                current = _compact_key(col, start, headers, key_for, keys, expected_context, rows is not None,
+                                       allow_uncommitted)
             header, data_key = current
             if native is not None:
-                status, stopped = _open_compact_native(native, header, data_key, col, rows, start, out)
+                status, stopped = _open_compact_native(native, header, data_key, name, col, rows, start, out)
             else:
-                status, stopped = _open_compact_pure(header, data_key, col, rows, start, out)
+                status, stopped = _open_compact_pure(header, data_key, name, col, rows, start, out)
             if status == _OK:
                 break
             if status == _OTHER_KEY:
@@ -375,8 +475,12 @@ def open_compact(
             value = col.value(stopped)
             assert value is not None
             if status == _AUTH:
-                raise AuthenticationError(f"value {stopped}: authentication failed (altered, moved to another row, or not sealed under this key header)")
-            raise MessageFormatError(f"value {stopped}: {_compact_problem(value, rows is not None)}")
+                hint = "" if header.version == 1 else "; a renamed column is read with the name it was written under"
+                raise AuthenticationError(
+                    f"value {stopped}: authentication failed (altered, moved to another row or column, or not sealed "
+                    f"under this key header{hint})"
+                )
+            raise MessageFormatError(f"value {stopped}: {_compact_problem(value, rows is not None, header.version)}")
     except BaseException:
         out.wipe()
         raise
@@ -406,12 +510,17 @@ def _fill_offsets(out: SealedColumn, upto: int) -> None:
             last = cur
 
 
-def _compact_key(col, i, headers, key_for, keys, expected_context, rows_given):
+def _compact_key(col, i, headers, key_for, keys, expected_context, rows_given, allow_uncommitted=False):
     value = col.value(i)
     assert value is not None
     ref = compact_ref(value)
     if ref is None:
         raise MessageFormatError(f"value {i}: {_compact_problem(value, rows_given)}")
+    version = value_version(value)
+    # Refused before any lookup or KMS call: accepting v1 silently would let an
+    # attacker simply write v1 to get around the commitment.
+    if version == 1 and not allow_uncommitted:
+        raise MessageFormatError(f"value {i}: {V1_REFUSED}")
     if ref not in keys:
         header = headers(ref)
         if header is None:
@@ -420,9 +529,29 @@ def _compact_key(col, i, headers, key_for, keys, expected_context, rows_given):
             )
         if header.ref != ref:
             raise MessageFormatError(f"value {i}: the key header found for {ref.hex()} does not match it")
+        if header.version != version:
+            raise MessageFormatError(f"value {i}: {_compact_problem(value, rows_given, header.version)}")
         _check_context(header.encryption_context, expected_context, i)
-        keys[ref] = (header, _sized(key_for(header), header.algorithm))
+        data_key = _sized(key_for(header), header.algorithm)
+        try:
+            _check_commitment(header, data_key, i)
+        except BaseException:
+            wipe(data_key)
+            raise
+        keys[ref] = (header, data_key)
     return keys[ref]
+
+
+def _check_commitment(header: KeyHeader, data_key: bytearray, i: int) -> None:
+    """Once per data key obtained, before any value under it is opened."""
+    if header.version == 1:
+        _count("uncommitted_keys")
+        return
+    _count("commitment_checks")
+    try:
+        header.check_data_key(data_key)
+    except AuthenticationError as exc:
+        raise AuthenticationError(f"value {i}: {exc}") from None
 
 
 def _sized(key: bytearray, algorithm: Algorithm) -> bytearray:
@@ -444,7 +573,7 @@ def _check_context(context: Mapping[str, str], expected: Mapping[str, str] | Non
             )
 
 
-def _open_compact_native(native, header, data_key, col, rows, start, out) -> tuple[int, int]:
+def _open_compact_native(native, header, data_key, name, col, rows, start, out) -> tuple[int, int]:
     ffi, lib = native.ffi, native.lib
     v, o, keep = _views(native, col, out)
     r = ffi.NULL
@@ -454,7 +583,8 @@ def _open_compact_native(native, header, data_key, col, rows, start, out) -> tup
     stopped = ffi.new("size_t *")
     key = ffi.from_buffer(data_key)
     status = lib.kmsenv_compact_open(
-        native._CIPHERS[_cipher(header.algorithm)], key, len(data_key), header.digest, v, r, start, stopped, o
+        header.version, native._CIPHERS[_cipher(header.algorithm)], key, len(data_key), header.digest, name,
+        len(name), v, r, start, stopped, o,
     )
     del keep
     if status not in (_OK, _OTHER_KEY, _AUTH, _FORMAT):
@@ -462,7 +592,7 @@ def _open_compact_native(native, header, data_key, col, rows, start, out) -> tup
     return status, stopped[0]
 
 
-def _open_compact_pure(header, data_key, col, rows, start, out) -> tuple[int, int]:
+def _open_compact_pure(header, data_key, name, col, rows, start, out) -> tuple[int, int]:
     backend = get_backend()
     fmt = "<i" if out.width == 4 else "<q"
     pos = first = struct.unpack_from(fmt, out.offsets, start * out.width)[0]
@@ -472,12 +602,13 @@ def _open_compact_pure(header, data_key, col, rows, start, out) -> tuple[int, in
         for i in range(start, col.length):
             value = col.value(i)
             if value is not None:
-                if len(value) < OVERHEAD or value[0] & ~COMPACT_ROW_BOUND & 0xFF != COMPACT_FORMAT:
+                version = value_version(value)
+                if version is None:
                     out.data[first:pos] = bytes(pos - first)
                     return _FORMAT, i
                 if bytes(value[1 : 1 + REF_LEN]) != header.ref:
                     return _OTHER_KEY, i
-                if bool(value[0] & COMPACT_ROW_BOUND) != (rows is not None):
+                if version != header.version or bool(value[0] & COMPACT_ROW_BOUND) != (rows is not None):
                     out.data[first:pos] = bytes(pos - first)
                     return _FORMAT, i
                 seg = bytes(value[1 + REF_LEN : PREFIX_LEN])
@@ -488,8 +619,7 @@ def _open_compact_pure(header, data_key, col, rows, start, out) -> tuple[int, in
                     key = backend.new_key(_cipher(header.algorithm), sub)
                     wipe(sub)
                     segment = seg
-                prefix = bytes(value[:PREFIX_LEN])
-                aad = prefix + bytes(rows.value(i)) if rows is not None else prefix  # type: ignore[arg-type]
+                aad = _aad(bytes(value[:PREFIX_LEN]), version, name, rows.value(i) if rows is not None else None)
                 try:
                     pt = key.gcm_open(bytes(value[PREFIX_LEN : PREFIX_LEN + 12]), aad,
                                       bytes(value[PREFIX_LEN + 12 : -16]), bytes(value[-16:]))
@@ -670,12 +800,22 @@ class KeySource:
 
     def key_for(self, header: KeyHeader) -> bytearray:
         if self.job is not None:
-            return self.job.data_key(header)
+            return self.job.data_key(self._job_header(header))
         if self.spec is not None:
             return self.spec.data_key(header)
         from .engine import _unwrap
 
         return _unwrap(self.provider, header)  # type: ignore[arg-type]  (reads the same three fields)
+
+    def _job_header(self, header: KeyHeader) -> KeyHeader:
+        """An Alibaba message's header (no commitment) that has the same
+        algorithm, context and EDKs as one of the job's headers is looked up
+        as that header, so both formats share one cached data key."""
+        if header.commitment is None and self.job is not None:
+            for own in self.job.headers:
+                if own.legacy_form() == header:
+                    return own
+        return header
 
 
 def encrypt_with(
@@ -688,9 +828,13 @@ def encrypt_with(
     rows: Column | None,
     key_store: KeyHeaderStore | None,
     partition: tuple[int, int] | None = None,
+    column: str | None = None,
 ) -> tuple[SealedColumn, KeyHeader]:
-    """Encrypt a column with a key source; returns the output and the key header used."""
+    """Encrypt a column with a key source; returns the output and the key
+    header used. ``column`` (compact only; ignored by the Alibaba format, which
+    has no place for it) is bound into each value."""
     check_format(format, rows is not None)
+    column_name(column)  # a bad name fails before any KMS call
     if source.job is not None:
         job = source.job
         if encryption_context is not None and dict(encryption_context) != dict(job.headers[0].encryption_context):
@@ -708,7 +852,7 @@ def encrypt_with(
             if format == "compact":
                 if key_store is not None:
                     key_store.put(header)
-                return seal_compact(header.algorithm, data_key, header, col, rows), header
+                return seal_compact(header.algorithm, data_key, header, col, rows, column=column), header
             return seal_alibaba(header.algorithm, data_key, header, col), header
         finally:
             wipe(data_key)
@@ -729,10 +873,10 @@ def encrypt_with(
         raise ConfigurationError("more than 2^28 values under one data key: split the column, or use the compact format")
     data_key = _generate(source.provider, alg, ctx, col.span(), max(1, present))
     try:
-        header = KeyHeader(alg, ctx, tuple(data_key.encrypted_data_keys))
+        header = KeyHeader.for_data_key(alg, ctx, tuple(data_key.encrypted_data_keys), data_key.plaintext)
         if format == "compact":
             key_store.put(header)  # type: ignore[union-attr]
-            return seal_compact(alg, data_key.plaintext, header, col, rows), header
+            return seal_compact(alg, data_key.plaintext, header, col, rows, column=column), header
         return seal_alibaba(alg, data_key.plaintext, header, col), header
     finally:
         data_key.wipe()
@@ -758,7 +902,10 @@ def decrypt_with(
     key_store: KeyHeaderStore | None,
     headers: Iterable[KeyHeader] = (),
     expected_context: Mapping[str, str] | None = None,
+    column: str | None = None,
+    allow_uncommitted: bool = False,
 ) -> SealedColumn:
+    """Decrypt a column; ``column`` and ``allow_uncommitted`` apply to compact values."""
     check_format(format, detect=True)
     fmt = format or detect_format(col)
     if fmt == "alibaba":
@@ -766,7 +913,8 @@ def decrypt_with(
             raise ConfigurationError("row ids apply to the compact format only")
         return open_alibaba(col, source.key_for, expected_context)
     extra = {h.ref: h for h in headers}
-    return open_compact(col, lambda ref: source.headers(ref, key_store, extra), source.key_for, rows, expected_context)
+    return open_compact(col, lambda ref: source.headers(ref, key_store, extra), source.key_for, rows, expected_context,
+                        column=column, allow_uncommitted=allow_uncommitted)
 
 
 # ---------------------------------------------------------------- lists
@@ -781,16 +929,23 @@ def encrypt_values(
     algorithm: Algorithm | int | None = None,
     rows: Sequence[bytes | None] | None = None,
     key_store: KeyHeaderStore | None = None,
+    column: str | None = None,
 ) -> list[bytes | None]:
     """Encrypt a list of values (``None`` stays ``None``) for a database column.
 
-    ``key``: a :class:`~kmsenv.JobKey` or a data key provider. ``rows``: row
-    ids (bytes) to bind each value to (compact format only)."""
+    ``key``: a :class:`~kmsenv.JobKey` or a data key provider. ``column``: the
+    name of the column the values will be stored in, bound into each compact
+    value so that it does not open as another column's (pass the same name to
+    :func:`decrypt_values`; without it the empty name is bound, which every
+    other column written without one shares). ``rows``: row ids (bytes) to bind
+    each value to (compact format only)."""
+    if column is not None and format != "compact":
+        raise ConfigurationError("column= binds the column name into compact values: it needs format='compact'")
     col = Column.from_values(list(values))
     row_col = Column.from_values(list(rows), "rows") if rows is not None else None
     sealed, _ = encrypt_with(
         KeySource(key), col, format=format, encryption_context=encryption_context,
-        algorithm=algorithm, rows=row_col, key_store=key_store,
+        algorithm=algorithm, rows=row_col, key_store=key_store, column=column,
     )
     return sealed.values(col)
 
@@ -803,13 +958,20 @@ def decrypt_values(
     rows: Sequence[bytes | None] | None = None,
     key_store: KeyHeaderStore | None = None,
     expected_encryption_context: Mapping[str, str] | None = None,
+    column: str | None = None,
+    allow_uncommitted: bool = False,
 ) -> list[bytes | None]:
-    """Decrypt what :func:`encrypt_values` made; all or nothing."""
+    """Decrypt what :func:`encrypt_values` made; all or nothing.
+
+    ``column``: the name given to :func:`encrypt_values` (the values' original
+    column name, even if the column was renamed since). ``allow_uncommitted``:
+    also open compact format v1 values, written before key commitment
+    (refused by default: see ``docs/format.md`` §4)."""
     col = Column.from_values(list(values))
     row_col = Column.from_values(list(rows), "rows") if rows is not None else None
     opened = decrypt_with(
         KeySource(key), col, format=format, rows=row_col, key_store=key_store,
-        expected_context=expected_encryption_context,
+        expected_context=expected_encryption_context, column=column, allow_uncommitted=allow_uncommitted,
     )
     try:
         return opened.values(col)

@@ -61,12 +61,14 @@ def _encrypt_partition(
     format: str,
     aad_column: str | None,
     npartitions: int,
+    aad_name: str | None = None,
     partition_info: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Worker side of :func:`encrypt_column`: one partition."""
     partition = (partition_info["number"], npartitions) if partition_info is not None else None
     rows = pa.array(df[aad_column]) if aad_column else None
-    out = _arrow.encrypt_array(pa.array(df[column]), key, format=format, rows=rows, partition=partition)
+    out = _arrow.encrypt_array(pa.array(df[column]), key, format=format, rows=rows, partition=partition,
+                               column=aad_name)
     return df.assign(**{output: _series(out, df[column], output)})
 
 
@@ -79,11 +81,14 @@ def _decrypt_partition(
     aad_column: str | None,
     key_store: KeyHeaderStore | None,
     as_string: bool,
+    aad_name: str | None = None,
+    allow_uncommitted: bool = False,
 ) -> pd.DataFrame:
     """Worker side of :func:`decrypt_column`: one partition."""
     rows = pa.array(df[aad_column]) if aad_column else None
     out = _arrow.decrypt_array(
-        pa.array(df[column]), key, format=format, rows=rows, key_store=key_store, as_string=as_string
+        pa.array(df[column]), key, format=format, rows=rows, key_store=key_store, as_string=as_string,
+        column=aad_name, allow_uncommitted=allow_uncommitted,
     )
     return df.assign(**{output: _series(out, df[column], output)})
 
@@ -112,6 +117,7 @@ def encrypt_column(
     encryption_context: Mapping[str, str] | None = None,
     rows: int | None = None,
     key_store: KeyHeaderStore | None = None,
+    aad_name: str | None = None,
 ) -> Any:
     """Encrypt ``column`` of a Dask DataFrame (lazily) in place or into ``output``.
 
@@ -126,16 +132,20 @@ def encrypt_column(
     ``format``: ``"alibaba"`` (standalone messages) or ``"compact"`` (45 bytes
     per value; the key headers are in the JobKey: keep it, save them with
     ``jobkey.save(store)``, or pass ``key_store=``, which a compact job made
-    here from a provider requires). ``aad_column`` (compact only) binds every value
-    to that column's value in its row (a row id). The result column has dtype
+    here from a provider requires). Compact values are bound to the name of
+    the column that holds them (``output``, else ``column``; ``aad_name``
+    overrides it). ``aad_column`` (compact only) binds every value to that
+    column's value in its row (a row id). The result column has dtype
     :data:`BINARY`; nulls stay null.
     """
     _check_columns(ddf, column, aad_column)
     check_format(format, aad_column is not None)
+    _arrow._check_column(aad_name, format)
     job = job_key_for(key, format=format, encryption_context=encryption_context, rows=rows, key_store=key_store)
     output = output or column
     return ddf.map_partitions(
         _encrypt_partition, column, job, output, format, aad_column, ddf.npartitions,
+        _arrow.bound_name(output, aad_name, format),
         meta=_meta(ddf, output, BINARY), align_dataframes=False,
     )
 
@@ -150,6 +160,8 @@ def decrypt_column(
     aad_column: str | None = None,
     key_store: KeyHeaderStore | None = None,
     as_string: bool = True,
+    aad_name: str | None = None,
+    allow_uncommitted: bool = False,
 ) -> Any:
     """Decrypt ``column`` (made by :func:`encrypt_column`) lazily, in place or into ``output``.
 
@@ -164,6 +176,9 @@ def decrypt_column(
     ``as_string``: values as pandas strings (validated UTF-8), else
     :data:`BINARY`. All or nothing per partition: a bad value raises
     :class:`kmsenv.AuthenticationError` naming its index in the partition.
+    Compact values are read under the name ``column`` (``aad_name``: the name
+    they were written under, for a renamed column). ``allow_uncommitted``:
+    also open compact format v1 values (no key commitment; refused by default).
     """
     _check_columns(ddf, column, aad_column)
     check_format(format, detect=True)
@@ -172,6 +187,7 @@ def decrypt_column(
     dtype = pd.Series([], dtype="str").dtype if as_string else BINARY
     return ddf.map_partitions(
         _decrypt_partition, column, key, output, format, aad_column, key_store, as_string,
+        aad_name if aad_name is not None else column, bool(allow_uncommitted),
         meta=_meta(ddf, output, dtype), align_dataframes=False,
     )
 

@@ -194,7 +194,9 @@ class JobKey:
         for _ in range(count):
             data_key = _generate(provider, alg, ctx)
             try:
-                headers.append(KeyHeader(alg, ctx, tuple(data_key.encrypted_data_keys)))
+                # The header commits to the key (compact format v2, docs/format.md §4).
+                headers.append(KeyHeader.for_data_key(alg, ctx, tuple(data_key.encrypted_data_keys),
+                                                      data_key.plaintext))
             finally:
                 data_key.wipe()  # the driver keeps EDKs only
         job = cls(tuple(headers), spec, max_messages_per_key, rows)

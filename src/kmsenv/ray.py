@@ -87,8 +87,10 @@ class Encryptor:
 
     ``jobkey``: a :class:`kmsenv.JobKey`. ``format``: ``"alibaba"`` or
     ``"compact"`` (the key headers stay in the JobKey: keep it, or
-    ``jobkey.save(store)``). ``aad_column`` (compact only) binds each value to
-    that column's value in its row. ``share`` (required for ``"alibaba"``):
+    ``jobkey.save(store)``; each value is bound to the name of the column that
+    holds it, ``output`` or ``column``, or ``aad_name``). ``aad_column``
+    (compact only) binds each value to that column's value in its row.
+    ``share`` (required for ``"alibaba"``):
     the most actors that may run this Encryptor; see the module doc for the
     per-actor budget. Output: a ``binary`` column; nulls stay null.
     """
@@ -102,10 +104,12 @@ class Encryptor:
         format: str = "alibaba",
         aad_column: str | None = None,
         share: int | None = None,
+        aad_name: str | None = None,
     ) -> None:
         if not isinstance(jobkey, JobKey):
             raise ConfigurationError("Encryptor takes a kmsenv.JobKey (JobKey.create(provider) on the driver)")
         check_format(format, aad_column is not None)
+        _arrow._check_column(aad_name, format)
         if format == "alibaba":
             if isinstance(share, bool) or not isinstance(share, int) or share < 1:
                 raise ConfigurationError(
@@ -120,6 +124,7 @@ class Encryptor:
         self.output = output or column
         self.format = format
         self.aad_column = aad_column
+        self.aad_name = _arrow.bound_name(self.output, aad_name, format)
         self.share = share
         self.key_index = 0  # the JobKey's key this actor seals with
         self.sealed = 0  # Alibaba-format values sealed under it by this actor
@@ -151,7 +156,8 @@ class Encryptor:
         values = _column(batch, self.column)
         rows = _column(batch, self.aad_column) if self.aad_column else None
         partition = self._partition(len(values) - values.null_count)
-        out = _arrow.encrypt_array(values, self.jobkey, format=self.format, rows=rows, partition=partition)
+        out = _arrow.encrypt_array(values, self.jobkey, format=self.format, rows=rows, partition=partition,
+                                   column=self.aad_name)
         return _put(batch, self.column, self.output, out)
 
 
@@ -162,8 +168,12 @@ class Decryptor:
     :class:`kmsenv.WorkerSpec`, or a :class:`kmsenv.KmsKeyProvider` (turned
     into its WorkerSpec here, so the provider's client and credentials are not
     shipped). Compact values find their key header in the JobKey or
-    ``key_store``. ``as_string``: UTF-8 strings, else binary. With a JobKey,
-    ``__init__`` fetches its first data key (one KMS Decrypt per actor).
+    ``key_store`` and are read under the name ``column`` (``aad_name``: the
+    name they were written under, for a renamed column);
+    ``allow_uncommitted`` also opens compact format v1 values (no key
+    commitment; refused by default). ``as_string``: UTF-8 strings, else
+    binary. With a JobKey, ``__init__`` fetches its first data key (one KMS
+    Decrypt per actor).
     """
 
     def __init__(
@@ -176,6 +186,8 @@ class Decryptor:
         aad_column: str | None = None,
         key_store: KeyHeaderStore | None = None,
         as_string: bool = True,
+        aad_name: str | None = None,
+        allow_uncommitted: bool = False,
     ) -> None:
         check_format(format, detect=True)
         key = reader_key(key)
@@ -186,6 +198,8 @@ class Decryptor:
         self.aad_column = aad_column
         self.key_store = key_store
         self.as_string = as_string
+        self.aad_name = aad_name if aad_name is not None else column
+        self.allow_uncommitted = bool(allow_uncommitted)
         if isinstance(key, JobKey):
             _warm(key.spec, key.headers[0])
 
@@ -193,7 +207,8 @@ class Decryptor:
         values = _column(batch, self.column)
         rows = _column(batch, self.aad_column) if self.aad_column else None
         out = _arrow.decrypt_array(
-            values, self.key, format=self.format, rows=rows, key_store=self.key_store, as_string=self.as_string
+            values, self.key, format=self.format, rows=rows, key_store=self.key_store, as_string=self.as_string,
+            column=self.aad_name, allow_uncommitted=self.allow_uncommitted,
         )
         return _put(batch, self.column, self.output, out)
 
@@ -219,6 +234,7 @@ def encrypt_dataset(
     output: str | None = None,
     format: str = "alibaba",
     aad_column: str | None = None,
+    aad_name: str | None = None,
     **map_batches_args: Any,
 ) -> Any:
     """``ds.map_batches(Encryptor, ...)`` on a fixed pool of ``concurrency``
@@ -230,7 +246,9 @@ def encrypt_dataset(
         Encryptor,
         compute=compute,
         fn_constructor_args=(jobkey, column),
-        fn_constructor_kwargs={"output": output, "format": format, "aad_column": aad_column, "share": concurrency},
+        fn_constructor_kwargs={
+            "output": output, "format": format, "aad_column": aad_column, "share": concurrency, "aad_name": aad_name,
+        },
         batch_format="pyarrow",
         num_cpus=num_cpus,
         **map_batches_args,
@@ -249,6 +267,8 @@ def decrypt_dataset(
     aad_column: str | None = None,
     key_store: KeyHeaderStore | None = None,
     as_string: bool = True,
+    aad_name: str | None = None,
+    allow_uncommitted: bool = False,
     **map_batches_args: Any,
 ) -> Any:
     """``ds.map_batches(Decryptor, ...)`` on a fixed pool of ``concurrency``
@@ -261,6 +281,7 @@ def decrypt_dataset(
         fn_constructor_args=(key, column),
         fn_constructor_kwargs={
             "output": output, "format": format, "aad_column": aad_column, "key_store": key_store, "as_string": as_string,
+            "aad_name": aad_name, "allow_uncommitted": allow_uncommitted,
         },
         batch_format="pyarrow",
         num_cpus=num_cpus,

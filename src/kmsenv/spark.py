@@ -17,7 +17,9 @@ never from the task closure or the Spark conf.
 Formats: ``"alibaba"`` makes each value a standalone Alibaba SDK message;
 ``"compact"`` adds 45 bytes per value and needs its key header to read:
 store the JobKey's headers yourself (``JobKey.create(..., key_store=store)``
-or ``key_store=`` here) and decrypt with that store or the JobKey.
+or ``key_store=`` here) and decrypt with that store or the JobKey. Compact
+values are bound to the name of the column that holds them (``aad_name=``
+overrides it: read a renamed column with the name it was written under).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def encrypt_column(
     rows: int | None = None,
     encryption_context: Mapping[str, str] | None = None,
     key_store: KeyHeaderStore | None = None,
+    aad_name: str | None = None,
 ) -> DataFrame:
     """Encrypt one string/binary column of ``df`` (lazily, with ``mapInArrow``).
 
@@ -95,9 +98,12 @@ def encrypt_column(
     Nulls stay null. ``aad_column`` (compact format) binds each value to that
     column's value, a row id that must be given again to decrypt. With the
     compact format the key headers must be kept: ``key_store=`` receives them
-    on the driver (or keep the JobKey, or ``JobKey.create(..., key_store=)``).
+    on the driver (or keep the JobKey, or ``JobKey.create(..., key_store=)``),
+    and each value is bound to the name of the column that holds it
+    (``output`` or ``column``, or ``aad_name``).
     """
     check_format(format, aad_column is not None)
+    _arrow._check_column(aad_name, format)
     source = _field(df, column, "input")
     if not isinstance(source.dataType, (StringType, BinaryType)):
         raise ConfigurationError(f"column {column!r} must be a string or binary column, not {source.dataType.simpleString()}")
@@ -108,7 +114,7 @@ def encrypt_column(
     partitions = max(1, df.rdd.getNumPartitions())
     fn = functools.partial(
         _encrypt_batches, column=column, output=output or column, key=job, format=format,
-        aad_column=aad_column, partitions=partitions,
+        aad_column=aad_column, partitions=partitions, aad_name=_arrow.bound_name(output or column, aad_name, format),
     )
     return df.mapInArrow(fn, schema)
 
@@ -124,6 +130,8 @@ def decrypt_column(
     key_store: KeyHeaderStore | None = None,
     as_string: bool = True,
     expected_encryption_context: Mapping[str, str] | None = None,
+    aad_name: str | None = None,
+    allow_uncommitted: bool = False,
 ) -> DataFrame:
     """Decrypt a column made by :func:`encrypt_column` (lazily, all or nothing
     per batch: a bad value fails the task with an error naming the value).
@@ -136,6 +144,9 @@ def decrypt_column(
     ``kmsenv.DictKeyHeaderStore``, or a ``SqliteKeyHeaderStore`` whose path
     every executor can read). ``aad_column``: the row-id column the values were
     bound to. Output is StringType when ``as_string`` else BinaryType.
+    Compact values are read under the name ``column`` (``aad_name``: the name
+    they were written under, for a renamed column). ``allow_uncommitted``:
+    also open compact format v1 values (no key commitment; refused by default).
     """
     check_format(format, detect=True)
     _field(df, column, "input")
@@ -147,14 +158,21 @@ def decrypt_column(
         _decrypt_batches, column=column, output=output or column, key=key, format=format,
         aad_column=aad_column, key_store=key_store, as_string=as_string,
         expected_encryption_context=dict(expected_encryption_context) if expected_encryption_context else None,
+        aad_name=aad_name if aad_name is not None else column, allow_uncommitted=allow_uncommitted,
     )
     return df.mapInArrow(fn, schema)
 
 
-def encrypt_udf(jobkey: JobKey, *, format: str = "alibaba", partitions: int | None = None) -> Any:
+def encrypt_udf(
+    jobkey: JobKey, *, format: str = "alibaba", partitions: int | None = None, aad_name: str | None = None
+) -> Any:
     """An iterator ``arrow_udf`` (Spark >= 4.1) returning BinaryType, for
     ``df.select(enc("email"))`` or, compact with row binding,
     ``enc("email", "id")``.
+
+    ``aad_name`` (required for the compact format): the name of the column
+    the values will be stored in (the UDF cannot see its alias), bound into
+    each value; :func:`decrypt_column` reads it under that name.
 
     ``partitions``: the partition count of the DataFrame it runs on; with the
     Alibaba format it selects the data key and enforces each partition's share
@@ -168,7 +186,13 @@ def encrypt_udf(jobkey: JobKey, *, format: str = "alibaba", partitions: int | No
     if not isinstance(jobkey, JobKey):
         raise ConfigurationError("encrypt_udf needs a kmsenv.JobKey (JobKey.create(provider, ...) on the driver)")
     check_format(format)
-    fn = functools.partial(_encrypt_arrays, key=jobkey, format=format, partitions=partitions)
+    _arrow._check_column(aad_name, format)
+    if format == "compact" and aad_name is None:
+        raise ConfigurationError(
+            "encrypt_udf(format='compact') needs aad_name=: the name of the column the values will be stored "
+            "in (compact values are bound to it)"
+        )
+    fn = functools.partial(_encrypt_arrays, key=jobkey, format=format, partitions=partitions, aad_name=aad_name)
     with warnings.catch_warnings():
         # A partial has no type hints to infer the UDF type from; it is given.
         warnings.filterwarnings("ignore", "It is preferred to specify type hints", UserWarning)
@@ -238,7 +262,7 @@ def _replace(batch: pa.RecordBatch, column: str, output: str, array: Any) -> pa.
 
 def _encrypt_batches(
     batches: Iterable[pa.RecordBatch], *, column: str, output: str, key: JobKey, format: str,
-    aad_column: str | None, partitions: int,
+    aad_column: str | None, partitions: int, aad_name: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     part = _partition(partitions, format)
     budget = _Budget(key, partitions, format)
@@ -246,30 +270,34 @@ def _encrypt_batches(
         values = batch.column(column)
         budget.add(values)
         rows = batch.column(aad_column) if aad_column else None
-        sealed = _arrow.encrypt_array(values, key, format=format, rows=rows, partition=part)
+        sealed = _arrow.encrypt_array(values, key, format=format, rows=rows, partition=part, column=aad_name)
         yield _replace(batch, column, output, _like(sealed, values.type))
 
 
 def _decrypt_batches(
     batches: Iterable[pa.RecordBatch], *, column: str, output: str, key: Any, format: str | None,
     aad_column: str | None, key_store: KeyHeaderStore | None, as_string: bool,
-    expected_encryption_context: Mapping[str, str] | None,
+    expected_encryption_context: Mapping[str, str] | None, aad_name: str | None = None,
+    allow_uncommitted: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         values = batch.column(column)
         rows = batch.column(aad_column) if aad_column else None
         opened = _arrow.decrypt_array(
             values, key, format=format, rows=rows, key_store=key_store, as_string=as_string,
-            expected_encryption_context=expected_encryption_context,
+            expected_encryption_context=expected_encryption_context, column=aad_name,
+            allow_uncommitted=allow_uncommitted,
         )
         yield _replace(batch, column, output, _like(opened, values.type, as_string))
 
 
-def _encrypt_arrays(items: Iterator[Any], *, key: JobKey, format: str, partitions: int | None) -> Iterator[Any]:
+def _encrypt_arrays(
+    items: Iterator[Any], *, key: JobKey, format: str, partitions: int | None, aad_name: str | None = None
+) -> Iterator[Any]:
     part = _partition(partitions, format) if partitions else None
     budget = _Budget(key, partitions, format) if partitions else None
     for item in items:
         values, rows = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
         if budget is not None:
             budget.add(values)
-        yield _arrow.encrypt_array(values, key, format=format, rows=rows, partition=part)
+        yield _arrow.encrypt_array(values, key, format=format, rows=rows, partition=part, column=aad_name)

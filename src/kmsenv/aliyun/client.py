@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Mapping
 
-from kmsenv import engine
+from kmsenv import _process, engine
 from kmsenv.exceptions import ConfigurationError
 
 from .ckm.base import CryptoKeyManager
@@ -70,6 +70,11 @@ class AliyunCrypto:
         self.allow_unauthenticated = bool(allow_unauthenticated)
         self._kms: Any = None
         self._kms_lock = threading.Lock()
+        _process.track(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The Kms itself resets its clients; only this lock may be stuck.
+        self._kms_lock = _process.new_lock()
 
     @property
     def crypto_key_manager(self) -> CryptoKeyManager:
