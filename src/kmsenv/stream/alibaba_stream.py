@@ -2,15 +2,21 @@
 
 The body is one GCM message whose single tag sits at the very end, so a
 reader cannot know a byte is genuine before it has seen them all. Decryption
-therefore makes two passes: the first only verifies the tag (re-reading a
-seekable input, else spooling the ciphertext to a temporary file), the second
-decrypts and releases plaintext, and re-checks the tag at its end.
+therefore makes two passes. The first reads the input once, verifies the tag
+and keeps what it read in a private spool (in memory up to SPOOL_MEMORY, then
+an anonymous 0600 temporary file: O_TMPFILE or unlinked at once); an exact
+``io.BytesIO`` input is not copied, its bytes object being immutable. The
+second decrypts and releases plaintext from those verified bytes, never from
+the input again (another writer may change a file between the passes), and
+re-checks the tag at its end.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import os
+import stat
 import struct
 import tempfile
 from types import MappingProxyType
@@ -20,7 +26,7 @@ from .._wipe import wipe
 from ..algorithms import Algorithm, algorithm_from_id
 from ..crypto import get_backend
 from ..engine import _context_bytes_for_encrypt, _generate, _Key, _unwrap
-from ..exceptions import AuthenticationError, MessageFormatError, UnsupportedAlgorithmError
+from ..exceptions import AuthenticationError, ConfigurationError, MessageFormatError, UnsupportedAlgorithmError
 from ..message.codec import (
     MAX_ARN_BYTES,
     MAX_CONTEXT_BYTES,
@@ -38,9 +44,10 @@ VERSION = 1
 TAG_LEN = 16
 IV_LEN = 12
 CHUNK = 1024 * 1024
-# Spooled copies of non-seekable input stay in memory up to this size.
+# The spooled body stays in memory up to this size, then moves to a private file.
 SPOOL_MEMORY = 4 * 1024 * 1024
 _MAX_EDK_TEXT = (MAX_EDK_BYTES + 2) // 3 * 4
+_CHANGED = "the ciphertext changed between the verification and decryption passes"
 
 _u32 = struct.Struct(">I")
 _u32le = struct.Struct("<I")
@@ -174,14 +181,92 @@ class AlibabaStreamEncryptor:
         self._gcm.close()
 
 
-def _seekable_at(f: Any) -> int | None:
-    """The current offset of ``f`` if it can be re-read from there, else None."""
-    try:
-        if f.seekable():
-            return int(f.tell())
-    except (AttributeError, OSError, ValueError):
-        pass
-    return None
+def _is_private(f: Any) -> bool:
+    """True if no other user can reach ``f`` and it has no name to be found
+    by: owned by us, mode 0600 or tighter, no links. Not checkable on
+    Windows, where a temporary file keeps its name until it is closed."""
+    if os.name != "posix":
+        return True
+    st = os.fstat(f.fileno())
+    return st.st_nlink == 0 and st.st_uid == os.geteuid() and not stat.S_IMODE(st.st_mode) & 0o077
+
+
+def _private_file(spool_dir: str | None) -> Any:
+    """An anonymous 0600 temporary file: O_TMPFILE where the file system has
+    it, else created 0600 and unlinked at once (tempfile.TemporaryFile).
+    ``spool_dir`` is tried first; where it refuses a file (not writable, e.g.
+    /dev for /dev/null) or keeps unlinked open files under a name (NFS's
+    .nfsXXXX), the temp dir is used instead."""
+    for directory in dict.fromkeys([spool_dir, None]):  # spool_dir, then the temp dir
+        try:
+            f = tempfile.TemporaryFile(dir=directory, buffering=0)  # noqa: SIM115 - the spool owns and closes it
+        except OSError:
+            if directory is None:
+                raise
+            continue
+        try:
+            if _is_private(f):
+                return f
+        except BaseException:
+            f.close()
+            raise
+        f.close()
+    raise ConfigurationError(
+        "cannot make a private (0600, unlinked) temporary file to spool the stream: check the temp dir (TMPDIR)"
+    )
+
+
+class _Spool:
+    """The private copy of the body that pass 1 writes and pass 2 decrypts:
+    in memory up to ``memory_limit`` bytes, then an anonymous 0600 file. No
+    other user can change what pass 1 verified, and no name leads to it (a
+    process of the same user allowed to ptrace this one could still reach it
+    through /proc, as it could this process's memory)."""
+
+    def __init__(self, spool_dir: str | None, memory_limit: int):
+        self._dir = spool_dir
+        self._limit = memory_limit
+        self._memory: bytearray | None = bytearray()
+        self._file: Any = None
+        self._pos = 0
+
+    def write(self, data: memoryview) -> None:
+        if self._memory is not None:
+            if len(self._memory) + len(data) <= self._limit:
+                self._memory += data
+                return
+            self._file = _private_file(self._dir)
+            write_all(self._file, self._memory)
+            self._memory = None
+        write_all(self._file, data)
+
+    def rewind(self) -> None:
+        self._pos = 0
+        if self._file is not None:
+            self._file.seek(0)
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` unless the spool ends first; return the count."""
+        if self._memory is not None:
+            n = min(len(view), len(self._memory) - self._pos)
+            view[:n] = memoryview(self._memory)[self._pos : self._pos + n]
+            self._pos += n
+            return n
+        got = 0
+        while got < len(view):
+            n = self._file.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        return got
+
+    def close(self) -> None:
+        """Release the memory or close (and so delete) the file; it only ever
+        held ciphertext, so nothing is wiped."""
+        self._memory = None
+        f, self._file = self._file, None
+        if f is not None:
+            f.close()
 
 
 class AlibabaStreamDecryptor:
@@ -210,9 +295,10 @@ class AlibabaStreamDecryptor:
             )
         self._src = src
         self._key = _unwrap(provider, h)
-        self._spool: Any = None
+        self._spool: _Spool | None = None
+        self._snapshot: memoryview | None = None
         self._gcm: Any = None
-        self._buf = bytearray(CHUNK + TAG_LEN)
+        self._buf = bytearray(CHUNK)
         self._out = bytearray(CHUNK)
         self.bytes_out = 0
         try:
@@ -240,73 +326,93 @@ class AlibabaStreamDecryptor:
 
     def _verify_pass(self, spool_dir: str | None) -> None:
         """Pass 1: GHASH the whole body (its plaintext is thrown away), keeping
-        back the last 16 bytes as the tag. Non-seekable input is spooled."""
-        # Bytes already buffered in the Source sit before the file position.
-        start = _seekable_at(self._src.f)
-        if start is not None:
-            start -= self._src.pending
-        else:
-            self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, dir=spool_dir)
+        back the last 16 bytes as the tag, and keep the bytes it verified for
+        pass 2: the input itself is never read twice, so a file changed by
+        another writer in between cannot feed pass 2 unverified bytes."""
+        memory = self._src.memory()
         gcm = self._new_gcm()
-        held = bytearray()  # the last up-to-16 bytes seen: the tag, if the input ends here
-        length = 0
-        view = memoryview(self._buf)
         try:
-            while True:
-                n = self._src.readinto(view[:CHUNK])
-                if n == 0:
-                    break
-                if self._spool is not None:
-                    self._spool.write(view[:n])
-                data = bytes(held) + bytes(view[:n])
-                body, held = data[: len(data) - TAG_LEN], bytearray(data[len(data) - TAG_LEN :])
-                if len(body) > 0:
-                    gcm.update_into(body, self._out)
-                length += n
-            if length < TAG_LEN:
-                raise MessageFormatError("truncated message: the body tag is missing")
+            if memory is not None:
+                tag = self._hash_snapshot(gcm, memory)
+            else:
+                self._spool = _Spool(spool_dir, SPOOL_MEMORY)
+                tag = self._hash_and_spool(gcm, self._spool)
             try:
-                gcm.verify(bytes(held))
+                gcm.verify(tag)
             except AuthenticationError:
                 raise AuthenticationError("message body authentication failed: the body was altered") from None
         finally:
             gcm.close()
-            wipe(self._out)
-        self._ct_len = length - TAG_LEN
-        self._tag = bytes(held)
-        self._left = self._ct_len
+            wipe(self._out)  # unverified plaintext
+        self._tag = tag
         if self._spool is not None:
-            self._spool.seek(0)
-            self._reader: Any = self._spool
-        else:
-            self._src.f.seek(start)
-            self._reader = self._src.f
+            self._spool.rewind()
         self._gcm = self._new_gcm()
 
+    def _hash_snapshot(self, gcm: Any, memory: memoryview) -> bytes:
+        """An exact io.BytesIO: its bytes object is already a private copy
+        (immutable; a later write to the BytesIO copies it first), so pass 2
+        reads the same view and nothing is spooled."""
+        if len(memory) < TAG_LEN:
+            raise MessageFormatError("truncated message: the body tag is missing")
+        self._src.advance(len(memory))
+        self._ct_len = self._left = len(memory) - TAG_LEN
+        self._snapshot = memory[: self._ct_len]
+        for pos in range(0, self._ct_len, CHUNK):
+            piece = memory[pos : min(pos + CHUNK, self._ct_len)]
+            gcm.update_into(piece, self._out)
+        return bytes(memory[self._ct_len :])
+
+    def _hash_and_spool(self, gcm: Any, spool: _Spool) -> bytes:
+        """Read the input once, into the spool, hashing all but the last 16
+        bytes seen so far (they are the tag if the input ends there)."""
+        view = memoryview(self._buf)[:CHUNK]
+        tail = b""
+        length = 0
+        while True:
+            n = self._src.readinto(view)
+            if n == 0:
+                break
+            spool.write(view[:n])
+            length += n
+            # Of tail + view[:n], all but the last 16 bytes are body.
+            keep = min(TAG_LEN, len(tail) + n)
+            release = len(tail) + n - keep
+            from_tail = min(release, len(tail))
+            if from_tail:
+                gcm.update_into(tail[:from_tail], self._out)
+            if release > from_tail:
+                gcm.update_into(view[: release - from_tail], self._out)
+            tail = tail[from_tail:] + bytes(view[release - from_tail : n])
+        if length < TAG_LEN:
+            raise MessageFormatError("truncated message: the body tag is missing")
+        self._ct_len = self._left = length - TAG_LEN
+        return tail
+
     def read_chunk(self) -> memoryview | None:
-        """Pass 2: decrypt the verified body a chunk at a time; at the end the
-        tag is checked again (the input must not have changed in between)."""
+        """Pass 2: decrypt the bytes pass 1 verified (its spool or snapshot) a
+        chunk at a time. At the end the tag is checked again: defence in depth,
+        since nothing outside this process can reach those bytes."""
         if self._gcm is None:
             return None
         if self._left == 0:
             try:
                 self._gcm.verify(self._tag)
             except AuthenticationError:
-                raise AuthenticationError("the input changed between the verification and decryption passes") from None
+                raise AuthenticationError(_CHANGED) from None
             finally:
                 self.close()
             return None
         step = min(CHUNK, self._left)
-        view = memoryview(self._buf)[:step]
-        got = 0
-        while got < step:
-            data = self._reader.read(step - got)
-            if not data:
-                raise AuthenticationError("the input changed between the verification and decryption passes")
-            view[got : got + len(data)] = data
-            got += len(data)
+        start = self._ct_len - self._left
+        if self._snapshot is not None:
+            piece = self._snapshot[start : start + step]
+        else:
+            piece = memoryview(self._buf)[:step]
+            if self._spool is None or self._spool.readinto(piece) != step:
+                raise AuthenticationError(_CHANGED)
         out = memoryview(self._out)[:step]
-        self._gcm.update_into(view, out)
+        self._gcm.update_into(piece, out)
         self._left -= step
         self.bytes_out += step
         return out
@@ -315,8 +421,11 @@ class AlibabaStreamDecryptor:
         if self._gcm is not None:
             self._gcm.close()
             self._gcm = None
-        if self._spool is not None:
-            self._spool.close()  # deletes it; it only ever held ciphertext
-            self._spool = None
-        wipe(self._key)
-        wipe(self._out)
+        spool, self._spool = self._spool, None
+        self._snapshot = None
+        try:
+            if spool is not None:
+                spool.close()
+        finally:
+            wipe(self._key)
+            wipe(self._out)

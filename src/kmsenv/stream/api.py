@@ -5,9 +5,10 @@ three on-the-wire formats.
 format             what                                        memory
 =================  ==========================================  ================
 ``framed``         kmsenv's committing framed format           a few frames
-``alibaba-stream`` the Java SDK's stream layout (single tag)   ~2 MiB; spools
-                                                               non-seekable
-                                                               input to disk
+``alibaba-stream`` the Java SDK's stream layout (single tag)   ~6 MiB; spools
+                                                               the body to an
+                                                               anonymous 0600
+                                                               temp file
 ``alibaba``        one DER message (official SDKs' one-shot)   the whole input
 =================  ==========================================  ================
 
@@ -256,8 +257,10 @@ def _make_decryptor(
 
 
 def _dir_of(f: Any) -> str | None:
+    """The directory of a destination that is a named regular file (where the
+    caller has room for the output); None for /dev/null, <stdout>, pipes."""
     name = getattr(f, "name", None)
-    if isinstance(name, str) and name and os.path.dirname(os.path.abspath(name)):
+    if isinstance(name, str) and name and os.path.isfile(name):
         directory = os.path.dirname(os.path.abspath(name))
         return directory if os.path.isdir(directory) else None
     return None
@@ -279,8 +282,10 @@ def decrypt_stream(
     messages a batch of frames at a time, Java streams after the whole body's
     tag verified. On an error ``dst`` holds at most the verified frames that
     preceded the damage (never any of a damaged frame), and the call raises a
-    :class:`KmsEnvError`. A non-seekable Java-stream input is spooled to a
-    temporary file next to ``dst`` when ``dst`` has a file name. Framed
+    :class:`KmsEnvError`. A Java-stream body is decrypted from the private
+    copy its verification made (over 4 MiB: an anonymous 0600 temporary file
+    next to ``dst`` when ``dst`` is a named regular file, else in the temp
+    dir), never read from ``src`` twice. Framed
     messages take the same fast paths as :func:`encrypt_stream` (an
     ``io.BytesIO`` source read in place; with more than one thread and an
     OS-level ``dst``, verified batches written on a helper thread)."""
