@@ -2,7 +2,9 @@
 
 Parsing is strict (spec: alibaba-message-format.md section 12, plus section 15
 item 18): exactly five colon-separated parts, ``acs`` and ``kms`` literally, a
-non-empty region, account ID and key ID, and resource type ``key``.  Nothing is
+non-empty region, account ID and key ID, and resource type ``key``; no
+whitespace and no control or format characters (an ARN is printed and logged,
+and an ESC or a bidi override in it would reach the terminal).  Nothing is
 trimmed or normalised silently, so ``str(Arn.parse(text)) == text`` for every
 accepted ``text`` and ARNs can be compared as strings.
 """
@@ -10,11 +12,12 @@ accepted ``text`` and ARNs can be compared as strings.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from kmsenv.exceptions import ConfigurationError
 
-__all__ = ["Arn"]
+__all__ = ["Arn", "control_character"]
 
 # A region ends up in a host name (kms.<region>.aliyuncs.com), so keep it to
 # host-name-safe characters.  Real region IDs look like "cn-hangzhou",
@@ -23,6 +26,23 @@ _REGION_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\Z")
 # Account UIDs are digits on the real service; accept any token without
 # separators or whitespace so emulators with other IDs still work.
 _TOKEN_RE = re.compile(r"[^\s:/]+\Z")
+
+
+# Control (Cc: C0, DEL, C1), format (Cf: bidi overrides and isolates, zero-width
+# characters) and surrogate (Cs) code points: none is part of a real ARN, and a
+# terminal or a log viewer may act on them instead of showing them.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
+
+
+def control_character(text: str) -> str | None:
+    """The first control, format or surrogate character of ``text`` as ``U+XXXX``
+    (for an error message that must not echo it), or None."""
+    if text.isprintable():  # no Cc/Cf/Cs (nor Co/Cn/Z* but space): the usual case, in C
+        return None
+    for ch in text:
+        if unicodedata.category(ch) in _CONTROL_CATEGORIES:
+            return f"U+{ord(ch):04X}"
+    return None
 
 
 def _describe(text: str) -> str:
@@ -42,6 +62,9 @@ class Arn:
         for name in ("region", "account_id", "key_id"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigurationError(f"Arn.{name} must be a str")
+            bad = control_character(getattr(self, name))
+            if bad:
+                raise ConfigurationError(f"Arn.{name} contains the control character {bad}")
         if not _REGION_RE.match(self.region):
             raise ConfigurationError(f"invalid KMS region {self.region!r} in key ARN")
         if not _TOKEN_RE.match(self.account_id):
@@ -71,6 +94,10 @@ class Arn:
             )
         if any(ch.isspace() for ch in text):
             raise ConfigurationError(f"KMS key ARN {_describe(text)} contains whitespace")
+        bad = control_character(text)
+        if bad:
+            # _describe's repr escapes it: the message never carries the raw character.
+            raise ConfigurationError(f"KMS key ARN {_describe(text)} contains the control character {bad}")
         if text.startswith("alias/"):
             raise ConfigurationError(
                 f"{_describe(text)} is an alias; a full key ARN "

@@ -8,19 +8,37 @@
 Output is written to a temporary file beside the target and renamed into place
 only when the whole message has been written (encrypt) or verified (decrypt),
 so a failed or interrupted run never leaves a partial file, never replaces a
-good one and never touches its input.
+good one and never touches its input. SIGTERM, SIGINT and SIGHUP remove the
+temporary file before the process exits with 128 + the signal number.
+
+Symbolic links: paths named on the command line are followed (except that an
+output path which is itself a link is refused, never replaced); inside a tree
+(-r) links are skipped with a warning unless --follow-symlinks, and nothing is
+ever written through a link in the output tree. Text taken from a message (ARNs,
+context, errors quoting them) is printed with control characters escaped.
+See docs/cli.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import logging
 import os
+import re
+import secrets
+import signal
+import stat
 import sys
-import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator, Sequence
+from typing import IO, Any, BinaryIO
+
+from . import _process
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # anything not covered below (I/O errors, ...)
@@ -35,6 +53,76 @@ PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 
 class UsageError(Exception):
     """A mistake in the command line; reported with exit code 2."""
+
+
+class UnsafePathError(Exception):
+    """A path the CLI will not read or write through (a symbolic link, a loop, a
+    file that is not regular); reported for that file with exit code 1."""
+
+
+# ---------------------------------------------------------------- printing
+
+# What a terminal may act on instead of showing: C0 controls, DEL, C1 controls
+# (U+009B is a CSI on some terminals) and the Unicode bidi controls that reorder
+# the text around them (marks, embeddings, overrides, isolates, line/paragraph
+# separators). Any of them in an ARN or a context value of a crafted message
+# could otherwise rewrite what the user sees.
+_UNSAFE_BEYOND_C0 = "\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNSAFE_CHARS = re.compile(f"[\x00-\x1f{_UNSAFE_BEYOND_C0}]")
+# json.dumps escapes C0 inside strings itself; the C0 left in its output (indent's
+# newlines) is layout.
+_JSON_UNSAFE_CHARS = re.compile(f"[{_UNSAFE_BEYOND_C0}]")
+_NAMED_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escaped_char(match: re.Match[str]) -> str:
+    ch = match.group()
+    code = ord(ch)
+    return _NAMED_ESCAPES.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape(text: object) -> str:
+    """``str(text)`` safe to print on a terminal: the characters above become
+    Python-style escapes (``\\x1b``, ``\\u202e``); everything else, non-ASCII
+    letters included, is kept as is."""
+    return _UNSAFE_CHARS.sub(_escaped_char, str(text))
+
+
+def _json_text(record: Any, **kwargs: Any) -> str:
+    """``json.dumps`` with the characters :func:`escape` escapes written as JSON
+    ``\\uXXXX`` escapes. json.dumps escapes C0 controls itself but leaves DEL
+    and (with ensure_ascii=False) C1 and bidi controls raw; those only ever occur
+    inside JSON strings, so the output still parses to the same values."""
+    return _JSON_UNSAFE_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(record, **kwargs))
+
+
+def _say(text: str) -> None:
+    """One line on stderr, escaped (paths and message text can carry controls)."""
+    print(f"kmsenv: {escape(text)}", file=sys.stderr)
+
+
+class _EscapingFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+
+@contextlib.contextmanager
+def _escaped_log_warnings() -> Iterator[None]:
+    """The library's warnings (a CMK that failed, before the next is tried) as
+    Python's last-resort handler would print them, but escaped: they quote ARNs
+    and KMS error texts. An application that configured logging keeps its own."""
+    logger = logging.getLogger("kmsenv")
+    if logger.hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_EscapingFormatter("%(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 # ---------------------------------------------------------------- helpers
@@ -77,7 +165,7 @@ class Progress:
 
     def __init__(self, label: str, total: int | None, stream: IO[str] = sys.stderr):
         self.enabled = bool(total and total >= PROGRESS_MIN_BYTES and stream.isatty())
-        self.label, self.total, self.stream = label, total, stream
+        self.label, self.total, self.stream = escape(label), total, stream
         self.started = time.monotonic()
         self.last = 0.0
 
@@ -101,89 +189,419 @@ class Progress:
             self.stream.flush()
 
 
-@dataclass
-class Job:
-    src: str  # path or "-"
-    dst: str  # path or "-"
+# ---------------------------------------------------------------- temporary files and signals
+
+# Every temporary output file that exists (or is being created), as (directory
+# fd, name): what SIGTERM/SIGINT/SIGHUP remove before the process exits.
+_TEMPS: set[tuple[int, str]] = set()
+# Held while a temporary file is registered and created, and taken for good by
+# the exit path: so the exit path sees every file that exists and no new one is
+# created after it looked. Re-entrant because the main thread's handler can run
+# in the middle of a creation (between two bytecodes of that same thread).
+_TEMPS_LOCK = threading.RLock()
+_CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def _jobs(args: argparse.Namespace, encrypting: bool) -> Iterator[Job]:
-    src, dst = args.input, args.output
-    if not args.recursive:
-        if src != "-" and os.path.isdir(src):
-            raise UsageError(f"{src} is a directory: add -r to process a tree")
-        if src != "-" and dst != "-" and os.path.exists(dst) and os.path.samefile(src, dst):
-            raise UsageError("input and output are the same file")
-        yield Job(src, dst)
+def _forget_temps_after_fork() -> None:
+    # The parent's temporary files are the parent's to remove, not a child's.
+    global _TEMPS_LOCK
+    _TEMPS_LOCK = threading.RLock()
+    _TEMPS.clear()
+
+
+_process.register(__name__, ("_TEMPS", "_TEMPS_LOCK"), _forget_temps_after_fork)
+
+
+def _terminate(signum: int) -> None:
+    """Remove the temporary files and exit 128+signum (never returns).
+
+    os._exit: nothing may write to an output after this, and unwinding could
+    wait behind the very I/O being interrupted. Whichever of the two paths below
+    gets here first wins; the other blocks on the lock until the process ends."""
+    _TEMPS_LOCK.acquire()
+    for dir_fd, name in list(_TEMPS):
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+    if signum == signal.SIGINT:
+        os.write(2, b"kmsenv: interrupted; no partial output was left\n")
+    os._exit(128 + signum)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _terminate(signum)
+
+
+def _watch_signals(wakeup_fd: int) -> None:
+    """Act on a signal as soon as it arrives. A Python handler only runs in the
+    main thread between bytecodes: a signal landing while the main thread is in C
+    code (copying a pipe's data in BufferedReader) before it blocks in read()
+    would wait as long as the input stalls. CPython's C handler writes the
+    signal number to the wakeup fd at once, from any thread; this thread reads
+    it (its blocking read holds no GIL) and exits. Byte 0 stops the watch."""
+    while True:
+        for signum in os.read(wakeup_fd, 64):
+            if signum == 0:
+                return
+            if signum in _CLEANUP_SIGNALS:
+                _terminate(signum)
+
+
+@contextlib.contextmanager
+def _cleanup_on_signals() -> Iterator[None]:
+    """Remove temporary outputs and exit 128+signum on SIGTERM, SIGINT, SIGHUP.
+
+    A signal the caller set to be ignored stays ignored (``nohup kmsenv ...``
+    keeps running after a hang-up). Outside the main thread (main() called from
+    a thread of another program) handlers cannot be set: nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    if src == "-" or dst == "-" or not os.path.isdir(src):
-        raise UsageError("-r needs a directory for -i and a directory path for -o")
-    src_abs, dst_abs = os.path.abspath(src), os.path.abspath(dst)
-    if dst_abs == src_abs or dst_abs.startswith(src_abs + os.sep):
-        raise UsageError("with -r the output directory must not be inside the input directory")
-    for root, dirs, files in os.walk(src):
-        dirs.sort()
-        for name in sorted(files):
-            rel = os.path.relpath(os.path.join(root, name), src)
-            if encrypting:
-                out_rel = rel + SUFFIX
-            elif rel.endswith(SUFFIX):
-                out_rel = rel[: -len(SUFFIX)]
-            else:
-                continue  # not ours: leave it alone
-            yield Job(os.path.join(root, name), os.path.join(dst, out_rel))
+    previous = {}
+    for signum in _CLEANUP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, _on_signal)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(write_end, False)  # set_wakeup_fd requires it
+    previous_wakeup = signal.set_wakeup_fd(write_end)
+    watcher = threading.Thread(target=_watch_signals, args=(read_end,), name="kmsenv-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_wakeup)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        os.write(write_end, b"\0")
+        watcher.join()
+        os.close(read_end)
+        os.close(write_end)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _open_dir(path: str) -> int:
+    """A directory named on the command line (a link to a directory is followed)."""
+    return os.open(path, _DIR_FLAGS)
+
+
+def _is_link(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _output_dir(root_fd: int, parts: Sequence[str], shown: str) -> int:
+    """A new fd for ``root/parts[0]/.../parts[-1]``, creating missing directories.
+    Each step is opened with O_NOFOLLOW: a symbolic link planted in the output tree
+    is refused, so nothing is ever written outside it."""
+    fd = os.dup(root_fd)
+    try:
+        for name in parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o777, dir_fd=fd)
+            try:
+                sub = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(fd, name):
+                    raise UnsafePathError(
+                        f"refusing to write {shown}: {name} in its directory path is a symbolic link"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = sub
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _refuse_link(dir_fd: int, name: str, shown: str) -> None:
+    # os.replace would replace the link itself (its target untouched), but a
+    # link at the output path is not ours to remove either.
+    if _is_link(dir_fd, name):
+        raise UnsafePathError(f"refusing to replace {shown}: it is a symbolic link (remove it or name its target)")
+
+
+def _create_temp(dir_fd: int, name: str) -> tuple[int, str]:
+    """(fd, name) of a new 0600 file ``.NAME.XXXXXXXX.partial`` in ``dir_fd``.
+
+    O_CREAT|O_EXCL|O_NOFOLLOW: never an existing file, never through a link. The
+    name is registered for the signal handlers before the file exists, under
+    _TEMPS_LOCK, so there is no moment at which a signal leaves it behind; the
+    random part (64 bits) keeps a handler from ever matching somebody else's file."""
+    for _ in range(100):
+        tmp = f".{os.fsdecode(os.fsencode(name)[:200])}.{secrets.token_hex(8)}.partial"  # within NAME_MAX
+        with _TEMPS_LOCK:
+            _TEMPS.add((dir_fd, tmp))
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=dir_fd)
+            except FileExistsError:
+                _TEMPS.discard((dir_fd, tmp))
+                continue
+            except BaseException:
+                _TEMPS.discard((dir_fd, tmp))
+                raise
+        return fd, tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", name)
 
 
 class _AtomicOutput:
-    """A temp file beside the target, renamed over it only on commit()."""
+    """A temp file beside the target, renamed over it only on commit().
 
-    def __init__(self, path: str, private: bool):
-        self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        # mkstemp makes the file 0600: kept for decrypted plaintext; ciphertext
-        # gets the usual umask-based mode.
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
-        if not private:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-        self.file = os.fdopen(fd, "wb")
+    ``parts`` are the directories below ``root_fd`` (created as needed, never
+    through a link) and the file name."""
+
+    def __init__(self, root_fd: int, parts: Sequence[str], shown: str, private: bool):
+        self.shown, self.name = shown, parts[-1]
+        self.tmp: str | None = None
+        self.file: BinaryIO | None = None
+        self.dir_fd = _output_dir(root_fd, parts[:-1], shown)
+        try:
+            _refuse_link(self.dir_fd, self.name, shown)  # before any work is done for it
+            fd, self.tmp = _create_temp(self.dir_fd, self.name)
+            # The file is 0600: kept for decrypted plaintext; ciphertext gets the
+            # usual umask-based mode.
+            if not private:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(fd, 0o666 & ~umask)
+            self.file = os.fdopen(fd, "wb")
+        except BaseException:
+            self.discard()
+            raise
 
     def commit(self) -> None:
+        assert self.file is not None and self.tmp is not None
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        os.replace(self.tmp, self.path)
+        _refuse_link(self.dir_fd, self.name, self.shown)  # planted while we worked
+        os.replace(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        _TEMPS.discard((self.dir_fd, self.tmp))
+        self.tmp = None
+        self.discard()
 
     def discard(self) -> None:
         try:
-            self.file.close()
+            if self.file is not None:
+                self.file.close()
         finally:
+            if self.tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.tmp, dir_fd=self.dir_fd)
+                _TEMPS.discard((self.dir_fd, self.tmp))
+                self.tmp = None
+            if self.dir_fd >= 0:
+                os.close(self.dir_fd)
+                self.dir_fd = -1
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@dataclass
+class Job:
+    src: str  # path as shown, or "-"
+    dst: str  # path as shown, or "-"
+    open_src: Callable[[], BinaryIO] | None = None  # None: stdin
+    out_root: int | None = None  # directory fd the output's parts are under; None: stdout
+    out_parts: tuple[str, ...] = ()  # directories below out_root, then the file name
+
+
+def _output_name(name: str, encrypting: bool) -> str | None:
+    if encrypting:
+        return name + SUFFIX
+    if name.endswith(SUFFIX) and len(name) > len(SUFFIX):
+        return name[: -len(SUFFIX)]
+    return None  # not ours: leave it alone
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class _Outcome:
+    """The worst exit code so far, and the lines that explain it."""
+
+    def __init__(self) -> None:
+        self.worst = EXIT_OK
+
+    def warn(self, text: str) -> None:
+        _say(f"warning: {text}")
+
+    def fail(self, text: str, code: int = EXIT_FAILED) -> None:
+        _say(text)
+        self.worst = max(self.worst, code)
+
+
+def _open_regular(dir_fd: int, name: str, follow: bool, shown: str) -> BinaryIO:
+    """An input file of a tree, opened relative to its directory's fd. Without
+    ``follow``, O_NOFOLLOW: a file swapped for a link after the listing is refused.
+    O_NONBLOCK so that a FIFO swapped in cannot hang the open; only a regular file
+    is read."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise UnsafePathError(f"{shown} became a symbolic link; not followed") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(f"{shown} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _TreeWalk:
+    """The regular files of an input tree, as jobs writing into an output tree.
+
+    Listing and opening go through directory fds, so a directory swapped for a
+    link mid-walk is not followed either. With ``follow``, links are followed but
+    a directory that is one of its own ancestors (a loop) or the output directory
+    is refused."""
+
+    def __init__(self, src: str, dst: str, out_root: int, encrypting: bool, follow: bool, outcome: _Outcome):
+        self.src, self.dst, self.out_root = src, dst, out_root
+        self.encrypting, self.follow, self.outcome = encrypting, follow, outcome
+        st = os.fstat(out_root)
+        self.out_id = (st.st_dev, st.st_ino)
+
+    def jobs(self) -> Iterator[Job]:
+        fd = _open_dir(self.src)
+        try:
+            st = os.fstat(fd)
+            yield from self._walk(fd, self.src, (), frozenset({(st.st_dev, st.st_ino)}))
+        finally:
+            os.close(fd)
+
+    def _walk(self, fd: int, shown: str, rel: tuple[str, ...], ancestors: frozenset[tuple[int, int]]) -> Iterator[Job]:
+        try:
+            with os.scandir(fd) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.outcome.fail(f"{shown}: cannot list the directory: {exc.strerror}")
+            return
+        for entry in entries:
+            path = os.path.join(shown, entry.name)
             try:
-                os.unlink(self.tmp)
-            except FileNotFoundError:
-                pass
+                if entry.is_symlink() and not self.follow:
+                    self.outcome.warn(f"skipping symbolic link {path} (pass --follow-symlinks to follow links)")
+                elif entry.is_dir(follow_symlinks=self.follow):
+                    yield from self._enter(fd, entry.name, path, rel, ancestors)
+                elif entry.is_file(follow_symlinks=self.follow):
+                    out_name = _output_name(entry.name, self.encrypting)
+                    if out_name is not None:
+                        yield self._job(fd, entry.name, path, rel + (out_name,))
+                elif entry.is_symlink():
+                    self.outcome.fail(f"{path}: broken symbolic link")
+                else:
+                    self.outcome.warn(f"skipping {path}: not a regular file or directory")
+            except OSError as exc:
+                self.outcome.fail(f"{path}: {exc.strerror or exc}")
+
+    def _enter(self, fd: int, name: str, path: str, rel: tuple[str, ...],
+               ancestors: frozenset[tuple[int, int]]) -> Iterator[Job]:
+        flags = _DIR_FLAGS | (0 if self.follow else os.O_NOFOLLOW)
+        try:
+            sub = os.open(name, flags, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and not self.follow:
+                self.outcome.fail(f"{path} became a symbolic link; not followed")
+                return
+            raise
+        try:
+            st = os.fstat(sub)
+            ident = (st.st_dev, st.st_ino)
+            if ident in ancestors:
+                self.outcome.fail(f"{path}: symbolic link loop (it leads back to {os.path.realpath(path)}); skipped")
+            elif ident == self.out_id:
+                self.outcome.fail(f"{path}: leads into the output directory {self.dst}; skipped")
+            else:
+                yield from self._walk(sub, path, rel + (name,), ancestors | {ident})
+        finally:
+            os.close(sub)
+
+    def _job(self, fd: int, name: str, path: str, parts: tuple[str, ...]) -> Job:
+        # The job runs while this generator is suspended at its yield, so ``fd``
+        # is still open when open_src is called.
+        return Job(
+            path, os.path.join(self.dst, *parts),
+            open_src=lambda: _open_regular(fd, name, self.follow, path),
+            out_root=self.out_root, out_parts=parts,
+        )
+
+
+def _jobs(args: argparse.Namespace, encrypting: bool, outcome: _Outcome) -> Iterator[Job]:
+    src, dst = args.input, args.output
+    if not args.recursive:
+        yield from _single_job(src, dst)
+        return
+    if src == "-" or dst == "-" or not os.path.isdir(src):
+        raise UsageError("-r needs a directory for -i and a directory path for -o")
+    # Real paths: a link (or a path through one) to somewhere under the input is
+    # still under the input.
+    if _inside(os.path.realpath(dst), os.path.realpath(src)):
+        raise UsageError("with -r the output directory must not be inside the input directory "
+                         "(symbolic links resolved)")
+    os.makedirs(dst, exist_ok=True)
+    out_root = _open_dir(dst)
+    try:
+        yield from _TreeWalk(src, dst, out_root, encrypting, args.follow_symlinks, outcome).jobs()
+    finally:
+        os.close(out_root)
+
+
+def _single_job(src: str, dst: str) -> Iterator[Job]:
+    """One file. Paths the user typed are followed (a link named as -i is read;
+    -o may be reached through linked directories), but an -o that is itself a
+    symbolic link is refused rather than replaced."""
+    if src != "-" and os.path.isdir(src):
+        raise UsageError(f"{src} is a directory: add -r to process a tree")
+    if src != "-" and dst != "-" and os.path.exists(dst) and os.path.samefile(src, dst):
+        raise UsageError("input and output are the same file")
+    open_src = None if src == "-" else (lambda: open(src, "rb"))
+    if dst == "-":
+        yield Job(src, dst, open_src)
+        return
+    if os.path.islink(dst):
+        raise UsageError(f"{dst} is a symbolic link: kmsenv does not replace links (remove it or name its target)")
+    target = os.path.abspath(dst)
+    directory = os.path.dirname(target)
+    os.makedirs(directory, exist_ok=True)
+    out_root = _open_dir(directory)
+    try:
+        yield Job(src, dst, open_src, out_root, (os.path.basename(target),))
+    finally:
+        os.close(out_root)
 
 
 def _run_job(job: Job, action: Callable[[Any, Any, Callable[[int], None]], Any], encrypting: bool) -> Any:
     label = "encrypting" if encrypting else "decrypting"
-    src = sys.stdin.buffer if job.src == "-" else open(job.src, "rb")
-    total = None if job.src == "-" else os.fstat(src.fileno()).st_size
-    progress = Progress(label if job.src == "-" else job.src, total)
+    src = sys.stdin.buffer if job.open_src is None else job.open_src()
     out = None
     try:
-        if job.dst == "-":
-            result = action(src, sys.stdout.buffer, progress)
-            sys.stdout.buffer.flush()
-        else:
-            out = _AtomicOutput(job.dst, private=not encrypting)
-            result = action(src, out.file, progress)
-            out.commit()
-            out = None
-        return result
+        total = None if job.open_src is None else os.fstat(src.fileno()).st_size
+        progress = Progress(label if job.open_src is None else job.src, total)
+        try:
+            if job.out_root is None:
+                result = action(src, sys.stdout.buffer, progress)
+                sys.stdout.buffer.flush()
+            else:
+                out = _AtomicOutput(job.out_root, job.out_parts, job.dst, private=not encrypting)
+                result = action(src, out.file, progress)
+                out.commit()
+                out = None
+            return result
+        finally:
+            progress.finish()
     finally:
-        progress.finish()
         if out is not None:
             out.discard()
         if src is not sys.stdin.buffer:
@@ -209,27 +627,28 @@ def _metadata(job: Job, result: Any, error: BaseException | None) -> dict[str, A
 
 def _each(args: argparse.Namespace, encrypting: bool, action: Callable[..., Any]) -> int:
     meta = open(args.metadata_output, "a", encoding="utf-8") if args.metadata_output else None
-    worst = EXIT_OK
+    outcome = _Outcome()
     try:
-        for job in _jobs(args, encrypting):
-            result, error = None, None
-            try:
-                result = _run_job(job, action, encrypting)
-            except Exception as exc:
-                error = exc
-                code = _exit_code(exc)
-                print(f"kmsenv: {job.src}: {_explain(exc)}", file=sys.stderr)
-                worst = max(worst, code)
-                if not args.recursive:
-                    return code
-            finally:
-                if meta is not None:
-                    meta.write(json.dumps(_metadata(job, result, error)) + "\n")
-                    meta.flush()
+        with _cleanup_on_signals(), _escaped_log_warnings():
+            for job in _jobs(args, encrypting, outcome):
+                result, error = None, None
+                try:
+                    result = _run_job(job, action, encrypting)
+                except Exception as exc:
+                    error = exc
+                    code = _exit_code(exc)
+                    _say(f"{job.src}: {_explain(exc)}")
+                    outcome.worst = max(outcome.worst, code)
+                    if not args.recursive:
+                        return code
+                finally:
+                    if meta is not None:
+                        meta.write(_json_text(_metadata(job, result, error)) + "\n")
+                        meta.flush()
     finally:
         if meta is not None:
             meta.close()
-    return worst
+    return outcome.worst
 
 
 # ---------------------------------------------------------------- errors
@@ -274,6 +693,8 @@ def _explain(exc: BaseException) -> str:
         hint = "the message was encrypted under another context (kmsenv inspect shows it)"
     elif isinstance(exc, E.UnauthenticatedAlgorithmError):
         hint = "legacy CBC/CTR messages need --allow-unauthenticated"
+    elif isinstance(exc, UnsafePathError):
+        hint = "nothing was written for it"
     elif isinstance(exc, OSError):
         hint = "check the path and permissions"
     else:
@@ -348,7 +769,8 @@ def _inspect(args: argparse.Namespace) -> int:
     }
     if hasattr(header, "frame_size"):
         record["frame_size"] = header.frame_size
-    print(json.dumps(record, indent=2, ensure_ascii=False))
+    # Everything here comes from an unauthenticated header: escaped for the terminal.
+    print(_json_text(record, indent=2, ensure_ascii=False))
     return EXIT_OK
 
 
@@ -372,6 +794,8 @@ def _add_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--context", action="append", metavar="KEY=VALUE", help="encryption context entry (repeatable)")
     p.add_argument("--endpoint", action="append", metavar="REGION=URL", help="KMS endpoint for a region (repeatable)")
     p.add_argument("--metadata-output", metavar="FILE", help="append one JSON line per file to FILE")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="with -r, follow symbolic links in the input tree (default: skip them with a warning)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,10 +855,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("kmsenv: interrupted; no partial output was left", file=sys.stderr)
+        _say("interrupted; no partial output was left")
         return EXIT_INTERRUPTED
     except Exception as exc:
-        print(f"kmsenv: {_explain(exc)}", file=sys.stderr)
+        _say(_explain(exc))
         return _exit_code(exc)
 
 

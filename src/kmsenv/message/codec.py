@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 from .. import _process
 from ..algorithms import Algorithm, algorithm_from_id
+from ..arn import control_character
 from ..exceptions import ConfigurationError, MessageFormatError
 from ..model import EncryptedDataKey
 from . import der
@@ -278,6 +279,9 @@ def read_header_fields(
         entry.expect_end("encrypted data key")
         if not arn:
             raise MessageFormatError("an encrypted data key has an empty key ARN")
+        bad = control_character(arn)
+        if bad:  # as the stream codecs: no real ARN has one, and it would reach a terminal
+            raise MessageFormatError(f"a key ARN contains the control character {bad}")
         if arn in seen_arns:
             raise MessageFormatError("two encrypted data keys name the same CMK")
         seen_arns.add(arn)

@@ -217,8 +217,16 @@ def check_edk_count(count: int, limit: int) -> None:
 
 
 def decode_arn(raw: bytes) -> str:
-    """A key ARN read from a stream header (UTF-8)."""
+    """A key ARN read from a stream header (UTF-8, no control characters: no real
+    ARN has one, and an ESC or bidi override in a crafted one would reach the
+    terminal of whoever inspects the message)."""
+    from kmsenv.arn import control_character
+
     try:
-        return raw.decode("utf-8")
+        arn = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise MessageFormatError("key ARN is not valid UTF-8") from None
+    bad = control_character(arn)
+    if bad:
+        raise MessageFormatError(f"a key ARN contains the control character {bad}")
+    return arn
