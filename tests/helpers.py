@@ -50,3 +50,44 @@ class FakeKmsProvider:
             except (ValueError, KeyError, TypeError):
                 continue
         raise kmsenv.NoUsableKeyError("none of the encrypted data keys is one of this provider's CMKs")
+
+
+# ---------------------------------------------------------------- forked children
+
+
+def start_in_fork(fn):
+    """Run ``fn()`` in a child made by a bare ``os.fork()`` (as a prefork server
+    does); returns a handle for :func:`join_fork`. A failure in the child comes
+    back as its traceback text."""
+    import pickle
+    import traceback
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.close(r)
+            try:
+                payload = pickle.dumps((True, fn()))
+            except BaseException:
+                payload, code = pickle.dumps((False, traceback.format_exc())), 1
+            with os.fdopen(w, "wb") as f:
+                f.write(payload)
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def join_fork(handle):
+    """The child's result (its exit checked); an AssertionError carries its traceback."""
+    import pickle
+
+    pid, r = handle
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    ok, result = pickle.loads(data) if data else (False, "the child wrote nothing")
+    assert ok and os.waitstatus_to_exitcode(status) == 0, result
+    return result

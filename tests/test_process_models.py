@@ -38,6 +38,7 @@ from kmsenv.stream import framed
 from kmsenv.stream import alibaba_stream
 from kmsenv.stream._io import Source
 from kms_fixtures import *  # noqa: F401,F403
+from helpers import join_fork, start_in_fork
 from kms_fixtures import kms_options
 
 pytestmark = pytest.mark.usefixtures("worker_env")
@@ -220,32 +221,11 @@ def test_prefork_server(setup):
     opts, arns, job, _ = setup
     provider = _provider(opts, arns)
     pending = _warm(provider, job)
-    children = []
-    for i in range(3):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the worker
-            code = 0
-            try:
-                os.close(r)
-                with os.fdopen(w, "wb") as f:
-                    f.write(pickle.dumps(produce(f"prefork-{i}", provider, job, pending)))
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(w)
-        children.append((pid, r))
+    children = [
+        start_in_fork(lambda i=i: produce(f"prefork-{i}", provider, job, pending)) for i in range(3)
+    ]
     outputs = [produce("prefork-parent", provider, job)]
-    for pid, r in children:
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        outputs.append(pickle.loads(data))
+    outputs += [join_fork(child) for child in children]
     summary = check(outputs, arns, opts, job)
     assert summary["processes"] == 4
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import json
 import os
 import pathlib
 import pickle
@@ -29,6 +28,7 @@ from kmsenv.exceptions import WipedKeyError
 from kmsenv.message.codec import decode_message
 from kmsenv.providers import KmsKeyProvider
 from kms_fixtures import *  # noqa: F401,F403
+from helpers import join_fork, start_in_fork
 from kms_fixtures import kms_options
 
 PACKAGE = pathlib.Path(kmsenv.__file__).parent
@@ -172,26 +172,8 @@ def test_objects_with_per_process_state_are_tracked(local_kms):
 
 
 def _in_child(check) -> dict:
-    """Run ``check()`` in a forked child; its JSON result comes back."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 0
-        try:
-            os.close(r)
-            os.write(w, json.dumps(check()).encode())
-        except BaseException as exc:
-            os.write(w, json.dumps({"error": repr(exc)}).encode())
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    result = json.loads(data)
-    assert os.waitstatus_to_exitcode(status) == 0, result
-    return result
+    """Run ``check()`` in a forked child; its result comes back."""
+    return join_fork(start_in_fork(check))
 
 
 @FORK
