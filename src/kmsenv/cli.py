@@ -199,7 +199,8 @@ _TEMPS: set[tuple[int, str]] = set()
 # created after it looked. Re-entrant because the main thread's handler can run
 # in the middle of a creation (between two bytecodes of that same thread).
 _TEMPS_LOCK = threading.RLock()
-_CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# SIGHUP does not exist on Windows.
+_CLEANUP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n))
 
 
 def _forget_temps_after_fork() -> None:
@@ -260,7 +261,7 @@ def _cleanup_on_signals() -> Iterator[None]:
     for signum in _CLEANUP_SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, _on_signal)
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    read_end, write_end = os.pipe()  # non-inheritable (PEP 446); os.pipe2 is Linux-only
     os.set_blocking(write_end, False)  # set_wakeup_fd requires it
     previous_wakeup = signal.set_wakeup_fd(write_end)
     watcher = threading.Thread(target=_watch_signals, args=(read_end,), name="kmsenv-signals", daemon=True)
@@ -277,7 +278,11 @@ def _cleanup_on_signals() -> Iterator[None]:
         os.close(write_end)
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# POSIX flags; where one is missing (Windows) it is 0 and the import still works.
+_O_DIRECTORY, _O_NOFOLLOW, _O_CLOEXEC, _O_NONBLOCK = (
+    getattr(os, n, 0) for n in ("O_DIRECTORY", "O_NOFOLLOW", "O_CLOEXEC", "O_NONBLOCK")
+)
+_DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC
 
 
 def _open_dir(path: str) -> int:
@@ -302,7 +307,7 @@ def _output_dir(root_fd: int, parts: Sequence[str], shown: str) -> int:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, 0o777, dir_fd=fd)
             try:
-                sub = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                sub = os.open(name, _DIR_FLAGS | _O_NOFOLLOW, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(fd, name):
                     raise UnsafePathError(
@@ -336,7 +341,7 @@ def _create_temp(dir_fd: int, name: str) -> tuple[int, str]:
         with _TEMPS_LOCK:
             _TEMPS.add((dir_fd, tmp))
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600,
                              dir_fd=dir_fd)
             except FileExistsError:
                 _TEMPS.discard((dir_fd, tmp))
@@ -442,7 +447,7 @@ def _open_regular(dir_fd: int, name: str, follow: bool, shown: str) -> BinaryIO:
     ``follow``, O_NOFOLLOW: a file swapped for a link after the listing is refused.
     O_NONBLOCK so that a FIFO swapped in cannot hang the open; only a regular file
     is read."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    flags = os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK | (0 if follow else _O_NOFOLLOW)
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
@@ -508,7 +513,7 @@ class _TreeWalk:
 
     def _enter(self, fd: int, name: str, path: str, rel: tuple[str, ...],
                ancestors: frozenset[tuple[int, int]]) -> Iterator[Job]:
-        flags = _DIR_FLAGS | (0 if self.follow else os.O_NOFOLLOW)
+        flags = _DIR_FLAGS | (0 if self.follow else _O_NOFOLLOW)
         try:
             sub = os.open(name, flags, dir_fd=fd)
         except OSError as exc:
