@@ -17,6 +17,7 @@ __all__ = [
     "KmsError",
     "ConfigurationError",
     "WipedKeyError",
+    "InputChangedError",
 ]
 
 
@@ -102,3 +103,9 @@ class WipedKeyError(KmsEnvError, RuntimeError):
     """A cached data key was used after it had been wiped (evicted, expired,
     cleared). kmsenv's caches never hand out such a key; seeing this error
     means a caller kept a cache entry past its life."""
+
+
+class InputChangedError(KmsEnvError):
+    """A stream's input yielded more or fewer bytes than its size said when the
+    message's lengths were written (another writer changed the file while it
+    was being encrypted). The partial output is not a readable message."""

@@ -9,7 +9,12 @@ format             what                                        memory
                                                                the body to an
                                                                anonymous 0600
                                                                temp file
-``alibaba``        one DER message (official SDKs' one-shot)   the whole input
+``alibaba``        one DER message (official SDKs' one-shot)   ~6 MiB; spools
+                                                               as above to
+                                                               decrypt, and to
+                                                               encrypt an input
+                                                               of unknown
+                                                               length (pipe)
 =================  ==========================================  ================
 
 ``decrypt_stream`` tells them apart from the first bytes: 0x30 (DER), the
@@ -26,13 +31,11 @@ from typing import Any, Callable, Mapping, Union
 
 from ..algorithms import Algorithm
 from ..engine import _algorithm, _check_expected_context, _check_readable, _context
-from ..engine import decrypt as _decrypt_message
-from ..engine import encrypt as _encrypt_message
 from ..exceptions import ConfigurationError, MessageFormatError
 from ..message.codec import DEFAULT_MAX_ENCRYPTED_DATA_KEYS, MessageHeader
 from ..model import DataKeyProvider
-from . import framed
-from ._io import Source, check_threads, write_all
+from . import der_stream, framed
+from ._io import Source, check_threads
 from ._writer import BatchWriter, writes_release_gil
 from .alibaba_stream import AlibabaStreamDecryptor, AlibabaStreamEncryptor
 from .framed import FramedDecryptor, FramedEncryptor, FramedHeader
@@ -41,8 +44,6 @@ __all__ = ["StreamResult", "encrypt_stream", "decrypt_stream", "open", "FORMATS"
 
 FORMATS = ("framed", "alibaba-stream", "alibaba")
 _ALIBABA_STREAM_MAGIC = b"\x00\x00\x00\x01"
-# One DER message is read whole; its length field allows up to 4 GiB.
-_MAX_DER_MESSAGE = 2**32 + 16
 
 PathOrFile = Union[str, "os.PathLike[str]", Any]
 
@@ -91,37 +92,10 @@ def _make_encryptor(
         )
     if fmt == "alibaba-stream":
         return AlibabaStreamEncryptor(dst, provider, encryption_context=ctx, algorithm=alg)
-    return _WholeMessageEncryptor(dst, provider, ctx, alg)
-
-
-class _WholeMessageEncryptor:
-    """format="alibaba": collects everything, then writes one DER message."""
-
-    def __init__(self, dst: Any, provider: DataKeyProvider, ctx: dict[str, str], alg: Algorithm):
-        if not alg.authenticated:
-            raise ConfigurationError("encrypt_stream writes GCM algorithms only")
-        self._dst, self._provider, self._ctx, self._alg = dst, provider, ctx, alg
-        self._buf = bytearray()
-        self.header: MessageHeader | None = None
-        self.bytes_in = 0
-        self.bytes_out = 0
-
-    def write(self, data: Any) -> int:
-        self._buf += data
-        self.bytes_in += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        try:
-            result = _encrypt_message(bytes(self._buf), self._provider, encryption_context=self._ctx, algorithm=self._alg)
-        finally:
-            self.abort()
-        self.header = result.header
-        write_all(self._dst, result.ciphertext)
-        self.bytes_out = len(result.ciphertext)
-
-    def abort(self) -> None:
-        self._buf[:] = bytes(len(self._buf))
+    # A push-style writer cannot know the length: the ciphertext is spooled (der_stream).
+    return der_stream.DerEncryptor(
+        dst, provider, encryption_context=ctx, algorithm=alg, length=None, spool_dir=_dir_of(dst)
+    )
 
 
 def encrypt_stream(
@@ -139,9 +113,15 @@ def encrypt_stream(
     """Encrypt everything ``src`` yields into one message written to ``dst``.
 
     ``src``/``dst`` are binary file objects; neither needs to be seekable.
-    ``framed`` and ``alibaba-stream`` use bounded memory whatever the input
-    size; ``alibaba`` (one DER message, readable by the official one-shot
-    APIs) holds the whole input and output in memory. ``progress`` is called
+    Every format uses bounded memory whatever the input size. ``alibaba``
+    (one DER message, readable by the official one-shot APIs) writes its
+    lengths first: from the size of a regular file opened with ``open()``
+    (exactly that many bytes must then be read, else
+    :class:`~kmsenv.InputChangedError` before the message's
+    last bytes) or of an ``io.BytesIO``; any other input (a pipe) is
+    encrypted into a private spool of ciphertext first (next to ``dst`` when
+    it is a named regular file, else in the temp dir), as one INFO line on
+    the ``kmsenv`` logger says. ``progress`` is called
     with the cumulative number of bytes read from ``src``. ``threads`` (framed
     only) caps the native worker threads; default: all usable cores.
 
@@ -156,6 +136,11 @@ def encrypt_stream(
     alg = _algorithm(provider, algorithm)
     nthreads = check_threads(threads)
     source = Source(src, progress)
+    if fmt == "alibaba":
+        header, written = der_stream.encrypt(
+            source, dst, provider, encryption_context=ctx, algorithm=alg, spool_dir=_dir_of(dst)
+        )
+        return StreamResult(fmt, header, source.consumed, written)
     if fmt == "framed":
         framed.check_algorithm(alg)
         framed.check_frame_size(frame_size)
@@ -192,39 +177,6 @@ def encrypt_stream(
 # ------------------------------------------------------------------ decrypt
 
 
-class _WholeMessageDecryptor:
-    """A DER message: read whole (bounded by its own length field), then decrypted."""
-
-    def __init__(self, src: Source, provider: DataKeyProvider, **kw: Any):
-        head = src.peek(6)
-        if len(head) < 2:
-            raise MessageFormatError("truncated message")
-        first = head[1]
-        if first < 0x80:
-            total = 2 + first
-        else:
-            count = first & 0x7F
-            if not 1 <= count <= 4 or len(head) < 2 + count:
-                raise MessageFormatError("message: bad or truncated DER length")
-            total = 2 + count + int.from_bytes(head[2 : 2 + count], "big")
-        if total > _MAX_DER_MESSAGE:
-            raise MessageFormatError("message is larger than a DER message can be")
-        data = src.read_exact(total, "message")
-        if not src.at_eof():
-            raise MessageFormatError("trailing data after the message")
-        result = _decrypt_message(data, provider, **kw)
-        self.header = result.header
-        self._pt: bytes | None = result.plaintext
-        self.bytes_out = len(result.plaintext)
-
-    def read_chunk(self) -> memoryview | None:
-        pt, self._pt = self._pt, None
-        return memoryview(pt) if pt is not None else None
-
-    def close(self) -> None:
-        self._pt = None
-
-
 def _make_decryptor(
     source: Source,
     provider: DataKeyProvider,
@@ -250,9 +202,10 @@ def _make_decryptor(
             allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
             check_context=_check_expected_context, check_readable=_check_readable, spool_dir=spool_dir,
         )
-    return fmt, _WholeMessageDecryptor(
+    return fmt, der_stream.open_message(
         source, provider, expected_encryption_context=expected_encryption_context,
         allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
+        spool_dir=spool_dir,
     )
 
 
@@ -282,10 +235,11 @@ def decrypt_stream(
     messages a batch of frames at a time, Java streams after the whole body's
     tag verified. On an error ``dst`` holds at most the verified frames that
     preceded the damage (never any of a damaged frame), and the call raises a
-    :class:`KmsEnvError`. A Java-stream body is decrypted from the private
-    copy its verification made (over 4 MiB: an anonymous 0600 temporary file
-    next to ``dst`` when ``dst`` is a named regular file, else in the temp
-    dir), never read from ``src`` twice. Framed
+    :class:`KmsEnvError`. A Java-stream body, or a GCM DER message's body
+    (after its header tag), is decrypted from the private copy its
+    verification made (over 4 MiB: an anonymous 0600 temporary file next to
+    ``dst`` when ``dst`` is a named regular file, else in the temp dir), never
+    read from ``src`` twice; a legacy CBC/CTR DER message is read whole. Framed
     messages take the same fast paths as :func:`encrypt_stream` (an
     ``io.BytesIO`` source read in place; with more than one thread and an
     OS-level ``dst``, verified batches written on a helper thread)."""
