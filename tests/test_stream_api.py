@@ -214,7 +214,7 @@ def test_256_mib_bounded_memory():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["framed", "alibaba-stream"])
+@pytest.mark.parametrize("fmt", ["framed", "alibaba-stream", "alibaba"])
 def test_2_gib_bounded_memory(fmt):
     peak, n = _large_round_trip(2 << 30, fmt)
     assert peak < 64 << 20, peak
