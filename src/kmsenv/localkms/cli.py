@@ -1,4 +1,4 @@
-"""``serve`` and ``create-key`` subcommands (wired into ``kmsenv`` by the main CLI).
+"""``serve``, ``create-key`` and ``fault`` subcommands (wired into ``kmsenv`` by the main CLI).
 
 Each subcommand sets ``func``: call ``args.func(args)`` and exit with its return value.
 """
@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, TextIO
 
 from ..exceptions import ConfigurationError
-from .keystore import KEY_SPECS
+from . import admin
+from .errors import SERVER_ERRORS
+from .keystore import DB_FILENAME, KEY_SPECS
 from .server import LocalKms
 
 DEFAULT_REGION = "cn-hangzhou"
@@ -36,6 +39,10 @@ def add_subcommands(subparsers: Any) -> None:
                        help="port of the first region, the next regions get N+1, N+2, ... "
                             "(0 = ephemeral; default: the ports remembered in --state, "
                             "else ephemeral)")
+    serve.add_argument("--log", metavar="FILE",
+                       help="append one line per answered request to FILE (- for stderr): "
+                            "UTC time, region, action, HTTP status, latency, request ID; "
+                            "never parameters, signatures or key material")
     serve.set_defaults(func=serve_command)
 
     create = subparsers.add_parser(
@@ -46,6 +53,44 @@ def add_subcommands(subparsers: Any) -> None:
     create.add_argument("--spec", default="Aliyun_AES_256", choices=sorted(KEY_SPECS))
     create.add_argument("--description", default="")
     create.set_defaults(func=create_key_command)
+
+    fault = subparsers.add_parser(
+        "fault", help="change a region's faults on a running `kmsenv kms serve`",
+        description="Take a region of a running `kmsenv kms serve` down or up, or slow it, "
+                    "throttle it or make it fail, through an authenticated call "
+                    "(KmsenvSetFault) on the server's own ports. Only the settings given "
+                    "change; --clear resets the others first. Endpoints and credentials come "
+                    "from the variables `kmsenv kms serve` prints (KMSENV_KMS_ENDPOINTS, "
+                    "ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET), or from --state. Any port of the "
+                    "server serves the call for any region, so --up reaches a region that is "
+                    "down through another region's port; taking the last listening region "
+                    "down is refused unless --for bounds it.")
+    fault.add_argument("region", metavar="REGION")
+    state_change = fault.add_mutually_exclusive_group()
+    state_change.add_argument("--down", action="store_true",
+                              help="close the region's port (clients get connection refused)")
+    state_change.add_argument("--up", action="store_true",
+                              help="reopen the region's port (the same port number)")
+    fault.add_argument("--latency-ms", type=float, metavar="N",
+                       help="delay every answer N milliseconds (0: none)")
+    fault.add_argument("--throttle-rate", type=float, metavar="R",
+                       help="answer this fraction (0..1) of requests 429 Rejected.Throttling")
+    fault.add_argument("--error-rate", type=float, metavar="R",
+                       help="answer this fraction (0..1) of requests with --error-code")
+    fault.add_argument("--error-code", choices=sorted(SERVER_ERRORS),
+                       help="ServiceUnavailableTemporary (503, the default) or "
+                            "InternalFailure (500)")
+    fault.add_argument("--clear", action="store_true",
+                       help="reset every setting first (alone: the region is healthy again)")
+    fault.add_argument("--for", dest="duration", type=float, metavar="SECONDS",
+                       help="clear the region's faults again after SECONDS")
+    fault.add_argument("--endpoint", action="append", metavar="URL",
+                       help="a port of the server, http://127.0.0.1:PORT (repeatable; "
+                            "default: every endpoint in KMSENV_KMS_ENDPOINTS, or --state's)")
+    fault.add_argument("--state", metavar="DIR",
+                       help="read the server's endpoints and access key from its --state DIR "
+                            "instead of the environment")
+    fault.set_defaults(func=fault_command)
 
 
 def _regions(args: argparse.Namespace) -> list[str]:
@@ -86,9 +131,11 @@ def serve_command(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
 
+    request_log = _open_request_log(args.log)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        kms = LocalKms(regions=_regions(args), state_dir=args.state, port=args.port)
+        kms = LocalKms(regions=_regions(args), state_dir=args.state, port=args.port,
+                       request_log=request_log)
         try:
             kms.start()
         except OSError as exc:
@@ -111,6 +158,8 @@ def serve_command(args: argparse.Namespace) -> int:
             out.write(f"export ALIBABA_CLOUD_ACCESS_KEY_ID={kms.access_key_id}\n")
             # The one place the secret is shown: printing it is this command's purpose.
             out.write(f"export ALIBABA_CLOUD_ACCESS_KEY_SECRET={kms.access_key_secret}\n")
+            if args.log:
+                out.write(f"request log: {'stderr' if args.log == '-' else args.log}\n")
             out.write("Press Ctrl+C to stop.\n")
             out.flush()
             while not stop.wait(0.5):  # timed wait keeps signal delivery prompt
@@ -122,6 +171,22 @@ def serve_command(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if request_log is not None and request_log is not sys.stderr:
+            request_log.close()
+
+
+def _open_request_log(path: Optional[str]) -> Optional[TextIO]:
+    """``--log``: stderr for ``-``, else FILE opened for appending (created 0600: it
+    holds no secrets, but it does show who used which region when)."""
+    if path is None:
+        return None
+    if path == "-":
+        return sys.stderr
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot open the request log {path}: {exc.strerror}") from None
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 @_refusing_unsafe_state
@@ -131,6 +196,89 @@ def create_key_command(args: argparse.Namespace) -> int:
         print(kms.create_key(args.region, args.spec, args.description), flush=True)
     finally:
         kms.stop()
+    return 0
+
+
+def _fault_params(args: argparse.Namespace) -> dict[str, str]:
+    params = {"Region": args.region}
+    if args.down or args.up:
+        params["Down"] = "true" if args.down else "false"
+    for name, value in (("LatencyMs", args.latency_ms), ("ThrottleRate", args.throttle_rate),
+                        ("ErrorRate", args.error_rate), ("DurationSeconds", args.duration)):
+        if value is not None:
+            params[name] = repr(float(value))
+    if args.error_code:
+        params["ErrorCode"] = args.error_code
+    if args.clear:
+        params["Clear"] = "true"
+    return params
+
+
+def _server_from_state(state_dir: str) -> tuple[dict[str, str], str, str]:
+    """Endpoints and access key of the server that uses ``state_dir``."""
+    import json
+
+    from .keystore import KeyStore
+
+    if not os.path.isfile(os.path.join(state_dir, DB_FILENAME)):
+        raise ConfigurationError(f"{state_dir} holds no localkms state ({DB_FILENAME})")
+    store = KeyStore(state_dir)  # the same ownership and mode checks as serve --state
+    try:
+        ports = json.loads(store.get_meta("ports") or "{}")
+        pair = json.loads(store.get_meta("access_key") or "null")
+    finally:
+        store.close()
+    if not ports or not pair:
+        raise ConfigurationError(f"{state_dir}: no server has run with this state yet")
+    return ({r: f"http://127.0.0.1:{p}" for r, p in ports.items()}, pair["id"], pair["secret"])
+
+
+def _fault_target(args: argparse.Namespace) -> tuple[list[str], str, str]:
+    """The ports to try, in order, and the access key pair."""
+    if args.state:
+        by_region, key_id, secret = _server_from_state(args.state)
+    else:
+        by_region = admin.endpoints_from_env(os.environ.get("KMSENV_KMS_ENDPOINTS", ""))
+        key_id, secret = admin.credentials_from_env()  # type: ignore[assignment]
+        if not key_id or not secret:
+            raise ConfigurationError(
+                "set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET to the pair "
+                "`kmsenv kms serve` printed (or pass --state DIR)")
+    endpoints = list(args.endpoint or admin.ordered_endpoints(args.region, by_region))
+    if not endpoints:
+        raise ConfigurationError(
+            "no endpoint: set KMSENV_KMS_ENDPOINTS as `kmsenv kms serve` printed it, or pass "
+            "--endpoint http://127.0.0.1:PORT or --state DIR")
+    return endpoints, key_id, secret
+
+
+def _describe_faults(answer: dict) -> str:
+    faults = answer.get("Faults", {})
+    parts = ["down" if faults.get("Down") else "up"]
+    if faults.get("LatencyMs"):
+        parts.append(f"latency {faults['LatencyMs']:g} ms")
+    if faults.get("ThrottleRate"):
+        parts.append(f"throttle rate {faults['ThrottleRate']:g}")
+    if faults.get("ErrorRate"):
+        parts.append(f"error rate {faults['ErrorRate']:g} ({faults.get('ErrorCode')})")
+    return f"{answer.get('Region')}: " + ", ".join(parts)
+
+
+@_refusing_unsafe_state
+def fault_command(args: argparse.Namespace) -> int:
+    params = _fault_params(args)
+    if len(params) == 1:
+        print("localkms: nothing to change: give --down, --up, --latency-ms, --throttle-rate, "
+              "--error-rate, --error-code or --clear", file=sys.stderr)
+        return 2
+    endpoints, key_id, secret = _fault_target(args)
+    try:
+        answer = admin.call(endpoints, params, key_id, secret)
+    except admin.AdminCallError as exc:
+        print(f"localkms: {exc}", file=sys.stderr)
+        return 1
+    suffix = f" for {args.duration:g} s" if args.duration else ""
+    print(_describe_faults(answer) + suffix, flush=True)
     return 0
 
 

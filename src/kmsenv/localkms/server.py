@@ -26,10 +26,10 @@ import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, TextIO
 from urllib.parse import parse_qsl
 
-from . import signing
+from . import admin, signing
 from .actions import RegionActions
 from .errors import KmsError, http_error, missing, server_error
 from .faults import Faults
@@ -52,6 +52,23 @@ MAX_PARAMETERS = 512  # query plus form; real requests carry fewer than 30
 DEFAULT_MAX_CONNECTIONS = 128  # all regions together; idle ones make room for new ones
 DEFAULT_READ_TIMEOUT = 60.0  # seconds: keep-alive idle wait, then again for one request
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # int() would take "+1", "1_0", " 1 "
+
+
+_LOGGABLE_ACTION = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+
+
+def _loggable_action(action: str) -> str:
+    """The action name as logged: a verified request may still name anything."""
+    return action if _LOGGABLE_ACTION.fullmatch(action) else "?"
+
+
+def _claims_admin(headers: dict[str, str], query: Sequence[tuple[str, str]],
+                  form: Sequence[tuple[str, str]]) -> bool:
+    """Whether an (unverified) request names the control call: V3 in a header, V1 as a
+    parameter."""
+    if headers.get("x-acs-action") == admin.ACTION:
+        return True
+    return any(k == "Action" and v == admin.ACTION for k, v in (*query, *form))
 
 
 def _json_response(status: int, reason: str, result: dict, request_id: str,
@@ -331,6 +348,10 @@ class RegionServer:
         self.read_timeout = read_timeout
         self.port = 0
         self.faults = Faults()
+        # A timed fault's restoring timer, and a count of fault changes: the timer clears
+        # the faults only if no change came after the one that set it.
+        self.fault_timer: Optional[threading.Timer] = None
+        self.fault_generation = 0
         self.counts: dict[str, int] = {}
         self._count_lock = threading.Lock()
         self._life_lock = threading.Lock()
@@ -413,6 +434,7 @@ class RegionServer:
         request_id = str(uuid.uuid4()).upper()
         faults = self.faults  # one consistent snapshot for the whole request
         action = "-"
+        after_answer: Optional[Callable[[], None]] = None
         try:
             # The body is read first: the read deadline covers receiving the request, not
             # the latency injected before answering it.
@@ -421,8 +443,6 @@ class RegionServer:
             if len(body) != length:  # the client left mid-body: nobody to answer
                 h.close_connection = True
                 return
-            if faults.latency_ms:
-                time.sleep(faults.latency_ms / 1000.0)
             path, _, raw_query = h.path.partition("?")
             try:
                 query = parse_qsl(raw_query, keep_blank_values=True,
@@ -436,27 +456,29 @@ class RegionServer:
                 raise KmsError(400, "InvalidParameter",
                                f"The request has more than {MAX_PARAMETERS} parameters.") from None
             headers = signing.lower_headers(h.headers.items())
+            # The control call is exempt from injected latency, so a slowed region can be
+            # repaired promptly.  Only the claimed action is known here; the signature is
+            # checked next either way.
+            if faults.latency_ms and not _claims_admin(headers, query, form):
+                time.sleep(faults.latency_ms / 1000.0)
             verified = signing.verify(h.command, path, query, form, headers, body,
                                       self.kms._secret_for, self.kms._nonces,
                                       now=self.kms._clock())
-            action = verified.action
-            if not action:
+            if not verified.action:
                 raise missing("Action")
+            action = _loggable_action(verified.action)
             if verified.version != signing.API_VERSION:
                 raise KmsError(400, "InvalidVersion", "Specified parameter Version is not valid.")
-            handler = self.actions.handlers.get(action)
-            if handler is None:
-                raise KmsError(404, "InvalidAction.NotFound",
-                               "Specified api is not found, please check your url and method.")
-            # Counted before fault injection: a throttled or failed attempt is still an
-            # attempt, which is what retry tests want to count.
-            self._count(action)
-            injected = faults.injected_error()
-            if injected is not None:
-                raise injected
             params = dict(query)
             params.update(form)
-            result = handler(params)
+            if verified.action == admin.ACTION:
+                # Not counted, and no injected faults: see kmsenv.localkms.admin.
+                result, after_answer = self.kms._admin_set_fault(admin.parse_request(params),
+                                                                 self.region)
+                if after_answer is not None:
+                    h.close_connection = True  # this very port closes once answered
+            else:
+                result = self._run_action(verified.action, params, faults)
             result["RequestId"] = request_id
             status = 200
         except KmsError as exc:
@@ -470,11 +492,31 @@ class RegionServer:
             status = 500
             result = {"RequestId": request_id, "HostId": self._host_id,
                       "Code": "InternalFailure", "Message": "Internal Failure."}
+        try:
+            self._answer(h, status, result, request_id, action, started)
+        finally:
+            if after_answer is not None:
+                after_answer()  # even if the client left: the change was accepted
+
+    def _run_action(self, action: str, params: dict[str, str], faults: Faults) -> dict:
+        handler = self.actions.handlers.get(action)
+        if handler is None:
+            raise KmsError(404, "InvalidAction.NotFound",
+                           "Specified api is not found, please check your url and method.")
+        # Counted before fault injection: a throttled or failed attempt is still an
+        # attempt, which is what retry tests want to count.
+        self._count(action)
+        injected = faults.injected_error()
+        if injected is not None:
+            raise injected
+        return handler(params)
+
+    def _answer(self, h: _Handler, status: int, result: dict, request_id: str, action: str,
+                started: float) -> None:
         self._write(h, _json_response(status, _reason(status), result, request_id,
                                       h.close_connection))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s %d %.1fms %s", self.region, action, status,
-                      (time.perf_counter() - started) * 1000, request_id)
+        self.kms._request_done(self.region, action, status,
+                               (time.perf_counter() - started) * 1000, request_id)
 
     def _error_result(self, exc: KmsError, request_id: str) -> dict:
         return {"RequestId": request_id, "HostId": self._host_id, "Code": exc.code,
@@ -488,6 +530,7 @@ class RegionServer:
 
     def answer_error(self, h: _Handler, exc: KmsError) -> None:
         """Answer an error found before the request reached :meth:`handle`, and close."""
+        started = time.perf_counter()
         h.close_connection = True
         request_id = str(uuid.uuid4()).upper()
         try:
@@ -495,7 +538,9 @@ class RegionServer:
                                           self._error_result(exc, request_id), request_id,
                                           close=True))
         except OSError:
-            pass  # the client is gone or stuck; the connection is closed next anyway
+            return  # the client is gone or stuck; the connection is closed next anyway
+        self.kms._request_done(self.region, "-", exc.status,
+                               (time.perf_counter() - started) * 1000, request_id)
 
     def refuse_busy(self, sock: socket.socket) -> None:
         """503 to a connection over the bound, without reading from or waiting on it."""
@@ -509,7 +554,8 @@ class RegionServer:
                                      self._error_result(exc, request_id), request_id,
                                      close=True))
         except OSError:
-            pass
+            return
+        self.kms._request_done(self.region, "-", exc.status, 0.0, request_id)
 
 
 class LocalKms:
@@ -536,6 +582,12 @@ class LocalKms:
     to arrive in full; ``max_nonces`` live signature nonces (more requests are answered
     429 ``Rejected.Throttling``).  ``clock`` returns the time signatures are checked
     against (epoch seconds; tests move it instead of sleeping).
+
+    ``request_log``, a text stream, gets one line per answered request: UTC time, region,
+    action (``-`` before one was verified), HTTP status, latency and request ID; nothing
+    else from the request.  Faults can also be changed over HTTP by whoever holds the
+    access key: the ``KmsenvSetFault`` call (:mod:`kmsenv.localkms.admin`), which
+    ``kmsenv kms fault`` sends.
     """
 
     def __init__(self, regions: Sequence[str], state_dir: Optional[str] = None,
@@ -545,7 +597,8 @@ class LocalKms:
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  read_timeout: float = DEFAULT_READ_TIMEOUT,
                  max_nonces: int = signing.DEFAULT_MAX_NONCES,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 request_log: Optional[TextIO] = None) -> None:
         regions = list(dict.fromkeys(regions))
         if not regions:
             raise ValueError("at least one region is required")
@@ -564,6 +617,10 @@ class LocalKms:
         self._base_port = port
         self._clock = clock
         self._slots = _ConnectionSlots(max_connections)
+        self._request_log = request_log
+        self._request_log_lock = threading.Lock()
+        # Serializes fault changes (set_fault, the control call, timed restores) with stop().
+        self._fault_lock = threading.RLock()
         self._nonces = signing.NonceCache(max_nonces)
         self._store = KeyStore(state_dir)
         self._started = False
@@ -625,7 +682,12 @@ class LocalKms:
 
     def stop(self) -> None:
         """Close every listener and connection, and the state database.  Idempotent."""
-        self._stopped = True
+        with self._fault_lock:  # no timed restore or control call reopens a port after this
+            self._stopped = True
+            for server in self._servers.values():
+                if server.fault_timer is not None:
+                    server.fault_timer.cancel()
+                    server.fault_timer = None
         for server in self._servers.values():
             server.close()
         self._store.close()
@@ -691,21 +753,123 @@ class LocalKms:
 
     def set_fault(self, region: str, down: bool = False, latency_ms: float = 0,
                   throttle_rate: float = 0.0, error_rate: float = 0.0,
-                  error_code: str = "ServiceUnavailableTemporary") -> None:
+                  error_code: str = "ServiceUnavailableTemporary", *,
+                  duration: Optional[float] = None) -> None:
         """Replace ``region``'s fault settings (call with only ``region`` to clear them).
 
         ``down`` closes the listening socket and open connections (connection refused);
-        bringing it back reopens the same port.  ``throttle_rate`` answers that fraction of
-        requests with 429 ``Rejected.Throttling``; ``error_rate`` answers that fraction with
-        ``error_code``: ``ServiceUnavailableTemporary`` (503) or ``InternalFailure`` (500).
+        bringing it back reopens the same port.  ``latency_ms`` delays every answer.
+        ``throttle_rate`` answers that fraction of requests with 429 ``Rejected.Throttling``;
+        ``error_rate`` answers that fraction with ``error_code``:
+        ``ServiceUnavailableTemporary`` (503) or ``InternalFailure`` (500).  With
+        ``duration`` (seconds) the settings are cleared again after that long, unless
+        another change to the region came first.
         """
+        self._apply_faults(region, Faults(down, float(latency_ms), float(throttle_rate),
+                                          float(error_rate), error_code), duration)
+
+    def _apply_faults(self, region: str, faults: Faults, duration: Optional[float],
+                      defer_close: bool = False) -> None:
+        """Install ``faults`` (with ``defer_close`` a region going down keeps its port open
+        for now: the caller closes it)."""
         server = self._server(region)
-        server.faults = Faults(down, float(latency_ms), float(throttle_rate),
-                               float(error_rate), error_code)
-        if down:
-            server.close()
-        elif self._started and not self._stopped and not server.listening:
-            server.open(self._host, server.port)
+        if duration is not None and not duration > 0:
+            raise ValueError("duration must be > 0 seconds")
+        with self._fault_lock:
+            server.fault_generation += 1
+            if server.fault_timer is not None:
+                server.fault_timer.cancel()
+                server.fault_timer = None
+            server.faults = faults
+            if faults.down:
+                if not defer_close:
+                    server.close()
+            elif self._started and not self._stopped and not server.listening:
+                server.open(self._host, server.port)
+            if duration is not None and faults != Faults() and not self._stopped:
+                timer = threading.Timer(duration, self._restore, (region, server.fault_generation))
+                timer.daemon = True
+                timer.name = f"localkms-restore-{region}"
+                server.fault_timer = timer
+                timer.start()
+
+    def _restore(self, region: str, generation: int) -> None:
+        """End a timed fault: clear the region's settings unless they changed since."""
+        with self._fault_lock:
+            server = self._servers[region]
+            if server.fault_generation != generation or self._stopped:
+                return
+            try:
+                self._apply_faults(region, Faults(), None)
+            except OSError as exc:  # the port was taken meanwhile: nothing to answer to
+                log.warning("%s: cannot listen on port %d again: %s", region, server.port, exc)
+
+    def _admin_set_fault(self, change: "admin.FaultChange", serving_region: str
+                         ) -> tuple[dict, Optional[Callable[[], None]]]:
+        """Carry out a ``KmsenvSetFault`` call that arrived on ``serving_region``'s port.
+
+        Returns the answer and, when the call takes that very port down, the closing to do
+        once the answer is sent (closing first would cut the connection carrying it).
+        """
+        if change.region not in self._servers:
+            raise KmsError(404, "Kmsenv.RegionNotServed",
+                           f"This localkms does not serve region {change.region}; it serves "
+                           f"{', '.join(self.regions)}.")
+        server = self._servers[change.region]
+        with self._fault_lock:
+            try:
+                new = change.apply_to(server.faults)
+            except ValueError as exc:
+                raise KmsError(400, "InvalidParameter", str(exc)) from None
+            if new.down and change.duration is None and not any(
+                    not other.faults.down for name, other in self._servers.items()
+                    if name != change.region):
+                # Refused: with every port closed, nothing could receive the call that
+                # brings a region back.
+                raise KmsError(409, "Kmsenv.LastRegionUp",
+                               f"Taking {change.region} down would close this server's last "
+                               "listening port, leaving nowhere to send the call that brings it "
+                               "back: give a duration (DurationSeconds, `kmsenv kms fault "
+                               "--for SECONDS`) or serve a second region.")
+            closes_own_port = new.down and change.region == serving_region
+            try:
+                self._apply_faults(change.region, new, change.duration,
+                                   defer_close=closes_own_port)
+            except OSError as exc:
+                raise KmsError(500, "InternalFailure",
+                               f"Cannot listen on port {server.port} again: {exc}") from None
+            generation = server.fault_generation
+            result = admin.describe(change.region, new, server.listening and not closes_own_port)
+
+        def close_own_port() -> None:
+            with self._fault_lock:
+                if server.fault_generation == generation and server.faults.down:
+                    server.close()
+
+        return result, close_own_port if closes_own_port else None
+
+    # -- request log ---------------------------------------------------------------
+
+    def _request_done(self, region: str, action: str, status: int, latency_ms: float,
+                      request_id: str) -> None:
+        """One line per answered request in the request log, and at DEBUG in the logger.
+        Nothing from the request but its verified action name: no parameters, no
+        signatures, no key material."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s %d %.1fms %s", region, action, status, latency_ms, request_id)
+        stream = self._request_log
+        if stream is None:
+            return
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        line = f"{stamp} {region} {action} {status} {latency_ms:.1f}ms {request_id}\n"
+        with self._request_log_lock:
+            try:
+                stream.write(line)
+                stream.flush()
+            except (OSError, ValueError) as exc:  # full disk, closed stream: keep serving
+                self._request_log = None
+                log.warning("request log disabled after a write failed: %s", exc)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """``{region: {action: count}}`` (see the class docstring for what counts)."""
