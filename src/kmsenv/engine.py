@@ -18,6 +18,7 @@ from .crypto.interface import STATUS_AUTH, STATUS_OK, CipherKey
 from .exceptions import (
     AuthenticationError,
     ConfigurationError,
+    HeaderAuthenticationError,
     EncryptionContextMismatchError,
     KmsEnvError,
     MessageFormatError,
@@ -242,7 +243,7 @@ def _unwrap(provider: DataKeyProvider, header: MessageHeader) -> bytearray:
         wipe(owned)
         # A key of the wrong size cannot be the one this header was sealed with
         # (e.g. an algorithm ID swapped after encryption).
-        raise AuthenticationError(
+        raise HeaderAuthenticationError(
             f"header authentication failed: the data key does not fit {header.algorithm.name}"
         )
     return owned
@@ -288,7 +289,7 @@ def _verify_header(key: CipherKey, header: MessageHeader) -> None:
     try:
         key.gcm_open(header.header_iv, header.auth_fields(), b"", header.header_auth_tag)
     except AuthenticationError:
-        raise AuthenticationError(
+        raise HeaderAuthenticationError(
             "header authentication failed: the header was altered or the data key is not its own"
         ) from None
 
@@ -426,11 +427,11 @@ def decrypt(
         # key_bytes whatever happens (saving a wipe call per message).
         try:
             plaintext = backend.open_message(cipher, key_bytes, auth, ctx_bytes, data, True)
-        except AuthenticationError as exc:
-            if "header" in str(exc):
-                raise AuthenticationError(
-                    "header authentication failed: the header was altered or the data key is not its own"
-                ) from None
+        except HeaderAuthenticationError:
+            raise HeaderAuthenticationError(
+                "header authentication failed: the header was altered or the data key is not its own"
+            ) from None
+        except AuthenticationError:
             raise AuthenticationError("message body authentication failed: the body was altered") from None
     else:
         try:
@@ -568,7 +569,7 @@ def _decrypt_group(
         try:
             _verify_header(key, header)
         except AuthenticationError as exc:
-            raise AuthenticationError(f"message {first}: {exc}") from None
+            raise type(exc)(f"message {first}: {exc}") from None
         if not header.algorithm.authenticated:
             return _open_legacy_group(key, header, body, ctx_bytes, items, indices, results, max_edks)
         plaintexts, statuses = key.open_messages(header.encoded, ctx_bytes, [items[i] for i in indices])

@@ -10,6 +10,7 @@ __all__ = [
     "KmsEnvError",
     "MessageFormatError",
     "AuthenticationError",
+    "HeaderAuthenticationError",
     "NoUsableKeyError",
     "UnauthenticatedAlgorithmError",
     "EncryptionContextMismatchError",
@@ -33,6 +34,12 @@ class MessageFormatError(KmsEnvError, ValueError):
 class AuthenticationError(KmsEnvError):
     """A header or body authentication tag did not verify: the message was
     altered, or the data key is not the one it was sealed with."""
+
+
+class HeaderAuthenticationError(AuthenticationError):
+    """The header's tag did not verify: the header (CMKs, context, algorithm)
+    was altered, or the data key is not the one it was written with. Raised
+    before any body byte is looked at."""
 
 
 class NoUsableKeyError(KmsEnvError):

@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 from .algorithms import Algorithm
-from .exceptions import AuthenticationError, ConfigurationError, MessageFormatError
+from .exceptions import ConfigurationError, HeaderAuthenticationError, MessageFormatError
 from .message import der
 from .message.codec import (
     DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
@@ -177,10 +177,10 @@ class KeyHeader:
         if self.commitment is None:
             raise ConfigurationError("a version 1 key header has no key commitment to check")
         if len(data_key) != self.algorithm.key_len:
-            raise AuthenticationError(f"key header {self.ref.hex()}: the data key does not fit {self.algorithm.name}")
+            raise HeaderAuthenticationError(f"key header {self.ref.hex()}: the data key does not fit {self.algorithm.name}")
         ok = hmac.compare_digest(key_commitment(self.algorithm, data_key, self.fields_digest), self.commitment)
         if not ok:
-            raise AuthenticationError(
+            raise HeaderAuthenticationError(
                 f"key header {self.ref.hex()}: key commitment mismatch: the data key KMS returned is not the one "
                 "this header was written with (its encrypted data keys do not all wrap one key)"
             )

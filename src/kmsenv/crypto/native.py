@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Any, Sequence
 
-from ..exceptions import AuthenticationError, KmsEnvError, MessageFormatError, UnsupportedAlgorithmError
+from ..exceptions import AuthenticationError, HeaderAuthenticationError, KmsEnvError, MessageFormatError, UnsupportedAlgorithmError
 from ..message import der
 from . import interface as I
 
@@ -455,7 +455,7 @@ class NativeBackend:
             raise
         if got < 0:
             if got == lib.KMSENV_E_HEADER_AUTH:
-                raise AuthenticationError("header authentication failed")
+                raise HeaderAuthenticationError("header authentication failed")
             _raise(got, "message")
         if exact:
             return bytes(result) if type(result) is not bytes else result

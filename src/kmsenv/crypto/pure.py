@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._wipe import wipe as _wipe
-from ..exceptions import AuthenticationError, MessageFormatError
+from ..exceptions import AuthenticationError, HeaderAuthenticationError, MessageFormatError
 from ..message import der
 from . import interface as I
 from .sm4_gcm_fallback import Sm4Fallback
@@ -371,7 +371,7 @@ class PureBackend:
             try:
                 k.gcm_open(header.header_iv, auth, b"", header.header_auth_tag)
             except AuthenticationError:
-                raise AuthenticationError("header authentication failed") from None
+                raise HeaderAuthenticationError("header authentication failed") from None
             return k.open_one(header.encoded, aad, message)
         finally:
             k.close()

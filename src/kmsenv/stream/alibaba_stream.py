@@ -26,7 +26,7 @@ from .._wipe import wipe
 from ..algorithms import Algorithm, algorithm_from_id
 from ..crypto import get_backend
 from ..engine import _context_bytes_for_encrypt, _generate, _Key, _unwrap
-from ..exceptions import AuthenticationError, ConfigurationError, MessageFormatError, UnsupportedAlgorithmError
+from ..exceptions import AuthenticationError, ConfigurationError, HeaderAuthenticationError, MessageFormatError, UnsupportedAlgorithmError
 from ..message.codec import (
     MAX_ARN_BYTES,
     MAX_CONTEXT_BYTES,
@@ -309,7 +309,7 @@ class AlibabaStreamDecryptor:
                         b"", h.header_auth_tag,
                     )
                 except AuthenticationError:
-                    raise AuthenticationError(
+                    raise HeaderAuthenticationError(
                         "header authentication failed: the header was altered or the data key is not its own"
                     ) from None
             self._ctx = context_bytes(h.encryption_context)

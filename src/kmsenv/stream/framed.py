@@ -27,6 +27,7 @@ from ..engine import _context_bytes_for_encrypt, _generate, _Key, _unwrap
 from ..exceptions import (
     AuthenticationError,
     ConfigurationError,
+    HeaderAuthenticationError,
     KmsEnvError,
     MessageFormatError,
     UnsupportedAlgorithmError,
@@ -383,14 +384,14 @@ class FramedDecryptor:
         try:
             # Before any decryption: the message must commit to this very key.
             if not hmac.compare_digest(bytes(commitment), h.commitment):
-                raise AuthenticationError(
+                raise HeaderAuthenticationError(
                     "key commitment mismatch: the data key is not the one this message was written with"
                 )
             with _Key(h.algorithm, self._key) as key:
                 try:
                     key.gcm_open(BASE_IV, h.encoded[:-TAG_LEN], b"", h.header_auth_tag)
                 except AuthenticationError:
-                    raise AuthenticationError("header authentication failed: the header was altered") from None
+                    raise HeaderAuthenticationError("header authentication failed: the header was altered") from None
         except BaseException:
             wipe(self._key)
             raise
