@@ -5,17 +5,23 @@
     kmsenv inspect FILE
     kmsenv demo | info | kms serve | kms create-key
 
-Output is written to a temporary file beside the target and renamed into place
-only when the whole message has been written (encrypt) or verified (decrypt),
-so a failed or interrupted run never leaves a partial file, never replaces a
-good one and never touches its input. SIGTERM, SIGINT and SIGHUP remove the
-temporary file before the process exits with 128 + the signal number.
+Output to a regular file (or a new one) is written to a temporary file beside
+the target and renamed into place only when the whole message has been
+written (encrypt) or verified (decrypt), so a failed or interrupted run never
+leaves a partial file, never replaces a good one and never touches its input.
+An output that exists and is not a regular file (a device such as /dev/null,
+a FIFO, a socket, /dev/stdout, /dev/fd/N) is written directly as a stream and
+never replaced; a decrypt only ever writes verified plaintext to it.
+SIGTERM, SIGINT and SIGHUP remove the temporary file before the process exits
+with 128 + the signal number; a closed pipe on the output ends the run quietly,
+as SIGPIPE ends other Unix tools.
 
 Symbolic links: paths named on the command line are followed (except that an
-output path which is itself a link is refused, never replaced); inside a tree
-(-r) links are skipped with a warning unless --follow-symlinks, and nothing is
-ever written through a link in the output tree. Text taken from a message (ARNs,
-context, errors quoting them) is printed with control characters escaped.
+output path which is itself a link to a regular file is refused, never
+replaced); inside a tree (-r) links are skipped with a warning unless
+--follow-symlinks, and nothing is ever written through a link in the output
+tree. Text taken from a message (ARNs, context, errors quoting them) is printed
+with control characters escaped. Every error is one line on stderr.
 See docs/cli.md.
 """
 
@@ -30,22 +36,25 @@ import os
 import re
 import secrets
 import signal
+import socket
 import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, NoReturn
 
 from . import _process
+from ._version import __version__
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # anything not covered below (I/O errors, ...)
-EXIT_USAGE = 2  # bad arguments or configuration
+EXIT_FAILED = 1  # anything not covered below (I/O errors, a refused path in a tree, ...)
+EXIT_USAGE = 2  # bad arguments or configuration (no credentials, an -o kmsenv will not write)
 EXIT_KMS = 3  # KMS unreachable, throttled, denied; no usable key
 EXIT_AUTH = 4  # the message failed authentication or is malformed
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C); SIGTERM 143, SIGHUP 129
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for a reader that went away
 
 SUFFIX = ".kmsenv"
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
@@ -58,6 +67,29 @@ class UsageError(Exception):
 class UnsafePathError(Exception):
     """A path the CLI will not read or write through (a symbolic link, a loop, a
     file that is not regular); reported for that file with exit code 1."""
+
+
+class OutputError(OSError):
+    """Creating or writing an output failed. It names the output as the user gave
+    it, never the hidden temporary file the bytes were going to."""
+
+    def __init__(self, exc: OSError, shown: str, doing: str = "write"):
+        super().__init__(exc.errno, exc.strerror or str(exc), shown)
+        self.doing = doing
+
+    def __str__(self) -> str:
+        return f"cannot {self.doing} {self.filename}: {self.strerror}"
+
+
+class _BrokenPipe(Exception):
+    """The reader of the output went away (``kmsenv decrypt ... -o - | head``)."""
+
+
+# Output errors that every later file of a tree would hit as well: a tree stops at
+# the first (one line), instead of repeating it for each file.
+_TREE_FATAL_ERRNOS = frozenset(
+    getattr(errno, n) for n in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT") if hasattr(errno, n)
+)
 
 
 # ---------------------------------------------------------------- printing
@@ -96,14 +128,97 @@ def _json_text(record: Any, **kwargs: Any) -> str:
     return _JSON_UNSAFE_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(record, **kwargs))
 
 
+# kmsenv.providers' warning for a CMK that failed (its last argument: "; trying
+# the next CMK", or "" for the last one).
+_LAST_CMK_FAILED = "kmsenv: decrypting the data key under %s failed (code=%s, region=%s, request_id=%s)%s"
+
+# Back to the start of the line, then erase it: a terminal's way to take the
+# progress bar off its line before a log line is written there.
+_CLEAR_LINE = "\r\x1b[K"
+
+
+class _Console:
+    """stderr, shared by the progress bar and every line the command prints.
+
+    The bar is one line redrawn in place (``\\r``) without a newline; a line
+    written while it shows used to land after it (``0.0 MB/skmsenv: ...``).
+    Here a line first clears the bar's line, is written whole, and the bar is
+    drawn again below it. Lines come from the main thread and from the
+    library's threads (log records of concurrent region calls): one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.bar = ""  # the bar's text while it is on the terminal
+        self.bar_stream: IO[str] | None = None
+
+    def line(self, text: str) -> None:
+        stream = sys.stderr
+        with self.lock:
+            try:
+                covering = bool(self.bar) and self.bar_stream is stream
+                if covering:
+                    stream.write(_CLEAR_LINE)
+                stream.write(text + "\n")
+                if covering:
+                    stream.write(self.bar)
+                stream.flush()
+            except (OSError, ValueError):  # stderr closed: nobody to tell
+                pass
+
+    def draw(self, stream: IO[str], text: str) -> None:
+        with self.lock:
+            # Recorded first: a signal's exit path (another thread) reads it to end the bar's line.
+            self.bar, self.bar_stream = text, stream
+            stream.write("\r" + text)
+            stream.flush()
+
+    def end_bar(self) -> None:
+        """Leave the bar's last state on its own line."""
+        with self.lock:
+            if self.bar and self.bar_stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self.bar_stream.write("\n")
+                    self.bar_stream.flush()
+            self.bar, self.bar_stream = "", None
+
+    def _after_fork_in_child(self) -> None:
+        # A parent thread may have held the lock at fork time; no bar is the child's.
+        self.lock = threading.RLock()
+        self.bar, self.bar_stream = "", None
+
+
+_CONSOLE = _Console()
+_process.register(__name__, ("_CONSOLE",), lambda: _CONSOLE._after_fork_in_child())
+
+
 def _say(text: str) -> None:
     """One line on stderr, escaped (paths and message text can carry controls)."""
-    print(f"kmsenv: {escape(text)}", file=sys.stderr)
+    _CONSOLE.line(f"kmsenv: {escape(text)}")
 
 
 class _EscapingFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape(super().formatMessage(record))
+
+
+class _ConsoleHandler(logging.Handler):
+    """Log records as console lines (so they never collide with the bar)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # The provider warns for each CMK that failed; for the last one (nothing
+        # more to try: no "; trying the next CMK") the error line that follows
+        # says the same, so the warning would only make one error two lines.
+        if record.msg == _LAST_CMK_FAILED and isinstance(record.args, tuple) and record.args and not record.args[-1]:
+            return False
+        return super().filter(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        _CONSOLE.line(text)
 
 
 @contextlib.contextmanager
@@ -115,8 +230,7 @@ def _escaped_log_warnings() -> Iterator[None]:
     if logger.hasHandlers():
         yield
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.WARNING)
+    handler = _ConsoleHandler(logging.WARNING)
     handler.setFormatter(_EscapingFormatter("%(message)s"))
     logger.addHandler(handler)
     try:
@@ -140,11 +254,23 @@ def _pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+def _endpoints(args: argparse.Namespace) -> dict[str, str]:
+    """KMSENV_KMS_ENDPOINTS, then --endpoint on top: a flag replaces the
+    variable's entry for its region only, so a region named in neither still
+    has its variable entry (it used to go to the public endpoint as soon as any
+    --endpoint was given)."""
+    from .kms import ENDPOINTS_ENV, parse_endpoints_env
+
+    merged = {region: ep.url for region, ep in parse_endpoints_env(os.environ.get(ENDPOINTS_ENV, "")).items()}
+    merged.update(_pairs(args.endpoint, "--endpoint"))
+    return merged
+
+
 def _kms(args: argparse.Namespace) -> Any:
     from .kms import Kms
 
-    endpoints = _pairs(args.endpoint, "--endpoint")
-    return Kms(endpoints=endpoints) if endpoints else Kms()
+    args.endpoints = _endpoints(args)  # _explain tells a configured endpoint from a default one
+    return Kms(endpoints=args.endpoints)
 
 
 def _algorithm(name: str | None) -> Any:
@@ -161,9 +287,11 @@ def _algorithm(name: str | None) -> Any:
 
 class Progress:
     """A one-line progress bar on stderr, drawn only on a terminal and only for
-    inputs large enough to be worth watching."""
+    inputs large enough to be worth watching. Drawn through the console, so
+    lines printed meanwhile (log warnings) never run into it."""
 
-    def __init__(self, label: str, total: int | None, stream: IO[str] = sys.stderr):
+    def __init__(self, label: str, total: int | None, stream: IO[str] | None = None):
+        stream = sys.stderr if stream is None else stream
         self.enabled = bool(total and total >= PROGRESS_MIN_BYTES and stream.isatty())
         self.label, self.total, self.stream = escape(label), total, stream
         self.started = time.monotonic()
@@ -180,13 +308,11 @@ class Progress:
         frac = min(done / total, 1.0)
         rate = done / max(now - self.started, 1e-6) / 1e6
         bar = "#" * int(frac * 30)
-        self.stream.write(f"\r{self.label[-40:]:40s} [{bar:30s}] {frac * 100:5.1f}% {rate:8.1f} MB/s")
-        self.stream.flush()
+        _CONSOLE.draw(self.stream, f"{self.label[-40:]:40s} [{bar:30s}] {frac * 100:5.1f}% {rate:8.1f} MB/s")
 
     def finish(self) -> None:
         if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+            _CONSOLE.end_bar()
 
 
 # ---------------------------------------------------------------- temporary files and signals
@@ -223,8 +349,11 @@ def _terminate(signum: int) -> None:
     for dir_fd, name in list(_TEMPS):
         with contextlib.suppress(OSError):
             os.unlink(name, dir_fd=dir_fd)
-    if signum == signal.SIGINT:
-        os.write(2, b"kmsenv: interrupted; no partial output was left\n")
+    with contextlib.suppress(OSError):
+        if _CONSOLE.bar:  # end the bar's line (read without its lock: the holder may be the interrupted thread)
+            os.write(2, b"\n")
+        if signum == signal.SIGINT:
+            os.write(2, b"kmsenv: interrupted; no partial output was left\n")
     os._exit(128 + signum)
 
 
@@ -279,8 +408,8 @@ def _cleanup_on_signals() -> Iterator[None]:
 
 
 # POSIX flags; where one is missing (Windows) it is 0 and the import still works.
-_O_DIRECTORY, _O_NOFOLLOW, _O_CLOEXEC, _O_NONBLOCK = (
-    getattr(os, n, 0) for n in ("O_DIRECTORY", "O_NOFOLLOW", "O_CLOEXEC", "O_NONBLOCK")
+_O_DIRECTORY, _O_NOFOLLOW, _O_CLOEXEC, _O_NONBLOCK, _O_NOCTTY = (
+    getattr(os, n, 0) for n in ("O_DIRECTORY", "O_NOFOLLOW", "O_CLOEXEC", "O_NONBLOCK", "O_NOCTTY")
 )
 _DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC
 
@@ -304,16 +433,16 @@ def _output_dir(root_fd: int, parts: Sequence[str], shown: str) -> int:
     fd = os.dup(root_fd)
     try:
         for name in parts:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name, 0o777, dir_fd=fd)
             try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o777, dir_fd=fd)
                 sub = os.open(name, _DIR_FLAGS | _O_NOFOLLOW, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(fd, name):
                     raise UnsafePathError(
                         f"refusing to write {shown}: {name} in its directory path is a symbolic link"
                     ) from None
-                raise
+                raise OutputError(exc, shown, "create") from None
             os.close(fd)
             fd = sub
         return fd
@@ -323,10 +452,22 @@ def _output_dir(root_fd: int, parts: Sequence[str], shown: str) -> int:
 
 
 def _refuse_link(dir_fd: int, name: str, shown: str) -> None:
-    # os.replace would replace the link itself (its target untouched), but a
-    # link at the output path is not ours to remove either.
-    if _is_link(dir_fd, name):
+    """Refuse to rename over anything but a regular file. os.replace would
+    replace a link itself (its target untouched), but a link at the output path
+    is not ours to remove either; nor is a FIFO, socket or device (an -o named
+    on the command line is written to as a stream instead; in a tree, the file
+    fails)."""
+    try:
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(exc, shown, "create") from None
+    if stat.S_ISLNK(mode):
         raise UnsafePathError(f"refusing to replace {shown}: it is a symbolic link (remove it or name its target)")
+    if not stat.S_ISREG(mode):
+        raise UnsafePathError(f"refusing to replace {shown}: it is not a regular file (a directory, FIFO, socket or "
+                              "device)")
 
 
 def _create_temp(dir_fd: int, name: str) -> tuple[int, str]:
@@ -353,38 +494,74 @@ def _create_temp(dir_fd: int, name: str) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", name)
 
 
+class _Sink:
+    """The output as the stream functions see it: counts the bytes written (what
+    an error message must own up to on a stream output), and reports a failed
+    write under the user's path, not the temporary file's."""
+
+    def __init__(self, raw: BinaryIO, shown: str):
+        self.raw, self.shown = raw, shown
+        self.written = 0
+
+    def write(self, data: Any) -> int:
+        try:
+            n = self.raw.write(data)
+        except OSError as exc:
+            raise OutputError(exc, self.shown) from None
+        n = len(memoryview(data).cast("B")) if n is None else n
+        self.written += n
+        return n
+
+    def flush(self) -> None:
+        try:
+            self.raw.flush()
+        except OSError as exc:
+            raise OutputError(exc, self.shown) from None
+
+    def fileno(self) -> int:  # an OS-level sink: the stream code may write it from a helper thread
+        return self.raw.fileno()
+
+
 class _AtomicOutput:
     """A temp file beside the target, renamed over it only on commit().
 
     ``parts`` are the directories below ``root_fd`` (created as needed, never
     through a link) and the file name."""
 
+    streamed = False
+
     def __init__(self, root_fd: int, parts: Sequence[str], shown: str, private: bool):
         self.shown, self.name = shown, parts[-1]
         self.tmp: str | None = None
-        self.file: BinaryIO | None = None
+        self.file: _Sink | None = None
         self.dir_fd = _output_dir(root_fd, parts[:-1], shown)
         try:
             _refuse_link(self.dir_fd, self.name, shown)  # before any work is done for it
-            fd, self.tmp = _create_temp(self.dir_fd, self.name)
+            try:
+                fd, self.tmp = _create_temp(self.dir_fd, self.name)
+            except OSError as exc:  # named after the output, not the hidden temporary file
+                raise OutputError(exc, shown, "create") from None
             # The file is 0600: kept for decrypted plaintext; ciphertext gets the
             # usual umask-based mode.
             if not private:
                 umask = os.umask(0)
                 os.umask(umask)
                 os.fchmod(fd, 0o666 & ~umask)
-            self.file = os.fdopen(fd, "wb")
+            self.file = _Sink(os.fdopen(fd, "wb"), shown)
         except BaseException:
             self.discard()
             raise
 
     def commit(self) -> None:
         assert self.file is not None and self.tmp is not None
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        _refuse_link(self.dir_fd, self.name, self.shown)  # planted while we worked
-        os.replace(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        try:
+            self.file.raw.flush()
+            os.fsync(self.file.raw.fileno())
+            self.file.raw.close()
+            _refuse_link(self.dir_fd, self.name, self.shown)  # planted while we worked
+            os.replace(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except OSError as exc:
+            raise OutputError(exc, self.shown) from None
         _TEMPS.discard((self.dir_fd, self.tmp))
         self.tmp = None
         self.discard()
@@ -392,7 +569,8 @@ class _AtomicOutput:
     def discard(self) -> None:
         try:
             if self.file is not None:
-                self.file.close()
+                with contextlib.suppress(OSError):  # a failed write's data is going away anyway
+                    self.file.raw.close()
         finally:
             if self.tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
@@ -404,6 +582,78 @@ class _AtomicOutput:
                 self.dir_fd = -1
 
 
+class _StreamOutput:
+    """An output written as it is produced: stdout, or an -o that exists and is
+    not a regular file (a device such as /dev/null, a FIFO, a socket,
+    /dev/stdout, /dev/fd/N). Nothing is renamed over it, so nothing replaces
+    it; and nothing written can be taken back, which is why a decrypt only
+    ever writes verified plaintext (the stream functions release nothing else)."""
+
+    streamed = True
+
+    def __init__(self, raw: BinaryIO, shown: str, owned: bool):
+        self.file = _Sink(raw, shown)
+        self.owned = owned  # stdout is the process's: flushed, never closed
+
+    def commit(self) -> None:
+        try:
+            self.file.flush()
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self.owned:
+            self.owned = False
+            with contextlib.suppress(OSError):
+                self.file.raw.close()
+
+
+_FD_PATH = re.compile(r"/dev/std(?P<std>out|err)|/dev/fd/(?P<fd>\d+)|/proc/(?P<pid>self|\d+)/fd/(?P<pfd>\d+)")
+
+
+def _named_fd(path: str) -> int | None:
+    """The descriptor that /dev/stdout, /dev/stderr, /dev/fd/N or /proc/self/fd/N
+    names, if it is open in this process and the path leads to it. Written
+    through directly: it is what the shell set up (a pipe from ``>(cmd)``, a
+    file opened with ``>>``), which opening the path again would not always
+    reach (a socket) or would reach differently (no append)."""
+    m = _FD_PATH.fullmatch(path)
+    if m is None or m["pid"] not in (None, "self", str(os.getpid())):
+        return None
+    fd = (1 if m["std"] == "out" else 2) if m["std"] else int(m["fd"] or m["pfd"])
+    try:
+        return fd if os.path.samestat(os.fstat(fd), os.stat(path)) else None
+    except (OSError, ValueError, OverflowError):
+        return None
+
+
+def _open_device(path: str, follow: bool) -> BinaryIO:
+    """An existing output that is not a regular file, opened for writing as it
+    is: never created, truncated or replaced. A socket is connected to
+    (AF_UNIX stream sockets only). ``follow``: the user named a link to it."""
+    st = os.stat(path) if follow else os.lstat(path)
+    if stat.S_ISSOCK(st.st_mode):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        fd = sock.detach()
+    else:
+        # No O_CREAT/O_TRUNC: if the path went away or became a file meanwhile,
+        # nothing is created or truncated. A FIFO's open waits for its reader.
+        fd = os.open(path, os.O_WRONLY | _O_NOCTTY | _O_CLOEXEC | (0 if follow else _O_NOFOLLOW))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            raise UnsafePathError(f"{path} became a regular file or directory while it was opened; not written")
+        return os.fdopen(fd, "wb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 # ---------------------------------------------------------------- jobs
 
 
@@ -412,8 +662,14 @@ class Job:
     src: str  # path as shown, or "-"
     dst: str  # path as shown, or "-"
     open_src: Callable[[], BinaryIO] | None = None  # None: stdin
-    out_root: int | None = None  # directory fd the output's parts are under; None: stdout
+    out_root: int | None = None  # directory fd the output's parts are under (a file renamed into place)
     out_parts: tuple[str, ...] = ()  # directories below out_root, then the file name
+    # Otherwise a stream output: returns (file, whether kmsenv closes it when done).
+    open_stream: Callable[[], tuple[BinaryIO, bool]] | None = None
+    # Filled in by _run_job, for the error line: was the output a stream, and
+    # how many bytes reached it.
+    streamed: bool = False
+    written: int = 0
 
 
 def _output_name(name: str, encrypting: bool) -> str | None:
@@ -555,36 +811,101 @@ def _jobs(args: argparse.Namespace, encrypting: bool, outcome: _Outcome) -> Iter
     if _inside(os.path.realpath(dst), os.path.realpath(src)):
         raise UsageError("with -r the output directory must not be inside the input directory "
                          "(symbolic links resolved)")
-    os.makedirs(dst, exist_ok=True)
-    out_root = _open_dir(dst)
+    try:
+        os.makedirs(dst, exist_ok=True)  # -r creates the output tree, its parents included
+        out_root = _open_dir(dst)
+    except OSError as exc:
+        raise OutputError(exc, dst, "create the output directory") from None
     try:
         yield from _TreeWalk(src, dst, out_root, encrypting, args.follow_symlinks, outcome).jobs()
     finally:
         os.close(out_root)
 
 
+def _stdout() -> tuple[BinaryIO, bool]:
+    return sys.stdout.buffer, False
+
+
 def _single_job(src: str, dst: str) -> Iterator[Job]:
     """One file. Paths the user typed are followed (a link named as -i is read;
-    -o may be reached through linked directories), but an -o that is itself a
-    symbolic link is refused rather than replaced."""
+    -o may be reached through linked directories). How -o is written depends on
+    what it is:
+
+    * ``-``, /dev/stdout, /dev/stderr, /dev/fd/N: that descriptor, as a stream;
+    * an existing device, FIFO or socket (or a link to one, /dev/null included):
+      opened and written as a stream, never replaced;
+    * a regular file, or nothing yet: a temporary file renamed over it at the
+      end; its directory must exist (only -r creates directories);
+    * a link to a regular file (or a broken link): refused, not replaced;
+    * a directory: refused (``-r`` processes trees)."""
     if src != "-" and os.path.isdir(src):
         raise UsageError(f"{src} is a directory: add -r to process a tree")
-    if src != "-" and dst != "-" and os.path.exists(dst) and os.path.samefile(src, dst):
-        raise UsageError("input and output are the same file")
     open_src = None if src == "-" else (lambda: open(src, "rb"))
     if dst == "-":
-        yield Job(src, dst, open_src)
+        yield Job(src, dst, open_src, open_stream=_stdout)
         return
-    if os.path.islink(dst):
-        raise UsageError(f"{dst} is a symbolic link: kmsenv does not replace links (remove it or name its target)")
+    fd = _named_fd(dst)
+    if fd is not None:
+        yield Job(src, dst, open_src, open_stream=lambda: (os.fdopen(os.dup(fd), "wb", buffering=0), True))
+        return
+    try:
+        lst: os.stat_result | None = os.lstat(dst)
+    except FileNotFoundError:
+        lst = None
+    if lst is not None and not stat.S_ISREG(lst.st_mode):
+        link = stat.S_ISLNK(lst.st_mode)
+        st = _stat_or_none(dst) if link else lst
+        if link and (st is None or stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise UsageError(f"{dst} is a symbolic link: kmsenv does not replace links (name its target, or remove it)")
+        assert st is not None
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{dst} is a directory: name a file in it, or add -r to process a tree")
+        yield Job(src, dst, open_src, open_stream=lambda: (_open_device(dst, follow=link), True))
+        return
+    if src != "-" and lst is not None and os.path.samefile(src, dst):
+        raise UsageError("input and output are the same file")
     target = os.path.abspath(dst)
     directory = os.path.dirname(target)
-    os.makedirs(directory, exist_ok=True)
-    out_root = _open_dir(directory)
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write {dst}: the directory {os.path.dirname(dst)} does not exist "
+                         "(kmsenv creates directories only with -r)")
+    try:
+        out_root = _open_dir(directory)
+    except OSError as exc:
+        raise OutputError(exc, dst, "write") from None
     try:
         yield Job(src, dst, open_src, out_root, (os.path.basename(target),))
     finally:
         os.close(out_root)
+
+
+def _stat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _open_output(job: Job, private: bool) -> _AtomicOutput | _StreamOutput:
+    if job.open_stream is None:
+        assert job.out_root is not None
+        return _AtomicOutput(job.out_root, job.out_parts, job.dst, private)
+    try:
+        raw, owned = job.open_stream()
+    except OSError as exc:
+        raise OutputError(exc, job.dst, "open") from None
+    return _StreamOutput(raw, job.dst, owned)
+
+
+def _refuse_same_file(src: BinaryIO, out: _AtomicOutput | _StreamOutput, job: Job) -> None:
+    """A stream output that is the input file (``-o /dev/stdout >> IN``): it would
+    read what it writes. (A named -o is checked before; this catches descriptors.)"""
+    if not out.streamed:
+        return
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        a, b = os.fstat(src.fileno()), os.fstat(out.file.fileno())
+        if stat.S_ISREG(a.st_mode) and os.path.samestat(a, b):
+            raise UsageError(f"input and output are the same file ({job.dst} is {job.src})")
 
 
 def _run_job(job: Job, action: Callable[[Any, Any, Callable[[int], None]], Any], encrypting: bool) -> Any:
@@ -595,19 +916,17 @@ def _run_job(job: Job, action: Callable[[Any, Any, Callable[[int], None]], Any],
         total = None if job.open_src is None else os.fstat(src.fileno()).st_size
         progress = Progress(label if job.open_src is None else job.src, total)
         try:
-            if job.out_root is None:
-                result = action(src, sys.stdout.buffer, progress)
-                sys.stdout.buffer.flush()
-            else:
-                out = _AtomicOutput(job.out_root, job.out_parts, job.dst, private=not encrypting)
-                result = action(src, out.file, progress)
-                out.commit()
-                out = None
+            out = _open_output(job, private=not encrypting)
+            job.streamed = out.streamed
+            _refuse_same_file(src, out, job)
+            result = action(src, out.file, progress)
+            out.commit()
             return result
         finally:
             progress.finish()
     finally:
         if out is not None:
+            job.written = out.file.written if out.file is not None else 0
             out.discard()
         if src is not sys.stdin.buffer:
             src.close()
@@ -640,12 +959,15 @@ def _each(args: argparse.Namespace, encrypting: bool, action: Callable[..., Any]
                 try:
                     result = _run_job(job, action, encrypting)
                 except Exception as exc:
+                    if _is_broken_pipe(exc):
+                        raise _BrokenPipe() from None
                     error = exc
-                    code = _exit_code(exc)
-                    _say(f"{job.src}: {_explain(exc)}")
-                    outcome.worst = max(outcome.worst, code)
-                    if not args.recursive:
-                        return code
+                    stop = args.recursive and _stops_the_tree(exc)
+                    line = _job_line(job, exc, encrypting, getattr(args, "endpoints", None))
+                    _say(line + ("; stopping here: every other file would fail the same way" if stop else ""))
+                    outcome.worst = max(outcome.worst, _exit_code(exc))
+                    if not args.recursive or stop:
+                        return outcome.worst
                 finally:
                     if meta is not None:
                         meta.write(_json_text(_metadata(job, result, error)) + "\n")
@@ -677,34 +999,116 @@ def _exit_code(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
-def _explain(exc: BaseException) -> str:
-    """One line: what went wrong and what to do."""
-    from . import exceptions as E
+def _is_broken_pipe(exc: BaseException) -> bool:
+    return isinstance(exc, BrokenPipeError | _BrokenPipe) or (
+        isinstance(exc, OutputError) and exc.errno == errno.EPIPE
+    )
 
+
+def _stops_the_tree(exc: BaseException) -> bool:
+    """An error every later file of a tree would repeat: the output cannot be
+    written (permissions, a read-only or full file system), or there are no
+    credentials."""
+    from .kms import NoCredentialsError
+
+    return isinstance(exc, NoCredentialsError) or (isinstance(exc, OutputError) and exc.errno in _TREE_FATAL_ERRNOS)
+
+
+_CREDENTIALS_VARS = "ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+_CREDENTIAL_CODES = frozenset({
+    "SignatureDoesNotMatch", "InvalidAccessKeyId.NotFound", "InvalidAccessKeyId.Inactive", "InvalidAccessKeyId",
+    "IncompleteSignature",
+})
+# Kms's codes for a request that never got a KMS answer (kmsenv.kms._translate).
+_CONNECTION_CODES = frozenset({"ConnectionError", "ConnectTimeout", "ReadTimeout", "SSLError", "ProxyError",
+                               "InvalidResponse"})
+_BUSY_CODES = frozenset({"Rejected.Throttling", "Throttling", "ServiceUnavailableTemporary", "InternalFailure"})
+
+
+def _credentials_text(exc: Any) -> str:
+    """The CLI's one line for missing credentials: what to set, in its terms (the
+    library's text speaks of kmsenv.Kms arguments)."""
+    if getattr(exc, "missing", None):
+        return f"{exc.missing} is not set: set both {_CREDENTIALS_VARS}"
+    return (f"no Alibaba Cloud credentials: set {_CREDENTIALS_VARS} (and ALIBABA_CLOUD_SECURITY_TOKEN for STS), "
+            "or ALIBABA_CLOUD_PROFILE to use a profile of ~/.aliyun/config.json, or run on ECS with a RAM role")
+
+
+def _kms_hint(err: Any, endpoints: dict[str, str] | None) -> str:
+    """What to do about one KMS failure ('' when KMS's own text says it all)."""
+    code = getattr(err, "code", None)
+    region = getattr(err, "region", None)
+    if code in _CREDENTIAL_CODES:
+        return f"KMS rejected the credentials: check {_CREDENTIALS_VARS.replace(' and ', ' / ')}"
+    if code == "Forbidden.KeyNotFound":
+        return "the key does not exist in that region: check the ARN"
+    if code in _CONNECTION_CODES:
+        if region and endpoints is not None and region not in endpoints:
+            # The library's text names the default URL; say how to set another.
+            return f"to use another endpoint for {region}: --endpoint {region}=URL or KMSENV_KMS_ENDPOINTS"
+        return "check the KMS endpoint (--endpoint REGION=URL or KMSENV_KMS_ENDPOINTS) and that it is reachable"
+    if code in _BUSY_CODES or getattr(err, "retryable", False):
+        return "KMS is busy or throttling: try again later"
+    if isinstance(code, str) and code.startswith("Rejected."):
+        return "the key's state does not allow it: is it disabled or pending deletion?"
+    if isinstance(code, str) and code.startswith("Forbidden"):
+        return "KMS refused: check that these credentials may use the key (RAM policy)"
+    return ""
+
+
+def _explain(exc: BaseException, endpoints: dict[str, str] | None = None) -> str:
+    """One line: what went wrong and what to do. Nothing here claims anything
+    about an output: see :func:`_job_line`."""
+    from . import exceptions as E
+    from .kms import NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return _credentials_text(exc)
+    if isinstance(exc, OutputError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    credential_codes = ("SignatureDoesNotMatch", "InvalidAccessKeyId.NotFound", "IncompleteSignature")
-    causes = [e for _, e in getattr(exc, "errors", [])]
-    if causes and all(getattr(e, "code", None) in credential_codes for e in causes):
-        hint = "KMS rejected the credentials: check ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET"
-    elif isinstance(exc, E.NoUsableKeyError):
-        hint = "check -k names a CMK in the message (kmsenv inspect shows them) and that KMS is reachable"
-    elif isinstance(exc, E.KmsError) and exc.code in credential_codes:
-        hint = "check ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+    hint = ""
+    if isinstance(exc, E.NoUsableKeyError):
+        hints = {_kms_hint(e, endpoints) for _, e in exc.errors}
+        if not exc.errors:
+            hint = "check -k names a CMK in the message (kmsenv inspect shows them)"
+        elif len(hints) == 1:
+            hint = hints.pop()
+        else:
+            hint = "each CMK failed differently: see the lines above"
     elif isinstance(exc, E.KmsError):
-        hint = "check the KMS endpoint (--endpoint REGION=URL or KMSENV_KMS_ENDPOINTS) and try again"
+        hint = _kms_hint(exc, endpoints)
     elif isinstance(exc, E.AuthenticationError | E.MessageFormatError):
-        hint = "the input is damaged, truncated or not a kmsenv/Alibaba message; nothing was written"
+        hint = "the input is damaged, truncated or not a kmsenv/Alibaba message"
     elif isinstance(exc, E.EncryptionContextMismatchError):
         hint = "the message was encrypted under another context (kmsenv inspect shows it)"
     elif isinstance(exc, E.UnauthenticatedAlgorithmError):
+        text = text.replace("pass allow_unauthenticated=True", "pass --allow-unauthenticated")
         hint = "legacy CBC/CTR messages need --allow-unauthenticated"
-    elif isinstance(exc, UnsafePathError):
-        hint = "nothing was written for it"
-    elif isinstance(exc, OSError):
-        hint = "check the path and permissions"
-    else:
-        return text
-    return f"{text} ({hint})"
+    return f"{text} ({hint})" if hint else text
+
+
+def _job_line(job: Job, exc: BaseException, encrypting: bool, endpoints: dict[str, str] | None) -> str:
+    """The error line for one file: its input, what went wrong, and what became
+    of its output. A file output was never touched (its temporary file is gone);
+    a stream output keeps what was written before the error: nothing but
+    verified plaintext (decrypt) or the start of a message that will not
+    decrypt (encrypt)."""
+    text = _explain(exc, endpoints)
+    if isinstance(exc, OSError) and not isinstance(exc, OutputError) and exc.filename == job.src:
+        text = exc.strerror or text  # "IN: IN: No such file or directory" otherwise
+    if job.streamed and job.written:
+        what = "an incomplete message" if encrypting else "verified plaintext only"
+        text += f"; {job.written} bytes had been written to {_shown(job.dst, 'stdout')} ({what})"
+    elif not isinstance(exc, UsageError):
+        text += "; nothing was written"
+    return f"{_shown(job.src, 'stdin')}: {text}"
+
+
+def _shown(path: str, dash: str) -> str:
+    return dash if path == "-" else path
 
 
 # ---------------------------------------------------------------- commands
@@ -714,7 +1118,7 @@ def _encrypt(args: argparse.Namespace) -> int:
     from .providers import KmsKeyProvider
     from .stream import encrypt_stream
 
-    if not args.key:
+    if not args.key:  # argparse requires -k; main() may be given a hand-made Namespace
         raise UsageError("encrypt needs at least one -k ARN (the first is the primary CMK)")
     context = _pairs(args.context, "-c")
     provider = KmsKeyProvider(*args.key, kms=_kms(args))
@@ -776,6 +1180,7 @@ def _inspect(args: argparse.Namespace) -> int:
         record["frame_size"] = header.frame_size
     # Everything here comes from an unauthenticated header: escaped for the terminal.
     print(_json_text(record, indent=2, ensure_ascii=False))
+    sys.stdout.flush()  # a closed pipe (| head -1) shows here, not at interpreter exit
     return EXIT_OK
 
 
@@ -783,6 +1188,7 @@ def _info(args: argparse.Namespace) -> int:
     import kmsenv
 
     print(json.dumps({"kmsenv": kmsenv.__version__, **kmsenv.backend_info()}, indent=2))
+    sys.stdout.flush()
     return EXIT_OK
 
 
@@ -792,53 +1198,129 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(sys.stdout)
 
 
-def _add_io(p: argparse.ArgumentParser) -> None:
+_EXIT_CODES = (
+    "exit codes: 0 ok; 1 other failure (I/O, a refused path in a tree); 2 usage or configuration (bad "
+    "arguments, no credentials, an -o kmsenv will not write); 3 KMS unreachable, throttled or refusing, or no "
+    "usable CMK; 4 the message failed authentication, is malformed or has another encryption context; "
+    "130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (temporary files removed); 141 the reader of the output "
+    "went away (SIGPIPE, as for other Unix tools)."
+)
+_ENVIRONMENT = (
+    "environment: ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET (+ ALIBABA_CLOUD_SECURITY_TOKEN) "
+    "or the default credential chain (ALIBABA_CLOUD_PROFILE, ECS RAM role); KMSENV_KMS_ENDPOINTS="
+    "region=url,... sets endpoints (--endpoint REGION=URL overrides it per region; other regions use "
+    "https://kms.REGION.aliyuncs.com)."
+)
+_OUTPUT_NOTE = (
+    "OUT, a regular file or a new one: written to a hidden temporary file and renamed into place only when "
+    "complete (encrypt) or verified (decrypt); its directory must exist. OUT that exists and is not a regular "
+    "file (/dev/null, a FIFO, a socket, /dev/stdout, /dev/fd/N) or -: written as a stream, never replaced; a "
+    "decrypt writes verified plaintext only, but what was written before an error stays. A symbolic link to a "
+    "regular file is refused."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (argparse prints the whole usage
+    block first) that says where the options are listed."""
+
+    def error(self, message: str) -> NoReturn:
+        _say(f"{self.prog.removeprefix('kmsenv').strip() or 'usage'}: {message} (see {self.prog} --help)")
+        sys.exit(EXIT_USAGE)
+
+
+class _Paragraphs(argparse.HelpFormatter):
+    """Descriptions and epilogs wrapped paragraph by paragraph (argparse joins
+    them into one)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(super(_Paragraphs, self)._fill_text(part, width, indent) for part in text.split("\n\n"))
+
+
+def _add_io(p: argparse.ArgumentParser, encrypting: bool) -> None:
     p.add_argument("-i", "--input", required=True, metavar="IN", help="input file, directory (-r) or - for stdin")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, directory (-r) or - for stdout")
-    p.add_argument("-r", "--recursive", action="store_true", help="process a directory tree (mirrored into OUT)")
-    p.add_argument("-c", "--context", action="append", metavar="KEY=VALUE", help="encryption context entry (repeatable)")
-    p.add_argument("--endpoint", action="append", metavar="REGION=URL", help="KMS endpoint for a region (repeatable)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file, directory (-r) or - for stdout (see below)")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="process a directory tree, mirrored into OUT (created, with its parents, if missing)")
+    if encrypting:
+        p.add_argument("-c", "--context", action="append", metavar="KEY=VALUE",
+                       help="an encryption context entry, bound to the message (repeatable)")
+    else:
+        p.add_argument("-c", "--context", action="append", metavar="KEY=VALUE",
+                       help="check that the message's encryption context has this entry (repeatable; entries not "
+                       "named are not checked); a missing or different value fails with exit 4, nothing written")
+    p.add_argument("--endpoint", action="append", metavar="REGION=URL",
+                   help="KMS endpoint for a region (repeatable); merged over KMSENV_KMS_ENDPOINTS, this wins "
+                   "for its region")
     p.add_argument("--metadata-output", metavar="FILE", help="append one JSON line per file to FILE")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="with -r, follow symbolic links in the input tree (default: skip them with a warning)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kmsenv",
-        description="Multi-region envelope encryption for Alibaba Cloud KMS.",
-        epilog="Credentials: ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET (or the default "
-        "credential chain). Endpoints: --endpoint or KMSENV_KMS_ENDPOINTS=region=url,...  Exit codes: "
-        "0 ok, 1 other failure, 2 usage, 3 KMS / no usable key, 4 authentication or format.",
+        formatter_class=_Paragraphs,
+        description="Multi-region envelope encryption for Alibaba Cloud KMS: a file encrypted under CMKs in "
+        "several regions decrypts through any one of them.",
+        epilog=f"{_ENVIRONMENT}\n\n{_EXIT_CODES}\n\nkmsenv COMMAND --help describes a command; docs/cli.md has "
+        "the details.",
     )
+    parser.add_argument("--version", action="version", version=f"kmsenv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    enc = sub.add_parser("encrypt", help="encrypt files under one or more CMKs")
-    enc.add_argument("-k", "--key", action="append", metavar="ARN", help="CMK ARN (repeatable; the first is primary)")
+    enc = sub.add_parser(
+        "encrypt", formatter_class=_Paragraphs, help="encrypt files under one or more CMKs",
+        description="Encrypt IN under every CMK given with -k (one encrypted data key per CMK; any one of them "
+        "decrypts it). The first -k is the primary: it makes the data key.",
+        epilog=f"{_OUTPUT_NOTE}\n\n{_ENVIRONMENT}\n\n{_EXIT_CODES}",
+    )
+    enc.add_argument("-k", "--key", action="append", metavar="ARN", required=True,
+                     help="CMK ARN, acs:kms:REGION:ACCOUNT:key/ID (required; repeatable; the first is the primary)")
     enc.add_argument("--format", default="framed", choices=["framed", "alibaba", "alibaba-stream"],
                      help="framed (default; bounded memory), alibaba (one DER message, interop), "
                      "alibaba-stream (the Java SDK's stream layout)")
     enc.add_argument("-a", "--algorithm", metavar="ALG", help="e.g. AES_GCM_NOPADDING_256 (default), SM4_GCM_NOPADDING_128")
-    _add_io(enc)
+    _add_io(enc, encrypting=True)
     enc.set_defaults(func=_encrypt)
 
-    dec = sub.add_parser("decrypt", help="decrypt files (any kmsenv or Alibaba format)")
-    dec.add_argument("-k", "--key", action="append", metavar="ARN", help="CMK ARN to try (repeatable, in order)")
-    dec.add_argument("--discovery", action="store_true", help="use any CMK the message names")
+    dec = sub.add_parser(
+        "decrypt", formatter_class=_Paragraphs, help="decrypt files (any kmsenv or Alibaba format)",
+        description="Decrypt IN (framed, alibaba or alibaba-stream, told apart from its first bytes) through one of "
+        "its CMKs: those given with -k, tried in order, or with --discovery any CMK the message names. Only "
+        "verified plaintext is ever written.",
+        epilog=f"{_OUTPUT_NOTE}\n\n{_ENVIRONMENT}\n\n{_EXIT_CODES}",
+    )
+    keys = dec.add_mutually_exclusive_group(required=True)
+    keys.add_argument("-k", "--key", action="append", metavar="ARN", help="CMK ARN to try (repeatable, in order)")
+    keys.add_argument("--discovery", action="store_true", help="use any CMK the message names")
     dec.add_argument("--allow-unauthenticated", action="store_true",
                      help="accept legacy CBC/CTR messages, whose body nothing authenticates")
-    _add_io(dec)
+    _add_io(dec, encrypting=False)
     dec.set_defaults(func=_decrypt)
 
-    ins = sub.add_parser("inspect", help="print a message's header as JSON (no KMS call, nothing verified)")
-    ins.add_argument("file", metavar="FILE")
+    ins = sub.add_parser(
+        "inspect", formatter_class=_Paragraphs, help="print a message's header as JSON (no KMS call, nothing verified)",
+        description="Print the header of a message (format, algorithm, CMK ARNs, encryption context) as JSON. "
+        "No KMS call is made and nothing is verified: the header may have been altered. Control characters "
+        "are printed as \\uXXXX escapes.",
+    )
+    ins.add_argument("file", metavar="FILE", help="the message, or - for stdin")
     ins.set_defaults(func=_inspect)
 
-    demo = sub.add_parser("demo", help="run the multi-region demo on an embedded local KMS")
+    demo = sub.add_parser(
+        "demo", formatter_class=_Paragraphs, help="run the multi-region demo on an embedded local KMS",
+        description="Start a local KMS with two regions, encrypt under a CMK in each, decrypt through each alone, "
+        "take one region down and decrypt again, tamper with the message. Needs no credentials or network.",
+    )
     demo.set_defaults(func=_demo)
-    info = sub.add_parser("info", help="show the active crypto backend, OpenSSL and CPU features")
+    info = sub.add_parser("info", formatter_class=_Paragraphs, help="show the active crypto backend, OpenSSL and CPU features",
+                          description="Print kmsenv's version, crypto backend, OpenSSL and CPU features as JSON.")
     info.set_defaults(func=_info)
-    kms = sub.add_parser("kms", help="the local KMS server for development and tests")
+    kms = sub.add_parser("kms", formatter_class=_Paragraphs, help="the local KMS server for development and tests",
+                         description="A local KMS (the KMS 2016-01-20 API on loopback ports) for development and "
+                         "tests: never for real keys.")
     kms_sub = kms.add_subparsers(dest="kms_command", metavar="KMS_COMMAND")
     from .localkms.cli import add_subcommands
 
@@ -852,6 +1334,20 @@ def _missing(parser: argparse.ArgumentParser) -> int:
     return EXIT_USAGE
 
 
+def _die_of_sigpipe() -> NoReturn:
+    """End as a Unix tool ends when its reader goes away: silently, killed by
+    SIGPIPE (the shell shows 141). Python ignores SIGPIPE and raises
+    BrokenPipeError instead; anything it would still flush to the closed pipe at
+    exit would print a traceback-like complaint, so the process does not exit
+    normally. Temporary files are already gone: the error unwound through them."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    os._exit(EXIT_BROKEN_PIPE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -863,7 +1359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("interrupted; no partial output was left")
         return EXIT_INTERRUPTED
     except Exception as exc:
-        _say(_explain(exc))
+        if _is_broken_pipe(exc):
+            _die_of_sigpipe()
+        _say(_explain(exc, getattr(args, "endpoints", None)))
         return _exit_code(exc)
 
 

@@ -7,6 +7,7 @@ decrypts again, and says what happened at each step.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TextIO
 
@@ -14,27 +15,46 @@ REGIONS = ("cn-beijing", "cn-hangzhou")
 SAMPLE = b"Quarterly backup of the orders table\n" * 100
 
 
-def run_demo(out: TextIO) -> int:
-    import logging
+class _StepLog(logging.Handler):
+    """kmsenv's log lines (the failover warnings), held until the step they
+    belong to has printed its own line: a step prints after its work, so a line
+    logged during step 6's decrypt printed at once would sit under step 5."""
 
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("      log: %(message)s"))
+        self.held: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.held.append(self.format(record))
+
+    def print_held(self, out: TextIO) -> None:
+        held, self.held = self.held, []
+        for line in held:
+            print(line, file=out)
+        out.flush()
+
+
+def run_demo(out: TextIO) -> int:
     import kmsenv
     from kmsenv.localkms import LocalKms
 
-    # Show kmsenv's failover warnings in line with the steps.
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(logging.Formatter("      log: %(message)s"))
+    # Show kmsenv's failover warnings under the step that caused them.
+    handler = _StepLog()
     logger = logging.getLogger("kmsenv")
     logger.addHandler(handler)
     try:
-        return _steps(out, kmsenv, LocalKms)
+        return _steps(out, kmsenv, LocalKms, handler)
     finally:
         logger.removeHandler(handler)
+        handler.print_held(out)
 
 
-def _steps(out: TextIO, kmsenv, LocalKms) -> int:  # type: ignore[no-untyped-def]
+def _steps(out: TextIO, kmsenv, LocalKms, log: _StepLog) -> int:  # type: ignore[no-untyped-def]
 
     def say(step: int, text: str) -> None:
         print(f"[{step}/7] {text}", file=out, flush=True)
+        log.print_held(out)
 
     with LocalKms(regions=list(REGIONS)) as local:
         say(1, "local KMS up: " + ", ".join(f"{r} at {u}" for r, u in local.endpoints.items()))

@@ -19,6 +19,7 @@ __all__ = [
     "ConfigurationError",
     "WipedKeyError",
     "InputChangedError",
+    "NoCredentialsError",
 ]
 
 
@@ -116,3 +117,15 @@ class InputChangedError(KmsEnvError):
     """A stream's input yielded more or fewer bytes than its size said when the
     message's lengths were written (another writer changed the file while it
     was being encrypted). The partial output is not a readable message."""
+
+
+class NoCredentialsError(ConfigurationError):
+    """No usable Alibaba Cloud credentials: none configured, an incomplete pair in
+    the environment (``missing`` names the variable that is not set), or the
+    default credential chain found nothing. A :class:`ConfigurationError`, so
+    existing handlers keep working; its own type lets a front end (the ``kmsenv``
+    command) say what to set in its own terms."""
+
+    def __init__(self, message: str, missing: str | None = None):
+        super().__init__(message)
+        self.missing = missing

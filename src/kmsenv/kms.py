@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 from kmsenv import _process
 from kmsenv._version import __version__
 from kmsenv.arn import Arn
-from kmsenv.exceptions import ConfigurationError, KmsError
+from kmsenv.exceptions import ConfigurationError, KmsError, NoCredentialsError
 
-__all__ = ["Kms", "ENDPOINTS_ENV", "RETRYABLE_CODES"]
+__all__ = ["Kms", "ENDPOINTS_ENV", "RETRYABLE_CODES", "NoCredentialsError"]
 
 logger = logging.getLogger("kmsenv")
 
@@ -75,6 +75,46 @@ _CREDENTIALS_HELP = (
     "(and ALIBABA_CLOUD_SECURITY_TOKEN for STS credentials), or configure a credentials profile, "
     "OIDC or an ECS RAM role"
 )
+
+
+
+# alibabacloud_credentials logs on this logger, and its modules each attach a
+# StreamHandler to it at import: every ECS metadata probe that fails prints its
+# traceback on stderr (three times), before the error kmsenv raises says the same.
+_CREDENTIAL_CHAIN_LOGGER = "credentials"
+
+
+class _CredentialChainToDebug(logging.Handler):
+    """What the credential chain logs, as one DEBUG line on kmsenv's logger
+    (``kmsenv.credentials``): no traceback, nothing on stderr unless the
+    application asks for kmsenv's DEBUG output. Only WARNING and above reach it
+    (the chain's logger is at INFO, and its DEBUG lines print credentials)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = (record.getMessage().splitlines() or [record.levelname])[0]
+        except Exception:  # a broken record must not break a KMS call
+            return
+        logging.getLogger("kmsenv.credentials").debug("kmsenv: credential chain: %s", text)
+
+
+def _quiet_credential_chain() -> None:
+    """Replace the stderr handlers alibabacloud_credentials attached to its logger
+    with :class:`_CredentialChainToDebug`. Only handlers like the package's own
+    are removed (a bare ``StreamHandler()``: no formatter, no level; an
+    application's configured handlers stay), and only when kmsenv itself builds
+    the default chain. Idempotent."""
+    chain = logging.getLogger(_CREDENTIAL_CHAIN_LOGGER)
+    for handler in list(chain.handlers):
+        if type(handler) is logging.StreamHandler and handler.formatter is None and handler.level == logging.NOTSET:
+            chain.removeHandler(handler)
+    if not any(isinstance(h, _CredentialChainToDebug) for h in chain.handlers):
+        chain.addHandler(_CredentialChainToDebug())
+    # Records still propagate: an application that configured logging sees them.
+
 
 _REGION_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\Z")
 
@@ -443,14 +483,15 @@ class Kms:
                     kwargs["security_token"] = token
             elif env_id or env_secret:
                 missing = "ALIBABA_CLOUD_ACCESS_KEY_SECRET" if env_id else "ALIBABA_CLOUD_ACCESS_KEY_ID"
-                raise ConfigurationError(f"incomplete Alibaba Cloud credentials: {missing} is not set")
+                raise NoCredentialsError(f"incomplete Alibaba Cloud credentials: {missing} is not set", missing)
             else:
                 try:
                     from alibabacloud_credentials.client import Client as CredentialClient
 
+                    _quiet_credential_chain()
                     kwargs = {"credential": CredentialClient()}
                 except Exception as e:
-                    raise ConfigurationError(
+                    raise NoCredentialsError(
                         f"cannot set up Alibaba Cloud credentials ({type(e).__name__}): {_CREDENTIALS_HELP}"
                     ) from None
         self._config_kwargs = kwargs
@@ -587,7 +628,7 @@ class Kms:
         except ImportError:  # pragma: no cover
             CredentialException = ()  # type: ignore[assignment]
         if isinstance(inner, CredentialException):
-            return ConfigurationError(f"no usable Alibaba Cloud credentials for {prefix}: {_CREDENTIALS_HELP}"), None
+            return NoCredentialsError(f"no usable Alibaba Cloud credentials for {prefix}: {_CREDENTIALS_HELP}"), None
 
         if type(inner).__name__ == "RetryError":
             # darabonba wraps requests' IOError as RetryError(str(e)); the
@@ -612,6 +653,9 @@ class Kms:
             if m and code == "ConnectionError":
                 kind += f": {m.group(0).strip()}"
             url = self._endpoint(region).url
+            if region not in self._endpoints:
+                # Often the real cause: an endpoint the caller meant to set for this region.
+                url += f", the default endpoint for {region} (none was configured for it)"
             return KmsError(f"{prefix} failed: cannot reach {url} ({kind})", code=code, region=region,
                             retryable=retryable), None
 
