@@ -123,7 +123,7 @@ int kmsenv__der_write_message(kmsenv_key *k, const uint8_t *header, size_t heade
 
 /* Every message is at least this long, more than one IV: see the IV pool. */
 #define MIN_MESSAGE (2 + 2 + 2 + KMSENV_GCM_IV_LEN + 2 + 2 + KMSENV_GCM_TAG_LEN)
-_Static_assert(MIN_MESSAGE > KMSENV_GCM_IV_LEN, "IV pool invariant");
+KMSENV_STATIC_ASSERT(MIN_MESSAGE > KMSENV_GCM_IV_LEN, "IV pool invariant");
 
 int kmsenv_gcm_seal_messages(kmsenv_key *k, const uint8_t *header, size_t headerlen,
                              const uint8_t *aad, size_t aadlen, size_t n, const uint8_t *in,

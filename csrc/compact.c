@@ -19,7 +19,7 @@ static const char SUBKEY_INFO_V2[] = "kmsenv/compact/v2/key";
 static const char COMMIT_INFO[] = "kmsenv/compact/v2/commitment";
 #define SUBKEY_INFO_LEN (sizeof SUBKEY_INFO_V2 - 1)
 #define COMMIT_INFO_LEN (sizeof COMMIT_INFO - 1)
-_Static_assert(sizeof SUBKEY_INFO_V1 == sizeof SUBKEY_INFO_V2, "both subkey labels have one length");
+KMSENV_STATIC_ASSERT(sizeof SUBKEY_INFO_V1 == sizeof SUBKEY_INFO_V2, "both subkey labels have one length");
 
 /* The HKDF hash of a cipher and key length (SHA-256 for AES, SM3 for SM4). */
 static int hash_for(int cipher, size_t keylen, int *hash)

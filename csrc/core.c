@@ -7,12 +7,15 @@
 
 #include "internal.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+/* Windows first: MSVC has no <cpuid.h>, while MSVC, clang-cl and mingw-w64
+ * all declare __cpuid in <intrin.h>, so the mingw cross-compile
+ * (scripts/cross-compile-windows.sh) checks the code MSVC builds. */
+#if defined(_WIN32) && (defined(_M_X64) || defined(_M_IX86) || defined(__x86_64__) || defined(__i386__))
+#include <intrin.h>
+#define KMSENV_CPUID_INTRIN 1
+#elif (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 #define KMSENV_CPUID_GNU 1
-#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
-#include <intrin.h>
-#define KMSENV_CPUID_MSVC 1
 #endif
 
 #ifndef KMSENV_VERSION
@@ -41,7 +44,7 @@ static int cpu_has_aesni(void)
     if (!__get_cpuid(1, &a, &b, &c, &d))
         return 0;
     return (c >> 25) & 1;
-#elif defined(KMSENV_CPUID_MSVC)
+#elif defined(KMSENV_CPUID_INTRIN)
     int r[4];
     __cpuid(r, 1);
     return ((unsigned int)r[2] >> 25) & 1;

@@ -2,15 +2,15 @@
  * the incremental GCM used for the single-tag Java stream layout, and HKDF.
  *
  * Each worker thread builds its own kmsenv_key from the raw key: key objects
- * hold mutable EVP/gcm128 state and must never be shared across threads. */
-#include <pthread.h>
-
+ * hold mutable EVP/gcm128 state and must never be shared across threads.
+ * Threads come from kmsenv_thread.h (pthreads, or Win32 threads on Windows). */
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/kdf.h>
 
 #include "internal.h"
+#include "kmsenv_thread.h"
 
 #define FINAL_MARKER UINT32_C(0xFFFFFFFF)
 #define AAD_LEN (KMSENV_FRAME_MSGID_LEN + 5)
@@ -53,7 +53,7 @@ typedef struct worker {
     size_t failed; /* index of the first failing job, valid when rc != OK */
 } worker;
 
-static void *run_worker(void *arg)
+static void run_worker(void *arg)
 {
     worker *w = arg;
     kmsenv_key *k = NULL;
@@ -63,7 +63,7 @@ static void *run_worker(void *arg)
     w->rc = kmsenv_key_new(w->cipher, w->key, w->keylen, &k);
     if (w->rc != KMSENV_OK) {
         w->failed = w->begin;
-        return NULL;
+        return;
     }
     memcpy(aad, w->msgid, KMSENV_FRAME_MSGID_LEN);
     for (i = w->begin; i < w->end; i++) {
@@ -84,7 +84,6 @@ static void *run_worker(void *arg)
         }
     }
     kmsenv_key_free(k);
-    return NULL;
 }
 
 /* Runs jobs[0..n) on up to nthreads threads (the caller's included); returns
@@ -94,7 +93,7 @@ static int run_jobs(int cipher, const uint8_t *key, size_t keylen, const uint8_t
                     int decrypt, int nthreads, size_t *failed)
 {
     worker ws[KMSENV_FRAMES_MAX_THREADS];
-    pthread_t tids[KMSENV_FRAMES_MAX_THREADS];
+    kmsenv__thread threads[KMSENV_FRAMES_MAX_THREADS];
     int started[KMSENV_FRAMES_MAX_THREADS];
     size_t t, nt, by_size, at;
     int rc = KMSENV_OK;
@@ -117,11 +116,11 @@ static int run_jobs(int cipher, const uint8_t *key, size_t keylen, const uint8_t
         started[t] = 0;
     }
     for (t = 1; t < nt; t++)
-        started[t] = pthread_create(&tids[t], NULL, run_worker, &ws[t]) == 0;
+        started[t] = kmsenv__thread_start(&threads[t], run_worker, &ws[t]);
     run_worker(&ws[0]);
     for (t = 1; t < nt; t++) {
         if (started[t])
-            pthread_join(tids[t], NULL);
+            kmsenv__thread_join(&threads[t]);
         else
             run_worker(&ws[t]); /* no thread to be had: do its share here */
     }

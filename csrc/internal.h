@@ -14,15 +14,26 @@
 
 #include "kmsenv_core.h"
 
+/* C11's _Static_assert. MSVC documents it only under /std:c11, which the
+ * wheel build does not pass (csrc/build_native.py gives cl /O2 alone); there a
+ * negative array size fails the build instead. */
+#if defined(_MSC_VER) && !defined(__clang__) && !(defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L)
+#define KMSENV__SA_NAME2(line) kmsenv__static_assert_##line
+#define KMSENV__SA_NAME(line) KMSENV__SA_NAME2(line)
+#define KMSENV_STATIC_ASSERT(cond, msg) typedef char KMSENV__SA_NAME(__LINE__)[(cond) ? 1 : -1]
+#else
+#define KMSENV_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+
 /* Largest piece handed to a single EVP call, whose lengths are int. Kept a
  * multiple of 16 so CBC/CTR pieces stay block aligned (EVP then never buffers
  * and in == out stays legal). The test build shrinks it to drive the loops. */
 #ifndef KMSENV_EVP_CHUNK
 #define KMSENV_EVP_CHUNK ((size_t)1 << 30)
 #endif
-_Static_assert(KMSENV_EVP_CHUNK >= 16 && KMSENV_EVP_CHUNK % 16 == 0 &&
-                   KMSENV_EVP_CHUNK <= (size_t)INT_MAX,
-               "KMSENV_EVP_CHUNK must be a positive multiple of 16 that fits an int");
+KMSENV_STATIC_ASSERT(KMSENV_EVP_CHUNK >= 16 && KMSENV_EVP_CHUNK % 16 == 0 &&
+                         KMSENV_EVP_CHUNK <= (size_t)INT_MAX,
+                     "KMSENV_EVP_CHUNK must be a positive multiple of 16 that fits an int");
 
 /* NIST SP 800-38D limits; gcm128 enforces the same ones and would fail late. */
 #define KMSENV_GCM_MAX_IN ((((uint64_t)1) << 36) - 32)
@@ -88,8 +99,12 @@ int kmsenv__sm4_gcm_open(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, s
                          const uint8_t *in, size_t inlen, const uint8_t *tag, uint8_t *out);
 
 /* SIMD dispatch (issue 5). cpu.c: x86 capability bits, read once by
- * kmsenv_features(); KMSENV_DISABLE_SIMD=1 in the environment masks them. */
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+ * kmsenv_features(); KMSENV_DISABLE_SIMD=1 in the environment masks them.
+ * The kernels need GCC/clang's __attribute__((target)), <cpuid.h> and inline
+ * asm (mingw-w64 gcc has them); MSVC has none of these, so there (or with
+ * -DKMSENV_NO_X86_SIMD) they are compiled out, kmsenv__cpu_simd_features()
+ * reports 0 and every key takes the OpenSSL EVP paths. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(KMSENV_NO_X86_SIMD)
 #define KMSENV_HAVE_X86_SIMD 1
 #endif
 uint32_t kmsenv__cpu_simd_features(void); /* KMSENV_FEATURE_* SIMD bits */

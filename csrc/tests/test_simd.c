@@ -42,6 +42,7 @@ static uint8_t *xmalloc(size_t n)
 
 /* ---- EVP references --------------------------------------------------- */
 
+#if defined(KMSENV_HAVE_X86_SIMD) /* only the kernel tests use it: unused elsewhere */
 static void evp_one(const EVP_CIPHER *c, int enc, const uint8_t *key, const uint8_t *iv,
                     const uint8_t *in, size_t len, uint8_t *out)
 {
@@ -54,6 +55,7 @@ static void evp_one(const EVP_CIPHER *c, int enc, const uint8_t *key, const uint
         abort();
     EVP_CIPHER_CTX_free(x);
 }
+#endif
 
 /* SM4-GCM over EVP SM4 + gcm128: what the core does with SIMD disabled. */
 static void ref_sm4_gcm(const uint8_t key[16], const uint8_t iv[12], const uint8_t *aad,
