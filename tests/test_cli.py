@@ -186,3 +186,23 @@ def test_progress_bar_on_a_terminal_only(kms_env, tmp_path):
     assert "100.0%" in text and "MB/s" in text and "#" in text
     piped = kmsenv("encrypt", "-k", arns[0], "-i", str(src), "-o", str(tmp_path / "o2"), env=env)
     assert piped.returncode == 0 and piped.stderr == b""
+
+
+def test_alibaba_format_from_a_pipe_says_it_spools_in_one_line(kms_env, tmp_path):
+    """DER needs its lengths first: from a pipe the CLI says, in one line, that
+    it spools; from a regular file it says nothing. Both outputs decrypt."""
+    _, arns, env = kms_env
+    data = os.urandom(100_000)
+    piped = kmsenv("encrypt", "-k", arns[0], "--format", "alibaba", "-i", "-", "-o", str(tmp_path / "p"),
+                   env=env, stdin=data)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stderr.decode().splitlines()
+    assert len(lines) == 1 and "spooling" in lines[0] and "not known in advance" in lines[0]
+    (tmp_path / "in").write_bytes(data)
+    filed = kmsenv("encrypt", "-k", arns[0], "--format", "alibaba", "-i", str(tmp_path / "in"), "-o",
+                   str(tmp_path / "f"), env=env)
+    assert filed.returncode == 0 and filed.stderr == b"", filed.stderr
+    for name in ("p", "f"):
+        out = kmsenv("decrypt", "-k", arns[0], "-i", str(tmp_path / name), "-o", str(tmp_path / (name + ".out")), env=env)
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / (name + ".out")).read_bytes() == data

@@ -205,6 +205,10 @@ class _ConsoleHandler(logging.Handler):
     """Log records as console lines (so they never collide with the bar)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # INFO only for the one line a user must see: an input of unknown length
+        # (a pipe) that the alibaba format spools before writing.
+        if record.levelno < logging.WARNING and record.msg != _spool_note():
+            return False
         # The provider warns for each CMK that failed; for the last one (nothing
         # more to try: no "; trying the next CMK") the error line that follows
         # says the same, so the warning would only make one error two lines.
@@ -230,13 +234,23 @@ def _escaped_log_warnings() -> Iterator[None]:
     if logger.hasHandlers():
         yield
         return
-    handler = _ConsoleHandler(logging.WARNING)
+    handler = _ConsoleHandler(logging.INFO)
     handler.setFormatter(_EscapingFormatter("%(message)s"))
     logger.addHandler(handler)
+    level = logger.level
+    if level == logging.NOTSET:
+        logger.setLevel(logging.INFO)  # the handler's filter lets one INFO line through
     try:
         yield
     finally:
+        logger.setLevel(level)
         logger.removeHandler(handler)
+
+
+def _spool_note() -> str:
+    from .stream.der_stream import UNKNOWN_LENGTH_NOTE
+
+    return UNKNOWN_LENGTH_NOTE
 
 
 # ---------------------------------------------------------------- helpers
