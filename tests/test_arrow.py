@@ -395,3 +395,30 @@ def test_importing_kmsenv_imports_no_engine():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("bad", [{"format": "nope"}, {"aad_name": 7}, {"column": ""}])
+def test_decrypt_column_front_ends_share_one_argument_check(bad):
+    """arrow, dask, spark and ray check a decrypt_column call through one
+    function (kmsenv.jobkey.reader): the same error for the same mistake."""
+    from kmsenv.jobkey import reader
+
+    args = {"format": None, "aad_name": None, "allow_uncommitted": False}
+    column = bad.pop("column", "email")
+    args.update(bad)
+    with pytest.raises(ConfigurationError):
+        reader(kmsenv.WorkerSpec(), column, **args)
+    table = pa.table({"email": pa.array([b"x"], pa.binary())})
+    if column:
+        with pytest.raises(ConfigurationError):
+            ka.decrypt_column(table, column, kmsenv.WorkerSpec(), **args)
+
+
+def test_reader_ships_a_spec_never_a_provider(local_kms, cmks, kms):
+    from kmsenv.jobkey import reader
+    from kmsenv.providers import KmsKeyProvider
+
+    provider = KmsKeyProvider(cmks.hz, kms=kms)
+    shipped = reader(provider, "c", format=None, aad_name=None, allow_uncommitted=0)
+    assert isinstance(shipped.key, kmsenv.WorkerSpec) and shipped.aad_name == "c" and shipped.allow_uncommitted is False
+    assert reader(provider, "c", format="compact", aad_name="old", allow_uncommitted=1, ship=False).key is provider

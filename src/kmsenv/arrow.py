@@ -30,6 +30,7 @@ from .algorithms import Algorithm
 from .columns import Column, KeySource, SealedColumn, decrypt_with, encrypt_with
 from .exceptions import ConfigurationError, MessageFormatError
 from .keyheader import KeyHeader, KeyHeaderStore
+from .jobkey import reader
 
 __all__ = ["encrypt_array", "decrypt_array", "encrypt_column", "decrypt_column", "key_headers", "METADATA_KEY"]
 
@@ -347,6 +348,7 @@ def decrypt_column(
     ``column`` itself, unless ``aad_name`` names another (the original name of
     a renamed column). ``allow_uncommitted``: also open compact format v1
     values (no key commitment, no column binding; refused by default)."""
+    args = reader(key, column, format=format, aad_name=aad_name, allow_uncommitted=allow_uncommitted, ship=False)
     i = _index(table, column)
     field = table.schema.field(i)
     meta = field.metadata or {}
@@ -358,7 +360,7 @@ def decrypt_column(
     result = decrypt_array(
         table.column(i), key, format=format, rows=rows, key_store=key_store, headers=key_headers(field),
         expected_encryption_context=expected_encryption_context, as_string=as_string,
-        column=aad_name if aad_name is not None else column, allow_uncommitted=allow_uncommitted,
+        column=args.aad_name, allow_uncommitted=args.allow_uncommitted,
     )
     clean = {k: v for k, v in meta.items() if k not in (METADATA_KEY, FORMAT_KEY, AAD_KEY)}
     out_field = pa.field(output or column, result.type, nullable=True, metadata=clean or None)

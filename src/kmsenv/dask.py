@@ -34,7 +34,7 @@ from . import jobkey as _jobkey
 from ._wipe import wipe
 from .columns import check_format
 from .exceptions import ConfigurationError
-from .jobkey import JobKey, job_key_for, reader_key
+from .jobkey import JobKey, job_key_for, reader
 from .keyheader import KeyHeaderStore
 
 __all__ = ["encrypt_column", "decrypt_column", "PrefetchKeys", "worker_stats", "BINARY"]
@@ -180,14 +180,13 @@ def decrypt_column(
     they were written under, for a renamed column). ``allow_uncommitted``:
     also open compact format v1 values (no key commitment; refused by default).
     """
+    args = reader(key, column, format=format, aad_name=aad_name, allow_uncommitted=allow_uncommitted)
     _check_columns(ddf, column, aad_column)
-    check_format(format, detect=True)
-    key = reader_key(key)
     output = output or column
     dtype = pd.Series([], dtype="str").dtype if as_string else BINARY
     return ddf.map_partitions(
-        _decrypt_partition, column, key, output, format, aad_column, key_store, as_string,
-        aad_name if aad_name is not None else column, bool(allow_uncommitted),
+        _decrypt_partition, column, args.key, output, args.format, aad_column, key_store, as_string,
+        args.aad_name, args.allow_uncommitted,
         meta=_meta(ddf, output, dtype), align_dataframes=False,
     )
 

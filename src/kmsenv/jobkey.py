@@ -35,7 +35,7 @@ from .exceptions import ConfigurationError
 from .keyheader import KeyHeader, KeyHeaderStore
 from .kmsspec import KmsSpec
 
-__all__ = ["JobKey", "WorkerSpec", "job_key_for", "reader_key", "stats", "clear_cache", "DEFAULT_MAX_MESSAGES_PER_KEY"]
+__all__ = ["JobKey", "WorkerSpec", "job_key_for", "reader_key", "reader", "Reader", "stats", "clear_cache", "DEFAULT_MAX_MESSAGES_PER_KEY"]
 
 #: Messages one data key may seal in the Alibaba (DER) format, where every
 #: message uses the data key directly with two random 96-bit IVs: 2^28 messages
@@ -300,6 +300,36 @@ def reader_key(key: Any) -> JobKey | WorkerSpec:
     if not hasattr(key, "decrypt_data_key"):
         raise ConfigurationError("key must be a kmsenv.JobKey, a kmsenv.WorkerSpec or a data key provider")
     return WorkerSpec.from_provider(key)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A column reader's checked arguments, shared by every ``decrypt_column``
+    front end (arrow, dask, spark, ray): what key to ship, the format (None:
+    detect), the name compact values are bound to, and the v1 opt-in."""
+
+    key: Any
+    format: str | None
+    aad_name: str
+    allow_uncommitted: bool
+
+
+def reader(
+    key: Any, column: str, *, format: str | None, aad_name: str | None, allow_uncommitted: bool, ship: bool = True
+) -> Reader:
+    """Check a ``decrypt_column`` call's arguments once, for every engine.
+    ``ship``: the key goes to other processes (a provider becomes its
+    WorkerSpec, see :func:`reader_key`); in-process readers keep it as given."""
+    from .columns import check_format
+
+    check_format(format, detect=True)
+    if not isinstance(column, str) or not column:
+        raise ConfigurationError("column must be a non-empty column name")
+    if aad_name is not None and not isinstance(aad_name, str):
+        raise ConfigurationError("aad_name must be a column name (str)")
+    return Reader(
+        reader_key(key) if ship else key, format, aad_name if aad_name is not None else column, bool(allow_uncommitted)
+    )
 
 
 # ---------------------------------------------------------------- the process cache

@@ -53,7 +53,7 @@ from . import arrow as _arrow
 from ._wipe import wipe
 from .columns import check_format
 from .exceptions import ConfigurationError
-from .jobkey import JobKey, WorkerSpec, reader_key
+from .jobkey import JobKey, WorkerSpec, reader, reader_key
 from .keyheader import KeyHeaderStore
 
 __all__ = ["Encryptor", "Decryptor", "encrypt_dataset", "decrypt_dataset"]
@@ -189,17 +189,16 @@ class Decryptor:
         aad_name: str | None = None,
         allow_uncommitted: bool = False,
     ) -> None:
-        check_format(format, detect=True)
-        key = reader_key(key)
-        self.key = key
+        args = reader(key, column, format=format, aad_name=aad_name, allow_uncommitted=allow_uncommitted)
+        key = self.key = args.key
         self.column = column
         self.output = output or column
-        self.format = format
+        self.format = args.format
         self.aad_column = aad_column
         self.key_store = key_store
         self.as_string = as_string
-        self.aad_name = aad_name if aad_name is not None else column
-        self.allow_uncommitted = bool(allow_uncommitted)
+        self.aad_name = args.aad_name
+        self.allow_uncommitted = args.allow_uncommitted
         if isinstance(key, JobKey):
             _warm(key.spec, key.headers[0])
 

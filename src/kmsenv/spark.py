@@ -40,7 +40,7 @@ import pyarrow as pa
 from . import arrow as _arrow
 from .exceptions import ConfigurationError
 from .columns import check_format
-from .jobkey import JobKey, job_key_for, reader_key
+from .jobkey import JobKey, job_key_for, reader
 from .keyheader import KeyHeaderStore
 
 __all__ = ["encrypt_column", "decrypt_column", "encrypt_udf"]
@@ -148,17 +148,16 @@ def decrypt_column(
     they were written under, for a renamed column). ``allow_uncommitted``:
     also open compact format v1 values (no key commitment; refused by default).
     """
-    check_format(format, detect=True)
+    args = reader(key, column, format=format, aad_name=aad_name, allow_uncommitted=allow_uncommitted)
     _field(df, column, "input")
     if aad_column is not None:
         _field(df, aad_column, "row id")
-    key = reader_key(key)
     schema = _output_schema(df, column, output, StringType() if as_string else BinaryType())
     fn = functools.partial(
-        _decrypt_batches, column=column, output=output or column, key=key, format=format,
+        _decrypt_batches, column=column, output=output or column, key=args.key, format=args.format,
         aad_column=aad_column, key_store=key_store, as_string=as_string,
         expected_encryption_context=dict(expected_encryption_context) if expected_encryption_context else None,
-        aad_name=aad_name if aad_name is not None else column, allow_uncommitted=allow_uncommitted,
+        aad_name=args.aad_name, allow_uncommitted=args.allow_uncommitted,
     )
     return df.mapInArrow(fn, schema)
 
