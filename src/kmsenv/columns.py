@@ -28,6 +28,7 @@ from . import _process
 from ._wipe import wipe
 from .algorithms import Algorithm
 from .crypto import get_backend
+from .crypto import interface as _spec
 from .exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -41,24 +42,26 @@ __all__ = ["FORMATS", "Column", "SealedColumn", "check_format", "encrypt_values"
 
 FORMATS = ("alibaba", "compact")
 
+# The compact format's constants are the backends' (crypto.interface), named here as before.
 #: Format byte of a version 2 value (| COMPACT_ROW_BOUND when row-bound): its
 #: key header commits to the data key and its AAD names its column.
-COMPACT_FORMAT = 0xC5
+COMPACT_FORMAT = _spec.COMPACT_FORMAT
 #: Version 1 (read only, with allow_uncommitted=True): no commitment, no column.
-COMPACT_FORMAT_V1 = 0xC1
-COMPACT_ROW_BOUND = 0x02
-_VERSIONS = {COMPACT_FORMAT: 2, COMPACT_FORMAT_V1: 1}
-SEGMENT_LEN = 8
-PREFIX_LEN = 1 + REF_LEN + SEGMENT_LEN
-OVERHEAD = PREFIX_LEN + 12 + 16
-MAX_SEGMENT = 1 << 20
-SUBKEY_INFO = b"kmsenv/compact/v2/key"
-SUBKEY_INFO_V1 = b"kmsenv/compact/v1/key"
+COMPACT_FORMAT_V1 = _spec.COMPACT_FORMAT_V1
+COMPACT_ROW_BOUND = _spec.COMPACT_ROW_BOUND
+_VERSIONS = _spec.COMPACT_VERSIONS
+SEGMENT_LEN = _spec.COMPACT_SEGMENT_LEN
+PREFIX_LEN = _spec.COMPACT_PREFIX_LEN
+OVERHEAD = _spec.COMPACT_OVERHEAD
+#: Values per segment (one fresh subkey each); one backend call seals one segment.
+MAX_SEGMENT = _spec.COMPACT_MAX_SEGMENT
+SUBKEY_INFO = _spec.COMPACT_SUBKEY_INFO
+SUBKEY_INFO_V1 = _spec.COMPACT_SUBKEY_INFO_V1
 #: The column name's length field in the AAD is 4 bytes.
 MAX_COLUMN_NAME = 2**32 - 1
 _INT32_MAX = 2**31 - 1
-# Statuses of the column calls (kmsenv_core.h); the pure paths return the same.
-_OK, _AUTH, _FORMAT, _OTHER_KEY = 0, -2, -7, -9
+# Statuses of the backends' column calls.
+_OK, _AUTH, _FORMAT, _OTHER_KEY = _spec.STATUS_OK, _spec.STATUS_AUTH, _spec.STATUS_FORMAT, _spec.STATUS_OTHER_KEY
 
 
 _STATS_LOCK = threading.Lock()
@@ -113,16 +116,6 @@ def column_name(column: str | None) -> bytes:
     if len(raw) > MAX_COLUMN_NAME:
         raise ConfigurationError(f"a column name is at most {MAX_COLUMN_NAME} bytes of UTF-8")
     return raw
-
-
-def _aad(prefix: bytes, version: int, name: bytes, row: Any) -> bytes:
-    """prefix || (v2) u32be(len(name)) || name || row id (when bound)."""
-    parts = [prefix]
-    if version == 2:
-        parts += [struct.pack(">I", len(name)), name]
-    if row is not None:
-        parts.append(bytes(row))
-    return b"".join(parts)
 
 
 def check_format(format: str | None, bound: bool = False, *, detect: bool = False) -> None:
@@ -235,46 +228,6 @@ def _cipher(algorithm: Algorithm) -> str:
     return algorithm.info.cipher
 
 
-def _native() -> Any:
-    backend = get_backend()
-    if backend.name != "native":
-        return None
-    from .crypto import native
-
-    return native
-
-
-def _views(native: Any, col: Column, out: SealedColumn | None = None) -> tuple[Any, Any, list[Any]]:
-    ffi = native.ffi
-    keep: list[Any] = []
-    v = ffi.new("kmsenv_binview *")
-    v.length = col.length
-    data = ffi.from_buffer(col.data) if memoryview(col.data).nbytes else ffi.NULL
-    keep.append(data)
-    v.data = data
-    v.data_len = memoryview(col.data).nbytes
-    offs = ffi.from_buffer(col.offsets)
-    keep.append(offs)
-    v.offsets = offs
-    v.offset_width = col.width
-    if col.validity is not None:
-        bits = ffi.from_buffer(col.validity)
-        keep.append(bits)
-        v.validity = bits
-        v.validity_offset = col.validity_offset
-    o = ffi.NULL
-    if out is not None:
-        o = ffi.new("kmsenv_binout *")
-        odata = ffi.from_buffer(out.data, require_writable=True)
-        ooffs = ffi.from_buffer(out.offsets, require_writable=True)
-        keep += [odata, ooffs]
-        o.data = odata
-        o.capacity = len(out.data)
-        o.offsets = ooffs
-        o.offset_width = out.width
-    return v, o, keep
-
-
 def _finish(out: SealedColumn) -> SealedColumn:
     fmt = "<i" if out.width == 4 else "<q"
     out.size = struct.unpack_from(fmt, out.offsets, out.length * out.width)[0]
@@ -285,13 +238,11 @@ def _finish(out: SealedColumn) -> SealedColumn:
 
 
 def subkey(algorithm: Algorithm, data_key: Any, header: KeyHeader, segment: bytes) -> bytearray:
-    """The compact format's per-segment key for the header's version (pure
-    reference of the C core's)."""
-    hash_name = "SM3" if algorithm.info.cipher == "SM4" else "SHA256"
-    from .crypto.pure import PureBackend
-
-    info = (SUBKEY_INFO if header.version == 2 else SUBKEY_INFO_V1) + header.digest
-    return PureBackend.hkdf(hash_name, data_key, segment, info, algorithm.key_len)
+    """The compact format's per-segment key for the header's version (the
+    caller wipes it)."""
+    if len(data_key) != algorithm.key_len:
+        raise ConfigurationError(f"the data key does not fit {algorithm.name}")
+    return get_backend().compact_subkey(header.version, _cipher(algorithm), data_key, header.digest, segment)
 
 
 def _check_rows(col: Column, rows: Column | None) -> None:
@@ -328,73 +279,17 @@ def seal_compact(
     _check_rows(col, rows)
     out = _new_output(col.length, col.span() + OVERHEAD * col.length)
     backend = get_backend()
-    native = _native()
+    cipher = _cipher(algorithm)
     try:
         for part, start in enumerate(range(0, col.length, MAX_SEGMENT)):
             stop = min(col.length, start + MAX_SEGMENT)
             segment = segments[part] if segments is not None else backend.random(SEGMENT_LEN)
             part_ivs = ivs[start * 12 : stop * 12] if ivs is not None else None
-            if native is not None:
-                _seal_compact_native(native, algorithm, data_key, header, name, col, rows, start, stop, segment,
-                                     part_ivs, out)
-            else:
-                _seal_compact_pure(algorithm, data_key, header, name, col, rows, start, stop, segment, part_ivs, out)
+            backend.compact_seal(cipher, data_key, header.digest, segment, name, col, rows, start, stop, part_ivs, out)
     except BaseException:
         out.wipe()
         raise
     return _finish(out)
-
-
-def _slice(col: Column, start: int, stop: int) -> Column:
-    offs = memoryview(col.offsets)[start * col.width : (stop + 1) * col.width]
-    return Column(stop - start, col.data, offs, col.width, col.validity, col.validity_offset + start, col.keepalive)
-
-
-def _seal_compact_native(native, algorithm, data_key, header, name, col, rows, start, stop, segment, ivs, out) -> None:
-    ffi, lib = native.ffi, native.lib
-    part = _slice(col, start, stop)
-    v, _, keep = _views(native, part)
-    r = ffi.NULL
-    if rows is not None:
-        r, _, keep2 = _views(native, _slice(rows, start, stop))
-        keep += keep2
-    # The output view starts at value `start`: its offsets[0] is where to write.
-    o = ffi.new("kmsenv_binout *")
-    odata = ffi.from_buffer(out.data, require_writable=True)
-    ooffs = ffi.from_buffer(memoryview(out.offsets)[start * out.width :], require_writable=True)
-    o.data, o.capacity, o.offsets, o.offset_width = odata, len(out.data), ooffs, out.width
-    key = ffi.from_buffer(data_key)
-    status = lib.kmsenv_compact_seal(
-        native._CIPHERS[_cipher(algorithm)], key, len(data_key), header.digest, segment, name, len(name), v, r,
-        ivs if ivs is not None else ffi.NULL, o,
-    )
-    del keep
-    if status:
-        native._raise(status, "compact seal")
-
-
-def _seal_compact_pure(algorithm, data_key, header, name, col, rows, start, stop, segment, ivs, out) -> None:
-    backend = get_backend()
-    sub = subkey(algorithm, data_key, header, segment)
-    key = backend.new_key(_cipher(algorithm), sub)
-    fmt = "<i" if out.width == 4 else "<q"
-    pos = struct.unpack_from(fmt, out.offsets, start * out.width)[0]
-    flag = COMPACT_FORMAT | (COMPACT_ROW_BOUND if rows is not None else 0)
-    prefix = bytes([flag]) + header.ref + segment
-    try:
-        for i in range(start, stop):
-            value = col.value(i)
-            if value is not None:
-                iv = ivs[(i - start) * 12 : (i - start + 1) * 12] if ivs is not None else backend.random(12)
-                aad = _aad(prefix, 2, name, rows.value(i) if rows is not None else None)
-                ct, tag = key.gcm_seal(iv, aad, bytes(value))
-                sealed = prefix + iv + ct + tag
-                out.data[pos : pos + len(sealed)] = sealed
-                pos += len(sealed)
-            struct.pack_into(fmt, out.offsets, (i + 1) * out.width, pos)
-    finally:
-        key.close()
-        wipe(sub)
 
 
 # ---------------------------------------------------------------- compact: open
@@ -448,7 +343,7 @@ def open_compact(
     name = column_name(column)
     _check_rows(col, rows)
     out = _new_output(col.length, col.span())
-    native = _native()
+    backend = get_backend()
     keys: dict[bytes, tuple[KeyHeader, bytearray]] = {}
     try:
         start = 0
@@ -462,10 +357,8 @@ def open_compact(
                 current = _compact_key(col, start, headers, key_for, keys, expected_context, rows is not None,
                                        allow_uncommitted)
             header, data_key = current
-            if native is not None:
-                status, stopped = _open_compact_native(native, header, data_key, name, col, rows, start, out)
-            else:
-                status, stopped = _open_compact_pure(header, data_key, name, col, rows, start, out)
+            status, stopped = backend.compact_open(header.version, _cipher(header.algorithm), data_key, header.digest,
+                                                   name, col, rows, start, out)
             if status == _OK:
                 break
             if status == _OTHER_KEY:
@@ -573,68 +466,6 @@ def _check_context(context: Mapping[str, str], expected: Mapping[str, str] | Non
             )
 
 
-def _open_compact_native(native, header, data_key, name, col, rows, start, out) -> tuple[int, int]:
-    ffi, lib = native.ffi, native.lib
-    v, o, keep = _views(native, col, out)
-    r = ffi.NULL
-    if rows is not None:
-        r, _, keep2 = _views(native, rows)
-        keep += keep2
-    stopped = ffi.new("size_t *")
-    key = ffi.from_buffer(data_key)
-    status = lib.kmsenv_compact_open(
-        header.version, native._CIPHERS[_cipher(header.algorithm)], key, len(data_key), header.digest, name,
-        len(name), v, r, start, stopped, o,
-    )
-    del keep
-    if status not in (_OK, _OTHER_KEY, _AUTH, _FORMAT):
-        native._raise(status, "compact open")
-    return status, stopped[0]
-
-
-def _open_compact_pure(header, data_key, name, col, rows, start, out) -> tuple[int, int]:
-    backend = get_backend()
-    fmt = "<i" if out.width == 4 else "<q"
-    pos = first = struct.unpack_from(fmt, out.offsets, start * out.width)[0]
-    segment = None
-    key = None
-    try:
-        for i in range(start, col.length):
-            value = col.value(i)
-            if value is not None:
-                version = value_version(value)
-                if version is None:
-                    out.data[first:pos] = bytes(pos - first)
-                    return _FORMAT, i
-                if bytes(value[1 : 1 + REF_LEN]) != header.ref:
-                    return _OTHER_KEY, i
-                if version != header.version or bool(value[0] & COMPACT_ROW_BOUND) != (rows is not None):
-                    out.data[first:pos] = bytes(pos - first)
-                    return _FORMAT, i
-                seg = bytes(value[1 + REF_LEN : PREFIX_LEN])
-                if seg != segment:
-                    if key is not None:
-                        key.close()
-                    sub = subkey(header.algorithm, data_key, header, seg)
-                    key = backend.new_key(_cipher(header.algorithm), sub)
-                    wipe(sub)
-                    segment = seg
-                aad = _aad(bytes(value[:PREFIX_LEN]), version, name, rows.value(i) if rows is not None else None)
-                try:
-                    pt = key.gcm_open(bytes(value[PREFIX_LEN : PREFIX_LEN + 12]), aad,
-                                      bytes(value[PREFIX_LEN + 12 : -16]), bytes(value[-16:]))
-                except AuthenticationError:
-                    out.data[first:pos] = bytes(pos - first)
-                    return _AUTH, i
-                out.data[pos : pos + len(pt)] = pt
-                pos += len(pt)
-            struct.pack_into(fmt, out.offsets, (i + 1) * out.width, pos)
-    finally:
-        if key is not None:
-            key.close()
-    return _OK, col.length
-
-
 # ---------------------------------------------------------------- alibaba (DER) format
 
 
@@ -646,37 +477,10 @@ def seal_alibaba(algorithm: Algorithm, data_key: Any, header: KeyHeader, col: Co
     from .message.codec import context_bytes
 
     ctx_bytes = context_bytes(ctx)
-    native = _native()
     with _Key(algorithm, data_key) as key:
         encoded = _header(key, algorithm, header.encrypted_data_keys, ctx, _iv())
-        if native is not None:
-            ffi, lib = native.ffi, native.lib
-            v, _, keep = _views(native, col)
-            size = lib.kmsenv_arrow_messages_size(len(encoded), v)
-            if size == 0 and col.present():
-                raise ConfigurationError("a value is too large for an Alibaba-format message")
-            out = _new_output(col.length, size)
-            v, o, keep = _views(native, col, out)
-            status = lib.kmsenv_arrow_seal_messages(key._h(), encoded, len(encoded), ctx_bytes, len(ctx_bytes), v, ffi.NULL, o)
-            del keep
-            if status:
-                out.wipe()
-                native._raise(status, "column seal")
-            return _finish(out)
-        present = [(i, bytes(col.value(i))) for i in range(col.length) if col.is_valid(i)]  # type: ignore[arg-type]
-        messages = key.seal_messages(encoded, ctx_bytes, [v for _, v in present])
-    total = sum(len(m) for m in messages)
-    out = _new_output(col.length, total)
-    fmt = "<i" if out.width == 4 else "<q"
-    pos = 0
-    it = iter(messages)
-    for i in range(col.length):
-        if col.is_valid(i):
-            m = next(it)
-            out.data[pos : pos + len(m)] = m
-            pos += len(m)
-        struct.pack_into(fmt, out.offsets, (i + 1) * out.width, pos)
-    return _finish(out)
+        out = get_backend().alibaba_column_seal(key, encoded, ctx_bytes, col, lambda size: _new_output(col.length, size))
+    return _finish(out)  # type: ignore[arg-type]  (made by _new_output)
 
 
 def open_alibaba(
@@ -691,7 +495,7 @@ def open_alibaba(
     from .message.codec import context_bytes
 
     out = _new_output(col.length, col.span())
-    native = _native()
+    backend = get_backend()
     keys: dict[bytes, bytearray] = {}
     try:
         start = 0
@@ -718,10 +522,7 @@ def open_alibaba(
                     _verify_header(key, header)
                 except AuthenticationError as exc:
                     raise AuthenticationError(f"value {start}: {exc}") from None
-                if native is not None:
-                    status, stopped = _open_alibaba_native(native, key, header.encoded, ctx_bytes, col, start, out)
-                else:
-                    status, stopped = _open_alibaba_pure(key, header.encoded, ctx_bytes, col, start, out)
+                status, stopped = backend.alibaba_column_open(key, header.encoded, ctx_bytes, col, start, out)
             if status == _OK:
                 break
             if status == _AUTH:
@@ -736,38 +537,6 @@ def open_alibaba(
         for k in keys.values():
             wipe(k)
     return _finish(out)
-
-
-def _open_alibaba_native(native, key, header, aad, col, start, out) -> tuple[int, int]:
-    ffi, lib = native.ffi, native.lib
-    v, o, keep = _views(native, col, out)
-    stopped = ffi.new("size_t *")
-    status = lib.kmsenv_arrow_open_messages(key._h(), header, len(header), aad, len(aad), v, start, stopped, o)
-    del keep
-    if status not in (_OK, _OTHER_KEY, _AUTH):
-        native._raise(status, "column open")
-    return status, stopped[0]
-
-
-def _open_alibaba_pure(key, header, aad, col, start, out) -> tuple[int, int]:
-    fmt = "<i" if out.width == 4 else "<q"
-    pos = first = struct.unpack_from(fmt, out.offsets, start * out.width)[0]
-    for i in range(start, col.length):
-        value = col.value(i)
-        if value is not None:
-            if bytes(value[: len(header) + 8]).find(header) < 0:
-                return _OTHER_KEY, i
-            plaintexts, statuses = key.open_messages(header, aad, [bytes(value)])
-            if statuses[0] == _AUTH:
-                out.data[first:pos] = bytes(pos - first)
-                return _AUTH, i
-            if statuses[0] != 0:
-                return _OTHER_KEY, i
-            pt = plaintexts[0]
-            out.data[pos : pos + len(pt)] = pt
-            pos += len(pt)
-        struct.pack_into(fmt, out.offsets, (i + 1) * out.width, pos)
-    return _OK, col.length
 
 
 # ---------------------------------------------------------------- key sources

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from .._version import __version__
 from .. import _process
@@ -47,11 +47,13 @@ def _load_native() -> Any:
     return native if _native_reason is None else None
 
 
-def native_module() -> tuple[Any, Any] | None:
-    """(ffi, lib) of the native core when it is usable, for the few helpers
-    (wipe) that call it directly."""
+def cleanse_function() -> Callable[[Any], None] | None:
+    """The native core's OPENSSL_cleanse as a function of one writable buffer,
+    when the core is usable, else None: for kmsenv._wipe, the bottom layer,
+    which must not reach the pure backend (nor, through it, the message
+    layer that itself wipes keys)."""
     native = _load_native()
-    return (native.ffi, native.lib) if native is not None else None
+    return native.cleanse if native is not None else None
 
 
 def native_available() -> bool:

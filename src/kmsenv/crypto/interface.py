@@ -7,7 +7,7 @@ thread-safe (the engine never shares one across threads at once) and must be
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 GCM_IV_LEN = 12
 GCM_TAG_LEN = 16
@@ -151,3 +151,95 @@ class FrameBatchError(Exception):
         super().__init__(f"frame batch failed at index {index} (status {status})")
         self.status = status
         self.index = index
+
+
+# ---------------------------------------------------------------- columns
+# Added for kmsenv.columns: whole columns in Arrow's variable-size binary
+# layout, one backend call per batch (the native core reads and writes the
+# buffers directly, so no Python object is made per value). The compact
+# format is docs/format.md §4; both backends write identical bytes.
+
+#: Format byte of a version 2 compact value (| COMPACT_ROW_BOUND when row-bound).
+COMPACT_FORMAT = 0xC5
+#: Version 1 (read only): no key commitment, no column name in the AAD.
+COMPACT_FORMAT_V1 = 0xC1
+COMPACT_ROW_BOUND = 0x02
+COMPACT_VERSIONS = {COMPACT_FORMAT: 2, COMPACT_FORMAT_V1: 1}
+COMPACT_REF_LEN = 8  # = kmsenv.keyheader.REF_LEN: the first bytes of the key header's digest
+COMPACT_SEGMENT_LEN = 8
+COMPACT_PREFIX_LEN = 1 + COMPACT_REF_LEN + COMPACT_SEGMENT_LEN
+COMPACT_OVERHEAD = COMPACT_PREFIX_LEN + GCM_IV_LEN + GCM_TAG_LEN
+COMPACT_MAX_SEGMENT = 1 << 20
+COMPACT_SUBKEY_INFO = b"kmsenv/compact/v2/key"
+COMPACT_SUBKEY_INFO_V1 = b"kmsenv/compact/v1/key"
+
+#: Another status of the column calls (kmsenv_core.h): the value at `stopped`
+#: is under another key header (or, for Alibaba messages, has another header).
+STATUS_OTHER_KEY = -9
+
+
+class ColumnView(Protocol):
+    """A read-only Arrow variable-size binary column (kmsenv.columns.Column)."""
+
+    length: int
+    data: Any
+    offsets: Any  # length + 1 little-endian integers of `width` bytes
+    width: int  # 4 or 8
+    validity: Any  # Arrow's bitmap, or None when nothing is null
+    validity_offset: int
+
+    def is_valid(self, i: int) -> bool: ...
+
+    def value(self, i: int) -> memoryview | None: ...
+
+    def present(self) -> int:
+        """How many values are not null."""
+
+
+class ColumnOutput(Protocol):
+    """Output buffers of a column call (kmsenv.columns.SealedColumn): ``offsets``
+    holds ``length + 1`` entries of ``width`` bytes; a call continuing at value
+    ``start`` writes from the position in ``offsets[start]``."""
+
+    length: int
+    data: bytearray
+    offsets: bytearray
+    width: int
+
+
+class ColumnBackend(Protocol):
+    """What kmsenv.columns needs on top of :class:`Backend`. Statuses are
+    STATUS_OK / STATUS_AUTH / STATUS_FORMAT / STATUS_OTHER_KEY; other failures raise."""
+
+    def compact_subkey(self, version: int, cipher: str, key: Any, header_hash: bytes, segment: bytes) -> bytearray:
+        """The per-segment key of a compact value (len(key) bytes); the caller wipes it."""
+
+    def compact_seal(
+        self, cipher: str, key: Any, header_hash: bytes, segment: bytes, name: bytes, col: ColumnView,
+        rows: ColumnView | None, start: int, stop: int, ivs: bytes | None, out: ColumnOutput,
+    ) -> None:
+        """Seal values start..stop-1 of ``col`` (at most COMPACT_MAX_SEGMENT) as
+        version 2 values of one segment bound to the column ``name`` (and to
+        ``rows`` when given); ``ivs``: 12 bytes per value, for known answers."""
+
+    def compact_open(
+        self, version: int, cipher: str, key: Any, header_hash: bytes, name: bytes, col: ColumnView,
+        rows: ColumnView | None, start: int, out: ColumnOutput,
+    ) -> tuple[int, int]:
+        """Open values start.. under one key header (its commitment already
+        checked): (status, index it stopped at). On AUTH or FORMAT the output
+        this call wrote is wiped."""
+
+    def alibaba_column_seal(
+        self, key: CipherKey, header: bytes, aad: bytes, col: ColumnView,
+        new_output: Callable[[int], ColumnOutput],
+    ) -> ColumnOutput:
+        """Every present value as a complete message sharing the encoded
+        ``header``; ``new_output(capacity)`` makes the output buffers."""
+
+    def alibaba_column_open(
+        self, key: CipherKey, header: bytes, aad: bytes, col: ColumnView, start: int, out: ColumnOutput
+    ) -> tuple[int, int]:
+        """Open messages start.. whose header TLV equals ``header`` (its tag
+        already checked): (status, index it stopped at); OTHER_KEY for another
+        header or a malformed message. On AUTH the output this call wrote is wiped."""

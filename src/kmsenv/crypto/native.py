@@ -11,8 +11,14 @@ import importlib
 import sys
 from typing import Any, Sequence
 
-from ..exceptions import AuthenticationError, HeaderAuthenticationError, KmsEnvError, MessageFormatError, UnsupportedAlgorithmError
-from ..message import der
+from ..exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    HeaderAuthenticationError,
+    KmsEnvError,
+    MessageFormatError,
+    UnsupportedAlgorithmError,
+)
 from . import interface as I
 
 try:
@@ -73,8 +79,17 @@ def _wipe(buf: bytearray) -> None:
         lib.kmsenv_wipe(_from_buffer(buf), len(buf))
 
 
+def cleanse(buf: Any) -> None:
+    """Zero a writable buffer with OPENSSL_cleanse (kmsenv._wipe's fast path)."""
+    lib.kmsenv_wipe(ffi.from_buffer(buf, require_writable=True), len(buf))
+
+
 def _plaintext_len(message: Any) -> int:
     """The body ciphertext length of a DER message (framing checked again in C)."""
+    # Imported here (large messages only), so that loading the core for
+    # kmsenv._wipe does not load the message layer above it.
+    from ..message import der
+
     r = der.Reader(memoryview(message))
     outer = r.enter(der.SEQUENCE, "message")
     outer.enter(der.SEQUENCE, "header")
@@ -401,6 +416,119 @@ def _native_frames_open(
     return int(outlen[0]), int(nframes[0]), bool(final[0])
 
 
+# ---------------------------------------------------------------- columns (kmsenv.columns)
+# One C call per batch over Arrow's buffers (kmsenv_core.h: compact.c, arrow.c).
+
+_COLUMN_STOPS = (I.STATUS_OK, I.STATUS_OTHER_KEY, I.STATUS_AUTH)
+
+
+def _binview(col: I.ColumnView, keep: list[Any], start: int = 0, stop: int | None = None) -> Any:
+    """A kmsenv_binview of values start..stop-1; ``keep`` holds the buffers alive."""
+    stop = col.length if stop is None else stop
+    v = ffi.new("kmsenv_binview *")
+    v.length = stop - start
+    size = memoryview(col.data).nbytes
+    data = ffi.from_buffer(col.data) if size else ffi.NULL
+    offs = ffi.from_buffer(memoryview(col.offsets)[start * col.width : (stop + 1) * col.width])
+    keep += [data, offs]
+    v.data, v.data_len, v.offsets, v.offset_width = data, size, offs, col.width
+    if col.validity is not None:
+        bits = ffi.from_buffer(col.validity)
+        keep.append(bits)
+        v.validity = bits
+        v.validity_offset = col.validity_offset + start
+    return v
+
+
+def _binout(out: I.ColumnOutput, keep: list[Any], start: int = 0) -> Any:
+    """A kmsenv_binout whose offsets[0] is ``out.offsets[start]``: where to write."""
+    o = ffi.new("kmsenv_binout *")
+    odata = ffi.from_buffer(out.data, require_writable=True)
+    ooffs = ffi.from_buffer(memoryview(out.offsets)[start * out.width :], require_writable=True)
+    keep += [odata, ooffs]
+    o.data, o.capacity, o.offsets, o.offset_width = odata, len(out.data), ooffs, out.width
+    return o
+
+
+def _native_compact_subkey(version: int, cipher: str, key: Any, header_hash: bytes, segment: bytes) -> bytearray:
+    out = bytearray(len(key))
+    status = lib.kmsenv_compact_subkey(
+        version, _CIPHERS[cipher], ffi.from_buffer(key), len(key), header_hash, segment,
+        ffi.from_buffer(out, require_writable=True),
+    )
+    if status:
+        _raise(status, "compact subkey")
+    return out
+
+
+def _native_compact_seal(
+    cipher: str, key: Any, header_hash: bytes, segment: bytes, name: bytes, col: I.ColumnView,
+    rows: I.ColumnView | None, start: int, stop: int, ivs: bytes | None, out: I.ColumnOutput,
+) -> None:
+    keep: list[Any] = []
+    v = _binview(col, keep, start, stop)
+    r = _binview(rows, keep, start, stop) if rows is not None else ffi.NULL
+    o = _binout(out, keep, start)
+    status = lib.kmsenv_compact_seal(
+        _CIPHERS[cipher], ffi.from_buffer(key), len(key), header_hash, segment, name, len(name), v, r,
+        ivs if ivs is not None else ffi.NULL, o,
+    )
+    del keep
+    if status:
+        _raise(status, "compact seal")
+
+
+def _native_compact_open(
+    version: int, cipher: str, key: Any, header_hash: bytes, name: bytes, col: I.ColumnView,
+    rows: I.ColumnView | None, start: int, out: I.ColumnOutput,
+) -> tuple[int, int]:
+    keep: list[Any] = []
+    v = _binview(col, keep)
+    r = _binview(rows, keep) if rows is not None else ffi.NULL
+    o = _binout(out, keep)
+    stopped = ffi.new("size_t *")
+    status = lib.kmsenv_compact_open(
+        version, _CIPHERS[cipher], ffi.from_buffer(key), len(key), header_hash, name, len(name), v, r, start,
+        stopped, o,
+    )
+    del keep
+    if status not in _COLUMN_STOPS and status != I.STATUS_FORMAT:
+        _raise(status, "compact open")
+    return status, stopped[0]
+
+
+def _native_alibaba_column_seal(
+    key: NativeKey, header: bytes, aad: bytes, col: I.ColumnView, new_output: Any
+) -> I.ColumnOutput:
+    keep: list[Any] = []
+    v = _binview(col, keep)
+    size = lib.kmsenv_arrow_messages_size(len(header), v)
+    if size == 0 and col.present():
+        raise ConfigurationError("a value is too large for an Alibaba-format message")
+    out = new_output(size)
+    o = _binout(out, keep)
+    status = lib.kmsenv_arrow_seal_messages(key._h(), header, len(header), aad, len(aad), v, ffi.NULL, o)
+    del keep
+    if status:
+        _wipe(out.data)  # nothing half-sealed is handed back
+        _raise(status, "column seal")
+    return out
+
+
+def _native_alibaba_column_open(
+    key: NativeKey, header: bytes, aad: bytes, col: I.ColumnView, start: int, out: I.ColumnOutput
+) -> tuple[int, int]:
+    keep: list[Any] = []
+    v = _binview(col, keep)
+    o = _binout(out, keep)
+    stopped = ffi.new("size_t *")
+    status = lib.kmsenv_arrow_open_messages(key._h(), header, len(header), aad, len(aad), v, start, stopped, o)
+    del keep
+    if status not in _COLUMN_STOPS:
+        _raise(status, "column open")
+    return status, stopped[0]
+
+
 class NativeBackend:
     name = "native"
 
@@ -478,3 +606,10 @@ class NativeBackend:
     frames_seal = staticmethod(_native_frames_seal)
     frames_open = staticmethod(_native_frames_open)
     gcm_stream = staticmethod(NativeGcmStream)
+
+    # Columns (see kmsenv.columns).
+    compact_subkey = staticmethod(_native_compact_subkey)
+    compact_seal = staticmethod(_native_compact_seal)
+    compact_open = staticmethod(_native_compact_open)
+    alibaba_column_seal = staticmethod(_native_alibaba_column_seal)
+    alibaba_column_open = staticmethod(_native_alibaba_column_open)

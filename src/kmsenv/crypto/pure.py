@@ -335,6 +335,151 @@ class PureGcmStream:
         self._ctx = None
 
 
+# ---------------------------------------------------------------- columns (kmsenv.columns)
+# The reference of the native core's column calls (compact.c, arrow.c): value
+# by value, the same bytes, statuses and stopping points.
+
+
+def _offset_format(width: int) -> str:
+    return "<i" if width == 4 else "<q"
+
+
+def _pure_compact_subkey(version: int, cipher: str, key: _Any, header_hash: bytes, segment: bytes) -> bytearray:
+    """HKDF-H(ikm = data key, salt = segment, info = label || header hash), len(key) bytes."""
+    info = (I.COMPACT_SUBKEY_INFO if version == 2 else I.COMPACT_SUBKEY_INFO_V1) + bytes(header_hash)
+    return _pure_hkdf("SM3" if cipher == "SM4" else "SHA256", key, segment, info, len(key))
+
+
+def _compact_aad(prefix: bytes, version: int, name: bytes, row: _Any) -> bytes:
+    """prefix || (v2) u32be(len(name)) || name || row id (when bound)."""
+    parts = [prefix]
+    if version == 2:
+        parts += [_be32.pack(len(name)), name]
+    if row is not None:
+        parts.append(bytes(row))
+    return b"".join(parts)
+
+
+def _pure_compact_seal(
+    cipher: str, key: _Any, header_hash: bytes, segment: bytes, name: bytes, col: I.ColumnView,
+    rows: I.ColumnView | None, start: int, stop: int, ivs: bytes | None, out: I.ColumnOutput,
+) -> None:
+    sub = _pure_compact_subkey(2, cipher, key, header_hash, segment)
+    try:
+        k = PureKey(cipher, sub)
+    except BaseException:
+        _wipe(sub)
+        raise
+    fmt = _offset_format(out.width)
+    pos = _struct.unpack_from(fmt, out.offsets, start * out.width)[0]
+    flag = I.COMPACT_FORMAT | (I.COMPACT_ROW_BOUND if rows is not None else 0)
+    prefix = bytes([flag]) + bytes(header_hash[: I.COMPACT_REF_LEN]) + segment
+    try:
+        for i in range(start, stop):
+            value = col.value(i)
+            if value is not None:
+                iv = ivs[(i - start) * 12 : (i - start + 1) * 12] if ivs is not None else os.urandom(12)
+                aad = _compact_aad(prefix, 2, name, rows.value(i) if rows is not None else None)
+                ct, tag = k.gcm_seal(iv, aad, bytes(value))
+                sealed = prefix + iv + ct + tag
+                out.data[pos : pos + len(sealed)] = sealed
+                pos += len(sealed)
+            _struct.pack_into(fmt, out.offsets, (i + 1) * out.width, pos)
+    finally:
+        k.close()
+        _wipe(sub)
+
+
+def _pure_compact_open(
+    version: int, cipher: str, key: _Any, header_hash: bytes, name: bytes, col: I.ColumnView,
+    rows: I.ColumnView | None, start: int, out: I.ColumnOutput,
+) -> tuple[int, int]:
+    fmt = _offset_format(out.width)
+    pos = first = _struct.unpack_from(fmt, out.offsets, start * out.width)[0]
+    ref = bytes(header_hash[: I.COMPACT_REF_LEN])
+    segment = None
+    k = None
+    try:
+        for i in range(start, col.length):
+            value = col.value(i)
+            if value is not None:
+                got = I.COMPACT_VERSIONS.get(value[0] & ~I.COMPACT_ROW_BOUND & 0xFF) if len(value) >= I.COMPACT_OVERHEAD else None
+                if got is None:
+                    out.data[first:pos] = bytes(pos - first)
+                    return I.STATUS_FORMAT, i
+                if bytes(value[1 : 1 + I.COMPACT_REF_LEN]) != ref:
+                    return I.STATUS_OTHER_KEY, i
+                if got != version or bool(value[0] & I.COMPACT_ROW_BOUND) != (rows is not None):
+                    out.data[first:pos] = bytes(pos - first)
+                    return I.STATUS_FORMAT, i
+                seg = bytes(value[1 + I.COMPACT_REF_LEN : I.COMPACT_PREFIX_LEN])
+                if seg != segment:
+                    if k is not None:
+                        k.close()
+                    sub = _pure_compact_subkey(version, cipher, key, header_hash, seg)
+                    k = PureKey(cipher, sub)
+                    _wipe(sub)
+                    segment = seg
+                aad = _compact_aad(bytes(value[: I.COMPACT_PREFIX_LEN]), version, name,
+                                   rows.value(i) if rows is not None else None)
+                iv_end = I.COMPACT_PREFIX_LEN + I.GCM_IV_LEN
+                try:
+                    pt = k.gcm_open(bytes(value[I.COMPACT_PREFIX_LEN : iv_end]), aad, bytes(value[iv_end:-16]),
+                                    bytes(value[-16:]))
+                except AuthenticationError:
+                    out.data[first:pos] = bytes(pos - first)
+                    return I.STATUS_AUTH, i
+                out.data[pos : pos + len(pt)] = pt
+                pos += len(pt)
+            _struct.pack_into(fmt, out.offsets, (i + 1) * out.width, pos)
+    finally:
+        if k is not None:
+            k.close()
+    return I.STATUS_OK, col.length
+
+
+def _pure_alibaba_column_seal(
+    key: PureKey, header: bytes, aad: bytes, col: I.ColumnView, new_output: _Any
+) -> I.ColumnOutput:
+    present = [bytes(v) for v in (col.value(i) for i in range(col.length)) if v is not None]
+    messages = key.seal_messages(header, aad, present)
+    out = new_output(sum(len(m) for m in messages))
+    fmt = _offset_format(out.width)
+    pos = 0
+    it = iter(messages)
+    for i in range(col.length):
+        if col.is_valid(i):
+            m = next(it)
+            out.data[pos : pos + len(m)] = m
+            pos += len(m)
+        _struct.pack_into(fmt, out.offsets, (i + 1) * out.width, pos)
+    return out
+
+
+def _pure_alibaba_column_open(
+    key: PureKey, header: bytes, aad: bytes, col: I.ColumnView, start: int, out: I.ColumnOutput
+) -> tuple[int, int]:
+    fmt = _offset_format(out.width)
+    pos = first = _struct.unpack_from(fmt, out.offsets, start * out.width)[0]
+    for i in range(start, col.length):
+        value = col.value(i)
+        if value is not None:
+            if bytes(value[: len(header) + 8]).find(header) < 0:
+                return I.STATUS_OTHER_KEY, i
+            plaintexts, statuses = key.open_messages(header, aad, [bytes(value)])
+            if statuses[0] == I.STATUS_AUTH:
+                out.data[first:pos] = bytes(pos - first)
+                return I.STATUS_AUTH, i
+            if statuses[0] != I.STATUS_OK:
+                return I.STATUS_OTHER_KEY, i
+            pt = plaintexts[0]
+            assert pt is not None
+            out.data[pos : pos + len(pt)] = pt
+            pos += len(pt)
+        _struct.pack_into(fmt, out.offsets, (i + 1) * out.width, pos)
+    return I.STATUS_OK, col.length
+
+
 class PureBackend:
     name = "pure"
 
@@ -387,3 +532,10 @@ class PureBackend:
     frames_seal = staticmethod(_pure_frames_seal)
     frames_open = staticmethod(_pure_frames_open)
     gcm_stream = staticmethod(PureGcmStream)
+
+    # Columns (see kmsenv.columns).
+    compact_subkey = staticmethod(_pure_compact_subkey)
+    compact_seal = staticmethod(_pure_compact_seal)
+    compact_open = staticmethod(_pure_compact_open)
+    alibaba_column_seal = staticmethod(_pure_alibaba_column_seal)
+    alibaba_column_open = staticmethod(_pure_alibaba_column_open)
