@@ -20,7 +20,6 @@ from kmsenv import jobkey  # noqa: E402
 from kmsenv.exceptions import ConfigurationError, NoUsableKeyError  # noqa: E402
 from kmsenv.keyheader import DictKeyHeaderStore, KeyHeader, SqliteKeyHeaderStore  # noqa: E402
 from kmsenv.kmsspec import KmsSpec  # noqa: E402
-from kmsenv.providers import KmsKeyProvider  # noqa: E402
 from kms_fixtures import *  # noqa: E402,F401,F403
 from kms_fixtures import BJ, HZ, SH, kms_calls  # noqa: E402
 

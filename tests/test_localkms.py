@@ -560,8 +560,8 @@ class _Served:
             line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
             assert line is not None, self.proc.stderr.read()
             self.head.append(line)
-        exports = dict(l[len("export "):].split("=", 1) for l in self.head
-                       if l.startswith("export "))
+        exports = dict(ln[len("export "):].split("=", 1) for ln in self.head
+                       if ln.startswith("export "))
         self.endpoints = dict(item.split("=", 1)
                               for item in exports["KMSENV_KMS_ENDPOINTS"].split(","))
         self.key_id = exports["ALIBABA_CLOUD_ACCESS_KEY_ID"]
@@ -597,7 +597,7 @@ def test_cli_serve():
         rc, out, err = served.stop()
     assert rc == 0
     assert served.secret not in err
-    secret_lines = [l for l in out.splitlines() if served.secret in l]
+    secret_lines = [ln for ln in out.splitlines() if served.secret in ln]
     assert secret_lines == [f"export ALIBABA_CLOUD_ACCESS_KEY_SECRET={served.secret}"]
 
 

@@ -375,7 +375,7 @@ def test_kms_serve_prints_the_secret_only_on_its_credentials_line(tmp_path):
             lines.append(line)
             if line.startswith("Press Ctrl+C"):
                 break
-        exports = dict(l.split(" ", 1)[1].strip().split("=", 1) for l in lines if l.startswith("export "))
+        exports = dict(ln.split(" ", 1)[1].strip().split("=", 1) for ln in lines if ln.startswith("export "))
         secret = exports["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
         endpoints = dict(e.split("=", 1) for e in exports["KMSENV_KMS_ENDPOINTS"].split(","))
         # use it (good and bad signatures) so the server has something to log
@@ -393,7 +393,7 @@ def test_kms_serve_prints_the_secret_only_on_its_credentials_line(tmp_path):
     assert proc.returncode == 0, err
     everything = "".join(lines) + out + err
     assert everything.count(secret) == 1
-    (line,) = [l for l in everything.splitlines() if secret in l]
+    (line,) = [ln for ln in everything.splitlines() if secret in ln]
     assert line == f"export ALIBABA_CLOUD_ACCESS_KEY_SECRET={secret}"
     # the persisted state keeps it (documented: test use only), but no log file does
     for path in tmp_path.rglob("*"):

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 import kmsenv
 from kmsenv.exceptions import (
-    AuthenticationError,
     KmsEnvError,
     MessageFormatError,
     UnauthenticatedAlgorithmError,

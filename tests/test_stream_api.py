@@ -12,7 +12,7 @@ import tracemalloc
 import pytest
 
 import kmsenv
-from kmsenv.exceptions import ConfigurationError, KmsEnvError, MessageFormatError
+from kmsenv.exceptions import ConfigurationError, MessageFormatError
 from kmsenv.stream import StreamResult, decrypt_stream, encrypt_stream
 from kmsenv.stream import open as kopen
 from stream_helpers import GCM_ALGS, FakeKmsProvider, Generated, HashingWriter, ReadOnly, WriteOnly
