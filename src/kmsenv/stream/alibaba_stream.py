@@ -269,7 +269,57 @@ class _Spool:
             f.close()
 
 
-class AlibabaStreamDecryptor:
+class VerifiedRelease:
+    """Pass 2 of the single-tag formats (this layout and the DER message read
+    as a stream): decrypt, a chunk at a time, only the bytes pass 1 verified
+    (``_snapshot`` or ``_spool``), never the input again. The decryptor sets
+    ``_gcm``, ``_tag``, ``_ct_len``, ``_left``, ``_snapshot``, ``_spool``,
+    ``_buf``, ``_out`` and ``bytes_out``, and defines ``close()``."""
+
+    _gcm: Any
+    _tag: bytes
+    _ct_len: int
+    _left: int
+    _snapshot: memoryview | None
+    _spool: _Spool | None
+    _buf: bytearray
+    _out: bytearray
+    bytes_out: int
+
+    def close(self) -> None:  # pragma: no cover - each decryptor has its own
+        raise NotImplementedError
+
+    def read_chunk(self) -> memoryview | None:
+        """Pass 2: decrypt the bytes pass 1 verified (its spool or snapshot) a
+        chunk at a time. At the end the tag is checked again: defence in depth,
+        since nothing outside this process can reach those bytes."""
+        if self._gcm is None:
+            return None
+        if self._left == 0:
+            try:
+                self._gcm.verify(self._tag)
+            except AuthenticationError:
+                raise AuthenticationError(_CHANGED) from None
+            finally:
+                self.close()
+            return None
+        step = min(CHUNK, self._left)
+        start = self._ct_len - self._left
+        if self._snapshot is not None:
+            piece = self._snapshot[start : start + step]
+        else:
+            piece = memoryview(self._buf)[:step]
+            if self._spool is None or self._spool.readinto(piece) != step:
+                raise AuthenticationError(_CHANGED)
+        out = memoryview(self._out)[:step]
+        self._gcm.update_into(piece, out)
+        self._left -= step
+        self.bytes_out += step
+        return out
+
+
+
+class AlibabaStreamDecryptor(VerifiedRelease):
     """Pull-style reader: verifies the whole body's tag before the first byte
     of plaintext is returned."""
 
@@ -388,34 +438,6 @@ class AlibabaStreamDecryptor:
             raise MessageFormatError("truncated message: the body tag is missing")
         self._ct_len = self._left = length - TAG_LEN
         return tail
-
-    def read_chunk(self) -> memoryview | None:
-        """Pass 2: decrypt the bytes pass 1 verified (its spool or snapshot) a
-        chunk at a time. At the end the tag is checked again: defence in depth,
-        since nothing outside this process can reach those bytes."""
-        if self._gcm is None:
-            return None
-        if self._left == 0:
-            try:
-                self._gcm.verify(self._tag)
-            except AuthenticationError:
-                raise AuthenticationError(_CHANGED) from None
-            finally:
-                self.close()
-            return None
-        step = min(CHUNK, self._left)
-        start = self._ct_len - self._left
-        if self._snapshot is not None:
-            piece = self._snapshot[start : start + step]
-        else:
-            piece = memoryview(self._buf)[:step]
-            if self._spool is None or self._spool.readinto(piece) != step:
-                raise AuthenticationError(_CHANGED)
-        out = memoryview(self._out)[:step]
-        self._gcm.update_into(piece, out)
-        self._left -= step
-        self.bytes_out += step
-        return out
 
     def close(self) -> None:
         if self._gcm is not None:

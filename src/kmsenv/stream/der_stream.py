@@ -51,7 +51,7 @@ from ..message.codec import MAX_ARN_BYTES, MAX_EDK_BYTES, MESSAGE_VERSION, Messa
 from ..model import DataKeyProvider
 from . import _rand, alibaba_stream
 from ._io import Source, write_all
-from .alibaba_stream import _Spool
+from .alibaba_stream import VerifiedRelease, _Spool
 
 __all__ = ["UNKNOWN_LENGTH_NOTE", "DerEncryptor", "InputChangedError", "encrypt", "input_length", "open_message"]
 
@@ -75,7 +75,6 @@ _TAG_TLV_LEN = 2 + TAG_LEN
 # for what the Python SDK may write.
 _EDK_ENTRY_MAX = MAX_ARN_BYTES + MAX_EDK_BYTES + 32
 _CONTEXT_DER_MAX = 1 << 20
-_CHANGED = "the ciphertext changed between the verification and decryption passes"
 
 
 # ------------------------------------------------------------------ encrypt
@@ -374,7 +373,7 @@ def _check_tag_tlv(tlv: bytes) -> bytes:
     return tlv[2:]
 
 
-class DerDecryptor:
+class DerDecryptor(VerifiedRelease):
     """Pull-style reader of one GCM DER message: the header tag, then the
     whole body's tag, verify before the first byte of plaintext is returned."""
 
@@ -472,34 +471,6 @@ class DerDecryptor:
         if not self._src.at_eof():
             raise MessageFormatError("trailing data after the message")
         return tag
-
-    def read_chunk(self) -> memoryview | None:
-        """Pass 2: decrypt what pass 1 verified, a chunk at a time; at the end
-        check the tag again (defence in depth: only this process reaches the
-        spool)."""
-        if self._gcm is None:
-            return None
-        if self._left == 0:
-            try:
-                self._gcm.verify(self._tag)
-            except AuthenticationError:
-                raise AuthenticationError(_CHANGED) from None
-            finally:
-                self.close()
-            return None
-        step = min(CHUNK, self._left)
-        start = self._ct_len - self._left
-        if self._snapshot is not None:
-            piece = self._snapshot[start : start + step]
-        else:
-            piece = memoryview(self._buf)[:step]
-            if self._spool is None or self._spool.readinto(piece) != step:
-                raise AuthenticationError(_CHANGED)
-        out = memoryview(self._out)[:step]
-        self._gcm.update_into(piece, out)
-        self._left -= step
-        self.bytes_out += step
-        return out
 
     def close(self) -> None:
         gcm, self._gcm = self._gcm, None
