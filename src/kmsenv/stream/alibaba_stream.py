@@ -270,11 +270,14 @@ class _Spool:
 
 
 class VerifiedRelease:
-    """Pass 2 of the single-tag formats (this layout and the DER message read
-    as a stream): decrypt, a chunk at a time, only the bytes pass 1 verified
-    (``_snapshot`` or ``_spool``), never the input again. The decryptor sets
-    ``_gcm``, ``_tag``, ``_ct_len``, ``_left``, ``_snapshot``, ``_spool``,
-    ``_buf``, ``_out`` and ``bytes_out``, and defines ``close()``."""
+    """Both passes of the single-tag formats (this layout and the DER message
+    read as a stream). Pass 1 reads the input once, GHASHes the ciphertext and
+    keeps the bytes it verified (``_snapshot`` or ``_spool``); pass 2 decrypts
+    only those bytes, a chunk at a time, never the input again. The decryptor
+    sets ``_src``, ``_ct_len``, ``_left``, ``_snapshot``, ``_spool``, ``_buf``,
+    ``_out`` and ``bytes_out``, and defines ``_new_gcm()``,
+    ``_hash_snapshot()``, ``_hash_and_spool()`` (how its layout ends: each
+    returns the tag) and ``close()``."""
 
     _gcm: Any
     _tag: bytes
@@ -286,8 +289,44 @@ class VerifiedRelease:
     _out: bytearray
     bytes_out: int
 
+    _src: Source
+
     def close(self) -> None:  # pragma: no cover - each decryptor has its own
         raise NotImplementedError
+
+    def _new_gcm(self) -> Any:  # pragma: no cover - each decryptor has its own
+        raise NotImplementedError
+
+    def _hash_snapshot(self, gcm: Any, memory: memoryview) -> bytes:  # pragma: no cover
+        raise NotImplementedError
+
+    def _hash_and_spool(self, gcm: Any, spool: _Spool) -> bytes:  # pragma: no cover
+        raise NotImplementedError
+
+    def _verify_pass(self, spool_dir: str | None) -> None:
+        """Pass 1: GHASH the whole body (its plaintext is thrown away) and keep
+        the bytes it verified for pass 2: the input itself is never read twice,
+        so a file changed by another writer in between cannot feed pass 2
+        unverified bytes. Then get ready for pass 2."""
+        gcm = self._new_gcm()
+        try:
+            memory = self._src.memory()
+            if memory is not None:
+                tag = self._hash_snapshot(gcm, memory)
+            else:
+                self._spool = _Spool(spool_dir, SPOOL_MEMORY)
+                tag = self._hash_and_spool(gcm, self._spool)
+            try:
+                gcm.verify(tag)
+            except AuthenticationError:
+                raise AuthenticationError("message body authentication failed: the body was altered") from None
+        finally:
+            gcm.close()
+            wipe(self._out)  # unverified plaintext
+        self._tag = tag
+        if self._spool is not None:
+            self._spool.rewind()
+        self._gcm = self._new_gcm()
 
     def read_chunk(self) -> memoryview | None:
         """Pass 2: decrypt the bytes pass 1 verified (its spool or snapshot) a
@@ -373,31 +412,6 @@ class AlibabaStreamDecryptor(VerifiedRelease):
         gcm = backend.gcm_stream(self.header.algorithm.info.cipher, self._key, self._iv, True)
         gcm.aad(self._ctx)
         return gcm
-
-    def _verify_pass(self, spool_dir: str | None) -> None:
-        """Pass 1: GHASH the whole body (its plaintext is thrown away), keeping
-        back the last 16 bytes as the tag, and keep the bytes it verified for
-        pass 2: the input itself is never read twice, so a file changed by
-        another writer in between cannot feed pass 2 unverified bytes."""
-        memory = self._src.memory()
-        gcm = self._new_gcm()
-        try:
-            if memory is not None:
-                tag = self._hash_snapshot(gcm, memory)
-            else:
-                self._spool = _Spool(spool_dir, SPOOL_MEMORY)
-                tag = self._hash_and_spool(gcm, self._spool)
-            try:
-                gcm.verify(tag)
-            except AuthenticationError:
-                raise AuthenticationError("message body authentication failed: the body was altered") from None
-        finally:
-            gcm.close()
-            wipe(self._out)  # unverified plaintext
-        self._tag = tag
-        if self._spool is not None:
-            self._spool.rewind()
-        self._gcm = self._new_gcm()
 
     def _hash_snapshot(self, gcm: Any, memory: memoryview) -> bytes:
         """An exact io.BytesIO: its bytes object is already a private copy

@@ -45,7 +45,7 @@ from ..engine import (
     _verify_header,
 )
 from ..engine import decrypt as _decrypt_message
-from ..exceptions import AuthenticationError, ConfigurationError, InputChangedError, KmsEnvError, MessageFormatError
+from ..exceptions import ConfigurationError, InputChangedError, KmsEnvError, MessageFormatError
 from ..message import der
 from ..message.codec import MAX_ARN_BYTES, MAX_EDK_BYTES, MESSAGE_VERSION, MessageHeader, _read_header
 from ..model import DataKeyProvider
@@ -403,10 +403,7 @@ class DerDecryptor(VerifiedRelease):
         try:
             with _Key(header.algorithm, self._key) as key:
                 _verify_header(key, header)
-            self._tag = self._verify_pass(spool_dir)
-            if self._spool is not None:
-                self._spool.rewind()
-            self._gcm = self._new_gcm()
+            self._verify_pass(spool_dir)
         except BaseException:
             self.close()
             raise
@@ -416,27 +413,6 @@ class DerDecryptor(VerifiedRelease):
         gcm = backend.gcm_stream(self.header.algorithm.info.cipher, self._key, self._iv, True)
         gcm.aad(self.header.context_bytes())
         return gcm
-
-    def _verify_pass(self, spool_dir: str | None) -> bytes:
-        """Pass 1: GHASH the ciphertext (its plaintext is thrown away) and
-        keep the bytes it verified for pass 2; check the tag TLV, that the
-        input ends there, and the tag."""
-        gcm = self._new_gcm()
-        try:
-            memory = self._src.memory()
-            if memory is not None:
-                tag = self._hash_snapshot(gcm, memory)
-            else:
-                self._spool = _Spool(spool_dir, alibaba_stream.SPOOL_MEMORY)
-                tag = self._hash_and_spool(gcm, self._spool)
-            try:
-                gcm.verify(tag)
-            except AuthenticationError:
-                raise AuthenticationError("message body authentication failed: the body was altered") from None
-        finally:
-            gcm.close()
-            wipe(self._out)  # unverified plaintext
-        return tag
 
     def _hash_snapshot(self, gcm: Any, memory: memoryview) -> bytes:
         """An exact io.BytesIO: its bytes object is immutable (a later write
