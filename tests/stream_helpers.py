@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tempfile
+
+import pytest
 
 import kmsenv
+from kmsenv.stream import alibaba_stream
 from helpers import ARN_BJ, ARN_HZ, FakeKmsProvider, wrap
 
 GCM_ALGS = [
@@ -112,3 +116,24 @@ __all__ = [
     "ARN_BJ", "ARN_HZ", "FakeKmsProvider", "FixedKeyProvider", "GCM_ALGS", "Generated", "HashingWriter",
     "ReadOnly", "WriteOnly", "counter_random", "wrap", "os",
 ]
+
+
+# ---------------------------------------------------------------- spool fixtures
+# (import them by name into a test module that uses them)
+
+
+@pytest.fixture
+def temp_dir(tmp_path, monkeypatch):
+    """A dedicated, empty temp dir (what TMPDIR names) for any spool."""
+    path = tmp_path / "tmp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return str(path)
+
+
+@pytest.fixture(params=["memory", "file"])
+def spool(request, monkeypatch):
+    """Where spools live: in memory (the whole body fits), or (past 64 KiB) an anonymous file."""
+    if request.param == "file":
+        monkeypatch.setattr(alibaba_stream, "SPOOL_MEMORY", 64 * 1024)
+    return request.param

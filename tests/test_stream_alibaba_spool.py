@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import tempfile
 import threading
 
 import pytest
@@ -17,6 +16,7 @@ import kmsenv
 from kmsenv.exceptions import AuthenticationError
 from kmsenv.stream import alibaba_stream
 from kms_fixtures import *  # noqa: F401,F403
+from stream_helpers import spool, temp_dir  # noqa: F401 (fixtures)
 
 CHUNK = alibaba_stream.CHUNK
 PROC_FD = "/proc/self/fd"
@@ -26,23 +26,6 @@ needs_proc = pytest.mark.skipif(not os.path.isdir(PROC_FD), reason="needs /proc/
 @pytest.fixture
 def provider(kms, cmks):
     return kmsenv.KmsKeyProvider(cmks.hz, kms=kms)
-
-
-@pytest.fixture
-def temp_dir(tmp_path, monkeypatch):
-    """A dedicated, empty temp dir (what TMPDIR names) for the spool."""
-    path = tmp_path / "tmp"
-    path.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return str(path)
-
-
-@pytest.fixture(params=["memory", "file"])
-def spool(request, monkeypatch):
-    """Where the spool lives: in memory (the whole body fits), or a file."""
-    if request.param == "file":
-        monkeypatch.setattr(alibaba_stream, "SPOOL_MEMORY", 64 * 1024)
-    return request.param
 
 
 def _encrypt(provider, data: bytes) -> bytes:

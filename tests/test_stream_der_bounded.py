@@ -18,7 +18,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 
@@ -37,7 +36,7 @@ from kmsenv.message import der
 from kmsenv.stream import _rand, alibaba_stream, decrypt_stream, encrypt_stream
 from kms_fixtures import *  # noqa: F401,F403
 from kms_fixtures import kms_calls, kmsenv_import_root
-from stream_helpers import FakeKmsProvider, ReadOnly, WriteOnly
+from stream_helpers import FakeKmsProvider, ReadOnly, WriteOnly, spool, temp_dir  # noqa: F401 (fixtures)
 from vectors import official_vectors
 
 CHUNK = alibaba_stream.CHUNK
@@ -49,23 +48,6 @@ VECTORS = official_vectors()
 @pytest.fixture
 def provider(kms, cmks):
     return kmsenv.KmsKeyProvider(cmks.hz, kms=kms)
-
-
-@pytest.fixture
-def temp_dir(tmp_path, monkeypatch):
-    """A dedicated, empty temp dir (what TMPDIR names) for any spool."""
-    path = tmp_path / "tmp"
-    path.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return str(path)
-
-
-@pytest.fixture(params=["memory", "file"])
-def spool(request, monkeypatch):
-    """Where spools live: in memory, or (past 64 KiB) an anonymous file."""
-    if request.param == "file":
-        monkeypatch.setattr(alibaba_stream, "SPOOL_MEMORY", 64 * 1024)
-    return request.param
 
 
 def _feed_pipe(data: bytes):
