@@ -9,6 +9,7 @@ import struct
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from .._wipe import wipe
 from ..exceptions import ConfigurationError, MessageFormatError
 from ..message.codec import MAX_CONTEXT_BYTES, context_bytes
 
@@ -166,6 +167,25 @@ def write_all(dst: Any, data: Any) -> int:
             raise ConfigurationError("dst accepted no bytes")
         done += n
     return total
+
+
+PUMP_CHUNK = 1024 * 1024
+
+
+def pump(source: Source, write: Callable[[memoryview], Any]) -> None:
+    """Hand everything ``source`` yields to ``write`` in chunks of one reused
+    buffer, wiped at the end (it held plaintext)."""
+    chunk = bytearray(PUMP_CHUNK)
+    view = memoryview(chunk)
+    try:
+        while True:
+            n = source.readinto(view)
+            if n:
+                write(view[:n])
+            if n < len(view):
+                break
+    finally:
+        wipe(chunk)
 
 
 def parse_context_bytes(raw: bytes) -> Mapping[str, str]:

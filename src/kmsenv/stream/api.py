@@ -35,7 +35,7 @@ from ..exceptions import ConfigurationError, MessageFormatError
 from ..message.codec import DEFAULT_MAX_ENCRYPTED_DATA_KEYS, MessageHeader
 from ..model import DataKeyProvider
 from . import der_stream, framed
-from ._io import Source, check_threads
+from ._io import Source, check_threads, pump
 from ._writer import BatchWriter, writes_release_gil
 from .alibaba_stream import AlibabaStreamDecryptor, AlibabaStreamEncryptor
 from .framed import FramedDecryptor, FramedEncryptor, FramedHeader
@@ -159,14 +159,7 @@ def encrypt_stream(
                 if n < len(room):
                     break
         else:
-            chunk = bytearray(1024 * 1024)
-            view = memoryview(chunk)
-            while True:
-                n = source.readinto(view)
-                if n:
-                    enc.write(view[:n])
-                if n < len(view):
-                    break
+            pump(source, enc.write)
         enc.close()
     except BaseException:
         enc.abort()

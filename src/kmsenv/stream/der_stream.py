@@ -50,7 +50,7 @@ from ..message import der
 from ..message.codec import MAX_ARN_BYTES, MAX_EDK_BYTES, MESSAGE_VERSION, MessageHeader, _read_header
 from ..model import DataKeyProvider
 from . import _rand, alibaba_stream
-from ._io import Source, write_all
+from ._io import Source, pump, write_all
 from .alibaba_stream import VerifiedRelease, _Spool
 
 __all__ = ["UNKNOWN_LENGTH_NOTE", "DerEncryptor", "InputChangedError", "encrypt", "input_length", "open_message"]
@@ -276,26 +276,12 @@ def encrypt(
                     enc.write(piece)
                     source.advance(len(piece))
         else:
-            _encrypt_from(source, enc)
+            pump(source, enc.write)
         enc.close()
     except BaseException:
         enc.abort()
         raise
     return enc.header, enc.bytes_out
-
-
-def _encrypt_from(source: Source, enc: DerEncryptor) -> None:
-    chunk = bytearray(CHUNK)
-    view = memoryview(chunk)
-    try:
-        while True:
-            n = source.readinto(view)
-            if n:
-                enc.write(view[:n])
-            if n < len(view):
-                break
-    finally:
-        wipe(chunk)  # plaintext
 
 
 # ------------------------------------------------------------------ decrypt
