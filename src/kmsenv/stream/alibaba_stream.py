@@ -25,8 +25,8 @@ from typing import Any, Mapping
 from .._wipe import wipe
 from ..algorithms import Algorithm, algorithm_from_id
 from ..crypto import get_backend
-from ..engine import _context_bytes_for_encrypt, _generate, _Key, _unwrap
-from ..exceptions import AuthenticationError, ConfigurationError, HeaderAuthenticationError, MessageFormatError, UnsupportedAlgorithmError
+from ..engine import _context_bytes_for_encrypt, _generate, _Key, _unwrap, _verify_header
+from ..exceptions import AuthenticationError, ConfigurationError, MessageFormatError, UnsupportedAlgorithmError
 from ..message.codec import (
     MAX_ARN_BYTES,
     MAX_CONTEXT_BYTES,
@@ -274,8 +274,8 @@ class VerifiedRelease:
     read as a stream). Pass 1 reads the input once, GHASHes the ciphertext and
     keeps the bytes it verified (``_snapshot`` or ``_spool``); pass 2 decrypts
     only those bytes, a chunk at a time, never the input again. The decryptor
-    sets ``_src``, ``_ct_len``, ``_left``, ``_snapshot``, ``_spool``, ``_buf``,
-    ``_out`` and ``bytes_out``, and defines ``_new_gcm()``,
+    sets ``header``, ``_key``, ``_iv``, ``_src``, ``_ct_len``, ``_left``,
+    ``_snapshot``, ``_spool``, ``_buf``, ``_out`` and ``bytes_out``, and defines
     ``_hash_snapshot()``, ``_hash_and_spool()`` (how its layout ends: each
     returns the tag) and ``close()``."""
 
@@ -290,12 +290,20 @@ class VerifiedRelease:
     bytes_out: int
 
     _src: Source
+    header: MessageHeader
+    _key: bytearray
+    _iv: bytes
 
     def close(self) -> None:  # pragma: no cover - each decryptor has its own
         raise NotImplementedError
 
-    def _new_gcm(self) -> Any:  # pragma: no cover - each decryptor has its own
-        raise NotImplementedError
+    def _new_gcm(self) -> Any:
+        """A decrypting GCM stream over the body: the data key, the body IV,
+        the context bytes as AAD (both single-tag layouts)."""
+        backend: Any = get_backend()
+        gcm = backend.gcm_stream(self.header.algorithm.info.cipher, self._key, self._iv, True)
+        gcm.aad(self.header.context_bytes())
+        return gcm
 
     def _hash_snapshot(self, gcm: Any, memory: memoryview) -> bytes:  # pragma: no cover
         raise NotImplementedError
@@ -392,26 +400,11 @@ class AlibabaStreamDecryptor(VerifiedRelease):
         self.bytes_out = 0
         try:
             with _Key(h.algorithm, self._key) as key:
-                try:
-                    key.gcm_open(
-                        h.header_iv, auth_fields(h.version, h.algorithm, h.encryption_context, h.encrypted_data_keys),
-                        b"", h.header_auth_tag,
-                    )
-                except AuthenticationError:
-                    raise HeaderAuthenticationError(
-                        "header authentication failed: the header was altered or the data key is not its own"
-                    ) from None
-            self._ctx = context_bytes(h.encryption_context)
+                _verify_header(key, h)
             self._verify_pass(spool_dir)
         except BaseException:
             self.close()
             raise
-
-    def _new_gcm(self) -> Any:
-        backend: Any = get_backend()
-        gcm = backend.gcm_stream(self.header.algorithm.info.cipher, self._key, self._iv, True)
-        gcm.aad(self._ctx)
-        return gcm
 
     def _hash_snapshot(self, gcm: Any, memory: memoryview) -> bytes:
         """An exact io.BytesIO: its bytes object is already a private copy

@@ -394,12 +394,6 @@ class DerDecryptor(VerifiedRelease):
             self.close()
             raise
 
-    def _new_gcm(self) -> Any:
-        backend: Any = get_backend()
-        gcm = backend.gcm_stream(self.header.algorithm.info.cipher, self._key, self._iv, True)
-        gcm.aad(self.header.context_bytes())
-        return gcm
-
     def _hash_snapshot(self, gcm: Any, memory: memoryview) -> bytes:
         """An exact io.BytesIO: its bytes object is immutable (a later write
         copies it first), so pass 2 reads the same view; nothing is spooled."""
