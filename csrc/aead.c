@@ -29,14 +29,14 @@ EVP_CIPHER_CTX *kmsenv__aes_evp(kmsenv_key *k, int decrypt)
 
 static int aes_contexts_new(kmsenv_key *k)
 {
-#if defined(KMSENV_HAVE_X86_SIMD)
-    /* VAES kernel (aes_gcm_vaes.c) when kmsenv_features() chose it; EVP
-     * stays the fallback and reference, created when first needed. */
-    if ((kmsenv_features() & KMSENV_FEATURE_AES_VAES) &&
-        (k->vaes = kmsenv__aes_vaes_new(k->raw, k->keylen)) == NULL)
-        return KMSENV_E_NOMEM;
-#endif
-    (void)k;
+    /* The kernel kernels.c chose (self-tested, fastest here); EVP stays the
+     * fallback and reference, created when first needed. */
+    const kmsenv__aes_kernel *kk = kmsenv__aes_kernel_chosen();
+    if (kk != NULL) {
+        if ((k->aes_simd = kk->ctx_new(k->raw, k->keylen)) == NULL)
+            return KMSENV_E_NOMEM;
+        k->aes_kernel = kk;
+    }
     return KMSENV_OK;
 }
 
@@ -101,9 +101,8 @@ void kmsenv_key_free(kmsenv_key *k)
     /* EVP and gcm128 cleanse their own key schedules when freed. */
     EVP_CIPHER_CTX_free(k->enc);
     EVP_CIPHER_CTX_free(k->dec);
-#if defined(KMSENV_HAVE_X86_SIMD)
-    kmsenv__aes_vaes_free(k->vaes);
-#endif
+    if (k->aes_kernel != NULL)
+        k->aes_kernel->ctx_free(k->aes_simd);
     EVP_CIPHER_CTX_free(k->legacy);
     CRYPTO_gcm128_release(k->gcm);
     kmsenv__sm4_cleanup(&k->sm4);
@@ -146,10 +145,8 @@ static int aes_gcm_seal(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, si
     unsigned char fin[16];
     int outl;
 
-#if defined(KMSENV_HAVE_X86_SIMD)
-    if (k->vaes != NULL)
-        return kmsenv__aes_vaes_seal(k->vaes, iv, aad, aadlen, in, inlen, out, tag);
-#endif
+    if (k->aes_kernel != NULL)
+        return k->aes_kernel->seal(k->aes_simd, iv, aad, aadlen, in, inlen, out, tag);
     if ((c = kmsenv__aes_evp(k, 0)) == NULL)
         return KMSENV_E_CRYPTO;
     if (EVP_EncryptInit_ex(c, NULL, NULL, NULL, iv) != 1 || !evp_aad(c, aad, aadlen) ||
@@ -166,10 +163,8 @@ static int aes_gcm_open(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, si
     unsigned char fin[16];
     int outl;
 
-#if defined(KMSENV_HAVE_X86_SIMD)
-    if (k->vaes != NULL)
-        return kmsenv__aes_vaes_open(k->vaes, iv, aad, aadlen, in, inlen, tag, out);
-#endif
+    if (k->aes_kernel != NULL)
+        return k->aes_kernel->open(k->aes_simd, iv, aad, aadlen, in, inlen, tag, out);
     if ((c = kmsenv__aes_evp(k, 1)) == NULL)
         return KMSENV_E_CRYPTO;
     if (EVP_DecryptInit_ex(c, NULL, NULL, NULL, iv) != 1 ||

@@ -76,8 +76,12 @@ static void detect_features(void)
         f |= KMSENV_FEATURE_AESNI;
     /* SIMD kernels (cpu.c), fixed here once for the process. */
     f |= kmsenv__cpu_simd_features() &
-         ((f & KMSENV_FEATURE_SM4) ? ~0u : ~(uint32_t)KMSENV_FEATURE_SM4_AVX2);
+         ((f & KMSENV_FEATURE_SM4) ? ~0u
+                                   : ~(uint32_t)(KMSENV_FEATURE_SM4_AVX2 | KMSENV_FEATURE_SM4_GFNI |
+                                                 KMSENV_FEATURE_SM4_GFNI256));
     ERR_clear_error(); /* failed fetches queue errors */
+    /* Self-tests and calibration of the candidates (kernels.c), once. */
+    kmsenv__kernels_select(f);
     features_value = f;
 }
 

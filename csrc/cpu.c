@@ -4,7 +4,8 @@
  *
  * A kernel needs both the CPUID bit and the OS saving the register state
  * (XGETBV: XCR0 bits 1-2 for ymm). KMSENV_DISABLE_SIMD=1 (read here, once)
- * forces the OpenSSL EVP paths, so tests can compare both on one machine. */
+ * forces the OpenSSL EVP paths, so tests can compare both on one machine.
+ * These bits say what the CPU can run; kernels.c chooses among them. */
 #include <stdlib.h>
 
 #include "internal.h"
@@ -24,7 +25,7 @@ uint32_t kmsenv__cpu_simd_features(void)
     unsigned int a, b, c1, d, c7, b7;
     uint32_t f = 0;
     const char *off = getenv("KMSENV_DISABLE_SIMD");
-    int aesni, avx2, vaes, vpclmul, pclmul;
+    int aesni, avx2, vaes, vpclmul, pclmul, gfni, avx512;
 
     if (off != NULL && off[0] != '\0' && strcmp(off, "0") != 0)
         return 0;
@@ -41,10 +42,20 @@ uint32_t kmsenv__cpu_simd_features(void)
     avx2 = (b7 >> 5) & 1;
     vaes = (c7 >> 9) & 1;
     vpclmul = (c7 >> 10) & 1;
+    gfni = (c7 >> 8) & 1;
+    /* AVX-512 F, DQ, BW, VL, and the OS saving opmask + zmm state (XCR0 5-7) */
+    avx512 = ((b7 >> 16) & 1) && ((b7 >> 17) & 1) && ((b7 >> 30) & 1) && ((b7 >> 31) & 1) &&
+             (xcr0() & 0xe6) == 0xe6;
     if (aesni && avx2 && vaes)
         f |= KMSENV_FEATURE_SM4_AVX2;
     if (aesni && pclmul && avx2 && vaes && vpclmul)
         f |= KMSENV_FEATURE_AES_VAES;
+    if (avx2 && gfni)
+        f |= KMSENV_FEATURE_SM4_GFNI256;
+    if (avx512 && gfni)
+        f |= KMSENV_FEATURE_SM4_GFNI;
+    if (avx512 && aesni && pclmul && vaes && vpclmul)
+        f |= KMSENV_FEATURE_AES_VAES512;
     return f;
 }
 #else

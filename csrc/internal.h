@@ -45,6 +45,8 @@ KMSENV_STATIC_ASSERT(KMSENV_EVP_CHUNK >= 16 && KMSENV_EVP_CHUNK % 16 == 0 &&
  * get this struct as their `key`. block128_f/ctr128_f cannot report errors,
  * so a failing kernel raises `failed` and the caller checks it afterwards.
  */
+struct kmsenv__aes_kernel;
+
 typedef struct kmsenv_sm4 {
     block128_f block;
     ctr128_f ctr32; /* increments only the low 32 bits of the counter block */
@@ -61,7 +63,9 @@ struct kmsenv_key {
     /* AES: GCM contexts keyed once, only the IV changes per message. */
     EVP_CIPHER_CTX *enc;
     EVP_CIPHER_CTX *dec;
-    struct kmsenv_aes_vaes *vaes; /* VAES kernel when active, else NULL (EVP) */
+    /* The AES-GCM kernel kernels.c chose and its per-key context; NULL: EVP. */
+    const struct kmsenv__aes_kernel *aes_kernel;
+    void *aes_simd;
     /* SM4: block/CTR kernels plus OpenSSL's generic GCM mode on top. */
     kmsenv_sm4 sm4;
     GCM128_CONTEXT *gcm;
@@ -130,6 +134,64 @@ int kmsenv__aes_vaes_seal(kmsenv_aes_vaes *c, const uint8_t iv[12], const uint8_
 int kmsenv__aes_vaes_open(kmsenv_aes_vaes *c, const uint8_t iv[12], const uint8_t *aad,
                           size_t aadlen, const uint8_t *in, size_t inlen, const uint8_t tag[16],
                           uint8_t *out);
+
+/* aes_gcm_vaes512.c: AES-GCM on VAES + VPCLMULQDQ on zmm (AVX-512F/BW/VL).
+ * Same contract as the ymm kernel above. */
+typedef struct kmsenv_aes_vaes512 kmsenv_aes_vaes512;
+kmsenv_aes_vaes512 *kmsenv__aes_vaes512_new(const uint8_t *key, size_t keylen);
+void kmsenv__aes_vaes512_free(kmsenv_aes_vaes512 *c);
+int kmsenv__aes_vaes512_seal(kmsenv_aes_vaes512 *c, const uint8_t iv[12], const uint8_t *aad,
+                             size_t aadlen, const uint8_t *in, size_t inlen, uint8_t *out,
+                             uint8_t tag[16]);
+int kmsenv__aes_vaes512_open(kmsenv_aes_vaes512 *c, const uint8_t iv[12], const uint8_t *aad,
+                             size_t aadlen, const uint8_t *in, size_t inlen, const uint8_t tag[16],
+                             uint8_t *out);
+
+/* sm4_gfni.c: SM4 with GFNI, on zmm (AVX-512F/BW/VL/DQ + GFNI: "gfni512") and
+ * on ymm with VEX encoding (AVX2 + GFNI, no AVX-512: "gfni256"). The round
+ * keys are the standard 32-word schedule (same layout as sm4_simd.c), made
+ * in constant time with the GFNI S-box. block/ctr32 get a kmsenv_sm4 as key
+ * (they read its rk). Optional whole-GCM kernels (stitched SM4 + GHASH) use
+ * a per-key context holding the hash powers. */
+void kmsenv__sm4_gfni_setkey(uint32_t rk[32], const uint8_t key[16]); /* needs AVX2 + GFNI */
+void kmsenv__sm4_gfni512_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out, size_t blocks);
+void kmsenv__sm4_gfni512_block(const unsigned char in[16], unsigned char out[16], const void *key);
+void kmsenv__sm4_gfni512_ctr32(const unsigned char *in, unsigned char *out, size_t blocks,
+                               const void *key, const unsigned char ivec[16]);
+void kmsenv__sm4_gfni256_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out, size_t blocks);
+void kmsenv__sm4_gfni256_block(const unsigned char in[16], unsigned char out[16], const void *key);
+void kmsenv__sm4_gfni256_ctr32(const unsigned char *in, unsigned char *out, size_t blocks,
+                               const void *key, const unsigned char ivec[16]);
+
+/* kernels.c: the run-time choice among the kernels above (issue 17).
+ * One choice per family per process, made once (kmsenv_features()'s once):
+ * candidates the CPU can run pass a known-answer test and a comparison with
+ * OpenSSL on random input first; a failing kernel is disabled for the process.
+ * KMSENV_AES_GCM_KERNEL / KMSENV_SM4_KERNEL force one by name (kmsenv_core.h). */
+typedef struct kmsenv__aes_kernel {
+    const char *name;
+    uint32_t needs; /* KMSENV_FEATURE_* bits the CPU must have */
+    void *(*ctx_new)(const uint8_t *key, size_t keylen);
+    void (*ctx_free)(void *c);
+    int (*seal)(void *c, const uint8_t iv[12], const uint8_t *aad, size_t aadlen,
+                const uint8_t *in, size_t inlen, uint8_t *out, uint8_t tag[16]);
+    int (*open)(void *c, const uint8_t iv[12], const uint8_t *aad, size_t aadlen,
+                const uint8_t *in, size_t inlen, const uint8_t tag[16], uint8_t *out);
+} kmsenv__aes_kernel;
+
+typedef struct kmsenv__sm4_kernel {
+    const char *name;
+    uint32_t needs;
+    void (*setkey)(uint32_t rk[32], const uint8_t key[16]);
+    block128_f block; /* key argument: the kmsenv_sm4 */
+    ctr128_f ctr32;
+    void (*ecb)(const uint32_t rk[32], const uint8_t *in, uint8_t *out, size_t blocks);
+} kmsenv__sm4_kernel;
+
+/* NULL = OpenSSL EVP. Valid once kmsenv_features() has run. */
+const kmsenv__aes_kernel *kmsenv__aes_kernel_chosen(void);
+const kmsenv__sm4_kernel *kmsenv__sm4_kernel_chosen(void);
+void kmsenv__kernels_select(uint32_t cpu_features); /* from detect_features(), once */
 
 /* batch.c: DER helpers (also used by message.c and the C tests). */
 #define DER_INTEGER 0x02

@@ -47,6 +47,8 @@
 #define KMSENV_FEATURE_SM4_GFNI 4
 #define KMSENV_FEATURE_AES_VAES 8
 #define KMSENV_FEATURE_SM4_AVX2 16
+#define KMSENV_FEATURE_AES_VAES512 32
+#define KMSENV_FEATURE_SM4_GFNI256 64
 
 #define KMSENV_GCM_IV_LEN 12
 #define KMSENV_GCM_TAG_LEN 16
@@ -62,6 +64,15 @@ const char *kmsenv_openssl_version(void);
 const char *kmsenv_openssl_build_version(void);
 /* Bit set of KMSENV_FEATURE_* detected at run time. */
 uint32_t kmsenv_features(void);
+/* The kernel each family uses in this process (chosen once, see kernels.c):
+ * its name ("evp" = OpenSSL), why it was chosen (calibration figures, a
+ * forcing variable), and "" or the text of a warning (a kernel that failed
+ * its self-test, a forced name this CPU cannot run). */
+#define KMSENV_KERNEL_AES_GCM 0
+#define KMSENV_KERNEL_SM4 1
+const char *kmsenv_kernel_name(int family);
+const char *kmsenv_kernel_reason(int family);
+const char *kmsenv_kernel_warning(int family);
 /* Fixed text for a status; never contains data. */
 const char *kmsenv_strerror(int status);
 

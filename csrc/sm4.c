@@ -31,15 +31,16 @@ int kmsenv__sm4_init(kmsenv_sm4 *s, const unsigned char key[16])
         EVP_CIPHER_CTX_set_padding(s->ecb, 0) != 1 ||
         EVP_EncryptInit_ex(s->ctr, EVP_sm4_ctr(), NULL, key, NULL) != 1)
         return KMSENV_E_CRYPTO;
-#if defined(KMSENV_HAVE_X86_SIMD)
-    /* AVX2+VAES kernel when kmsenv_features() chose it; EVP stays the
-     * fallback (and the reference the tests compare against). */
-    if (kmsenv_features() & KMSENV_FEATURE_SM4_AVX2) {
-        kmsenv__sm4_simd_setkey(s->rk, key);
-        s->block = kmsenv__sm4_simd_block;
-        s->ctr32 = kmsenv__sm4_simd_ctr32;
+    /* The kernel kernels.c chose (GFNI or AES-NI method, self-tested); EVP
+     * stays the fallback (and the reference the tests compare against). */
+    {
+        const kmsenv__sm4_kernel *kk = kmsenv__sm4_kernel_chosen();
+        if (kk != NULL) {
+            kk->setkey(s->rk, key);
+            s->block = kk->block;
+            s->ctr32 = kk->ctr32;
+        }
     }
-#endif
     return KMSENV_OK;
 }
 

@@ -1,6 +1,9 @@
-"""The SIMD kernels (AVX2+VAES SM4, VAES AES-GCM) and the OpenSSL EVP fallback
-must produce identical bytes. The dispatch is fixed once per process, so each
-path runs in its own subprocess: default, and KMSENV_DISABLE_SIMD=1."""
+"""The SIMD kernels (AES-GCM: VAES on ymm and zmm; SM4: GFNI on zmm and ymm,
+the AES-NI method on AVX2) and the OpenSSL EVP fallback must produce identical
+bytes, and the per-process choice (csrc/kernels.c) must be what it says. The
+choice is fixed once per process, so each path runs in its own subprocess:
+default, KMSENV_DISABLE_SIMD=1, and each kernel forced by name. A kernel this
+CPU cannot run is skipped with the instructions it lacks."""
 
 from __future__ import annotations
 
@@ -50,25 +53,47 @@ for cipher, keylen in (("SM4", 16), ("AES", 16), ("AES", 32)):
             h.update(ct)
     digest["%s-%d" % (cipher, keylen)] = h.hexdigest()
 info = native.version_info()
-print(json.dumps({"digest": digest, "features": info["features"],
+print(json.dumps({"digest": digest, "features": info["features"], "kernels": info["kernels"],
                   "raw": int(native.lib.kmsenv_features())}))
 """
 
 
-def _run(disable: bool) -> dict:
+# Which kernel each forced run asks for (None: leave the variable unset).
+_FORCED = {
+    "wide": {"KMSENV_AES_GCM_KERNEL": "vaes512", "KMSENV_SM4_KERNEL": "gfni512"},
+    "ymm": {"KMSENV_AES_GCM_KERNEL": "vaes256", "KMSENV_SM4_KERNEL": "gfni256"},
+    "aesni": {"KMSENV_AES_GCM_KERNEL": "evp", "KMSENV_SM4_KERNEL": "aesni-avx2"},
+}
+# What each family's kernel needs from /proc/cpuinfo, for the skip reasons.
+_NEEDS = {
+    "vaes512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "vaes", "vpclmulqdq", "aes", "pclmulqdq"},
+    "vaes256": {"avx2", "vaes", "vpclmulqdq", "aes", "pclmulqdq"},
+    "gfni512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "gfni"},
+    "gfni256": {"avx2", "gfni"},
+    "aesni-avx2": {"avx2", "vaes", "aes"},
+    "evp": set(),
+}
+
+
+def _run(disable: bool = False, extra: dict[str, str] | None = None) -> dict:
     env = dict(os.environ)
-    env.pop("KMSENV_DISABLE_SIMD", None)
+    for var in ("KMSENV_DISABLE_SIMD", "KMSENV_AES_GCM_KERNEL", "KMSENV_SM4_KERNEL", "KMSENV_KERNEL_SELFTEST_FAULT"):
+        env.pop(var, None)
     if disable:
         env["KMSENV_DISABLE_SIMD"] = "1"
+    env.update(extra or {})
     # The child imports the same kmsenv as this process (installed or in-tree).
     import kmsenv
 
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))
     env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=300, check=True
+        [sys.executable, "-W", "always::RuntimeWarning", "-c", _CHILD], env=env, capture_output=True,
+        text=True, timeout=300, check=True
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["stderr"] = out.stderr
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +104,63 @@ def both() -> tuple[dict, dict]:
 def test_paths_produce_identical_bytes(both: tuple[dict, dict]) -> None:
     simd, evp = both
     assert simd["digest"] == evp["digest"]
+    assert evp["kernels"]["aes_gcm"]["name"] == "evp" and evp["kernels"]["sm4"]["name"] == "evp"
+
+
+@pytest.mark.parametrize("run", sorted(_FORCED))
+def test_every_kernel_matches_openssl(run: str, both: tuple[dict, dict]) -> None:
+    """Each kernel, forced in turn, gives the bytes OpenSSL EVP gives (the
+    digest covers GCM at 300+ sizes up to 1 MiB, and SM4's legacy modes)."""
+    _, evp = both
+    forced = _run(extra=_FORCED[run])
+    flags = _cpu_flags()
+    ran = []
+    for family, var in (("aes_gcm", "KMSENV_AES_GCM_KERNEL"), ("sm4", "KMSENV_SM4_KERNEL")):
+        want = _FORCED[run][var]
+        got = forced["kernels"][family]
+        if got["name"] == want:
+            ran.append(want)
+            continue
+        # Only a CPU without the instructions may refuse, and it must say so.
+        assert flags and not _NEEDS[want] <= flags, got
+        assert "lacks its instructions" in got.get("warning", ""), got
+    assert forced["digest"] == evp["digest"]
+    if not ran:
+        pytest.skip(f"this CPU runs none of {sorted(_FORCED[run].values())} (flags lack "
+                    f"{sorted(set().union(*(_NEEDS[k] for k in _FORCED[run].values())) - flags)})")
+
+
+@pytest.mark.parametrize("kernel", ["vaes512", "vaes256", "gfni512", "gfni256", "aesni-avx2"])
+def test_a_kernel_failing_its_self_test_is_never_used(kernel: str, both: tuple[dict, dict]) -> None:
+    """A wrong answer in the self-test disables the kernel for the process,
+    with a RuntimeWarning, and the bytes still match OpenSSL's."""
+    flags = _cpu_flags()
+    if not flags or not _NEEDS[kernel] <= flags:
+        pytest.skip(f"this CPU cannot run {kernel} (needs {sorted(_NEEDS[kernel])})")
+    _, evp = both
+    family, var = ("aes_gcm", "KMSENV_AES_GCM_KERNEL") if kernel.startswith("vaes") else ("sm4", "KMSENV_SM4_KERNEL")
+    run = _run(extra={"KMSENV_KERNEL_SELFTEST_FAULT": kernel, var: kernel})
+    got = run["kernels"][family]
+    assert got["name"] != kernel
+    assert f"{kernel} failed its self-test" in got["warning"]
+    assert "RuntimeWarning" in run["stderr"] and f"{kernel} failed its self-test" in run["stderr"]
+    assert run["digest"] == evp["digest"]
+    # Without the fault the same kernel is taken: the fault, not the CPU, made the difference.
+    clean = _run(extra={var: kernel})
+    assert clean["kernels"][family]["name"] == kernel
+    assert "RuntimeWarning" not in clean["stderr"]
+
+
+def test_an_unknown_kernel_name_warns_and_chooses_automatically() -> None:
+    run = _run(extra={"KMSENV_AES_GCM_KERNEL": "fastest-please"})
+    assert "is not a kernel name" in run["kernels"]["aes_gcm"]["warning"]
+    assert "RuntimeWarning" in run["stderr"]
 
 
 def test_switch_disables_simd_features(both: tuple[dict, dict]) -> None:
     _, evp = both
-    assert evp["features"]["AES_VAES"] is False
-    assert evp["features"]["SM4_GFNI"] is False
+    for bit in ("AES_VAES", "AES_VAES512", "SM4_GFNI", "SM4_GFNI256"):
+        assert evp["features"][bit] is False
     assert evp["raw"] & FEATURE_SM4_AVX2 == 0
     assert evp["features"]["SM4"] is True
 
@@ -105,9 +181,25 @@ def test_default_reports_what_the_cpu_has(both: tuple[dict, dict]) -> None:
     flags = _cpu_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo")
-    has_vaes = {"aes", "pclmulqdq", "avx2", "vaes", "vpclmulqdq"} <= flags
-    assert simd["features"]["AES_VAES"] is has_vaes
+    for bit, kernel in (("AES_VAES", "vaes256"), ("AES_VAES512", "vaes512"), ("SM4_GFNI", "gfni512"),
+                        ("SM4_GFNI256", "gfni256")):
+        assert simd["features"][bit] is (_NEEDS[kernel] <= flags), bit
     assert bool(simd["raw"] & FEATURE_SM4_AVX2) is ({"aes", "avx2", "vaes"} <= flags)
-    # no GFNI kernel is shipped: the bit stays clear whatever the CPU
-    assert simd["features"]["SM4_GFNI"] is False
 
+
+def test_default_choice_is_reported_with_its_reason(both: tuple[dict, dict]) -> None:
+    simd, _ = both
+    flags = _cpu_flags()
+    aes, sm4 = simd["kernels"]["aes_gcm"], simd["kernels"]["sm4"]
+    assert aes["reason"] and sm4["reason"]
+    if _NEEDS["vaes256"] <= flags:
+        # calibrated among the kernels that passed and OpenSSL itself
+        assert "calibrated sealing 64 KiB" in aes["reason"] and "evp" in aes["reason"]
+    if _NEEDS["gfni512"] <= flags:
+        assert sm4["name"] == "gfni512"
+    elif _NEEDS["gfni256"] <= flags:
+        assert sm4["name"] == "gfni256"
+    elif _NEEDS["aesni-avx2"] <= flags:
+        assert sm4["name"] == "aesni-avx2"
+    else:
+        assert sm4["name"] == "evp"

@@ -288,7 +288,9 @@ static void sm4_gcm_api(void)
     CHECK(kmsenv_key_new(KMSENV_CIPHER_SM4, key, 16, &k) == KMSENV_OK);
     if (k == NULL)
         return;
-    CHECK(k->sm4.ctr32 == kmsenv__sm4_simd_ctr32 && k->sm4.block == kmsenv__sm4_simd_block);
+    /* the chosen kernel, not EVP, answers */
+    CHECK(k->sm4.ctr32 == kmsenv__sm4_kernel_chosen()->ctr32 &&
+          k->sm4.block == kmsenv__sm4_kernel_chosen()->block);
     CHECK(kmsenv_gcm_seal(k, iv, aad, 20, pt, 64, out, tag) == KMSENV_OK);
     CHECK(memcmp(out, ct, 64) == 0);
     unhex("83DE3541E4C2B58177E065A9BF7B62EC", ct);
@@ -311,23 +313,49 @@ static void sm4_gcm_api(void)
 
 void test_aes_vaes(void);
 
+/* run_simd.sh runs this binary once per kernel name: a forced kernel the CPU
+ * has must be the one in use (else the whole run would test another). */
+static void expect_forced(const char *var, int family)
+{
+    const char *want = getenv(var);
+    uint32_t f = 0;
+    if (want == NULL || want[0] == '\0' || strcmp(want, "auto") == 0)
+        return;
+    if (strcmp(kmsenv_kernel_name(family), want) != 0) {
+        /* only acceptable when the CPU cannot run it, which the warning says */
+        printf("SKIP %s=%s: %s\n", var, want, kmsenv_kernel_warning(family));
+        CHECK(strstr(kmsenv_kernel_warning(family), "lacks its instructions") != NULL);
+        (void)f;
+    }
+}
+
 int main(void)
 {
     uint32_t f = kmsenv_features();
     const char *off = getenv("KMSENV_DISABLE_SIMD");
     printf("features 0x%x\n", (unsigned)f);
     if (off != NULL && strcmp(off, "1") == 0) /* the switch must win over CPUID */
-        CHECK((f & (KMSENV_FEATURE_SM4_AVX2 | KMSENV_FEATURE_AES_VAES |
-                    KMSENV_FEATURE_SM4_GFNI)) == 0);
+        CHECK((f & (KMSENV_FEATURE_SM4_AVX2 | KMSENV_FEATURE_AES_VAES | KMSENV_FEATURE_SM4_GFNI |
+                    KMSENV_FEATURE_SM4_GFNI256 | KMSENV_FEATURE_AES_VAES512)) == 0);
+    printf("kernels: AES-GCM %s (%s); SM4 %s (%s)\n", kmsenv_kernel_name(KMSENV_KERNEL_AES_GCM),
+           kmsenv_kernel_reason(KMSENV_KERNEL_AES_GCM), kmsenv_kernel_name(KMSENV_KERNEL_SM4),
+           kmsenv_kernel_reason(KMSENV_KERNEL_SM4));
+    expect_forced("KMSENV_AES_GCM_KERNEL", KMSENV_KERNEL_AES_GCM);
+    expect_forced("KMSENV_SM4_KERNEL", KMSENV_KERNEL_SM4);
 #if defined(KMSENV_HAVE_X86_SIMD)
-    if (f & KMSENV_FEATURE_SM4_AVX2) {
+    if (f & KMSENV_FEATURE_SM4_AVX2) { /* the AES-NI method kernel, called directly */
         sm4_gbt32907();
         sm4_ecb_random();
         sm4_ctr32_random();
+    } else {
+        printf("SKIP SM4 AVX2+VAES direct calls (CPU lacks it or KMSENV_DISABLE_SIMD is set)\n");
+    }
+    if (kmsenv__sm4_kernel_chosen() != NULL) { /* whichever kernel was chosen, via keys */
+        printf("SM4 kernel under test: %s\n", kmsenv_kernel_name(KMSENV_KERNEL_SM4));
         sm4_legacy_random();
         sm4_gcm_api();
     } else {
-        printf("SKIP SM4 AVX2+VAES (CPU lacks it or KMSENV_DISABLE_SIMD is set)\n");
+        printf("SKIP SM4 kernels (CPU lacks them or KMSENV_DISABLE_SIMD is set)\n");
     }
 #endif
     test_aes_vaes();
@@ -372,8 +400,8 @@ void test_aes_vaes(void)
 {
     static const size_t big[] = {4095, 4096, 4097, 8191, 8192, 8193, 65536 + 5, (1u << 20) + 7};
     size_t i, len, kl;
-    if (!(kmsenv_features() & KMSENV_FEATURE_AES_VAES)) {
-        printf("SKIP AES-GCM VAES (CPU lacks it or KMSENV_DISABLE_SIMD is set)\n");
+    if (kmsenv__aes_kernel_chosen() == NULL) {
+        printf("SKIP AES-GCM kernels (OpenSSL chosen: %s)\n", kmsenv_kernel_reason(KMSENV_KERNEL_AES_GCM));
         return;
     }
     for (i = 0; i < sizeof(nist) / sizeof(nist[0]); i++) {
@@ -387,7 +415,7 @@ void test_aes_vaes(void)
         CHECK(kmsenv_key_new(KMSENV_CIPHER_AES, key, keylen, &k) == KMSENV_OK);
         if (k == NULL)
             continue;
-        CHECK(k->vaes != NULL); /* the kernel, not EVP, answers */
+        CHECK(k->aes_kernel != NULL && k->aes_simd != NULL); /* the kernel, not EVP, answers */
         CHECK(kmsenv_gcm_seal(k, iv, al ? aad : NULL, al, pl ? pt : NULL, pl, out, t) == KMSENV_OK);
         CHECK(memcmp(out, ct, pl) == 0 && memcmp(t, tag, 16) == 0);
         CHECK(kmsenv_gcm_open(k, iv, al ? aad : NULL, al, pl ? ct : NULL, pl, tag, out) == KMSENV_OK);

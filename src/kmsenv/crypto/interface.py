@@ -70,6 +70,10 @@ class Backend(Protocol):
 
     def random(self, n: int) -> bytes: ...
 
+    def random_into(self, buf: bytearray) -> None:
+        """Fill ``buf`` from the CSPRNG in place (for key material: no
+        immutable copy is left behind for the caller to be unable to wipe)."""
+
 
 # Per-message statuses of open_messages, equal to the C core's codes.
 STATUS_OK = 0

@@ -527,6 +527,17 @@ class PureBackend:
     def random(self, n: int) -> bytes:
         return os.urandom(n)
 
+    def random_into(self, buf: bytearray) -> None:
+        # Straight into buf where the OS offers a device to read (no copy of a
+        # key in an immutable bytes object); else through os.urandom.
+        try:
+            with open("/dev/urandom", "rb", buffering=0) as dev:
+                got = dev.readinto(buf)
+        except OSError:
+            got = None
+        if got != len(buf):
+            buf[:] = os.urandom(len(buf))
+
     # Streaming: frames, HKDF and incremental GCM (see kmsenv.stream).
     hkdf = staticmethod(_pure_hkdf)
     frames_seal = staticmethod(_pure_frames_seal)
