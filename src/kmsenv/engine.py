@@ -468,8 +468,13 @@ def encrypt_many(
     their header (EDKs, context, header IV and tag: the same bytes authenticated
     the same way); every body has its own random IV."""
     items = list(plaintexts)
+    sizes = []
     for i, item in enumerate(items):
-        if not isinstance(item, (bytes, bytearray, memoryview)):
+        if type(item) is bytes:  # the common case, first: this loop runs per value
+            sizes.append(len(item))
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            sizes.append(memoryview(item).nbytes)
+        else:
             raise ConfigurationError(f"plaintexts[{i}] must be bytes-like, not {type(item).__name__}")
     ctx = _context(encryption_context)
     alg = _algorithm(provider, algorithm)
@@ -478,7 +483,7 @@ def encrypt_many(
     out: list[bytes] = []
     for start in range(0, len(items), MAX_MESSAGES_PER_DATA_KEY):
         chunk = items[start : start + MAX_MESSAGES_PER_DATA_KEY]
-        data_key = _generate(provider, alg, ctx, sum(memoryview(c).nbytes for c in chunk), len(chunk))
+        data_key = _generate(provider, alg, ctx, sum(sizes[start : start + MAX_MESSAGES_PER_DATA_KEY]), len(chunk))
         try:
             with _Key(alg, data_key.plaintext) as key:
                 header = _header(key, alg, data_key.encrypted_data_keys, ctx, _iv())
@@ -512,8 +517,12 @@ def decrypt_many(
     distinct set of encrypted data keys."""
     items = list(ciphertexts)
     for i, item in enumerate(items):
+        if type(item) is bytes:
+            continue
         if not isinstance(item, (bytes, bytearray, memoryview)):
             raise ConfigurationError(f"ciphertexts[{i}] must be bytes-like, not {type(item).__name__}")
+        if type(item) is memoryview and (item.itemsize != 1 or item.ndim != 1):
+            items[i] = item.tobytes()  # the DER reader indexes bytes, not wider items
     results: list[bytes | None] = [None] * len(items)
     keys: dict[tuple[Any, ...], bytearray] = {}
     try:
