@@ -6,24 +6,41 @@ the same region and Encrypt elsewhere, concurrently), and unwraps with failover
 across the CMKs it names.  ``KmsKeyProvider.discovery(...)`` unwraps any
 encrypted data key whose ARN lies in allowed accounts/regions.
 
+``data_key_source="local"`` draws the data key from the crypto backend's CSPRNG
+and sends Encrypt to every CMK at once: one round trip whatever the number of
+regions. Decrypt is hedged: a region that has not answered within its hedge
+delay gets company from the next candidate's region (see :mod:`kmsenv._hedge`).
+
 Specs: alibaba-message-format.md sections 8, 12 and 15.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
+import queue
 import threading
+import time
 from collections.abc import Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any, Sequence
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from kmsenv import _process
+from kmsenv._hedge import HedgeStats, Hedging
 from kmsenv.algorithms import Algorithm
 from kmsenv.arn import Arn
 from kmsenv.exceptions import ConfigurationError, KmsError, NoUsableKeyError
 from kmsenv.model import DataKey, EncryptedDataKey
 
-__all__ = ["KmsKeyProvider"]
+__all__ = ["KmsKeyProvider", "HedgeStats", "DATA_KEY_SOURCES"]
+
+#: Where ``generate_data_key`` gets the data key: ``"kms"`` (GenerateDataKey in
+#: the first CMK's region, then Encrypt/ReEncrypt for the others: two round
+#: trips) or ``"local"`` (the crypto backend's CSPRNG, then Encrypt under every
+#: CMK at once: one round trip).
+DATA_KEY_SOURCES = ("kms", "local")
 
 logger = logging.getLogger("kmsenv")
 
@@ -35,6 +52,72 @@ _POOL_WORKERS = 32
 _POOL_PREFIX = "kmsenv-kms"
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+
+
+class _DaemonWorkers:
+    """Reusable daemon threads for Decrypt calls that may be abandoned (hedged
+    decrypt). Not a ThreadPoolExecutor: its workers are joined at interpreter
+    exit, and an abandoned call to a slow region would hold exit up for the
+    read timeout. Not a thread per call either: starting a thread costs more
+    than the hand-off. A task never queues behind a busy call: :meth:`submit`
+    hands it to an idle worker or a new one, or returns None when ``limit``
+    are busy (the caller then runs it itself, unhedged)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._tasks: queue.SimpleQueue[tuple[Future, Callable[[], Any]]] = queue.SimpleQueue()
+        self._threads = 0
+        self._idle = 0  # workers free for a new task (waiting, or about to)
+
+    def _after_fork_in_child(self) -> None:  # the parent's workers do not exist here
+        self._lock = _process.new_lock()
+        self._tasks = queue.SimpleQueue()
+        self._threads = self._idle = 0
+
+    def submit(self, fn: Callable[[], Any]) -> Future | None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                start = False
+            elif self._threads < self.limit:
+                self._threads += 1
+                start = True
+            else:
+                return None
+        if start:
+            try:
+                threading.Thread(target=self._work, name=_DECRYPT_PREFIX, daemon=True).start()
+            except RuntimeError:  # no new thread (interpreter shutting down, or a limit)
+                with self._lock:
+                    self._threads -= 1
+                return None
+        future: Future = Future()
+        self._tasks.put((future, fn))
+        return future
+
+    def idle(self) -> tuple[int, int]:
+        """(idle workers, workers): for tests."""
+        with self._lock:
+            return self._idle, self._threads
+
+    def _work(self) -> None:
+        while True:
+            future, fn = self._tasks.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn()
+                except BaseException as e:  # delivered through the future
+                    future.set_exception(e)
+                else:
+                    future.set_result(result)
+            del future, fn  # nothing of the last call (a data key) stays referenced
+            with self._lock:
+                self._idle += 1
+
+
+_DECRYPT_PREFIX = _POOL_PREFIX + "-decrypt"
+_decrypt_workers = _DaemonWorkers(64)
 
 
 def _shared_pool() -> ThreadPoolExecutor:
@@ -52,9 +135,10 @@ def _reset_pool_after_fork() -> None:  # a forked child cannot use the parent's 
     global _pool, _pool_lock
     _pool = None
     _pool_lock = _process.new_lock()
+    _decrypt_workers._after_fork_in_child()
 
 
-_process.register(__name__, ("_pool", "_pool_lock"), _reset_pool_after_fork)
+_process.register(__name__, ("_pool", "_pool_lock", "_decrypt_workers"), _reset_pool_after_fork)
 
 
 def _wipe(buf: bytearray | None) -> None:
@@ -127,15 +211,83 @@ def _valid_account(account: str) -> bool:
     return True
 
 
+def _data_key_source(value: object) -> str:
+    if isinstance(value, str) and value in DATA_KEY_SOURCES:
+        return value
+    raise ConfigurationError(
+        "data_key_source must be 'kms' (GenerateDataKey in the first CMK's region, the default) or 'local' "
+        f"(a key from the local CSPRNG, then Encrypt under every CMK at once), not {value!r}"
+    )
+
+
+def _hedge_options(hedge: object, hedge_after: object) -> tuple[bool, float | None]:
+    if not isinstance(hedge, bool):
+        raise ConfigurationError(f"hedge must be True or False, not {hedge!r}")
+    if hedge_after is None:
+        return hedge, None
+    if not hedge:
+        raise ConfigurationError("hedge_after sets the hedge delay: it cannot be combined with hedge=False")
+    if (isinstance(hedge_after, bool) or not isinstance(hedge_after, (int, float))
+            or not math.isfinite(hedge_after) or not 0 < hedge_after <= 60):
+        raise ConfigurationError(f"hedge_after must be a number of seconds, > 0 and <= 60, not {hedge_after!r}")
+    return True, float(hedge_after)
+
+
+def _fresh_data_key(length: int) -> bytearray:
+    """``length`` bytes from the crypto backend's CSPRNG (OpenSSL's RAND_bytes
+    DRBG with the native core; the operating system's with the pure backend),
+    in a buffer the caller wipes."""
+    from kmsenv.crypto import get_backend
+
+    key = bytearray(length)
+    try:
+        get_backend().random_into(key)  # in place: no immutable copy of the key
+    except BaseException:
+        _wipe(key)
+        raise
+    if len(key) != length:
+        _wipe(key)
+        raise KmsError(f"the crypto backend returned {len(key)} random bytes for a {length}-byte data key",
+                       code="InvalidDataKeyLength")
+    return key
+
+
+@dataclass
+class _Attempt:
+    """One Decrypt call of a hedged pass: which candidate, and since when."""
+
+    index: int  # position among the candidates
+    edk: EncryptedDataKey
+    region: str
+    hedge: bool
+    sent: float  # time.monotonic() when handed over
+
+
 class KmsKeyProvider:
     """Wrap data keys under KMS CMKs, in one or several regions.
 
-    ``KmsKeyProvider(arn1, arn2, ..., kms=None, algorithm=Algorithm.AES_GCM_NOPADDING_256)``.
-    The first ARN is the primary: encrypt calls GenerateDataKey under it, then
-    ReEncrypt (same region) or Encrypt (other regions) for every other CMK,
-    concurrently, with the same encryption context.  Any failure fails the
-    encrypt.  Decrypt tries the message's encrypted data keys whose ARN this
-    provider names, in this provider's order, failing over on any KMS error.
+    ``KmsKeyProvider(arn1, arn2, ..., kms=None, algorithm=Algorithm.AES_GCM_NOPADDING_256,
+    data_key_source="kms", hedge=True, hedge_after=None)``.
+
+    Encrypt with ``data_key_source="kms"`` (the default): GenerateDataKey under
+    the first CMK (the primary), then ReEncrypt (same region) or Encrypt (other
+    regions) for every other CMK, concurrently, with the same encryption
+    context: two round trips. With ``data_key_source="local"``: the data key
+    comes from the crypto backend's CSPRNG (the length GenerateDataKey would
+    give) and every CMK gets an Encrypt, all at once: one round trip, whatever
+    the number of regions; the messages are the same. Either way any failure
+    fails the encrypt (the error of the first CMK, in this provider's order,
+    among those that had failed when the failure was seen) and the plaintext
+    key is wiped.
+
+    Decrypt tries the message's encrypted data keys whose ARN this provider
+    names, in this provider's order, failing over on any KMS error. With
+    ``hedge=True`` (the default), a region that has not answered within its
+    hedge delay (adaptive, see :mod:`kmsenv._hedge`, or ``hedge_after``
+    seconds) gets company: the same Decrypt goes to the next candidate's
+    region, the first success wins and the other answer is wiped when it comes.
+    A budget keeps hedges to about 10 % of the decrypts (plus a burst of 10).
+    :meth:`stats` counts decrypts, calls and hedges.
     """
 
     def __init__(
@@ -143,6 +295,9 @@ class KmsKeyProvider:
         *cmk_arns: str,
         kms: Any = None,
         algorithm: Algorithm = Algorithm.AES_GCM_NOPADDING_256,
+        data_key_source: str = "kms",
+        hedge: bool = True,
+        hedge_after: float | None = None,
     ) -> None:
         if len(cmk_arns) == 1 and isinstance(cmk_arns[0], (list, tuple, set, frozenset)):
             raise ConfigurationError(
@@ -164,7 +319,8 @@ class KmsKeyProvider:
                 raise ConfigurationError(f"CMK ARN {str(arn)!r} is listed twice")
             seen.add(str(arn))
             arns.append(arn)
-        self._setup(tuple(arns), kms, algorithm, discovery=None)
+        self._setup(tuple(arns), kms, algorithm, discovery=None, data_key_source=data_key_source, hedge=hedge,
+                    hedge_after=hedge_after)
 
     @classmethod
     def discovery(
@@ -174,18 +330,25 @@ class KmsKeyProvider:
         kms: Any = None,
         *,
         algorithm: Algorithm = Algorithm.AES_GCM_NOPADDING_256,
+        hedge: bool = True,
+        hedge_after: float | None = None,
     ) -> KmsKeyProvider:
         """A decrypt-only provider that may use any encrypted data key whose ARN
         is in one of ``account_ids`` and ``regions`` (``None`` = no restriction
-        on that part).  Encrypting with it raises :class:`ConfigurationError`."""
+        on that part).  Encrypting with it raises :class:`ConfigurationError`.
+        ``hedge``/``hedge_after``: as for :class:`KmsKeyProvider`."""
         region_filter = _string_list(regions, "regions", _valid_region)
         account_filter = _string_list(account_ids, "account_ids", _valid_account)
         self = cls.__new__(cls)
-        self._setup((), kms, algorithm, discovery=(region_filter, account_filter))
+        self._setup((), kms, algorithm, discovery=(region_filter, account_filter), data_key_source="kms",
+                    hedge=hedge, hedge_after=hedge_after)
         return self
 
-    def _setup(self, arns: tuple[Arn, ...], kms: Any, algorithm: object, discovery: Any) -> None:
+    def _setup(self, arns: tuple[Arn, ...], kms: Any, algorithm: object, discovery: Any, *,
+               data_key_source: object, hedge: object, hedge_after: object) -> None:
         self.algorithm: Algorithm = _coerce_algorithm(algorithm)
+        self.data_key_source: str = _data_key_source(data_key_source)
+        enabled, after = _hedge_options(hedge, hedge_after)
         self._arns = arns
         self.key_arns: tuple[str, ...] = tuple(str(a) for a in arns)
         self._discovery = discovery
@@ -198,20 +361,46 @@ class KmsKeyProvider:
             if missing:
                 raise ConfigurationError(f"kms must be a kmsenv.Kms (missing {', '.join(missing)})")
         self.kms = kms
+        self._hedging = Hedging(enabled, after)
 
     @property
     def is_discovery(self) -> bool:
         return self._discovery is not None
+
+    @property
+    def hedge(self) -> bool:
+        """Whether decrypts are hedged."""
+        return self._hedging.enabled
+
+    @property
+    def hedge_after(self) -> float | None:
+        """The fixed hedge delay in seconds, or None for the adaptive one."""
+        return self._hedging.after
+
+    def stats(self) -> HedgeStats:
+        """Decrypts, Decrypt calls and hedges since this provider was made."""
+        return self._hedging.stats()
+
+    def _options_repr(self) -> str:
+        """The non-default options, as they would be passed."""
+        parts = []
+        if self._discovery is None and self.data_key_source != "kms":
+            parts.append(f"data_key_source={self.data_key_source!r}")
+        if not self._hedging.enabled:
+            parts.append("hedge=False")
+        elif self._hedging.after is not None:
+            parts.append(f"hedge_after={self._hedging.after!r}")
+        return "".join(", " + p for p in parts)
 
     def __repr__(self) -> str:
         if self._discovery is not None:
             regions, accounts = self._discovery
             return (
                 f"KmsKeyProvider.discovery(regions={list(regions) if regions else None!r}, "
-                f"account_ids={list(accounts) if accounts else None!r})"
+                f"account_ids={list(accounts) if accounts else None!r}{self._options_repr()})"
             )
         args = ", ".join(repr(a) for a in self.key_arns)
-        return f"KmsKeyProvider({args}, algorithm={self.algorithm.name})"
+        return f"KmsKeyProvider({args}, algorithm={self.algorithm.name}{self._options_repr()})"
 
     # -- encrypt --------------------------------------------------------------
 
@@ -223,6 +412,8 @@ class KmsKeyProvider:
             )
         algorithm = _coerce_algorithm(algorithm)
         ctx = _context(encryption_context)
+        if self.data_key_source == "local":
+            return self._generate_locally(algorithm, ctx)
         primary = self._arns[0]
         plaintext, blob = self.kms.generate_data_key(str(primary), encryption_context=ctx, **_key_request(algorithm))
         try:
@@ -234,23 +425,68 @@ class KmsKeyProvider:
                 )
             edks = [EncryptedDataKey(str(primary), blob)]
             others = self._arns[1:]
-            if others and threading.current_thread().name.startswith(_POOL_PREFIX):
+            if others and _in_own_pool():
                 # Called from one of our own pool threads: waiting on the pool
                 # could deadlock, so wrap sequentially.
                 edks.extend(self._wrap(primary, blob, plaintext, arn, ctx) for arn in others)
             elif others:
                 pool = _shared_pool()
-                futures = [pool.submit(self._wrap, primary, blob, plaintext, arn, ctx) for arn in others]
-                done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in futures if f in done and f.exception() is not None]
-                if failed:
-                    for f in not_done:
-                        f.cancel()
-                    raise self._first_failure(failed)
-                edks.extend(f.result() for f in futures)
+                edks.extend(self._collect([pool.submit(self._wrap, primary, blob, plaintext, arn, ctx)
+                                           for arn in others]))
             return DataKey(plaintext, edks)
         finally:
             _wipe(plaintext)
+
+    def _generate_locally(self, algorithm: Algorithm, ctx: dict[str, str]) -> DataKey:
+        """One round trip: the data key from the local CSPRNG (GenerateDataKey's
+        length: KeySpec's for AES, 16 bytes for SM4), Encrypt under every CMK at
+        once. Each blob is what KMS Encrypt returns, as for today's non-primary
+        CMKs, so every reader (the official SDKs too) unwraps it with Decrypt."""
+        plaintext = _fresh_data_key(algorithm.key_len)
+        try:
+            first, others = self._arns[0], self._arns[1:]
+            if not others or _in_own_pool():
+                edks = [self._encrypt_under(arn, plaintext, ctx) for arn in self._arns]
+            else:
+                # The others go to the pool first; this thread then does the
+                # first CMK's Encrypt itself instead of sleeping on the pool (one
+                # thread hand-off less on the critical path, as the default path
+                # does with GenerateDataKey).
+                pool = _shared_pool()
+                futures = [pool.submit(self._encrypt_under, arn, plaintext, ctx) for arn in others]
+                try:
+                    head = self._encrypt_under(first, plaintext, ctx)
+                except BaseException as e:
+                    raise self._with_notes(e, futures) from None
+                edks = [head, *self._collect(futures)]
+            return DataKey(plaintext, edks)
+        finally:
+            _wipe(plaintext)
+
+    @classmethod
+    def _collect(cls, futures: list[Future]) -> list[Any]:
+        """Every result, in order; on the first failure, stop waiting, cancel what
+        has not started and raise it (the earliest CMK's among those that failed)."""
+        done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            for f in not_done:
+                f.cancel()
+            raise cls._first_failure(failed)
+        return [f.result() for f in futures]
+
+    @staticmethod
+    def _with_notes(first: BaseException, futures: list[Future]) -> BaseException:
+        """``first`` (the first CMK's failure), noting the others that had failed
+        too by then; those not started are cancelled."""
+        failed = []
+        for f in futures:
+            if not f.cancel() and f.done() and f.exception() is not None:
+                failed.append(f)
+        for f in failed:
+            if hasattr(first, "add_note"):
+                first.add_note(f"also failed: {f.exception()}")
+        return first
 
     @staticmethod
     def _first_failure(failed: list[Future]) -> BaseException:
@@ -269,9 +505,11 @@ class KmsKeyProvider:
                 primary_blob, str(arn),
                 source_encryption_context=ctx, destination_encryption_context=ctx, region=arn.region,
             )
-        else:
-            blob = self.kms.encrypt(str(arn), plaintext, ctx)
-        return EncryptedDataKey(str(arn), blob)
+            return EncryptedDataKey(str(arn), blob)
+        return self._encrypt_under(arn, plaintext, ctx)
+
+    def _encrypt_under(self, arn: Arn, plaintext: bytearray, ctx: dict[str, str]) -> EncryptedDataKey:
+        return EncryptedDataKey(str(arn), self.kms.encrypt(str(arn), plaintext, ctx))
 
     # -- decrypt --------------------------------------------------------------
 
@@ -324,27 +562,142 @@ class KmsKeyProvider:
                 f"none of the message's encrypted data keys ({message_arns!r}) is under a CMK this provider may "
                 f"use: {allowed}"
             )
+        self._hedging.decrypt_started()
         # With another CMK to fall back on, a failing region gets one attempt
-        # (fail over at once instead of backing off); if every region failed
-        # with a transient error, they are tried again with full retries.
+        # (fail over at once instead of backing off; hedged when it is slow);
+        # if every region failed with a transient error, they are tried again
+        # with full retries, one after the other.
         errors: dict[str, BaseException] = {}
-        passes = [1, None] if len(candidates) > 1 else [None]
         todo = candidates
-        for pass_no, attempts in enumerate(passes):
-            last_pass = pass_no == len(passes) - 1
-            for position, edk in enumerate(todo):
-                more = position + 1 < len(todo) or not last_pass
-                key = self._decrypt_one(edk, ctx, algorithm, attempts, errors, more)
-                if key is not None:
-                    return key
-            todo = [edk for edk in todo if getattr(errors.get(edk.key_arn), "retryable", False)]
-            if not todo:
-                break
+        if len(candidates) > 1:
+            key = self._first_pass(candidates, ctx, algorithm, errors)
+            if key is not None:
+                return key
+            todo = [edk for edk in candidates if getattr(errors.get(edk.key_arn), "retryable", False)]
+        for position, edk in enumerate(todo):
+            key = self._decrypt_one(edk, ctx, algorithm, None, errors, position + 1 < len(todo))
+            if key is not None:
+                return key
         errors_list = [(edk.key_arn, errors[edk.key_arn]) for edk in candidates if edk.key_arn in errors]
         details = "; ".join(f"{arn}: {err}" for arn, err in errors_list)
         raise NoUsableKeyError(
             f"could not decrypt the data key with any of {len(errors_list)} CMK(s): {details}", errors=errors_list
         )
+
+    def _first_pass(
+        self, candidates: list[EncryptedDataKey], ctx: dict[str, str], algorithm: Algorithm,
+        errors: dict[str, BaseException],
+    ) -> bytearray | None:
+        """One attempt per candidate, in order, failing over at once on an error;
+        hedged when hedging is on (see :meth:`_hedged_pass`)."""
+        if self._hedging.enabled and not _in_own_pool():
+            return self._hedged_pass(candidates, ctx, algorithm, errors)
+        for edk in candidates:
+            key = self._decrypt_one(edk, ctx, algorithm, 1, errors, True)
+            if key is not None:
+                return key
+        return None
+
+    def _hedged_pass(
+        self, candidates: list[EncryptedDataKey], ctx: dict[str, str], algorithm: Algorithm,
+        errors: dict[str, BaseException],
+    ) -> bytearray | None:
+        """The first pass with hedging. At most two calls are in flight: when the
+        only one has not answered within its region's hedge delay, the next
+        candidate is asked too (if the budget allows); when none is in flight
+        (the last one failed), the next candidate is asked as plain failover.
+        The first usable answer wins; calls still in flight are abandoned, and
+        their answers wiped (or their errors logged) when they come."""
+        pending: dict[Future, _Attempt] = {}
+        next_index = 0
+        hedge_refused = False
+        try:
+            while True:
+                if not pending:
+                    if next_index >= len(candidates):
+                        return None
+                    self._send(candidates[next_index], next_index, ctx, pending, hedge=False)
+                    next_index += 1
+                timeout = None
+                if len(pending) == 1 and next_index < len(candidates) and not hedge_refused:
+                    (attempt,) = pending.values()
+                    timeout = max(0.0, attempt.sent + self._hedging.delay(attempt.region) - time.monotonic())
+                done, _ = wait(list(pending), timeout=timeout, return_when=FIRST_COMPLETED)
+                if not done:  # the hedge delay passed
+                    if self._send(candidates[next_index], next_index, ctx, pending, hedge=True):
+                        next_index += 1
+                    else:
+                        hedge_refused = True  # once per decrypt: from now on, wait as without hedging
+                    continue
+                for future in sorted(done, key=lambda f: pending[f].index):
+                    attempt = pending.pop(future)
+                    key = self._answer(future, attempt, algorithm, errors)
+                    if key is not None:
+                        return key
+        finally:
+            for future, attempt in pending.items():
+                future.add_done_callback(functools.partial(self._abandoned, attempt))
+
+    def _send(self, edk: EncryptedDataKey, index: int, ctx: dict[str, str], pending: dict[Future, _Attempt], *,
+              hedge: bool) -> bool:
+        """Start one Decrypt on a decrypt worker and add it to ``pending``. A hedge
+        needs the budget's leave and a free worker, else it is refused (False);
+        a plain call without a free worker runs here and now."""
+        if hedge and not self._hedging.spend():
+            return False
+        attempt = _Attempt(index, edk, Arn.parse(edk.key_arn).region, hedge, time.monotonic())
+        call = functools.partial(self._timed_decrypt, edk, ctx)
+        future = _decrypt_workers.submit(call)
+        if future is None:
+            if hedge:
+                self._hedging.refund()
+                return False
+            future = _completed(call)
+        self._hedging.call_sent()
+        pending[future] = attempt
+        return True
+
+    def _timed_decrypt(self, edk: EncryptedDataKey, ctx: dict[str, str]) -> tuple[bytearray, float]:
+        """One attempt; the plaintext and how long KMS took."""
+        started = time.perf_counter()
+        key = self.kms.decrypt(edk.key_arn, edk.ciphertext_blob, ctx, max_attempts=1)
+        return key, time.perf_counter() - started
+
+    def _answer(self, future: Future, attempt: _Attempt, algorithm: Algorithm,
+                errors: dict[str, BaseException]) -> bytearray | None:
+        """The key from a finished call, or None with its failure recorded. An
+        error that is not a KmsError (local configuration) is raised."""
+        arn = attempt.edk.key_arn
+        try:
+            key, elapsed = future.result()
+        except KmsError as e:
+            errors[arn] = e
+            self._log_failure(arn, e, True)
+            return None
+        key = self._usable_key(attempt.edk, key, algorithm, errors, True)
+        if key is not None:
+            self._hedging.record(attempt.region, elapsed)
+            if attempt.hedge:
+                self._hedging.hedge_won()
+        return key
+
+    @staticmethod
+    def _abandoned(attempt: _Attempt, future: Future) -> None:
+        """A call nobody waits for any more answered: wipe its key, or log its
+        error (a region refusing, e.g. AccessDenied, must not go unnoticed just
+        because another region answered first)."""
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            key, _ = future.result()
+            _wipe(key)
+        elif isinstance(exc, KmsError):
+            logger.warning(
+                "kmsenv: decrypting the data key under %s failed after another CMK had answered "
+                "(code=%s, region=%s, request_id=%s)",
+                attempt.edk.key_arn, exc.code, exc.region, exc.request_id,
+            )
 
     def _decrypt_one(
         self,
@@ -356,24 +709,34 @@ class KmsKeyProvider:
         more: bool,
     ) -> bytearray | None:
         """The data key from one EDK, or None with the failure recorded."""
+        self._hedging.call_sent()
         try:
+            started = time.perf_counter()
             key = self.kms.decrypt(edk.key_arn, edk.ciphertext_blob, ctx, max_attempts=attempts)
+            elapsed = time.perf_counter() - started
         except KmsError as e:
             errors[edk.key_arn] = e
             self._log_failure(edk.key_arn, e, more)
             return None
-        if len(key) != algorithm.key_len:
-            n = len(key)
-            _wipe(key)
-            err = KmsError(
-                f"KMS Decrypt under {edk.key_arn} returned a {n}-byte data key; "
-                f"{algorithm.name} needs {algorithm.key_len} bytes",
-                code="InvalidDataKeyLength", region=Arn.parse(edk.key_arn).region,
-            )
-            errors[edk.key_arn] = err
-            self._log_failure(edk.key_arn, err, more)
-            return None
+        key = self._usable_key(edk, key, algorithm, errors, more)
+        if key is not None and attempts == 1:  # one attempt: a latency, not a retry budget
+            self._hedging.record(Arn.parse(edk.key_arn).region, elapsed)
         return key
+
+    def _usable_key(self, edk: EncryptedDataKey, key: bytearray, algorithm: Algorithm,
+                    errors: dict[str, BaseException], more: bool) -> bytearray | None:
+        if len(key) == algorithm.key_len:
+            return key
+        n = len(key)
+        _wipe(key)
+        err = KmsError(
+            f"KMS Decrypt under {edk.key_arn} returned a {n}-byte data key; "
+            f"{algorithm.name} needs {algorithm.key_len} bytes",
+            code="InvalidDataKeyLength", region=Arn.parse(edk.key_arn).region,
+        )
+        errors[edk.key_arn] = err
+        self._log_failure(edk.key_arn, err, more)
+        return None
 
     @staticmethod
     def _log_failure(arn: str, err: KmsError, more: bool) -> None:
@@ -381,3 +744,19 @@ class KmsKeyProvider:
             "kmsenv: decrypting the data key under %s failed (code=%s, region=%s, request_id=%s)%s",
             arn, err.code, err.region, err.request_id, "; trying the next CMK" if more else "",
         )
+
+
+def _in_own_pool() -> bool:
+    """Whether this thread is one of kmsenv's KMS pool threads (waiting on a
+    pool from inside it could deadlock)."""
+    return threading.current_thread().name.startswith(_POOL_PREFIX)
+
+
+def _completed(fn: Callable[[], Any]) -> Future:
+    """A Future already holding ``fn()``'s result or exception (a call run in this thread)."""
+    future: Future = Future()
+    try:
+        future.set_result(fn())
+    except BaseException as e:  # delivered through the future, like a pool's
+        future.set_exception(e)
+    return future
