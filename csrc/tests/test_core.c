@@ -137,13 +137,19 @@ static void test_misc(void)
     CHECK(strncmp(kmsenv_openssl_build_version(), "OpenSSL ", 8) == 0);
     CHECK((kmsenv_features() & KMSENV_FEATURE_SM4) != 0); /* Debian's 3.0 has SM4 */
     CHECK(kmsenv_features() == kmsenv_features());
-    /* No GFNI kernel exists yet; the SIMD paths are off when forced off. */
-    CHECK((kmsenv_features() & KMSENV_FEATURE_SM4_GFNI) == 0);
+    /* The SIMD paths are off when forced off, and then OpenSSL is chosen. */
     {
         const char *off = getenv("KMSENV_DISABLE_SIMD");
-        if (off != NULL && off[0] != '\0' && strcmp(off, "0") != 0)
-            CHECK((kmsenv_features() & (KMSENV_FEATURE_AES_VAES | KMSENV_FEATURE_SM4_AVX2)) == 0);
+        if (off != NULL && off[0] != '\0' && strcmp(off, "0") != 0) {
+            CHECK((kmsenv_features() & (KMSENV_FEATURE_AES_VAES | KMSENV_FEATURE_SM4_AVX2 |
+                                        KMSENV_FEATURE_SM4_GFNI | KMSENV_FEATURE_SM4_GFNI256 |
+                                        KMSENV_FEATURE_AES_VAES512)) == 0);
+            CHECK(strcmp(kmsenv_kernel_name(KMSENV_KERNEL_AES_GCM), "evp") == 0);
+            CHECK(strcmp(kmsenv_kernel_name(KMSENV_KERNEL_SM4), "evp") == 0);
+        }
     }
+    CHECK(kmsenv_kernel_reason(KMSENV_KERNEL_AES_GCM)[0] != '\0');
+    CHECK(kmsenv_kernel_warning(KMSENV_KERNEL_SM4) != NULL);
     for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
         CHECK(kmsenv_strerror(codes[i]) != NULL);
         for (j = 0; j < i; j++)
