@@ -575,7 +575,7 @@ def kms_hedged_decrypt(res: Results, server: KmsServer, rounds: int, quick: bool
     arns = server.arns[:2]
     pt = os.urandom(KIB)
     msg = kmsenv.encrypt(pt, kmsenv.KmsKeyProvider(*arns, kms=kms), encryption_context=CTX).ciphertext
-    hedged = kmsenv.KmsKeyProvider(*arns, kms=kms)
+    hedged = kmsenv.KmsKeyProvider(*arns, kms=kms, hedge=True)
     plain = kmsenv.KmsKeyProvider(*arns, kms=kms, hedge=False)
     logging.getLogger("kmsenv").setLevel(logging.ERROR)
 

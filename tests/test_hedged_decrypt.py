@@ -99,9 +99,10 @@ def eventually(predicate) -> bool:
 class TestOptions:
     def test_defaults_and_repr(self, kms, cmks):
         p = KmsKeyProvider(cmks.hz, cmks.bj, kms=kms)
-        assert p.hedge is True and p.hedge_after is None
-        assert "hedge" not in repr(p)
-        assert repr(KmsKeyProvider(cmks.hz, kms=kms, hedge=False)).endswith(", hedge=False)")
+        assert p.hedge is False and p.hedge_after is None  # opt-in: a hedge is a billed KMS call
+        assert "hedge" not in repr(p) and "hedge" not in repr(KmsKeyProvider(cmks.hz, kms=kms, hedge=False))
+        assert repr(KmsKeyProvider(cmks.hz, kms=kms, hedge=True)).endswith(", hedge=True)")
+        assert KmsKeyProvider(cmks.hz, kms=kms, hedge_after=0.1).hedge is True
         assert repr(KmsKeyProvider(cmks.hz, kms=kms, hedge_after=0.1)).endswith(", hedge_after=0.1)")
         d = KmsKeyProvider.discovery(kms=kms, hedge_after=0.2)
         assert d.hedge_after == 0.2 and repr(d).endswith(", hedge_after=0.2)")
@@ -109,7 +110,7 @@ class TestOptions:
 
     @pytest.mark.parametrize(
         "options",
-        [dict(hedge=None), dict(hedge="yes"), dict(hedge=1), dict(hedge_after=0), dict(hedge_after=-1),
+        [dict(hedge="yes"), dict(hedge=1), dict(hedge_after=0), dict(hedge_after=-1),
          dict(hedge_after=float("nan")), dict(hedge_after=float("inf")), dict(hedge_after=61),
          dict(hedge_after="0.1"), dict(hedge_after=True), dict(hedge=False, hedge_after=0.1)],
     )
@@ -139,7 +140,7 @@ def test_a_brownout_in_the_first_region_makes_the_second_answer(tracking, cmks, 
 def test_adaptive_delay_hedges_a_brownout_after_healthy_history(tracking, cmks, local_kms, message):
     """Warm: the adaptive delay learns hz's healthy latency (and stays within its
     floor and cap); then hz browns out and the hedge goes to bj."""
-    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking)
+    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking, hedge=True)
     assert p.stats().hedge_delays == {}
     for _ in range(_hedge.MIN_SAMPLES):
         kmsenv.decrypt(message, p)
@@ -171,7 +172,7 @@ def test_healthy_regions_make_no_hedge(tracking, cmks, local_kms, message):
 def test_the_adaptive_delay_learns_a_healthy_region(tracking, cmks, local_kms, message):
     """Past MIN_SAMPLES answers the delay is the learnt one, within floor and cap;
     whatever a loaded host did meanwhile, every extra call is a counted hedge."""
-    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking)
+    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking, hedge=True)
     local_kms.reset_stats()
     n = 3 * _hedge.MIN_SAMPLES
     for _ in range(n):
@@ -232,7 +233,7 @@ def test_at_most_two_calls_in_flight(tracking, cmks, local_kms, message):
     "fault", [dict(down=True), dict(error_rate=1.0), dict(throttle_rate=1.0)], ids=["down", "5xx", "throttled"]
 )
 def test_a_region_answering_an_error_fails_over_as_today(tracking, cmks, local_kms, message, fault, caplog):
-    hedged = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking)
+    hedged = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking, hedge=True)
     plain = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking, hedge=False)
     local_kms.set_fault(HZ, **fault)
     counts = []
@@ -299,7 +300,8 @@ def test_a_fast_refusal_from_the_hedge_does_not_end_the_wait(tracking, local_kms
 
 
 def test_every_region_refusing_the_signature_is_listed(local_kms, cmks, clean_faults, message):
-    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=TrackingKms(**kms_options(local_kms, access_key_secret="nope")))
+    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=TrackingKms(**kms_options(local_kms, access_key_secret="nope")),
+                       hedge=True)
     with pytest.raises(NoUsableKeyError) as info:
         kmsenv.decrypt(message, p)
     assert [e.code for _, e in info.value.errors] == ["SignatureDoesNotMatch"] * 2
@@ -347,7 +349,7 @@ def test_many_threads_share_a_hedging_provider(tracking, cmks, local_kms, monkey
 
     workers = providers._DaemonWorkers(64)  # a fresh set, to count what this test used
     monkeypatch.setattr(providers, "_decrypt_workers", workers)
-    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking)
+    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking, hedge=True)
     made = [(p.generate_data_key(AES256, CTX)) for _ in range(4)]
     errors: list[BaseException] = []
 
@@ -435,7 +437,7 @@ def test_the_budget_is_a_burst_plus_a_tenth_of_the_decrypts():
 
 
 def test_hedging_state_is_tracked_for_fork(kms, cmks):
-    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=kms)
+    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=kms, hedge=True)
     assert p._hedging in _process._TRACKED
     old = p._hedging._lock
     old.acquire()  # as if a parent thread held it at fork time

@@ -13,25 +13,19 @@ out=${KMSENV_TEST_OUT:-$(mktemp -d)}
 mkdir -p "$out"
 
 cc=${CC:-gcc}
-srcs=("$here/test_core.c" "$csrc"/*.c)
 common=(-std=c11 -Wall -Wextra -Werror -I"$csrc" '-DKMSENV_VERSION="test"')
 san=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1)
+. "$here/core_objs.sh" # core_objs: the core compiled once per flag set, in parallel
 
-build() { # name, extra flags...
-    local name=$1
-    shift
-    "$cc" "${common[@]}" "$@" "${srcs[@]}" -lcrypto -o "$out/$name"
+link() { # test source, binary name, extra flags...
+    local src=$1 name=$2
+    shift 2
+    core_objs "$@"
+    "$cc" "${common[@]}" "$@" "$src" "$CORE_OBJS_DIR"/*.o -lcrypto -lpthread -o "$out/$name"
 }
-build_frames() { # frames.c's own tests (test_frames.c), same flags
-    local name=$1
-    shift
-    "$cc" "${common[@]}" "$@" "$here/test_frames.c" "$csrc"/*.c -lcrypto -lpthread -o "$out/$name"
-}
-build_columns() { # arrow.c and compact.c (test_columns.c), same flags
-    local name=$1
-    shift
-    "$cc" "${common[@]}" "$@" "$here/test_columns.c" "$csrc"/*.c -lcrypto -lpthread -o "$out/$name"
-}
+build() { link "$here/test_core.c" "$@"; }          # name, extra flags...
+build_frames() { link "$here/test_frames.c" "$@"; }  # frames.c's own tests
+build_columns() { link "$here/test_columns.c" "$@"; } # arrow.c and compact.c
 
 echo "== ASan+UBSan, KMSENV_EVP_CHUNK=48"
 build test_core_asan_chunk "${san[@]}" -DKMSENV_EVP_CHUNK=48
@@ -69,4 +63,4 @@ if command -v valgrind >/dev/null 2>&1; then
 else
     echo "== valgrind not found, skipped"
 fi
-KMSENV_TEST_OUT="$out/simd" bash "$here/run_simd.sh" # SIMD kernels vs EVP (issue 5)
+KMSENV_CORE_OBJS="$out" KMSENV_TEST_OUT="$out/simd" bash "$here/run_simd.sh" # SIMD kernels vs EVP (issue 5)

@@ -17,9 +17,16 @@ mkdir -p "$out"
 cc=${CC:-gcc}
 common=(-std=c11 -Wall -Wextra -Werror -I"$csrc" '-DKMSENV_VERSION="test"')
 san=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1)
+. "$here/core_objs.sh" # core_objs: the core compiled once per flag set, in parallel
+link() { # test source, binary name, extra flags...
+    local src=$1 name=$2
+    shift 2
+    core_objs "$@"
+    "$cc" "${common[@]}" "$@" "$src" "$CORE_OBJS_DIR"/*.o -lcrypto -lpthread -o "$out/$name"
+}
 
 echo "== SIMD kernels: ASan+UBSan"
-"$cc" "${common[@]}" "${san[@]}" "$here/test_simd.c" "$csrc"/*.c -lcrypto -o "$out/test_simd_asan"
+link "$here/test_simd.c" test_simd_asan "${san[@]}"
 env -u KMSENV_DISABLE_SIMD ASAN_OPTIONS=detect_leaks=1 "$out/test_simd_asan"
 # Every kernel through the key API, each forced in turn (one the CPU lacks
 # reports SKIP with the selector's warning; kernels.c's self-test also runs).
@@ -32,14 +39,14 @@ done
 for t in test_aes512 test_sm4_gfni; do
     [ -f "$here/$t.c" ] || continue
     echo "== $t: ASan+UBSan"
-    "$cc" "${common[@]}" "${san[@]}" "$here/$t.c" "$csrc"/*.c -lcrypto -o "$out/${t}_asan"
+    link "$here/$t.c" "${t}_asan" "${san[@]}"
     env -u KMSENV_DISABLE_SIMD ASAN_OPTIONS=detect_leaks=1 "$out/${t}_asan"
 done
 echo "== SIMD kernels: ASan+UBSan, KMSENV_DISABLE_SIMD=1"
 KMSENV_DISABLE_SIMD=1 ASAN_OPTIONS=detect_leaks=1 "$out/test_simd_asan"
 if command -v valgrind >/dev/null 2>&1; then
     echo "== SIMD test under valgrind, KMSENV_DISABLE_SIMD=1 (kernels: see ASan run)"
-    "$cc" "${common[@]}" -g -O1 "$here/test_simd.c" "$csrc"/*.c -lcrypto -o "$out/test_simd_plain"
+    link "$here/test_simd.c" test_simd_plain -g -O1
     KMSENV_DISABLE_SIMD=1 OPENSSL_ia32cap="~0x1000000000000000" \
         valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
         "$out/test_simd_plain"

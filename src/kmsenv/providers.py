@@ -8,7 +8,7 @@ encrypted data key whose ARN lies in allowed accounts/regions.
 
 ``data_key_source="local"`` draws the data key from the crypto backend's CSPRNG
 and sends Encrypt to every CMK at once: one round trip whatever the number of
-regions. Decrypt is hedged: a region that has not answered within its hedge
+regions. With ``hedge=True``, decrypt is hedged: a region that has not answered within its hedge
 delay gets company from the next candidate's region (see :mod:`kmsenv._hedge`).
 
 Specs: alibaba-message-format.md sections 8, 12 and 15.
@@ -221,6 +221,10 @@ def _data_key_source(value: object) -> str:
 
 
 def _hedge_options(hedge: object, hedge_after: object) -> tuple[bool, float | None]:
+    # Off unless asked for: a hedge is an extra KMS call (billed, and counted
+    # against the account's QPS), and a cold or loaded process would make some.
+    if hedge is None:
+        hedge = hedge_after is not None
     if not isinstance(hedge, bool):
         raise ConfigurationError(f"hedge must be True or False, not {hedge!r}")
     if hedge_after is None:
@@ -267,7 +271,7 @@ class KmsKeyProvider:
     """Wrap data keys under KMS CMKs, in one or several regions.
 
     ``KmsKeyProvider(arn1, arn2, ..., kms=None, algorithm=Algorithm.AES_GCM_NOPADDING_256,
-    data_key_source="kms", hedge=True, hedge_after=None)``.
+    data_key_source="kms", hedge=None, hedge_after=None)``.
 
     Encrypt with ``data_key_source="kms"`` (the default): GenerateDataKey under
     the first CMK (the primary), then ReEncrypt (same region) or Encrypt (other
@@ -282,7 +286,7 @@ class KmsKeyProvider:
 
     Decrypt tries the message's encrypted data keys whose ARN this provider
     names, in this provider's order, failing over on any KMS error. With
-    ``hedge=True`` (the default), a region that has not answered within its
+    ``hedge=True`` (off by default: a hedge is an extra, billed KMS call), a region that has not answered within its
     hedge delay (adaptive, see :mod:`kmsenv._hedge`, or ``hedge_after``
     seconds) gets company: the same Decrypt goes to the next candidate's
     region, the first success wins and the other answer is wiped when it comes.
@@ -296,7 +300,7 @@ class KmsKeyProvider:
         kms: Any = None,
         algorithm: Algorithm = Algorithm.AES_GCM_NOPADDING_256,
         data_key_source: str = "kms",
-        hedge: bool = True,
+        hedge: bool | None = None,
         hedge_after: float | None = None,
     ) -> None:
         if len(cmk_arns) == 1 and isinstance(cmk_arns[0], (list, tuple, set, frozenset)):
@@ -330,7 +334,7 @@ class KmsKeyProvider:
         kms: Any = None,
         *,
         algorithm: Algorithm = Algorithm.AES_GCM_NOPADDING_256,
-        hedge: bool = True,
+        hedge: bool | None = None,
         hedge_after: float | None = None,
     ) -> KmsKeyProvider:
         """A decrypt-only provider that may use any encrypted data key whose ARN
@@ -386,9 +390,9 @@ class KmsKeyProvider:
         parts = []
         if self._discovery is None and self.data_key_source != "kms":
             parts.append(f"data_key_source={self.data_key_source!r}")
-        if not self._hedging.enabled:
-            parts.append("hedge=False")
-        elif self._hedging.after is not None:
+        if self._hedging.enabled and self._hedging.after is None:
+            parts.append("hedge=True")
+        elif self._hedging.enabled:
             parts.append(f"hedge_after={self._hedging.after!r}")
         return "".join(", " + p for p in parts)
 
