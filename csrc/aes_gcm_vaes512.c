@@ -104,38 +104,8 @@ struct kmsenv_aes_vaes512 {
     int nr;
 };
 
-/* ---- key schedule (AES-NI, constant time) ------------------------------ */
-
-V512_INLINE __m128i expand_mix(__m128i k, __m128i t)
-{
-    k = _mm_xor_si128(k, _mm_slli_si128(k, 4));
-    k = _mm_xor_si128(k, _mm_slli_si128(k, 4));
-    k = _mm_xor_si128(k, _mm_slli_si128(k, 4));
-    return _mm_xor_si128(k, t);
-}
-
-#define K128(i, rcon)                                                                         \
-    rk[i] = expand_mix(rk[i - 1], _mm_shuffle_epi32(_mm_aeskeygenassist_si128(rk[i - 1], rcon), \
-                                                    0xff))
-#define K256A(i, rcon)                                                                        \
-    rk[i] = expand_mix(rk[i - 2], _mm_shuffle_epi32(_mm_aeskeygenassist_si128(rk[i - 1], rcon), \
-                                                    0xff))
-#define K256B(i)                                                                              \
-    rk[i] = expand_mix(rk[i - 2], _mm_shuffle_epi32(_mm_aeskeygenassist_si128(rk[i - 1], 0), 0xaa))
-
-V512_TARGET static void expand_key(__m128i rk[15], const uint8_t *key, size_t keylen)
-{
-    rk[0] = _mm_loadu_si128((const __m128i *)(const void *)key);
-    if (keylen == 16) {
-        K128(1, 0x01); K128(2, 0x02); K128(3, 0x04); K128(4, 0x08); K128(5, 0x10);
-        K128(6, 0x20); K128(7, 0x40); K128(8, 0x80); K128(9, 0x1b); K128(10, 0x36);
-    } else {
-        rk[1] = _mm_loadu_si128((const __m128i *)(const void *)(key + 16));
-        K256A(2, 0x01); K256B(3); K256A(4, 0x02); K256B(5); K256A(6, 0x04); K256B(7);
-        K256A(8, 0x08); K256B(9); K256A(10, 0x10); K256B(11); K256A(12, 0x20); K256B(13);
-        K256A(14, 0x40);
-    }
-}
+/* ---- key schedule: aes_ni_keys.h (shared with the other VAES kernel) */
+#include "aes_ni_keys.h"
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -621,18 +591,6 @@ __attribute__((noinline)) V512_TARGET static void wipe(void)
 }
 
 /* ---- object ----------------------------------------------------------- */
-
-static void mulx_polyval(uint8_t v[16])
-{
-    /* v * x in POLYVAL's field: little-endian shift by one, reduce by
-     * x^128 = x^127 + x^126 + x^121 + 1. */
-    int carry = v[15] >> 7, i;
-    for (i = 15; i > 0; i--)
-        v[i] = (uint8_t)((v[i] << 1) | (v[i - 1] >> 7));
-    v[0] = (uint8_t)(v[0] << 1);
-    v[0] ^= (uint8_t)carry;
-    v[15] ^= (uint8_t)(0xc2 & (0 - carry));
-}
 
 /* noinline: its frame is where the wipe() after it lies (see wipe). */
 __attribute__((noinline)) V512_TARGET static void setup(kmsenv_aes_vaes512 *c,
