@@ -7,20 +7,24 @@ Knows nothing about HTTP or signatures; the server passes decoded parameters and
 from __future__ import annotations
 
 import base64
+import binascii
+import calendar
 import json
 import os
-from typing import Any, Callable, Mapping
+import time
+from typing import Any, Callable, Mapping, Optional
 
-from . import blob
+from . import asymmetric, blob
 from .errors import KmsError, alias_not_found, invalid, key_not_found, key_state, missing
-from .keystore import KEY_SPECS, Key, KeyStore
+from .keystore import KEY_SPECS, Key, KeyStore, KeyVersion
 
 Params = Mapping[str, str]
 Response = dict[str, Any]
 
 MAX_PLAINTEXT_BYTES = 6144
+_MAX_KEY_VERSIONS = 50  # per key (KMS 1.0, §14.3)
+_VERSION_INTERVAL = 7 * 86400  # seconds between versions with strict_version_interval
 _DATA_KEY_SPECS = {"AES_256": 32, "AES_128": 16, "SM4_128": 16}
-_UNSUPPORTED_SPECS = {"RSA_2048", "RSA_3072", "EC_P256", "EC_P256K", "EC_SM2"}
 _ALIAS_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-/:")
 _LIST_FILTER_FIELDS = {"KeyState": "state", "KeySpec": "key_spec", "KeyUsage": "key_usage",
                        "ProtectionLevel": "protection_level", "CreatorType": None}
@@ -64,6 +68,33 @@ def _context(params: Params, name: str = "EncryptionContext") -> bytes:
     return blob.context_digest(ctx)
 
 
+def flag(params: Params, name: str) -> bool:
+    """A boolean parameter: the clients send ``True``/``False`` (Python's ``str(bool)``)
+    or whatever the caller typed, so any case of true/false (§14.1 item 3)."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return False
+    lowered = raw.lower()
+    if lowered not in ("true", "false"):
+        raise invalid(name)
+    return lowered == "true"
+
+
+def _base64(params: Params, name: str) -> bytes:
+    try:
+        return base64.b64decode(_required(params, name), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(name) from None
+
+
+def unsupported() -> KmsError:
+    return KmsError(400, "Rejected.UnsupportedOperation", "Unsupported operation.")
+
+
+def key_version_not_found() -> KmsError:
+    return KmsError(404, "Forbidden.KeyVersionNotFound", "The specified Key version is not found.")
+
+
 def _dry_run(params: Params) -> None:
     if params.get("DryRun", "").lower() == "true":
         raise KmsError(400, "DryRunOperation",
@@ -72,11 +103,17 @@ def _dry_run(params: Params) -> None:
 
 class RegionActions:
     def __init__(self, region: str, account_uid: str, store: KeyStore,
-                 all_regions: Callable[[], list[str]]) -> None:
+                 all_regions: Callable[[], list[str]], *,
+                 clock: Callable[[], float] = time.time,
+                 strict_version_interval: bool = False) -> None:
         self.region = region
         self.account_uid = account_uid
         self.store = store
         self._all_regions = all_regions
+        self.clock = clock
+        # KMS 1.0 allows a new asymmetric key version only 7 days after the last one; off
+        # by default because tests rotate many times (§14.3).
+        self.strict_version_interval = strict_version_interval
         self.handlers: dict[str, Callable[[Params], Response]] = {
             "CreateKey": self.create_key, "DescribeKey": self.describe_key,
             "ListKeys": self.list_keys, "CreateAlias": self.create_alias,
@@ -85,7 +122,18 @@ class RegionActions:
             "GenerateDataKeyWithoutPlaintext": self.generate_data_key_without_plaintext,
             "Encrypt": self.encrypt, "Decrypt": self.decrypt, "ReEncrypt": self.re_encrypt,
             "DescribeRegions": self.describe_regions,
+            "ListKeyVersions": self.list_key_versions,
+            "DescribeKeyVersion": self.describe_key_version,
+            "CreateKeyVersion": self.create_key_version,
+            "GetPublicKey": self.get_public_key, "AsymmetricSign": self.asymmetric_sign,
+            "AsymmetricVerify": self.asymmetric_verify,
+            "AsymmetricEncrypt": self.asymmetric_encrypt,
+            "AsymmetricDecrypt": self.asymmetric_decrypt,
         }
+        # Imported here: secrets builds on this class's key lookups.
+        from .secrets import SecretActions
+        self.secrets = SecretActions(self, clock=clock)
+        self.handlers.update(self.secrets.handlers)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -118,10 +166,13 @@ class RegionActions:
         return key
 
     def _usable(self, key: Key) -> Key:
+        """A key for the symmetric operations: symmetric, Enabled, ENCRYPT/DECRYPT."""
+        if key.asymmetric:  # §14.5: symmetric operations on an asymmetric key
+            raise unsupported()
         if key.state != "Enabled":
             raise key_state(key.state)
         if key.key_usage != "ENCRYPT/DECRYPT":
-            raise KmsError(400, "Rejected.UnsupportedOperation", "Unsupported operation.")
+            raise unsupported()
         return key
 
     def _seal(self, key: Key, plaintext: bytes, ctx: bytes) -> tuple[str, str]:
@@ -138,7 +189,7 @@ class RegionActions:
             raise invalid("CiphertextBlob") from None
         # A blob from another region names a version this region has never seen.
         version = self.store.get_version(self.region, version_id)
-        key = version and self.store.get_key(self.region, version.key_id)
+        key = self.store.get_key(self.region, version.key_id) if version is not None else None
         if version is None or key is None:
             raise key_not_found()
         self._usable(key)
@@ -149,6 +200,19 @@ class RegionActions:
         return key, version_id, plaintext
 
     def _metadata(self, key: Key) -> dict[str, str]:
+        versions = self.store.list_versions(self.region, key.key_id)
+        last_rotation = versions[-1].creation_date if versions else key.creation_date
+        if key.asymmetric:
+            # No primary version and no rotation fields for asymmetric keys (§14.2).
+            return {
+                "KeyId": key.key_id, "Arn": self.key_arn(key.key_id),
+                "CreationDate": key.creation_date, "Creator": self.account_uid,
+                "Description": key.description, "KeySpec": key.key_spec,
+                "KeyUsage": key.key_usage, "KeyState": key.state, "Origin": key.origin,
+                "ProtectionLevel": key.protection_level, "AutomaticRotation": "Disabled",
+                "LastRotationDate": last_rotation, "DeleteDate": "",
+                "MaterialExpireTime": "", "DeletionProtection": "Disabled",
+            }
         return {
             "KeyId": key.key_id, "Arn": self.key_arn(key.key_id),
             "CreationDate": key.creation_date, "Creator": self.account_uid,
@@ -156,30 +220,35 @@ class RegionActions:
             "KeyState": key.state, "KeyUsage": key.key_usage, "Origin": key.origin,
             "PrimaryKeyVersion": key.primary_version,
             "ProtectionLevel": key.protection_level, "AutomaticRotation": "Disabled",
-            "RotationInterval": "", "LastRotationDate": key.creation_date,
+            "RotationInterval": "", "LastRotationDate": last_rotation,
             "NextRotationDate": "", "DeleteDate": "", "MaterialExpireTime": "",
             "DeletionProtection": "Disabled", "DeletionProtectionDescription": "",
         }
 
     @staticmethod
-    def _page(params: Params, items: list) -> tuple[int, int, list]:
+    def _page(params: Params, items: list[Any], default_size: int = 10
+              ) -> tuple[int, int, list[Any]]:
         number = _int_param(params, "PageNumber", 1, 1, 1 << 31)
-        size = _int_param(params, "PageSize", 10, 1, 100)
+        size = _int_param(params, "PageSize", default_size, 1, 100)
         return number, size, items[(number - 1) * size:number * size]
 
     # -- key management ------------------------------------------------------------
 
     def create_key(self, params: Params) -> Response:
         spec = params.get("KeySpec") or "Aliyun_AES_256"
-        if spec not in KEY_SPECS:
-            detail = "Asymmetric keys are not supported by localkms." \
-                if spec in _UNSUPPORTED_SPECS else ""
-            raise invalid("KeySpec", detail)
-        usage = params.get("KeyUsage") or "ENCRYPT/DECRYPT"
-        if usage != "ENCRYPT/DECRYPT":
+        if spec not in KEY_SPECS and spec not in asymmetric.ASYMMETRIC_SPECS:
+            raise invalid("KeySpec")
+        # The default is SIGN/VERIFY for every spec that can sign (§14.2).
+        allowed = (asymmetric.usages(spec) if spec in asymmetric.ASYMMETRIC_SPECS
+                   else ("ENCRYPT/DECRYPT",))
+        usage = params.get("KeyUsage") or allowed[0]
+        if usage not in allowed:
             raise invalid("KeyUsage")
         if (params.get("Origin") or "Aliyun_KMS") != "Aliyun_KMS":
             raise invalid("Origin", "Only Aliyun_KMS is supported by localkms.")
+        if spec in asymmetric.ASYMMETRIC_SPECS and flag(params, "EnableAutomaticRotation"):
+            raise invalid("EnableAutomaticRotation",
+                          "Automatic rotation is unavailable for asymmetric keys.")
         description = params.get("Description", "")
         if len(description) > 8192:
             raise invalid("Description")
@@ -299,3 +368,132 @@ class RegionActions:
         version_id, new_blob = self._seal(destination, plaintext, dest_ctx)
         return {"KeyId": destination.key_id, "KeyVersionId": version_id,
                 "CiphertextBlob": new_blob}
+
+    # -- key versions and asymmetric keys (§14.3-§14.6) ------------------------------
+
+    @staticmethod
+    def _version_info(version: KeyVersion) -> dict[str, str]:
+        return {"KeyId": version.key_id, "KeyVersionId": version.version_id,
+                "CreationDate": version.creation_date}
+
+    def _version(self, key: Key, version_id: str) -> KeyVersion:
+        version = self.store.get_version(self.region, version_id)
+        if version is None or version.key_id != key.key_id:
+            raise key_version_not_found()
+        return version
+
+    def list_key_versions(self, params: Params) -> Response:
+        key = self.resolve(_required(params, "KeyId"))
+        versions = self.store.list_versions(self.region, key.key_id)
+        number, size, page = self._page(params, versions)
+        return {"KeyVersions": {"KeyVersion": [self._version_info(v) for v in page]},
+                "TotalCount": len(versions), "PageNumber": number, "PageSize": size}
+
+    def describe_key_version(self, params: Params) -> Response:
+        key_ref = _required(params, "KeyId")
+        version_id = _required(params, "KeyVersionId")
+        return {"KeyVersion": self._version_info(self._version(self.resolve(key_ref), version_id))}
+
+    def create_key_version(self, params: Params) -> Response:
+        """Served for asymmetric keys (KMS 1.0) and symmetric ones (KMS 3.0 / §5.2: the
+        new version becomes primary).  The 7-day interval is not enforced (§14.3)."""
+        key = self.resolve(_required(params, "KeyId"))
+        if key.state != "Enabled":
+            raise key_state(key.state)
+        versions = self.store.list_versions(self.region, key.key_id)
+        if self.strict_version_interval and versions:
+            newest = calendar.timegm(time.strptime(versions[-1].creation_date,
+                                                   "%Y-%m-%dT%H:%M:%SZ"))
+            if self.clock() - newest < _VERSION_INTERVAL:
+                raise unsupported()
+        if len(versions) >= _MAX_KEY_VERSIONS:
+            raise KmsError(400, "Rejected.LimitExceeded",
+                           "The key version quota is exceeded.")
+        _dry_run(params)
+        _, version = self.store.create_version(self.region, key.key_id)
+        return {"KeyVersion": self._version_info(version)}
+
+    def _asymmetric(self, params: Params, usage: Optional[str],
+                    blobs: tuple[str, ...] = ()) -> tuple[Key, KeyVersion, dict[str, bytes]]:
+        """The common checks of §14.6 rows 1-7 in order: required parameters, base64,
+        key, version, key type and usage (``None``: any asymmetric usage), state."""
+        key_ref = _required(params, "KeyId")
+        version_id = _required(params, "KeyVersionId")
+        if usage is not None:
+            _required(params, "Algorithm")
+        for name in blobs:
+            _required(params, name)
+        decoded = {name: _base64(params, name) for name in blobs}
+        key = self.resolve(key_ref)
+        version = self._version(key, version_id)
+        if not key.asymmetric or (usage is not None and key.key_usage != usage):
+            raise unsupported()
+        if key.state != "Enabled":
+            raise key_state(key.state)
+        return key, version, decoded
+
+    @staticmethod
+    def _algorithm(params: Params, key: Key, table: Mapping[str, tuple[str, ...]]) -> str:
+        algorithm = params["Algorithm"]
+        if algorithm not in table.get(key.key_spec, ()):
+            raise invalid("Algorithm")
+        return algorithm
+
+    @staticmethod
+    def _pair(version: KeyVersion) -> asymmetric.AsymmetricKey:
+        pair = version.aead
+        if not isinstance(pair, asymmetric.AsymmetricKey):  # hand-edited state only
+            raise KmsError(500, "InternalFailure", "Internal Failure.")
+        return pair
+
+    def get_public_key(self, params: Params) -> Response:
+        key, version, _ = self._asymmetric(params, None)
+        _dry_run(params)
+        return {"KeyId": key.key_id, "KeyVersionId": version.version_id,
+                "PublicKey": self._pair(version).public_pem()}
+
+    def _signing(self, params: Params, blobs: tuple[str, ...]
+                 ) -> tuple[Key, KeyVersion, str, dict[str, bytes]]:
+        key, version, decoded = self._asymmetric(params, "SIGN/VERIFY", blobs)
+        algorithm = self._algorithm(params, key, asymmetric.SIGN_ALGORITHMS)
+        if len(decoded["Digest"]) != asymmetric.DIGEST_LEN:
+            raise invalid("Digest", "It must be the base64 of a 32-byte digest.")
+        return key, version, algorithm, decoded
+
+    def asymmetric_sign(self, params: Params) -> Response:
+        key, version, algorithm, decoded = self._signing(params, ("Digest",))
+        _dry_run(params)
+        signature = self._pair(version).sign(algorithm, decoded["Digest"])
+        return {"KeyId": key.key_id, "KeyVersionId": version.version_id,
+                "Value": base64.b64encode(signature).decode("ascii")}
+
+    def asymmetric_verify(self, params: Params) -> Response:
+        key, version, algorithm, decoded = self._signing(params, ("Digest", "Value"))
+        _dry_run(params)
+        valid = self._pair(version).verify(algorithm, decoded["Digest"], decoded["Value"])
+        # A JSON boolean: the V2 client passes a string "false" through, and it is truthy.
+        return {"KeyId": key.key_id, "KeyVersionId": version.version_id, "Value": bool(valid)}
+
+    def asymmetric_encrypt(self, params: Params) -> Response:
+        key, version, decoded = self._asymmetric(params, "ENCRYPT/DECRYPT", ("Plaintext",))
+        algorithm = self._algorithm(params, key, asymmetric.ENCRYPT_ALGORITHMS)
+        pair = self._pair(version)
+        plaintext = decoded["Plaintext"]
+        limit = pair.max_plaintext(algorithm)
+        if not plaintext or len(plaintext) > limit:
+            raise invalid("Plaintext", f"It must be 1 to {limit} bytes for {algorithm}.")
+        _dry_run(params)
+        return {"KeyId": key.key_id, "KeyVersionId": version.version_id,
+                "CiphertextBlob": base64.b64encode(pair.encrypt(algorithm, plaintext)
+                                                   ).decode("ascii")}
+
+    def asymmetric_decrypt(self, params: Params) -> Response:
+        key, version, decoded = self._asymmetric(params, "ENCRYPT/DECRYPT", ("CiphertextBlob",))
+        algorithm = self._algorithm(params, key, asymmetric.ENCRYPT_ALGORITHMS)
+        _dry_run(params)
+        try:
+            plaintext = self._pair(version).decrypt(algorithm, decoded["CiphertextBlob"])
+        except asymmetric.DecryptError:
+            raise invalid("CiphertextBlob") from None
+        return {"KeyId": key.key_id, "KeyVersionId": version.version_id,
+                "Plaintext": base64.b64encode(plaintext).decode("ascii")}

@@ -5,11 +5,16 @@ With a state directory every mutation is also written to SQLite, and lookups tha
 the cache fall back to the database, so a key created by ``create-key`` in another
 process becomes usable by a running server without a restart.
 
-Key material is stored in clear: this is a test/development server.
+Key material is stored in clear: this is a test/development server.  Asymmetric key
+versions keep their private key as PKCS#8 DER in the same column as symmetric material
+(:mod:`kmsenv.localkms.asymmetric`).  Secrets (Secrets Manager) are stored as one JSON
+document per secret whose values are sealed under the secret's CMK by
+:mod:`kmsenv.localkms.secrets`; this module only keeps the documents.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -24,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..exceptions import ConfigurationError
+from . import asymmetric
 
 log = logging.getLogger("kmsenv.localkms")
 
@@ -49,6 +55,9 @@ CREATE TABLE IF NOT EXISTS key_versions (
     region TEXT NOT NULL, version_id TEXT NOT NULL, key_id TEXT NOT NULL,
     material BLOB NOT NULL, creation_date TEXT NOT NULL,
     PRIMARY KEY (region, version_id));
+CREATE TABLE IF NOT EXISTS secrets (
+    region TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (region, name));
 CREATE TABLE IF NOT EXISTS aliases (
     region TEXT NOT NULL, alias_name TEXT NOT NULL, key_id TEXT NOT NULL,
     creation_date TEXT NOT NULL, PRIMARY KEY (region, alias_name));
@@ -90,6 +99,10 @@ SM4_GCM_AVAILABLE = _probe_sm4()
 
 
 def make_aead(key_spec: str, material: bytes) -> Any:
+    """The object that uses a version's material: an AEAD for a symmetric spec, an
+    :class:`~kmsenv.localkms.asymmetric.AsymmetricKey` for an asymmetric one."""
+    if key_spec in asymmetric.ASYMMETRIC_SPECS:
+        return asymmetric.load(key_spec, material)
     if key_spec == "Aliyun_SM4" and SM4_GCM_AVAILABLE:
         return _Sm4Gcm(material)
     return AESGCM(material)
@@ -110,7 +123,11 @@ class Key:
     protection_level: str
     description: str
     creation_date: str
-    primary_version: str
+    primary_version: str  # "" for asymmetric keys: they have no primary version
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.key_spec in asymmetric.ASYMMETRIC_SPECS
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,8 @@ class KeyVersion:
     key_id: str
     creation_date: str
     material: bytes = field(repr=False)
+    # What uses the material: an AEAD for a symmetric key version, an
+    # asymmetric.AsymmetricKey (the key pair) for an asymmetric one (see make_aead).
     aead: Any = field(repr=False, compare=False)
 
 
@@ -221,6 +240,7 @@ class KeyStore:
         self._keys: dict[tuple[str, str], Key] = {}
         self._versions: dict[tuple[str, str], KeyVersion] = {}
         self._aliases: dict[tuple[str, str], str] = {}
+        self._secrets: dict[tuple[str, str], str] = {}  # without a state dir: JSON docs
         if state_dir is not None:
             path = secure_state_dir(state_dir)
             # One shared connection guarded by self._lock; autocommit so each write is
@@ -265,22 +285,25 @@ class KeyStore:
                 return self._meta.setdefault(name, value)
             self._db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES (?, ?)",
                              (name, value))
-            return self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()[0]
+            row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+            return str(row[0])
 
     # -- keys ----------------------------------------------------------------------
 
     def create_key(self, region: str, key_spec: str, description: str = "",
                    key_usage: str = "ENCRYPT/DECRYPT") -> Key:
-        if key_spec not in KEY_SPECS:
+        """A new Enabled key with its first version (the primary one if symmetric)."""
+        if key_spec not in KEY_SPECS and key_spec not in asymmetric.ASYMMETRIC_SPECS:
             raise ValueError(f"unsupported key spec {key_spec!r}")
         now = utc_now()
+        version_id = str(uuid.uuid4())
+        is_asymmetric = key_spec in asymmetric.ASYMMETRIC_SPECS
         key = Key(region=region, key_id=str(uuid.uuid4()), key_spec=key_spec,
                   key_usage=key_usage, state="Enabled", origin="Aliyun_KMS",
                   protection_level="SOFTWARE", description=description, creation_date=now,
-                  primary_version=str(uuid.uuid4()))
-        material = os.urandom(KEY_SPECS[key_spec])
-        version = KeyVersion(region, key.primary_version, key.key_id, now, material,
-                             make_aead(key_spec, material))
+                  primary_version="" if is_asymmetric else version_id)
+        version = self._new_version(key, version_id, now)
+        material = version.material
         with self._lock:
             if self._db is not None:
                 with self._db:  # one transaction: never a key without its version
@@ -296,6 +319,50 @@ class KeyStore:
             self._keys[(region, key.key_id)] = key
             self._versions[(region, version.version_id)] = version
         return key
+
+    @staticmethod
+    def _new_version(key: Key, version_id: str, now: str) -> KeyVersion:
+        if key.asymmetric:
+            pair = asymmetric.generate(key.key_spec)
+            return KeyVersion(key.region, version_id, key.key_id, now, pair.private_der(), pair)
+        material = os.urandom(KEY_SPECS[key.key_spec])
+        return KeyVersion(key.region, version_id, key.key_id, now, material,
+                          make_aead(key.key_spec, material))
+
+    def create_version(self, region: str, key_id: str) -> tuple[Key, KeyVersion]:
+        """A new version of a key (CreateKeyVersion, §14.3): its own key pair for an
+        asymmetric key; new material that becomes the primary version for a symmetric one."""
+        with self._lock:
+            key = self.get_key(region, key_id)
+            if key is None:
+                raise KeyError(key_id)
+            now = utc_now()
+            version = self._new_version(key, str(uuid.uuid4()), now)
+            if not key.asymmetric:
+                key = replace(key, primary_version=version.version_id)
+            if self._db is not None:
+                with self._db:
+                    self._db.execute("BEGIN")
+                    self._db.execute("INSERT INTO key_versions(region, version_id, key_id, "
+                                     "material, creation_date) VALUES (?,?,?,?,?)",
+                                     (region, version.version_id, key_id, version.material, now))
+                    self._db.execute("UPDATE keys SET primary_version=? WHERE region=? AND "
+                                     "key_id=?", (key.primary_version, region, key_id))
+            self._keys[(region, key_id)] = key
+            self._versions[(region, version.version_id)] = version
+            return key, version
+
+    def list_versions(self, region: str, key_id: str) -> list[KeyVersion]:
+        """A key's versions, oldest first."""
+        with self._lock:
+            if self._db is None:
+                return [v for (r, _), v in self._versions.items()
+                        if r == region and v.key_id == key_id]
+            self._load_keys(region, "AND key_id=?", (key_id,))
+            rows = self._db.execute("SELECT version_id FROM key_versions WHERE region=? AND "
+                                    "key_id=? ORDER BY rowid", (region, key_id)).fetchall()
+            return [self._versions[(region, vid)] for (vid,) in rows
+                    if (region, vid) in self._versions]
 
     def get_key(self, region: str, key_id: str) -> Optional[Key]:
         key = self._keys.get((region, key_id))  # dict reads are atomic under the GIL
@@ -342,11 +409,13 @@ class KeyStore:
         """Regions that hold keys or aliases (lets ``serve --state`` default its regions)."""
         with self._lock:
             if self._db is not None:
-                rows = self._db.execute("SELECT region FROM keys UNION SELECT region FROM aliases")
+                rows = self._db.execute("SELECT region FROM keys UNION SELECT region FROM aliases "
+                                        "UNION SELECT region FROM secrets")
                 return sorted(r for (r,) in rows)
-            return sorted({r for r, _ in self._keys} | {r for r, _ in self._aliases})
+            return sorted({r for r, _ in self._keys} | {r for r, _ in self._aliases}
+                          | {r for r, _ in self._secrets})
 
-    def _load_keys(self, region: str, where: str, args: tuple) -> list[str]:
+    def _load_keys(self, region: str, where: str, args: tuple[str, ...]) -> list[str]:
         """Refresh matching keys (and their versions) from the database, oldest first."""
         assert self._db is not None
         ids = []
@@ -357,7 +426,7 @@ class KeyStore:
             self._keys[(region, key.key_id)] = key
             for vid, material, created in self._db.execute(
                     "SELECT version_id, material, creation_date FROM key_versions "
-                    "WHERE region=? AND key_id=?", (region, key.key_id)).fetchall():
+                    "WHERE region=? AND key_id=? ORDER BY rowid", (region, key.key_id)).fetchall():
                 if (region, vid) not in self._versions:
                     self._versions[(region, vid)] = KeyVersion(
                         region, vid, key.key_id, created, bytes(material),
@@ -401,3 +470,57 @@ class KeyStore:
                     self._aliases[(region, name)] = key_id
                 return [(n, k) for n, k in rows]
             return [(n, k) for (r, n), k in self._aliases.items() if r == region]
+
+    # -- secrets (documents owned by kmsenv.localkms.secrets) ------------------------
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held around a secret's read-modify-write (one process: the server)."""
+        return self._lock
+
+    def get_secret_doc(self, region: str, name: str) -> Optional[dict[str, Any]]:
+        with self._lock:
+            if self._db is None:
+                raw = self._secrets.get((region, name))
+            else:
+                row = self._db.execute("SELECT doc FROM secrets WHERE region=? AND name=?",
+                                       (region, name)).fetchone()
+                raw = row[0] if row else None
+            return None if raw is None else dict(json.loads(raw))
+
+    def list_secret_docs(self, region: str) -> list[dict[str, Any]]:
+        """Every secret document of a region, oldest first."""
+        with self._lock:
+            if self._db is None:
+                raws = [d for (r, _), d in self._secrets.items() if r == region]
+            else:
+                raws = [d for (d,) in self._db.execute(
+                    "SELECT doc FROM secrets WHERE region=? ORDER BY rowid", (region,))]
+            return [dict(json.loads(raw)) for raw in raws]
+
+    def count_secrets(self, region: str) -> int:
+        with self._lock:
+            if self._db is None:
+                return sum(1 for r, _ in self._secrets if r == region)
+            return int(self._db.execute("SELECT COUNT(*) FROM secrets WHERE region=?",
+                                        (region,)).fetchone()[0])
+
+    def put_secret_doc(self, region: str, name: str, doc: dict[str, Any]) -> None:
+        """Insert or replace; a replaced secret keeps its place in the listing order."""
+        raw = json.dumps(doc, separators=(",", ":"), sort_keys=True)
+        with self._lock:
+            if self._db is None:
+                self._secrets[(region, name)] = raw
+                return
+            updated = self._db.execute("UPDATE secrets SET doc=? WHERE region=? AND name=?",
+                                       (raw, region, name)).rowcount
+            if not updated:
+                self._db.execute("INSERT INTO secrets(region, name, doc) VALUES (?,?,?)",
+                                 (region, name, raw))
+
+    def delete_secret_doc(self, region: str, name: str) -> None:
+        with self._lock:
+            if self._db is None:
+                self._secrets.pop((region, name), None)
+            else:
+                self._db.execute("DELETE FROM secrets WHERE region=? AND name=?", (region, name))

@@ -29,11 +29,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional, Sequence, TextIO
 from urllib.parse import parse_qsl
 
-from . import admin, signing
+from . import admin, asymmetric, signing
 from .actions import RegionActions
 from .errors import KmsError, http_error, missing, server_error
 from .faults import Faults
-from .keystore import KEY_SPECS, KeyStore
+from .keystore import KEY_SPECS, Key, KeyStore
 
 log = logging.getLogger("kmsenv.localkms")
 
@@ -71,7 +71,7 @@ def _claims_admin(headers: dict[str, str], query: Sequence[tuple[str, str]],
     return any(k == "Action" and v == admin.ACTION for k, v in (*query, *form))
 
 
-def _json_response(status: int, reason: str, result: dict, request_id: str,
+def _json_response(status: int, reason: str, result: dict[str, Any], request_id: str,
                    close: bool) -> bytes:
     body = json.dumps(result, separators=(",", ":")).encode("ascii")
     head = [f"HTTP/1.1 {status} {reason}\r\n".encode("ascii"), _CONTENT_TYPE,
@@ -124,7 +124,7 @@ class _HeaderBudget:
     """The ``readline`` that ``http.client.parse_headers`` uses, with one byte budget for
     all header lines: the stdlib alone allows 100 lines of 64 KiB (6.5 MB a request)."""
 
-    def __init__(self, inner: io.BufferedReader, budget: int) -> None:
+    def __init__(self, inner: "io.BufferedReader[Any]", budget: int) -> None:
         self._inner = inner
         self._remaining = budget
 
@@ -206,12 +206,15 @@ class _Handler(BaseHTTPRequestHandler):
     server: "_HttpServer"
 
     def setup(self) -> None:
-        self.timeout = self.server.region_server.read_timeout  # for writes; reads: below
+        # typeshed declares ``timeout`` a ClassVar, but StreamRequestHandler.setup() reads it
+        # per instance, and the timeout is this server's setting, not the class's.
+        self.timeout = self.server.region_server.read_timeout  # type: ignore[misc]  # writes; reads: below
         self._slot = self.server.slot_of(self.request)
         super().setup()
         self.rfile.close()  # replaced by a reader that enforces the per-request deadline
         self._reader = _DeadlineReader(self.connection)
-        self.rfile = io.BufferedReader(self._reader)
+        self._buffered = io.BufferedReader(self._reader)
+        self.rfile = self._buffered
         self.server.region_server._track(self.connection, True)
 
     def finish(self) -> None:
@@ -229,21 +232,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._reader.deadline = time.monotonic() + read_timeout
             slots = self.server.slots
             slots.idle(self._slot)
-            if not self.rfile.peek(1) or not slots.busy(self._slot):
+            if not self._buffered.peek(1) or not slots.busy(self._slot):
                 self.close_connection = True  # client closed, or evicted to make room
                 return
             self._reader.deadline = time.monotonic() + read_timeout
-            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            self.raw_requestline = self._buffered.readline(MAX_REQUEST_LINE + 1)
             if len(self.raw_requestline) > MAX_REQUEST_LINE:
                 self.requestline = self.request_version = self.command = ""
                 self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
                 return
-            rfile = self.rfile
-            self.rfile = _HeaderBudget(rfile, MAX_HEADER_BYTES)  # type: ignore[assignment]
+            # parse_request() reads the headers through self.rfile.readline only; typeshed
+            # wants a BufferedIOBase there, _HeaderBudget provides just that method.
+            self.rfile = _HeaderBudget(self._buffered, MAX_HEADER_BYTES)  # type: ignore[assignment]
             try:
                 parsed = self.parse_request()
             finally:
-                self.rfile = rfile
+                self.rfile = self._buffered
             if not parsed:
                 return  # parse_request has answered
             method = getattr(self, "do_" + self.command, None)
@@ -498,7 +502,7 @@ class RegionServer:
             if after_answer is not None:
                 after_answer()  # even if the client left: the change was accepted
 
-    def _run_action(self, action: str, params: dict[str, str], faults: Faults) -> dict:
+    def _run_action(self, action: str, params: dict[str, str], faults: Faults) -> dict[str, Any]:
         handler = self.actions.handlers.get(action)
         if handler is None:
             raise KmsError(404, "InvalidAction.NotFound",
@@ -511,14 +515,14 @@ class RegionServer:
             raise injected
         return handler(params)
 
-    def _answer(self, h: _Handler, status: int, result: dict, request_id: str, action: str,
+    def _answer(self, h: _Handler, status: int, result: dict[str, Any], request_id: str, action: str,
                 started: float) -> None:
         self._write(h, _json_response(status, _reason(status), result, request_id,
                                       h.close_connection))
         self.kms._request_done(self.region, action, status,
                                (time.perf_counter() - started) * 1000, request_id)
 
-    def _error_result(self, exc: KmsError, request_id: str) -> dict:
+    def _error_result(self, exc: KmsError, request_id: str) -> dict[str, Any]:
         return {"RequestId": request_id, "HostId": self._host_id, "Code": exc.code,
                 "Message": exc.message,
                 "Recommend": "https://api.aliyun.com/troubleshoot?q="
@@ -562,8 +566,15 @@ class LocalKms:
     """A local Alibaba Cloud KMS (API 2016-01-20) for the unmodified official clients.
 
     One loopback HTTP port per region.  Without ``state_dir`` everything lives in memory;
-    with it, keys, aliases, the account UID, the access key pair and the ports are kept in
-    ``<state_dir>/localkms.sqlite3`` (key material in clear: test use only).
+    with it, keys, aliases, secrets, the account UID, the access key pair and the ports are
+    kept in ``<state_dir>/localkms.sqlite3`` (key material in clear: test use only; secret
+    values sealed under their CMK).
+
+    Keys are symmetric (``Aliyun_AES_256``, ...) or asymmetric (``RSA_2048``, ``RSA_3072``,
+    ``EC_P256``, ``EC_P256K``, ``EC_SM2``: key versions, GetPublicKey, AsymmetricSign/Verify,
+    AsymmetricEncrypt/Decrypt); Secrets Manager's generic secrets are served too
+    (kms-local-server.md §14).  ``strict_version_interval`` enforces KMS 1.0's 7 days
+    between versions of a key in CreateKeyVersion (off: tests rotate often).
 
     ``stats()`` counts, per region and action, every request that passed signature
     verification and named a known action -- including requests then answered with an
@@ -598,7 +609,8 @@ class LocalKms:
                  read_timeout: float = DEFAULT_READ_TIMEOUT,
                  max_nonces: int = signing.DEFAULT_MAX_NONCES,
                  clock: Callable[[], float] = time.time,
-                 request_log: Optional[TextIO] = None) -> None:
+                 request_log: Optional[TextIO] = None,
+                 strict_version_interval: bool = False) -> None:
         regions = list(dict.fromkeys(regions))
         if not regions:
             raise ValueError("at least one region is required")
@@ -636,7 +648,8 @@ class LocalKms:
         self.account_uid: str = self._store.meta_setdefault("account_uid",
                                                             _random_account_uid())
         self._servers = {r: RegionServer(self, r, RegionActions(
-            r, self.account_uid, self._store, lambda: list(self.regions)),
+            r, self.account_uid, self._store, lambda: list(self.regions),
+            strict_version_interval=strict_version_interval),
             float(read_timeout)) for r in regions}
 
     def __repr__(self) -> str:  # never the secret
@@ -719,28 +732,56 @@ class LocalKms:
             raise ValueError(f"region {region!r} is not served by this LocalKms") from None
 
     def create_key(self, region: str, key_spec: str = "Aliyun_AES_256",
-                   description: str = "") -> str:
-        """Create an enabled symmetric CMK; return its ARN."""
-        if key_spec not in KEY_SPECS:
-            raise ValueError(f"unsupported key spec {key_spec!r}; use one of {sorted(KEY_SPECS)}")
+                   description: str = "", key_usage: Optional[str] = None) -> str:
+        """Create an enabled CMK; return its ARN.
+
+        ``key_spec`` is a symmetric spec (``Aliyun_AES_256``, ...) or an asymmetric one
+        (``RSA_2048``, ``RSA_3072``, ``EC_P256``, ``EC_P256K``, ``EC_SM2``); ``key_usage``
+        defaults as CreateKey's does: ``SIGN/VERIFY`` for specs that can sign, else
+        ``ENCRYPT/DECRYPT``.  An asymmetric key's first version ID is the only item of
+        :meth:`key_versions`.
+        """
+        specs = sorted(KEY_SPECS) + list(asymmetric.ASYMMETRIC_SPECS)
+        if key_spec not in specs:
+            raise ValueError(f"unsupported key spec {key_spec!r}; use one of {specs}")
+        allowed = (asymmetric.usages(key_spec) if key_spec in asymmetric.ASYMMETRIC_SPECS
+                   else ("ENCRYPT/DECRYPT",))
+        usage = key_usage or allowed[0]
+        if usage not in allowed:
+            raise ValueError(f"key usage {usage!r} is not valid for {key_spec}; use one of "
+                             f"{list(allowed)}")
         actions = self._server(region).actions
-        key = self._store.create_key(region, key_spec, description)
+        key = self._store.create_key(region, key_spec, description, usage)
         return actions.key_arn(key.key_id)
+
+    def key_versions(self, arn: str) -> list[str]:
+        """The version IDs of a key (its ARN or alias ARN), oldest first."""
+        actions, key = self._resolve_arn(arn)
+        return [v.version_id for v in self._store.list_versions(actions.region, key.key_id)]
+
+    def create_key_version(self, arn: str) -> str:
+        """Add a version to a key (by ARN): a new key pair, or a new primary version for a
+        symmetric key; return its ID."""
+        actions, key = self._resolve_arn(arn)
+        return self._store.create_version(actions.region, key.key_id)[1].version_id
 
     def create_alias(self, region: str, alias_name: str, key: str) -> None:
         """Point ``alias/...`` at a key (ID or ARN) in ``region``."""
         actions = self._server(region).actions
         actions.create_alias({"AliasName": alias_name, "KeyId": key})
 
-    def _set_key_state(self, arn: str, state: str) -> None:
+    def _resolve_arn(self, arn: str) -> tuple[RegionActions, Key]:
         parts = arn.split(":")
         if len(parts) < 5 or parts[:2] != ["acs", "kms"]:
             raise ValueError(f"not a KMS key ARN: {arn!r}")
         actions = self._server(parts[2]).actions
         try:
-            key = actions.resolve(arn)
+            return actions, actions.resolve(arn)
         except KmsError as exc:
             raise ValueError(f"{exc.code}: {arn}") from None
+
+    def _set_key_state(self, arn: str, state: str) -> None:
+        actions, key = self._resolve_arn(arn)
         self._store.set_state(actions.region, key.key_id, state)
 
     def disable_key(self, arn: str) -> None:
@@ -805,7 +846,7 @@ class LocalKms:
                 log.warning("%s: cannot listen on port %d again: %s", region, server.port, exc)
 
     def _admin_set_fault(self, change: "admin.FaultChange", serving_region: str
-                         ) -> tuple[dict, Optional[Callable[[], None]]]:
+                         ) -> tuple[dict[str, Any], Optional[Callable[[], None]]]:
         """Carry out a ``KmsenvSetFault`` call that arrived on ``serving_region``'s port.
 
         Returns the answer and, when the call takes that very port down, the closing to do
