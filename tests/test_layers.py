@@ -186,3 +186,108 @@ def test_the_compact_constants_have_one_home():
     assert interface.COMPACT_REF_LEN == keyheader.REF_LEN
     assert (columns.COMPACT_FORMAT, columns.OVERHEAD, columns.MAX_SEGMENT) == (
         interface.COMPACT_FORMAT, interface.COMPACT_OVERHEAD, interface.COMPACT_MAX_SEGMENT)
+
+
+# ---------------------------------------------------------------- the envelope's steps (issue 14 §2, §4)
+
+ENGINE_ALLOWED: dict[str, str] = {}  # module -> why it may import an engine private (none today)
+
+
+def _engine_privates(path: pathlib.Path, root: pathlib.Path = SRC) -> list[str]:
+    """Private names of kmsenv.engine that ``path`` imports or reads."""
+    module = _module_name(path, root)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and _absolute(module, path, node) == "kmsenv.engine":
+            found += [alias.name for alias in node.names if alias.name.startswith("_")]
+        elif (  # engine._name after `from . import engine` / `import kmsenv.engine as engine`
+            isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name) and node.value.id == "engine"
+        ):
+            found.append(node.attr)
+    return found
+
+
+def test_the_engine_scan_catches_what_it_should(tmp_path):
+    bad = tmp_path / "kmsenv" / "stream" / "bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(
+        "from ..engine import _generate, decrypt\n"
+        "from kmsenv.engine import _Key\n"
+        "from .. import engine\n"
+        "engine._iv_pair()\n"
+        "from .._envelope import generate\n"  # the public home: fine
+    )
+    assert _engine_privates(bad, tmp_path) == ["_generate", "_Key", "_iv_pair"]
+
+
+def test_no_module_but_engine_uses_an_engine_private():
+    """The shared steps live in kmsenv._envelope under public names; the
+    engine keeps only the order of a one-shot message's steps."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "engine.py" or _module_name(path, SRC) in ENGINE_ALLOWED:
+            continue
+        names = _engine_privates(path)
+        if names:
+            found[str(path.relative_to(PACKAGE))] = names
+    assert found == {}
+
+
+def test_the_envelope_imports_nothing_above_its_floor():
+    """_envelope is on the engine's floor: it imports neither the engine nor
+    anything above (streams, columns, providers, adapters)."""
+    loaded = _loaded("kmsenv._envelope")
+    assert "kmsenv._envelope" in loaded
+    above = ("kmsenv.engine", "kmsenv.columns", "kmsenv.stream", "kmsenv.jobkey", "kmsenv.providers",
+             "kmsenv.cache", "kmsenv.kms", "kmsenv.parquet", "kmsenv.arrow")
+    assert _under(loaded, *above) == set()
+
+
+def test_the_pure_backend_does_not_parse_messages():
+    """The engine parses a message once and hands the backend its layout: the
+    pure backend imports no message codec (only the DER primitives and the
+    outer-layout walker of message/der.py, which import nothing of kmsenv
+    but the exceptions), and loading it loads neither codec nor model."""
+    source = ast.parse((CRYPTO / "pure.py").read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(source):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(_absolute("kmsenv.crypto.pure", CRYPTO / "pure.py", node))
+            imported |= {f"{_absolute('kmsenv.crypto.pure', CRYPTO / 'pure.py', node)}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+    assert not {name for name in imported if name.startswith(("kmsenv.message.codec", "kmsenv.model"))}
+    loaded = _loaded("kmsenv.crypto.pure")
+    assert "kmsenv.crypto.pure" in loaded
+    assert _under(loaded, "kmsenv.message.codec", "kmsenv.model", "kmsenv.engine") == set()
+    assert _under(loaded, "kmsenv.message") <= {"kmsenv.message", "kmsenv.message.der"}
+
+
+def test_der_imports_only_the_exceptions():
+    """What the backends may use of the message layer stays at the bottom."""
+    loaded = _loaded("kmsenv.message.der")
+    assert loaded <= {"kmsenv.message", "kmsenv.message.der", "kmsenv.exceptions"}
+
+
+def test_one_outer_layout_walker():
+    """Only message/der.py walks the buffer layout of a message (the C core
+    bounds-checks its own input; der_stream reads the same layout from a
+    stream, TLV by TLV, with der.read_tl); engine.py builds no TLV by hand."""
+    needles = ('enter(der.SEQUENCE, "message")', 'enter(SEQUENCE, "message")', 'enter(der.SEQUENCE, "body")',
+               'enter(SEQUENCE, "body")')
+    walkers = sorted(
+        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+        if "localkms" not in p.parts and any(n in p.read_text(encoding="utf-8") for n in needles)
+    )
+    assert walkers == ["message/der.py"]
+    engine = (PACKAGE / "engine.py").read_text(encoding="utf-8")
+    assert "\\x04\\x0c" not in engine and "\\x04\\x10" not in engine
+
+
+def test_one_failover_loop():
+    """The region-failover loop lives in providers.fail_over; parquet calls it."""
+    parquet = (PACKAGE / "parquet.py").read_text(encoding="utf-8")
+    assert "fail_over(" in parquet and '"retryable"' not in parquet
+    providers = (PACKAGE / "providers.py").read_text(encoding="utf-8")
+    assert providers.count('"retryable"') == 1  # inside fail_over only

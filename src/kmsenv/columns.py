@@ -22,9 +22,20 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 
 from . import _process
+from ._envelope import (
+    BackendKey,
+    build_header,
+    check_expected_context,
+    check_new_algorithm,
+    choose_algorithm,
+    context_argument,
+    generate,
+    unwrap,
+    verify_header,
+)
 from ._wipe import wipe
 from .algorithms import Algorithm
 from .crypto import get_backend
@@ -36,7 +47,7 @@ from .exceptions import (
     MessageFormatError,
 )
 from .keyheader import REF_LEN, KeyHeader, KeyHeaderStore
-from .message.codec import decode_message
+from .message.codec import context_bytes, decode_message
 
 __all__ = ["FORMATS", "Column", "SealedColumn", "check_format", "encrypt_values", "decrypt_values", "stats"]
 
@@ -60,6 +71,11 @@ SUBKEY_INFO_V1 = _spec.COMPACT_SUBKEY_INFO_V1
 #: The column name's length field in the AAD is 4 bytes.
 MAX_COLUMN_NAME = 2**32 - 1
 _INT32_MAX = 2**31 - 1
+def _backend() -> _spec.FullBackend:
+    """The backend with its column calls (both backends implement them)."""
+    return cast(_spec.FullBackend, get_backend())
+
+
 # Statuses of the backends' column calls.
 _OK, _AUTH, _FORMAT, _OTHER_KEY = _spec.STATUS_OK, _spec.STATUS_AUTH, _spec.STATUS_FORMAT, _spec.STATUS_OTHER_KEY
 
@@ -182,7 +198,8 @@ class Column:
 
     def _off(self, i: int) -> int:
         fmt = "<i" if self.width == 4 else "<q"
-        return struct.unpack_from(fmt, self.offsets, i * self.width)[0]
+        offset: int = struct.unpack_from(fmt, self.offsets, i * self.width)[0]
+        return offset
 
     def value(self, i: int) -> memoryview | None:
         if not self.is_valid(i):
@@ -242,7 +259,7 @@ def subkey(algorithm: Algorithm, data_key: Any, header: KeyHeader, segment: byte
     caller wipes it)."""
     if len(data_key) != algorithm.key_len:
         raise ConfigurationError(f"the data key does not fit {algorithm.name}")
-    return get_backend().compact_subkey(header.version, _cipher(algorithm), data_key, header.digest, segment)
+    return _backend().compact_subkey(header.version, _cipher(algorithm), data_key, header.digest, segment)
 
 
 def _check_rows(col: Column, rows: Column | None) -> None:
@@ -278,7 +295,7 @@ def seal_compact(
     name = column_name(column)
     _check_rows(col, rows)
     out = _new_output(col.length, col.span() + OVERHEAD * col.length)
-    backend = get_backend()
+    backend = _backend()
     cipher = _cipher(algorithm)
     try:
         for part, start in enumerate(range(0, col.length, MAX_SEGMENT)):
@@ -343,7 +360,7 @@ def open_compact(
     name = column_name(column)
     _check_rows(col, rows)
     out = _new_output(col.length, col.span())
-    backend = get_backend()
+    backend = _backend()
     keys: dict[bytes, tuple[KeyHeader, bytearray]] = {}
     try:
         start = 0
@@ -403,7 +420,16 @@ def _fill_offsets(out: SealedColumn, upto: int) -> None:
             last = cur
 
 
-def _compact_key(col, i, headers, key_for, keys, expected_context, rows_given, allow_uncommitted=False):
+def _compact_key(
+    col: Column,
+    i: int,
+    headers: Callable[[bytes], KeyHeader | None],
+    key_for: KeyFor,
+    keys: dict[bytes, tuple[KeyHeader, bytearray]],
+    expected_context: Mapping[str, str] | None,
+    rows_given: bool,
+    allow_uncommitted: bool = False,
+) -> tuple[KeyHeader, bytearray]:
     value = col.value(i)
     assert value is not None
     ref = compact_ref(value)
@@ -455,15 +481,10 @@ def _sized(key: bytearray, algorithm: Algorithm) -> bytearray:
 
 
 def _check_context(context: Mapping[str, str], expected: Mapping[str, str] | None, i: int) -> None:
-    if not expected:
-        return
-    from .exceptions import EncryptionContextMismatchError
-
-    for k, v in expected.items():
-        if context.get(k) != v:
-            raise EncryptionContextMismatchError(
-                f"value {i}: the encryption context does not contain the expected entry {k!r}"
-            )
+    try:
+        check_expected_context(context, expected)
+    except KmsEnvError as exc:
+        raise type(exc)(f"value {i}: {exc}") from None
 
 
 # ---------------------------------------------------------------- alibaba (DER) format
@@ -471,16 +492,18 @@ def _check_context(context: Mapping[str, str], expected: Mapping[str, str] | Non
 
 def seal_alibaba(algorithm: Algorithm, data_key: Any, header: KeyHeader, col: Column) -> SealedColumn:
     """Seal every present value as a complete Alibaba message sharing one header."""
-    from .engine import _header, _iv, _Key
-
     ctx = dict(header.encryption_context)
-    from .message.codec import context_bytes
-
     ctx_bytes = context_bytes(ctx)
-    with _Key(algorithm, data_key) as key:
-        encoded = _header(key, algorithm, header.encrypted_data_keys, ctx, _iv())
-        out = get_backend().alibaba_column_seal(key, encoded, ctx_bytes, col, lambda size: _new_output(col.length, size))
-    return _finish(out)  # type: ignore[arg-type]  (made by _new_output)
+    made: list[SealedColumn] = []
+
+    def new_output(size: int) -> SealedColumn:
+        made.append(_new_output(col.length, size))
+        return made[-1]
+
+    with BackendKey(algorithm, data_key) as key:
+        encoded = build_header(key, algorithm, header.encrypted_data_keys, ctx)
+        _backend().alibaba_column_seal(key, encoded, ctx_bytes, col, new_output)
+    return _finish(made[-1])
 
 
 def open_alibaba(
@@ -491,11 +514,8 @@ def open_alibaba(
 ) -> SealedColumn:
     """Open a column of Alibaba messages; one key lookup and header check per
     distinct header. All or nothing."""
-    from .engine import _check_expected_context, _Key, _verify_header
-    from .message.codec import context_bytes
-
     out = _new_output(col.length, col.span())
-    backend = get_backend()
+    backend = _backend()
     keys: dict[bytes, bytearray] = {}
     try:
         start = 0
@@ -505,9 +525,10 @@ def open_alibaba(
                 _fill_offsets(out, col.length)
                 break
             value = col.value(start)
+            assert value is not None  # start is a present value
             try:
-                header, _ = decode_message(value, max_encrypted_data_keys)  # type: ignore[arg-type]
-                _check_expected_context(header, expected_context)
+                header, _ = decode_message(value, max_encrypted_data_keys)
+                check_expected_context(header.encryption_context, expected_context)
                 if not header.algorithm.authenticated:
                     raise MessageFormatError(f"{header.algorithm.name} values are not supported in columns")
             except KmsEnvError as exc:
@@ -517,9 +538,9 @@ def open_alibaba(
             if data_key is None:
                 data_key = keys[kh.digest] = _sized(key_for(kh), header.algorithm)
             ctx_bytes = context_bytes(header.encryption_context)
-            with _Key(header.algorithm, data_key) as key:
+            with BackendKey(header.algorithm, data_key) as key:
                 try:
-                    _verify_header(key, header)
+                    verify_header(key, header)
                 except AuthenticationError as exc:
                     raise AuthenticationError(f"value {start}: {exc}") from None
                 status, stopped = backend.alibaba_column_open(key, header.encoded, ctx_bytes, col, start, out)
@@ -550,7 +571,7 @@ class KeySource:
 
         self.job: JobKey | None = key if isinstance(key, JobKey) else None
         self.spec: WorkerSpec | None = key.spec if isinstance(key, JobKey) else key if isinstance(key, WorkerSpec) else None
-        self.provider = None
+        self.provider: Any = None
         if self.spec is None:
             if not hasattr(key, "decrypt_data_key"):
                 raise ConfigurationError(
@@ -572,9 +593,7 @@ class KeySource:
             return self.job.data_key(self._job_header(header))
         if self.spec is not None:
             return self.spec.data_key(header)
-        from .engine import _unwrap
-
-        return _unwrap(self.provider, header)  # type: ignore[arg-type]  (reads the same three fields)
+        return unwrap(self.provider, header)
 
     def _job_header(self, header: KeyHeader) -> KeyHeader:
         """An Alibaba message's header (no commitment) that has the same
@@ -632,23 +651,21 @@ def encrypt_with(
             "compact values need their key header stored: pass key_store= (encrypt_column keeps it in the "
             "column's metadata), or encrypt with a JobKey whose headers you saved"
         )
-    from .engine import _algorithm, _check_new_algorithm, _context, _generate
-
-    ctx = _context(encryption_context)
-    alg = _algorithm(source.provider, algorithm)
-    _check_new_algorithm(alg, False)
+    ctx = context_argument(encryption_context)
+    alg = choose_algorithm(source.provider, algorithm)
+    check_new_algorithm(alg)
     present = col.present()
     if format == "alibaba" and present > 2**28:
         raise ConfigurationError("more than 2^28 values under one data key: split the column, or use the compact format")
-    data_key = _generate(source.provider, alg, ctx, col.span(), max(1, present))
+    fresh = generate(source.provider, alg, ctx, col.span(), max(1, present))
     try:
-        header = KeyHeader.for_data_key(alg, ctx, tuple(data_key.encrypted_data_keys), data_key.plaintext)
+        header = KeyHeader.for_data_key(alg, ctx, tuple(fresh.encrypted_data_keys), fresh.plaintext)
         if format == "compact":
-            key_store.put(header)  # type: ignore[union-attr]
-            return seal_compact(alg, data_key.plaintext, header, col, rows, column=column), header
-        return seal_alibaba(alg, data_key.plaintext, header, col), header
+            key_store.put(header)  # type: ignore[union-attr]  # not None: compact without a key_store raised above
+            return seal_compact(alg, fresh.plaintext, header, col, rows, column=column), header
+        return seal_alibaba(alg, fresh.plaintext, header, col), header
     finally:
-        data_key.wipe()
+        fresh.wipe()
 
 
 def detect_format(col: Column) -> str:

@@ -1,17 +1,34 @@
 """The envelope pipeline: provider -> data key -> header tag -> body -> message.
 
-This is the only module that knows the order of the steps, in both directions.
-Every error that leaves it is a :class:`KmsEnvError`.
+This module knows the order of the steps of a one-shot message, in both
+directions; the steps themselves (arguments, data keys, backend keys,
+headers) are :mod:`kmsenv._envelope`'s, shared with the stream and column
+formats. Every error that leaves it is a :class:`KmsEnvError`.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from . import _process
+from ._envelope import (
+    ALG_FACTS as _ALG_FACTS,
+    DEFAULT_ALGORITHM,  # noqa: F401  (still kmsenv.engine.DEFAULT_ALGORITHM)
+    BackendKey,
+    build_header,
+    check_expected_context,
+    check_new_algorithm,
+    check_readable,
+    choose_algorithm,
+    context_argument,
+    context_bytes_for_encrypt,
+    generate,
+    unwrap,
+    verify_header,
+)
+from ._wipe import wipe
 from .algorithms import Algorithm
 from .crypto import get_backend
 from .crypto.interface import STATUS_AUTH, STATUS_OK, CipherKey
@@ -19,11 +36,8 @@ from .exceptions import (
     AuthenticationError,
     ConfigurationError,
     HeaderAuthenticationError,
-    EncryptionContextMismatchError,
     KmsEnvError,
     MessageFormatError,
-    UnauthenticatedAlgorithmError,
-    UnsupportedAlgorithmError,
 )
 from .message import der
 from .message.codec import (
@@ -33,14 +47,13 @@ from .message.codec import (
     MessageHeader,
     context_bytes,
     context_parts,
-    header_parts,
     decode_message,
-    message_header,
     encode_body,
     encode_message,
+    header_parts,
+    parse_message,
 )
-from .model import DataKey, DataKeyProvider, EncryptedDataKey
-from ._wipe import wipe
+from .model import DataKeyProvider
 
 __all__ = [
     "EncryptResult",
@@ -52,12 +65,6 @@ __all__ = [
     "parse_header",
 ]
 
-DEFAULT_ALGORITHM = Algorithm.AES_GCM_NOPADDING_256
-# (cipher, authenticated, key length) per algorithm: the per-message path reads
-# these once from a dict instead of through three enum properties each time.
-_ALG_FACTS: dict[Algorithm, tuple[str, bool, int]] = {
-    a: (a.info.cipher, a.info.authenticated, a.info.key_len) for a in Algorithm
-}
 # Random 96-bit IVs: stay far below NIST SP 800-38D's 2^32 invocations per key.
 MAX_MESSAGES_PER_DATA_KEY = 2**28
 
@@ -140,160 +147,6 @@ def _as_bytes(data: Any, what: str) -> bytes | bytearray | memoryview:
     raise ConfigurationError(f"{what} must be bytes-like, not {type(data).__name__}")
 
 
-def _context(context: Mapping[str, str] | None) -> dict[str, str]:
-    # A private copy: the caller may mutate theirs while we work. Key and value
-    # types are checked where the context is encoded (context_parts), which
-    # every encrypt does before calling the provider.
-    if context is None:
-        return {}
-    if not isinstance(context, Mapping):
-        raise ConfigurationError("encryption_context must be a mapping of str to str")
-    return dict(context)
-
-
-def _algorithm(provider: Any, algorithm: Algorithm | int | None) -> Algorithm:
-    if type(algorithm) is Algorithm:
-        return algorithm
-    if algorithm is None:
-        algorithm = getattr(provider, "algorithm", None) or DEFAULT_ALGORITHM
-    try:
-        return Algorithm(algorithm)
-    except ValueError:
-        raise UnsupportedAlgorithmError(f"unknown algorithm {algorithm!r}") from None
-
-
-def _check_new_algorithm(algorithm: Algorithm, allow_unauthenticated: bool) -> None:
-    if not algorithm.authenticated and not allow_unauthenticated:
-        raise UnauthenticatedAlgorithmError(
-            f"{algorithm.name} leaves the message body unauthenticated; new messages should use a GCM "
-            "algorithm (pass allow_unauthenticated=True only for legacy interoperability)"
-        )
-
-
-def _context_bytes_for_encrypt(ctx: Mapping[str, str]) -> bytes:
-    cb = context_parts(ctx)[0]
-    if len(cb) > MAX_CONTEXT_BYTES:
-        raise ConfigurationError(
-            f"the serialized encryption context is {len(cb)} bytes; the limit is {MAX_CONTEXT_BYTES} "
-            "(Java readers of the official SDK cannot parse more)"
-        )
-    return cb
-
-
-# ---------------------------------------------------------------- providers
-
-
-def _generate(
-    provider: DataKeyProvider, algorithm: Algorithm, ctx: dict[str, str], plaintext_size: int = 0, messages: int = 1
-) -> DataKey:
-    try:
-        if getattr(provider, "accepts_plaintext_size", False):
-            # Caching providers count bytes and messages against their limits.
-            data_key = provider.generate_data_key(  # type: ignore[call-arg]
-                algorithm, dict(ctx), plaintext_size=plaintext_size, message_count=messages
-            )
-        else:
-            data_key = provider.generate_data_key(algorithm, dict(ctx))
-    except KmsEnvError:
-        raise
-    except Exception as exc:
-        raise KmsEnvError(f"the data key provider failed ({type(exc).__name__})") from exc
-    if type(data_key) is not DataKey and not isinstance(data_key, DataKey):
-        raise KmsEnvError("the data key provider did not return a kmsenv.DataKey")
-    try:
-        size = len(data_key.plaintext)
-        if size != _ALG_FACTS[algorithm][2]:
-            raise KmsEnvError(
-                f"the data key provider returned a {size}-byte key; {algorithm.name} needs {algorithm.key_len}"
-            )
-    except Exception:
-        data_key.wipe()
-        raise
-    return data_key
-
-
-def _context_copy(context: Mapping[str, str]) -> dict[str, str]:
-    """A dict the provider may keep or change. Parsed headers hold a read-only
-    proxy of a dict, whose copy() is a plain dict copy (dict() of a proxy walks
-    it key by key, several times slower)."""
-    if type(context) is MappingProxyType:
-        copied = context.copy()
-        if type(copied) is dict:
-            return copied
-    return dict(context)
-
-
-def _unwrap(provider: DataKeyProvider, header: MessageHeader) -> bytearray:
-    try:
-        key = provider.decrypt_data_key(
-            list(header.encrypted_data_keys), header.algorithm, _context_copy(header.encryption_context)
-        )
-    except KmsEnvError:
-        raise
-    except Exception as exc:
-        raise KmsEnvError(f"the data key provider failed ({type(exc).__name__})") from exc
-    # A bytearray from the provider is ours to use and wipe; bytes we copy.
-    if type(key) is bytearray:
-        owned = key
-    elif isinstance(key, (bytes, bytearray)):
-        owned = key if isinstance(key, bytearray) else bytearray(key)
-    else:
-        raise KmsEnvError("the data key provider did not return bytes")
-    if len(owned) != _ALG_FACTS[header.algorithm][2]:
-        wipe(owned)
-        # A key of the wrong size cannot be the one this header was sealed with
-        # (e.g. an algorithm ID swapped after encryption).
-        raise HeaderAuthenticationError(
-            f"header authentication failed: the data key does not fit {header.algorithm.name}"
-        )
-    return owned
-
-
-# ---------------------------------------------------------------- keys
-
-
-class _Key:
-    """A backend key for one data key, closed (and wiped) on exit."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, algorithm: Algorithm, key: bytes | bytearray):
-        try:
-            self.key: CipherKey = get_backend().new_key(algorithm.info.cipher, key)
-        except KmsEnvError:
-            raise
-        except Exception as exc:
-            raise UnsupportedAlgorithmError(f"{algorithm.name} is not available: {exc}") from None
-
-    def __enter__(self) -> CipherKey:
-        return self.key
-
-    def __exit__(self, *exc: object) -> None:
-        self.key.close()
-
-
-def _header(
-    key: CipherKey,
-    algorithm: Algorithm,
-    edks: Sequence[EncryptedDataKey],
-    ctx: Mapping[str, str],
-    header_iv: bytes,
-) -> bytes:
-    """The encoded header TLV, its tag computed with ``key``."""
-    fields, auth, _ = header_parts(algorithm, edks, ctx)
-    _, tag = key.gcm_seal(header_iv, auth, b"")
-    return der.tlv(der.SEQUENCE, fields + b"\x04\x0c" + header_iv + b"\x04\x10" + tag)
-
-
-def _verify_header(key: CipherKey, header: MessageHeader) -> None:
-    try:
-        key.gcm_open(header.header_iv, header.auth_fields(), b"", header.header_auth_tag)
-    except AuthenticationError:
-        raise HeaderAuthenticationError(
-            "header authentication failed: the header was altered or the data key is not its own"
-        ) from None
-
-
 def _seal_body(key: CipherKey, algorithm: Algorithm, ctx_bytes: bytes, data: Any, iv: bytes) -> bytes:
     info = algorithm.info
     if info.authenticated:
@@ -339,32 +192,32 @@ def encrypt(
     elif type(encryption_context) is dict:
         ctx = encryption_context.copy()
     else:
-        ctx = _context(encryption_context)
-    alg = algorithm if type(algorithm) is Algorithm else _algorithm(provider, algorithm)
+        ctx = context_argument(encryption_context)
+    alg = algorithm if type(algorithm) is Algorithm else choose_algorithm(provider, algorithm)
     cipher, authenticated, _ = _ALG_FACTS[alg]
     if not authenticated:
-        _check_new_algorithm(alg, allow_unauthenticated)
+        check_new_algorithm(alg, allow_unauthenticated)
     ctx_bytes = context_parts(ctx)[0]  # memoized; validates the context
     if len(ctx_bytes) > MAX_CONTEXT_BYTES:
-        _context_bytes_for_encrypt(ctx)  # raises, saying why
-    data_key = _generate(provider, alg, ctx, len(data) if type(data) is bytes else memoryview(data).nbytes)
+        context_bytes_for_encrypt(ctx)  # raises, saying why
+    data_key = generate(provider, alg, ctx, len(data) if type(data) is bytes else memoryview(data).nbytes)
     if authenticated:
         try:
             # One native call: key setup, header tag, body, framing; it also
             # zeroes the data key's buffer (saving a wipe call per message).
             fields, auth, _ = header_parts(alg, data_key.encrypted_data_keys, ctx)  # checks the EDKs
-            key = data_key.plaintext
-            message = get_backend().seal_message(cipher, key, fields, auth, ctx_bytes, data, _iv_pair(), True)
+            raw = data_key.plaintext
+            message = get_backend().seal_message(cipher, raw, fields, auth, ctx_bytes, data, _iv_pair(), True)
         except BaseException as exc:
             data_key.wipe()
             if isinstance(exc, ValueError):
                 raise ConfigurationError(str(exc)) from None
             raise
-        data_key._spent(key)
+        data_key._spent(raw)
         return EncryptResult(message)
     try:
-        with _Key(alg, data_key.plaintext) as key:
-            header = _header(key, alg, data_key.encrypted_data_keys, ctx, _iv())
+        with BackendKey(alg, data_key.plaintext) as key:
+            header = build_header(key, alg, data_key.encrypted_data_keys, ctx, _iv())
             iv = get_backend().random(alg.info.iv_len)
             message = encode_message(header, _seal_body(key, alg, ctx_bytes, data, iv))
     except ValueError as exc:
@@ -372,26 +225,6 @@ def encrypt(
     finally:
         data_key.wipe()
     return EncryptResult(message)
-
-
-def _check_expected_context(header: MessageHeader, expected: Mapping[str, str] | None) -> None:
-    if not expected:
-        return
-    actual = header.encryption_context
-    missing = [k for k, v in _context(expected).items() if actual.get(k) != v]
-    if missing:
-        raise EncryptionContextMismatchError(
-            "the message's encryption context does not contain the expected value for key(s): "
-            + ", ".join(sorted(repr(k) for k in missing))
-        )
-
-
-def _check_readable(header: MessageHeader, allow_unauthenticated: bool) -> None:
-    if not header.algorithm.authenticated and not allow_unauthenticated:
-        raise UnauthenticatedAlgorithmError(
-            f"the message uses {header.algorithm.name}, whose body nothing authenticates; "
-            "pass allow_unauthenticated=True to decrypt it anyway"
-        )
 
 
 def decrypt(
@@ -409,24 +242,24 @@ def decrypt(
         # Parse and authenticate one immutable snapshot: a mutable buffer could
         # change between the Python header parse and the native checks.
         data = bytes(_as_bytes(ciphertext, "ciphertext"))
-    header = message_header(data, max_encrypted_data_keys)
+    # The one parse: the outer layout (exact framing, the body's fields and
+    # their lengths) and the header (memoized); the backend gets the layout.
+    header, layout = parse_message(data, max_encrypted_data_keys)
     cipher, authenticated, _ = _ALG_FACTS[header.algorithm]
-    # Legacy bodies are parsed here, so a malformed one is a format error first.
-    body = None if authenticated else decode_message(data, max_encrypted_data_keys)[1]
     if expected_encryption_context:
-        _check_expected_context(header, expected_encryption_context)
+        check_expected_context(header.encryption_context, expected_encryption_context)
     if not authenticated:
-        _check_readable(header, allow_unauthenticated)
-    if body is None:
-        # Everything that could raise comes before the key exists.
-        auth, ctx_bytes = header._parts()
-        backend = get_backend()
-    key_bytes = _unwrap(provider, header)
-    if body is None:
-        # One native call: strict framing, header tag, body tag; it zeroes
-        # key_bytes whatever happens (saving a wipe call per message).
+        check_readable(header, allow_unauthenticated)
+    # Everything that could raise comes before the key exists.
+    auth, ctx_bytes = header._parts()
+    backend = get_backend()
+    key_bytes = unwrap(provider, header)
+    if authenticated:
+        # One backend call: header tag, body tag (the core bounds-checks the
+        # framing again); it zeroes key_bytes whatever happens (saving a wipe
+        # call per message).
         try:
-            plaintext = backend.open_message(cipher, key_bytes, auth, ctx_bytes, data, True)
+            plaintext = backend.open_message(cipher, key_bytes, auth, ctx_bytes, data, True, layout)
         except HeaderAuthenticationError:
             raise HeaderAuthenticationError(
                 "header authentication failed: the header was altered or the data key is not its own"
@@ -435,9 +268,13 @@ def decrypt(
             raise AuthenticationError("message body authentication failed: the body was altered") from None
     else:
         try:
-            ctx_bytes = header.context_bytes()
-            with _Key(header.algorithm, key_bytes) as key:
-                _verify_header(key, header)
+            body = MessageBody(
+                data[layout.iv_start : layout.iv_start + layout.iv_len],
+                data[layout.ct_start : layout.ct_start + layout.ct_len],
+                b"",
+            )
+            with BackendKey(header.algorithm, key_bytes) as key:
+                verify_header(key, header)
                 plaintext = _open_body(key, header, body, ctx_bytes)
         finally:
             wipe(key_bytes)
@@ -476,17 +313,17 @@ def encrypt_many(
             sizes.append(memoryview(item).nbytes)
         else:
             raise ConfigurationError(f"plaintexts[{i}] must be bytes-like, not {type(item).__name__}")
-    ctx = _context(encryption_context)
-    alg = _algorithm(provider, algorithm)
-    _check_new_algorithm(alg, False)
-    ctx_bytes = _context_bytes_for_encrypt(ctx)
+    ctx = context_argument(encryption_context)
+    alg = choose_algorithm(provider, algorithm)
+    check_new_algorithm(alg)
+    ctx_bytes = context_bytes_for_encrypt(ctx)
     out: list[bytes] = []
     for start in range(0, len(items), MAX_MESSAGES_PER_DATA_KEY):
         chunk = items[start : start + MAX_MESSAGES_PER_DATA_KEY]
-        data_key = _generate(provider, alg, ctx, sum(sizes[start : start + MAX_MESSAGES_PER_DATA_KEY]), len(chunk))
+        data_key = generate(provider, alg, ctx, sum(sizes[start : start + MAX_MESSAGES_PER_DATA_KEY]), len(chunk))
         try:
-            with _Key(alg, data_key.plaintext) as key:
-                header = _header(key, alg, data_key.encrypted_data_keys, ctx, _iv())
+            with BackendKey(alg, data_key.plaintext) as key:
+                header = build_header(key, alg, data_key.encrypted_data_keys, ctx, _iv())
                 out += key.seal_messages(header, ctx_bytes, chunk)
         finally:
             data_key.wipe()
@@ -495,11 +332,8 @@ def encrypt_many(
 
 def _header_bytes(message: bytes | bytearray | memoryview) -> bytes:
     """The header TLV of a message, for grouping (no validation beyond bounds)."""
-    r = der.Reader(memoryview(message))
-    outer = r.enter(der.SEQUENCE, "message")
-    start = outer.pos
-    outer.enter(der.SEQUENCE, "header")
-    return bytes(outer.buf[start : outer.pos])
+    layout = der.message_layout(message)
+    return bytes(message[layout.header_start : layout.header_end])
 
 
 def decrypt_many(
@@ -547,7 +381,7 @@ def decrypt_many(
     finally:
         for k in keys.values():
             wipe(k)
-    return results  # type: ignore[return-value]
+    return results  # type: ignore[return-value]  # every slot is filled: a failure raised above
 
 
 def _decrypt_group(
@@ -565,18 +399,18 @@ def _decrypt_group(
     first = indices[0]
     try:
         header, body = decode_message(items[first], max_edks)
-        _check_expected_context(header, expected)
-        _check_readable(header, allow_unauthenticated)
+        check_expected_context(header.encryption_context, expected)
+        check_readable(header, allow_unauthenticated)
     except KmsEnvError as exc:
         raise type(exc)(f"message {first}: {exc}") from None
     cache_key = (header.algorithm, header.encrypted_data_keys, tuple(sorted(header.encryption_context.items())))
     key_bytes = keys.get(cache_key)
     if key_bytes is None:
-        key_bytes = keys[cache_key] = _unwrap(provider, header)
+        key_bytes = keys[cache_key] = unwrap(provider, header)
     ctx_bytes = context_bytes(header.encryption_context)
-    with _Key(header.algorithm, key_bytes) as key:
+    with BackendKey(header.algorithm, key_bytes) as key:
         try:
-            _verify_header(key, header)
+            verify_header(key, header)
         except AuthenticationError as exc:
             raise type(exc)(f"message {first}: {exc}") from None
         if not header.algorithm.authenticated:

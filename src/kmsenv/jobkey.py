@@ -128,7 +128,8 @@ class _PreferringProvider:
     def decrypt_data_key(self, edks: Sequence[Any], algorithm: Algorithm, context: dict[str, str]) -> bytearray:
         order = _by_preference([e.key_arn for e in edks], self._preferred)
         by_arn = {e.key_arn: e for e in edks}
-        return self._inner.decrypt_data_key([by_arn[a] for a in order], algorithm, context)
+        key: bytearray = self._inner.decrypt_data_key([by_arn[a] for a in order], algorithm, context)
+        return key
 
 
 @dataclass(frozen=True)
@@ -184,15 +185,14 @@ class JobKey:
                 f"(at most {MAX_KEYS_PER_JOB}); use the compact format, which has no per-key budget"
             )
         spec = spec if spec is not None else WorkerSpec.from_provider(provider)
-        from .engine import _algorithm, _context, _generate
+        from ._envelope import check_new_algorithm, choose_algorithm, context_argument, generate
 
-        ctx = _context(encryption_context)
-        alg = _algorithm(provider, algorithm)
-        if not alg.authenticated:
-            raise ConfigurationError(f"{alg.name} is not an authenticated algorithm: use a GCM algorithm")
+        ctx = context_argument(encryption_context)
+        alg = choose_algorithm(provider, algorithm)
+        check_new_algorithm(alg, what="a JobKey", error=ConfigurationError)
         headers = []
         for _ in range(count):
-            data_key = _generate(provider, alg, ctx)
+            data_key = generate(provider, alg, ctx)
             try:
                 # The header commits to the key (compact format v2, docs/format.md §4).
                 headers.append(KeyHeader.for_data_key(alg, ctx, tuple(data_key.encrypted_data_keys),
@@ -346,7 +346,7 @@ class _Entry:
 
 _LOCK = threading.Lock()
 _CACHE: "OrderedDict[bytes, _Entry]" = OrderedDict()
-_PROVIDERS: dict[tuple, Any] = {}
+_PROVIDERS: dict[tuple[Any, ...], Any] = {}
 _FETCH_LOCKS: dict[bytes, threading.Lock] = {}
 _STATS = {"kms_decrypts": 0, "hits": 0, "evictions": 0}
 
@@ -405,9 +405,9 @@ def _cached_key(
             key = _hit(header, messages, limit)
             if key is not None:
                 return key
-        from .engine import _unwrap
+        from ._envelope import unwrap
 
-        fetched = _unwrap(provider if provider is not None else spec._provider(), header)  # type: ignore[arg-type]
+        fetched = unwrap(provider if provider is not None else spec._provider(), header)
         try:
             with _LOCK:
                 _STATS["kms_decrypts"] += 1

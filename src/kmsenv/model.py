@@ -3,12 +3,48 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from ._wipe import wipe as _wipe_buffer
 from .algorithms import Algorithm
+from .exceptions import ConfigurationError, KmsEnvError
 
 __all__ = ["EncryptedDataKey", "DataKey", "DataKeyProvider"]
+
+
+# ---------------------------------------------------------------- the provider protocol's arguments
+# The one check of each argument every layer takes (engine, streams, columns,
+# job keys, providers, the cache): here, on the floor they all stand on.
+
+
+def context_argument(value: object) -> dict[str, str]:
+    """An ``encryption_context`` argument as a private dict (the caller may go
+    on changing theirs): None is empty, a mapping is copied, anything else is
+    a :class:`ConfigurationError`. Key and value types are checked where the
+    context is encoded (every encrypt encodes it before calling a provider)."""
+    if type(value) is dict:  # the common case first: no ABC check
+        return value.copy()
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError("encryption_context must be a mapping of str to str")
+    return dict(value)
+
+
+def algorithm_argument(value: object, error: type[KmsEnvError] = ConfigurationError) -> Algorithm:
+    """An ``algorithm`` argument: an :class:`Algorithm` or its ID (a bool is
+    not one). Anything else raises ``error``: :class:`ConfigurationError`
+    where an algorithm is a setting (providers, the cache), the engine's
+    :class:`UnsupportedAlgorithmError` where it asks for a message's (both
+    are ValueErrors)."""
+    if type(value) is Algorithm:
+        return value
+    if not isinstance(value, bool):
+        try:
+            return Algorithm(value)  # type: ignore[arg-type]  # any object on purpose: the enum refuses what is not an ID
+        except (ValueError, TypeError):
+            pass
+    raise error(f"unknown algorithm {value!r}")
 
 
 @dataclass(frozen=True, eq=False)

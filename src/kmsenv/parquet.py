@@ -61,8 +61,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from kmsenv import _process
-from kmsenv.exceptions import ConfigurationError, KmsError, MessageFormatError, NoUsableKeyError
+from kmsenv.exceptions import ConfigurationError, KmsError, MessageFormatError
 from kmsenv.kmsspec import KmsSpec
+from kmsenv.providers import fail_over
 
 __all__ = [
     "WRAPPED_KEY_VERSION",
@@ -136,10 +137,10 @@ def _check_mkid(mkid: object, error: type[Exception] = ConfigurationError) -> st
 def _key_ids(value: object) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...] | None:
     if value is None:
         return None
-    items = value.items() if isinstance(value, Mapping) else value
+    items: Any = value.items() if isinstance(value, Mapping) else value
     out = []
     try:
-        for mkid, per_region in items:  # type: ignore[union-attr]
+        for mkid, per_region in items:
             _check_mkid(mkid)
             pairs = per_region.items() if isinstance(per_region, Mapping) else per_region
             norm = []
@@ -266,7 +267,8 @@ class ParquetKmsSpec:
                 cache_lifetime=doc["cache_lifetime"],
                 data_key_length_bits=doc["data_key_length_bits"],
                 encryption_algorithm=doc["encryption_algorithm"],
-                key_ids=[(m, [tuple(p) for p in pairs]) for m, pairs in doc["key_ids"]] if doc["key_ids"] else None,
+                key_ids=_key_ids([(m, [tuple(p) for p in pairs]) for m, pairs in doc["key_ids"]])
+                if doc["key_ids"] else None,
             )
         except ConfigurationError:
             raise
@@ -319,12 +321,14 @@ def reset_kms_stats() -> None:
 
 def _kms_encrypt(kms: Any, region: str, key_id: str, plaintext: bytes, context: dict[str, str]) -> bytes:
     """Encrypt in ``region`` with ``KeyId=key_id`` (key ID, alias or ARN); the raw blob."""
-    return kms.encrypt_in_region(region, key_id, plaintext, context)
+    blob: bytes = kms.encrypt_in_region(region, key_id, plaintext, context)
+    return blob
 
 
 def _kms_decrypt(kms: Any, region: str, blob: bytes, context: dict[str, str], max_attempts: int | None) -> bytearray:
     """Decrypt ``blob`` in ``region`` (the blob names its key); the plaintext, to be wiped."""
-    return kms.decrypt_in_region(region, blob, context, max_attempts=max_attempts)
+    key: bytearray = kms.decrypt_in_region(region, blob, context, max_attempts=max_attempts)
+    return key
 
 
 def _wipe(buf: bytearray) -> None:
@@ -396,7 +400,7 @@ def parse_wrapped_key(text: object) -> list[tuple[str, bytes]]:
 # ---------------------------------------------------------------------------
 
 
-class KmsClient(pe.KmsClient):
+class KmsClient(pe.KmsClient):  # type: ignore[misc]  # pyarrow ships no type information: its classes are Any
     """pyarrow KmsClient that wraps keys under every region's CMK in one string.
 
     ``wrap_key`` calls KMS Encrypt once per region of ``spec.regions`` (KeyId =
@@ -466,42 +470,41 @@ class KmsClient(pe.KmsClient):
         context = {CONTEXT_KEY: mkid}
         candidates = self._order(list(entries))
         errors: dict[str, BaseException] = {}
-        passes: list[int | None] = [1, None] if len(candidates) > 1 else [None]
-        todo = candidates
-        for pass_no, attempts in enumerate(passes):
-            for region in todo:
-                try:
-                    key = _kms_decrypt(kms, region, entries[region], context, attempts)
-                except KmsError as e:
-                    _count("decrypt_failed")
-                    errors[region] = e
-                    logger.warning(
-                        "kmsenv.parquet: unwrapping a key for master key %r in %s failed (code=%s, request_id=%s)",
-                        mkid, region, e.code, e.request_id,
+
+        def attempt(region: str, attempts: int | None, more: bool) -> bytes | None:
+            try:
+                key = _kms_decrypt(kms, region, entries[region], context, attempts)
+            except KmsError as e:
+                _count("decrypt_failed")
+                errors[region] = e
+                logger.warning(
+                    "kmsenv.parquet: unwrapping a key for master key %r in %s failed (code=%s, request_id=%s)",
+                    mkid, region, e.code, e.request_id,
+                )
+                return None
+            _count("decrypt")
+            try:
+                if len(key) not in (16, 24, 32):
+                    errors[region] = KmsError(
+                        f"KMS Decrypt in {region} returned a {len(key)}-byte key; expected 16, 24 or 32",
+                        code="InvalidKeyLength", region=region,
                     )
-                    continue
-                _count("decrypt")
-                try:
-                    if len(key) not in (16, 24, 32):
-                        errors[region] = KmsError(
-                            f"KMS Decrypt in {region} returned a {len(key)}-byte key; expected 16, 24 or 32",
-                            code="InvalidKeyLength", region=region,
-                        )
-                        continue
-                    with _STATS_LOCK:
-                        if len(_UNWRAPPED) < _MAX_TRACKED:
-                            _UNWRAPPED.add(hashlib.sha256(wrapped_key.encode("ascii")).digest())
-                    return bytes(key)
-                finally:
-                    _wipe(key)
-            todo = [r for r in todo if getattr(errors.get(r), "retryable", False)]
-            if not todo:
-                break
-        details = "; ".join(f"{r}: {errors[r]}" for r in candidates if r in errors)
-        raise NoUsableKeyError(
-            f"kmsenv.parquet: cannot unwrap the Parquet key for master key {mkid!r} in any of "
-            f"{len(candidates)} region(s): {details}",
-            errors=[(r, errors[r]) for r in candidates if r in errors],
+                    return None
+                with _STATS_LOCK:
+                    if len(_UNWRAPPED) < _MAX_TRACKED:
+                        _UNWRAPPED.add(hashlib.sha256(wrapped_key.encode("ascii")).digest())
+                return bytes(key)
+            finally:
+                _wipe(key)
+
+        # The providers' failover loop: one attempt per region while others
+        # remain, then the transiently failing ones with the full retry budget.
+        return fail_over(
+            candidates, lambda region: region, attempt, errors,
+            failure=lambda tried, details: (
+                f"kmsenv.parquet: cannot unwrap the Parquet key for master key {mkid!r} in any of "
+                f"{len(candidates)} region(s): {details}"
+            ),
         )
 
 
@@ -645,9 +648,9 @@ def read_table(source: Any, *, spec: ParquetKmsSpec, columns: Sequence[str] | No
 # ---------------------------------------------------------------------------
 
 
-def _write_partition(df: Any, path: str, spec: ParquetKmsSpec, column_keys: dict, footer_key: str,
-                     plaintext_footer: bool, index: bool | None, write_kwargs: dict,
-                     partition_info: dict | None = None) -> Any:
+def _write_partition(df: Any, path: str, spec: ParquetKmsSpec, column_keys: dict[str, Any], footer_key: str,
+                     plaintext_footer: bool, index: bool | None, write_kwargs: dict[str, Any],
+                     partition_info: dict[str, Any] | None = None) -> Any:
     import pandas as pd
 
     number = partition_info["number"] if partition_info else 0
@@ -708,7 +711,7 @@ def _list_parts(paths_or_dir: Any) -> list[str]:
             return [root]
         names = [n for n in os.listdir(root) if n.endswith(".parquet")]
 
-        def order(name: str) -> tuple:
+        def order(name: str) -> tuple[int, int, str]:
             m = re.fullmatch(r"part\.(\d+)\.parquet", name)
             return (0, int(m.group(1)), name) if m else (1, 0, name)
 

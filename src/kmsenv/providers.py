@@ -25,14 +25,14 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from kmsenv import _process
 from kmsenv._hedge import HedgeStats, Hedging
 from kmsenv.algorithms import Algorithm
 from kmsenv.arn import Arn
 from kmsenv.exceptions import ConfigurationError, KmsError, NoUsableKeyError
-from kmsenv.model import DataKey, EncryptedDataKey
+from kmsenv.model import DataKey, EncryptedDataKey, algorithm_argument, context_argument
 
 __all__ = ["KmsKeyProvider", "HedgeStats", "DATA_KEY_SOURCES"]
 
@@ -66,7 +66,7 @@ class _DaemonWorkers:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._tasks: queue.SimpleQueue[tuple[Future, Callable[[], Any]]] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
         self._threads = 0
         self._idle = 0  # workers free for a new task (waiting, or about to)
 
@@ -75,7 +75,7 @@ class _DaemonWorkers:
         self._tasks = queue.SimpleQueue()
         self._threads = self._idle = 0
 
-    def submit(self, fn: Callable[[], Any]) -> Future | None:
+    def submit(self, fn: Callable[[], Any]) -> Future[Any] | None:
         with self._lock:
             if self._idle:
                 self._idle -= 1
@@ -92,7 +92,7 @@ class _DaemonWorkers:
                 with self._lock:
                     self._threads -= 1
                 return None
-        future: Future = Future()
+        future: Future[Any] = Future()
         self._tasks.put((future, fn))
         return future
 
@@ -152,28 +152,6 @@ def _wipe(buf: bytearray | None) -> None:
         buf[:] = bytes(len(buf))
 
 
-def _coerce_algorithm(algorithm: object) -> Algorithm:
-    if isinstance(algorithm, Algorithm):
-        return algorithm
-    try:
-        if isinstance(algorithm, bool):
-            raise ValueError
-        return Algorithm(algorithm)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        raise ConfigurationError(f"unknown algorithm {algorithm!r}") from None
-
-
-def _context(encryption_context: object) -> dict[str, str]:
-    if encryption_context is None:
-        return {}
-    if not isinstance(encryption_context, dict):
-        try:
-            encryption_context = dict(encryption_context)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            raise ConfigurationError("encryption_context must be a dict of str to str") from None
-    return dict(encryption_context)
-
-
 def _key_request(algorithm: Algorithm) -> dict[str, Any]:
     """GenerateDataKey arguments for an algorithm: KeySpec for AES, NumberOfBytes for SM4."""
     if algorithm.info.cipher == "AES":
@@ -181,7 +159,7 @@ def _key_request(algorithm: Algorithm) -> dict[str, Any]:
     return {"number_of_bytes": algorithm.key_len}
 
 
-def _string_list(values: object, what: str, check) -> tuple[str, ...] | None:
+def _string_list(values: object, what: str, check: Callable[[str], bool]) -> tuple[str, ...] | None:
     if values is None:
         return None
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
@@ -350,7 +328,7 @@ class KmsKeyProvider:
 
     def _setup(self, arns: tuple[Arn, ...], kms: Any, algorithm: object, discovery: Any, *,
                data_key_source: object, hedge: object, hedge_after: object) -> None:
-        self.algorithm: Algorithm = _coerce_algorithm(algorithm)
+        self.algorithm: Algorithm = algorithm_argument(algorithm)
         self.data_key_source: str = _data_key_source(data_key_source)
         enabled, after = _hedge_options(hedge, hedge_after)
         self._arns = arns
@@ -414,8 +392,8 @@ class KmsKeyProvider:
             raise ConfigurationError(
                 "a discovery provider cannot encrypt: create KmsKeyProvider(arn, ...) with the CMKs to encrypt under"
             )
-        algorithm = _coerce_algorithm(algorithm)
-        ctx = _context(encryption_context)
+        algorithm = algorithm_argument(algorithm)
+        ctx = context_argument(encryption_context)
         if self.data_key_source == "local":
             return self._generate_locally(algorithm, ctx)
         primary = self._arns[0]
@@ -468,7 +446,7 @@ class KmsKeyProvider:
             _wipe(plaintext)
 
     @classmethod
-    def _collect(cls, futures: list[Future]) -> list[Any]:
+    def _collect(cls, futures: list[Future[Any]]) -> list[Any]:
         """Every result, in order; on the first failure, stop waiting, cancel what
         has not started and raise it (the earliest CMK's among those that failed)."""
         done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
@@ -480,7 +458,7 @@ class KmsKeyProvider:
         return [f.result() for f in futures]
 
     @staticmethod
-    def _with_notes(first: BaseException, futures: list[Future]) -> BaseException:
+    def _with_notes(first: BaseException, futures: list[Future[Any]]) -> BaseException:
         """``first`` (the first CMK's failure), noting the others that had failed
         too by then; those not started are cancelled."""
         failed = []
@@ -493,7 +471,7 @@ class KmsKeyProvider:
         return first
 
     @staticmethod
-    def _first_failure(failed: list[Future]) -> BaseException:
+    def _first_failure(failed: list[Future[Any]]) -> BaseException:
         first = failed[0].exception()
         assert first is not None
         for other in failed[1:]:
@@ -543,8 +521,8 @@ class KmsKeyProvider:
         encryption_context: dict[str, str],
     ) -> bytearray:
         """The plaintext data key (a bytearray the caller owns and wipes)."""
-        algorithm = _coerce_algorithm(algorithm)
-        ctx = _context(encryption_context)
+        algorithm = algorithm_argument(algorithm)
+        ctx = context_argument(encryption_context)
         edks = list(encrypted_data_keys)
         for edk in edks:
             if not isinstance(getattr(edk, "key_arn", None), str) or not isinstance(
@@ -567,52 +545,28 @@ class KmsKeyProvider:
                 f"use: {allowed}"
             )
         self._hedging.decrypt_started()
-        # With another CMK to fall back on, a failing region gets one attempt
-        # (fail over at once instead of backing off; hedged when it is slow);
-        # if every region failed with a transient error, they are tried again
-        # with full retries, one after the other.
         errors: dict[str, BaseException] = {}
-        todo = candidates
-        if len(candidates) > 1:
-            key = self._first_pass(candidates, ctx, algorithm, errors)
-            if key is not None:
-                return key
-            todo = [edk for edk in candidates if getattr(errors.get(edk.key_arn), "retryable", False)]
-        for position, edk in enumerate(todo):
-            key = self._decrypt_one(edk, ctx, algorithm, None, errors, position + 1 < len(todo))
-            if key is not None:
-                return key
-        errors_list = [(edk.key_arn, errors[edk.key_arn]) for edk in candidates if edk.key_arn in errors]
-        details = "; ".join(f"{arn}: {err}" for arn, err in errors_list)
-        raise NoUsableKeyError(
-            f"could not decrypt the data key with any of {len(errors_list)} CMK(s): {details}", errors=errors_list
+        hedged = self._hedging.enabled and not _in_own_pool()
+        return fail_over(
+            candidates,
+            lambda edk: edk.key_arn,
+            lambda edk, attempts, more: self._decrypt_one(edk, ctx, algorithm, attempts, errors, more),
+            errors,
+            (lambda: self._hedged_pass(candidates, ctx, algorithm, errors)) if hedged else None,
+            lambda tried, details: f"could not decrypt the data key with any of {len(tried)} CMK(s): {details}",
         )
-
-    def _first_pass(
-        self, candidates: list[EncryptedDataKey], ctx: dict[str, str], algorithm: Algorithm,
-        errors: dict[str, BaseException],
-    ) -> bytearray | None:
-        """One attempt per candidate, in order, failing over at once on an error;
-        hedged when hedging is on (see :meth:`_hedged_pass`)."""
-        if self._hedging.enabled and not _in_own_pool():
-            return self._hedged_pass(candidates, ctx, algorithm, errors)
-        for edk in candidates:
-            key = self._decrypt_one(edk, ctx, algorithm, 1, errors, True)
-            if key is not None:
-                return key
-        return None
 
     def _hedged_pass(
         self, candidates: list[EncryptedDataKey], ctx: dict[str, str], algorithm: Algorithm,
         errors: dict[str, BaseException],
     ) -> bytearray | None:
-        """The first pass with hedging. At most two calls are in flight: when the
+        """The first pass of :func:`fail_over` with hedging. At most two calls are in flight: when the
         only one has not answered within its region's hedge delay, the next
         candidate is asked too (if the budget allows); when none is in flight
         (the last one failed), the next candidate is asked as plain failover.
         The first usable answer wins; calls still in flight are abandoned, and
         their answers wiped (or their errors logged) when they come."""
-        pending: dict[Future, _Attempt] = {}
+        pending: dict[Future[Any], _Attempt] = {}
         next_index = 0
         hedge_refused = False
         try:
@@ -642,7 +596,7 @@ class KmsKeyProvider:
             for future, attempt in pending.items():
                 future.add_done_callback(functools.partial(self._abandoned, attempt))
 
-    def _send(self, edk: EncryptedDataKey, index: int, ctx: dict[str, str], pending: dict[Future, _Attempt], *,
+    def _send(self, edk: EncryptedDataKey, index: int, ctx: dict[str, str], pending: dict[Future[Any], _Attempt], *,
               hedge: bool) -> bool:
         """Start one Decrypt on a decrypt worker and add it to ``pending``. A hedge
         needs the budget's leave and a free worker, else it is refused (False);
@@ -667,7 +621,7 @@ class KmsKeyProvider:
         key = self.kms.decrypt(edk.key_arn, edk.ciphertext_blob, ctx, max_attempts=1)
         return key, time.perf_counter() - started
 
-    def _answer(self, future: Future, attempt: _Attempt, algorithm: Algorithm,
+    def _answer(self, future: Future[Any], attempt: _Attempt, algorithm: Algorithm,
                 errors: dict[str, BaseException]) -> bytearray | None:
         """The key from a finished call, or None with its failure recorded. An
         error that is not a KmsError (local configuration) is raised."""
@@ -686,7 +640,7 @@ class KmsKeyProvider:
         return key
 
     @staticmethod
-    def _abandoned(attempt: _Attempt, future: Future) -> None:
+    def _abandoned(attempt: _Attempt, future: Future[Any]) -> None:
         """A call nobody waits for any more answered: wipe its key, or log its
         error (a region refusing, e.g. AccessDenied, must not go unnoticed just
         because another region answered first)."""
@@ -716,13 +670,13 @@ class KmsKeyProvider:
         self._hedging.call_sent()
         try:
             started = time.perf_counter()
-            key = self.kms.decrypt(edk.key_arn, edk.ciphertext_blob, ctx, max_attempts=attempts)
+            answer: bytearray = self.kms.decrypt(edk.key_arn, edk.ciphertext_blob, ctx, max_attempts=attempts)
             elapsed = time.perf_counter() - started
         except KmsError as e:
             errors[edk.key_arn] = e
             self._log_failure(edk.key_arn, e, more)
             return None
-        key = self._usable_key(edk, key, algorithm, errors, more)
+        key = self._usable_key(edk, answer, algorithm, errors, more)
         if key is not None and attempts == 1:  # one attempt: a latency, not a retry budget
             self._hedging.record(Arn.parse(edk.key_arn).region, elapsed)
         return key
@@ -750,15 +704,61 @@ class KmsKeyProvider:
         )
 
 
+_Candidate = TypeVar("_Candidate")
+_Result = TypeVar("_Result")
+
+
+def fail_over(
+    candidates: Sequence[_Candidate],
+    name: Callable[[_Candidate], str],
+    attempt: Callable[[_Candidate, int | None, bool], _Result | None],
+    errors: dict[str, BaseException],
+    first_pass: Callable[[], _Result | None] | None = None,
+    failure: Callable[[list[tuple[str, BaseException]], str], str] | None = None,
+) -> _Result:
+    """The region-failover loop (KmsKeyProvider's decrypt, kmsenv.parquet's
+    unwrap). With another candidate to fall back on, each gets one attempt,
+    in order (fail over at once instead of backing off): ``first_pass()``
+    when given (a hedged pass), else ``attempt(candidate, 1, True)`` each;
+    then the candidates whose failure was retryable (a transient KMS error)
+    are tried again with the full retry budget, one after the other
+    (``attempt(candidate, None, more)``, ``more``: whether another follows).
+    A lone candidate gets the full budget at once. ``attempt`` returns the
+    result, or None having recorded its failure in ``errors`` under
+    ``name(candidate)``. When nothing succeeds: :class:`NoUsableKeyError`
+    with every recorded failure in candidate order, its text
+    ``failure(errors, details)``."""
+    todo = list(candidates)
+    if len(todo) > 1:
+        if first_pass is not None:
+            result = first_pass()
+            if result is not None:
+                return result
+        else:
+            for candidate in todo:
+                result = attempt(candidate, 1, True)
+                if result is not None:
+                    return result
+        todo = [c for c in todo if getattr(errors.get(name(c)), "retryable", False)]
+    for position, candidate in enumerate(todo):
+        result = attempt(candidate, None, position + 1 < len(todo))
+        if result is not None:
+            return result
+    tried = [(name(c), errors[name(c)]) for c in candidates if name(c) in errors]
+    details = "; ".join(f"{who}: {err}" for who, err in tried)
+    text = failure(tried, details) if failure is not None else f"no candidate succeeded: {details}"
+    raise NoUsableKeyError(text, errors=tried)
+
+
 def _in_own_pool() -> bool:
     """Whether this thread is one of kmsenv's KMS pool threads (waiting on a
     pool from inside it could deadlock)."""
     return threading.current_thread().name.startswith(_POOL_PREFIX)
 
 
-def _completed(fn: Callable[[], Any]) -> Future:
+def _completed(fn: Callable[[], Any]) -> Future[Any]:
     """A Future already holding ``fn()``'s result or exception (a call run in this thread)."""
-    future: Future = Future()
+    future: Future[Any] = Future()
     try:
         future.set_result(fn())
     except BaseException as e:  # delivered through the future, like a pool's

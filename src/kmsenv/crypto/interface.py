@@ -18,6 +18,9 @@ CBC = "CBC"
 CBC_PKCS7 = "CBC_PKCS7"
 CTR = "CTR"
 
+#: What the sealing calls take as plaintext (a memoryview of bytes, as its nbytes).
+BytesLike = bytes | bytearray | memoryview
+
 
 class CipherKey(Protocol):
     def gcm_seal(self, iv: bytes, aad: bytes, plaintext: bytes) -> tuple[bytes, bytes]:
@@ -37,7 +40,7 @@ class CipherKey(Protocol):
         """Open one complete DER GCM message whose header TLV must equal ``header``;
         AuthenticationError / MessageFormatError, nothing released on failure."""
 
-    def seal_messages(self, header: bytes, aad: bytes, plaintexts: Sequence[bytes]) -> list[bytes]:
+    def seal_messages(self, header: bytes, aad: bytes, plaintexts: Sequence[BytesLike]) -> list[bytes]:
         """Complete DER messages sharing ``header`` (see kmsenv_core.h)."""
 
     def open_messages(
@@ -48,11 +51,50 @@ class CipherKey(Protocol):
     def close(self) -> None: ...
 
 
+class MessageParts(Protocol):
+    """Where the parts of one complete DER message lie, as the caller's one
+    parse found them (kmsenv.message.der.MessageLayout): offsets into the
+    message and lengths. The caller has checked the whole outer layout, the
+    header (which ends with its IV and tag TLVs: ``04 0c`` IV ``04 10`` tag)
+    and the body IV and tag lengths; a backend uses these offsets instead of
+    parsing the message again (the C core still bounds-checks what it gets)."""
+
+    @property
+    def header_start(self) -> int: ...
+
+    @property
+    def header_end(self) -> int: ...
+
+    @property
+    def iv_start(self) -> int: ...
+
+    @property
+    def iv_len(self) -> int: ...
+
+    @property
+    def ct_start(self) -> int: ...
+
+    @property
+    def ct_len(self) -> int: ...
+
+    @property
+    def tag_start(self) -> int: ...
+
+    @property
+    def tag_len(self) -> int: ...
+
+
+#: A parsed header ends with 04 0c IV(12) 04 10 tag(16): its IV starts 30
+#: bytes and its tag 16 bytes before the header's end.
+HEADER_IV_FROM_END = GCM_IV_LEN + 2 + GCM_TAG_LEN
+HEADER_TAG_FROM_END = GCM_TAG_LEN
+
+
 class Backend(Protocol):
     name: str
 
     def seal_message(
-        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: bytes, ivs: bytes,
+        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: BytesLike, ivs: bytes,
         wipe_key: bool = False,
     ) -> bytes:
         """One complete GCM message: header tag over ``auth``, header = fields +
@@ -61,10 +103,13 @@ class Backend(Protocol):
         too before this returns or raises."""
 
     def open_message(
-        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes, wipe_key: bool = False
+        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes, wipe_key: bool = False,
+        parts: MessageParts | None = None,
     ) -> bytes:
         """Verify the header tag over ``auth`` then open the body (strict framing).
-        ``wipe_key``: as for seal_message."""
+        ``wipe_key``: as for seal_message. ``parts``: the caller's parse of
+        ``message`` (the engine always passes it); without it the backend
+        walks the message's layout itself."""
 
     def new_key(self, cipher: str, key: bytes | bytearray) -> CipherKey: ...
 
@@ -247,3 +292,7 @@ class ColumnBackend(Protocol):
         """Open messages start.. whose header TLV equals ``header`` (its tag
         already checked): (status, index it stopped at); OTHER_KEY for another
         header or a malformed message. On AUTH the output this call wrote is wiped."""
+
+
+class FullBackend(Backend, StreamBackend, ColumnBackend, Protocol):
+    """What both backends implement: messages, streams and columns."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 from itertools import accumulate
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..exceptions import (
     AuthenticationError,
@@ -21,11 +21,12 @@ from ..exceptions import (
     UnsupportedAlgorithmError,
 )
 from . import interface as I
+from .interface import BytesLike
 
 try:
     # By full name: during kmsenv's own import, `from .. import _native` would
     # report a missing module as a "circular import".
-    _native = importlib.import_module("kmsenv._native")
+    _native: Any = importlib.import_module("kmsenv._native")
 except ImportError as exc:  # pragma: no cover - exercised when the build is missing
     _native = None
     IMPORT_ERROR: str | None = f"{type(exc).__name__}: {exc}"
@@ -49,10 +50,9 @@ _CIPHERS = {"AES": 1, "SM4": 2}
 # with PyBytes_FromStringAndSize(NULL, n). That saves the second allocation and
 # copy a bytearray would need, which for large messages (page faults on fresh
 # memory) costs as much as the encryption. Sealed messages are made this way at
-# every size; a small message is opened into such a scratch object and its
-# plaintext sliced out (one copy), a large one straight into its final object.
+# every size, and a message is opened straight into its final object (its
+# size known from the caller's parse).
 _FILL_BYTES_IN_PLACE = sys.implementation.name == "cpython"
-_IN_PLACE_MIN = 64 * 1024  # below this the copy is cheaper than finding the size
 
 
 def _uninitialized_bytes_maker() -> Any:
@@ -118,19 +118,16 @@ def cleanse(buf: Any) -> None:
     lib.kmsenv_wipe(ffi.from_buffer(buf, require_writable=True), len(buf))
 
 
-def _plaintext_len(message: Any) -> int:
-    """The body ciphertext length of a DER message (framing checked again in C)."""
-    # Imported here (large messages only), so that loading the core for
-    # kmsenv._wipe does not load the message layer above it.
+def _layout(message: Any) -> I.MessageParts:
+    """Where a message's parts lie, for a caller that did not parse it (the
+    engine always passes its parse)."""
+    # Imported here: loading the core for kmsenv._wipe must not load the
+    # message layer above it.
     from ..message import der
 
-    r = der.Reader(memoryview(message))
-    outer = r.enter(der.SEQUENCE, "message")
-    outer.enter(der.SEQUENCE, "header")
-    body = outer.enter(der.SEQUENCE, "body")
-    iv_len = body.header(der.OCTET_STRING, "body IV")  # header() moves pos: add after
-    body.pos += iv_len
-    return body.header(der.OCTET_STRING, "body ciphertext")
+    return der.message_layout(message)
+
+
 _MODES = {I.CBC: 1, I.CBC_PKCS7: 2, I.CTR: 3}
 
 
@@ -291,7 +288,7 @@ class NativeKey:
             _raise(status[0], "message body")
         return bytes(memoryview(out)[offs[2] : offs[3]])
 
-    def seal_messages(self, header: bytes, aad: bytes, plaintexts: Sequence[bytes]) -> list[bytes]:
+    def seal_messages(self, header: bytes, aad: bytes, plaintexts: Sequence[BytesLike]) -> list[bytes]:
         # Per value here costs as much as the AES-GCM of 100 bytes, so the
         # loops stay in C where they can: the offsets come from accumulate,
         # the output room from one size call (a message's overhead grows with
@@ -309,6 +306,7 @@ class NativeKey:
         total = len(data)
         cap = n * (lib.kmsenv_message_size(hlen, longest) - longest) + total
         # zeroed, not _fresh_bytes: cap is a bound and its tail stays unwritten
+        result: Any
         result = out = bytes(cap) if _FILL_BYTES_IN_PLACE else None
         if out is None:
             result, out = _fresh_bytes(cap)
@@ -570,7 +568,7 @@ def _native_compact_open(
 
 
 def _native_alibaba_column_seal(
-    key: NativeKey, header: bytes, aad: bytes, col: I.ColumnView, new_output: Any
+    key: NativeKey, header: bytes, aad: bytes, col: I.ColumnView, new_output: Callable[[int], I.ColumnOutput]
 ) -> I.ColumnOutput:
     keep: list[Any] = []
     v = _binview(col, keep)
@@ -632,21 +630,22 @@ class NativeBackend:
         return bytes(result) if type(result) is not bytes else result
 
     def open_message(
-        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: Any, wipe_key: bool = False
+        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: Any, wipe_key: bool = False,
+        parts: I.MessageParts | None = None,
     ) -> bytes:
+        # The plaintext goes straight into its final object, sized from the
+        # caller's parse; the core checks the framing and bounds again.
         try:
-            n = len(message)
-            exact = n >= _IN_PLACE_MIN
-            if exact:
-                # Large: write the plaintext straight into its final object.
-                size = _plaintext_len(message)
-                result, out = _fresh_bytes(size) if size else (b"", ffi.NULL)
+            size = (parts if parts is not None else _layout(message)).ct_len
+            if not size:
+                result, out = b"", ffi.NULL
+            elif _FILL_BYTES_IN_PLACE and size < _UNINIT_MIN:  # _fresh_bytes, inlined
+                result = out = bytes(size)
             else:
-                size = n or 1
                 result, out = _fresh_bytes(size)
             got = _open(
                 _CIPHERS[cipher], _from_buffer(key), len(key), auth, len(auth), aad, len(aad),
-                message if type(message) is bytes else _from_buffer(message), n, out, size,
+                message if type(message) is bytes else _from_buffer(message), len(message), out, size,
                 _WIPE_KEY if wipe_key else 0,
             )
         except BaseException:
@@ -657,10 +656,9 @@ class NativeBackend:
             if got == lib.KMSENV_E_HEADER_AUTH:
                 raise HeaderAuthenticationError("header authentication failed")
             _raise(got, "message")
-        if exact:
-            return bytes(result) if type(result) is not bytes else result
-        # Small: one copy of the plaintext out of the (larger) scratch object.
-        return result[:got] if type(result) is bytes else bytes(memoryview(result)[:got])
+        if type(result) is not bytes:
+            result = bytes(result)
+        return result if got == size else result[:got]
 
     def new_key(self, cipher: str, key: bytes | bytearray) -> NativeKey:
         return NativeKey(cipher, key)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import hmac
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._wipe import wipe as _wipe
 from ..exceptions import AuthenticationError, HeaderAuthenticationError, MessageFormatError
 from ..message import der
 from . import interface as I
+from .interface import BytesLike
 from .sm4_gcm_fallback import Sm4Fallback
 
 _SM4_GCM_OK: bool | None = None
@@ -50,6 +51,26 @@ def _unpad_pkcs7(data: bytes) -> bytes:
     return data[:-pad]
 
 
+def _body_parts(message: Any, parts: I.MessageParts) -> tuple[bytes, bytes, bytes]:
+    """(IV, ciphertext, tag) of a GCM message, where the caller's parse found them."""
+    iv, ct, tag = parts.iv_start, parts.ct_start, parts.tag_start
+    return (
+        bytes(message[iv : iv + parts.iv_len]), bytes(message[ct : ct + parts.ct_len]),
+        bytes(message[tag : tag + parts.tag_len]),
+    )
+
+
+def _ends_with_iv_and_tag(message: Any, start: int, end: int) -> bool:
+    """Whether the header TLV [start, end) ends with 04 0c IV 04 10 tag, as the
+    C core checks (the engine's strict header parse already did)."""
+    at = end - I.HEADER_IV_FROM_END
+    return (
+        at - start >= 2 and message[at - 2] == der.OCTET_STRING and message[at - 1] == I.GCM_IV_LEN
+        and message[end - I.HEADER_TAG_FROM_END - 2] == der.OCTET_STRING
+        and message[end - I.HEADER_TAG_FROM_END - 1] == I.GCM_TAG_LEN
+    )
+
+
 def _pad_pkcs7(data: bytes) -> bytes:
     pad = 16 - len(data) % 16
     return data + bytes((pad,)) * pad
@@ -64,7 +85,7 @@ class PureKey:
         self._aesgcm = AESGCM(bytes(key)) if cipher == "AES" else None
         self._sm4 = None if cipher == "AES" or cryptography_has_sm4_gcm() else Sm4Fallback(bytes(key))
 
-    def _algo(self):
+    def _algo(self) -> CipherAlgorithm:
         k = bytes(self._key)
         return algorithms.AES(k) if self._cipher == "AES" else algorithms.SM4(k)
 
@@ -118,8 +139,7 @@ class PureKey:
 
     def seal_one(self, header: bytes, aad: bytes, plaintext: bytes, iv: bytes) -> bytes:
         ct, tag = self.gcm_seal(iv, aad, plaintext)
-        body = der.tlv(der.SEQUENCE, der.octet_string(iv) + der.octet_string(ct) + der.octet_string(tag))
-        return der.tlv(der.SEQUENCE, header + body)
+        return der.message_tlv(header, der.body_tlv(iv, ct, tag))
 
     def open_one(self, header: bytes, aad: bytes, message: bytes) -> bytes:
         (plaintext,), (status,) = self.open_messages(header, aad, [message])
@@ -129,14 +149,8 @@ class PureKey:
             raise MessageFormatError("message body: malformed message")
         return plaintext
 
-    def seal_messages(self, header: bytes, aad: bytes, plaintexts: Sequence[bytes]) -> list[bytes]:
-        out = []
-        for pt in plaintexts:
-            iv = os.urandom(I.GCM_IV_LEN)
-            ct, tag = self.gcm_seal(iv, aad, pt)
-            body = der.tlv(der.SEQUENCE, der.octet_string(iv) + der.octet_string(ct) + der.octet_string(tag))
-            out.append(der.tlv(der.SEQUENCE, header + body))
-        return out
+    def seal_messages(self, header: bytes, aad: bytes, plaintexts: Sequence[BytesLike]) -> list[bytes]:
+        return [self.seal_one(header, aad, bytes(pt), os.urandom(I.GCM_IV_LEN)) for pt in plaintexts]
 
     def open_messages(
         self, header: bytes, aad: bytes, messages: Sequence[bytes]
@@ -145,21 +159,12 @@ class PureKey:
         statuses: list[int] = []
         for msg in messages:
             try:
-                outer = der.Reader(memoryview(msg)).enter(der.SEQUENCE, "message")
-                start = outer.pos
-                outer.enter(der.SEQUENCE, "header")
-                if bytes(outer.buf[start : outer.pos]) != header:
+                layout = der.message_layout(msg)
+                if msg[layout.header_start : layout.header_end] != header:
                     raise MessageFormatError("another header")
-                body = outer.enter(der.SEQUENCE, "body")
-                outer.expect_end("body")
-                iv = body.octets("iv")
-                ct = body.octets("ciphertext")
-                tag = body.octets("tag")
-                body.expect_end("tag")
-                if len(iv) != I.GCM_IV_LEN or len(tag) != I.GCM_TAG_LEN:
+                if layout.iv_len != I.GCM_IV_LEN or layout.tag_len != I.GCM_TAG_LEN:
                     raise MessageFormatError("bad IV or tag length")
-                if der.Reader(memoryview(msg)).enter(der.SEQUENCE, "message").end != len(msg):
-                    raise MessageFormatError("trailing bytes")
+                iv, ct, tag = _body_parts(msg, layout)
             except MessageFormatError:
                 plaintexts.append(None)
                 statuses.append(I.STATUS_FORMAT)
@@ -420,6 +425,7 @@ def _pure_compact_open(
                     k = PureKey(cipher, sub)
                     _wipe(sub)
                     segment = seg
+                assert k is not None  # set with the first value's segment, just above
                 aad = _compact_aad(bytes(value[: I.COMPACT_PREFIX_LEN]), version, name,
                                    rows.value(i) if rows is not None else None)
                 iv_end = I.COMPACT_PREFIX_LEN + I.GCM_IV_LEN
@@ -439,7 +445,7 @@ def _pure_compact_open(
 
 
 def _pure_alibaba_column_seal(
-    key: PureKey, header: bytes, aad: bytes, col: I.ColumnView, new_output: _Any
+    key: PureKey, header: bytes, aad: bytes, col: I.ColumnView, new_output: Callable[[int], I.ColumnOutput]
 ) -> I.ColumnOutput:
     present = [bytes(v) for v in (col.value(i) for i in range(col.length)) if v is not None]
     messages = key.seal_messages(header, aad, present)
@@ -484,7 +490,7 @@ class PureBackend:
     name = "pure"
 
     def seal_message(
-        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: bytes, ivs: bytes,
+        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: BytesLike, ivs: bytes,
         wipe_key: bool = False,
     ) -> bytes:
         try:
@@ -494,30 +500,38 @@ class PureBackend:
                 _wipe(key)
         try:
             _, tag = k.gcm_seal(ivs[:12], auth, b"")
-            header = der.tlv(der.SEQUENCE, fields + der.octet_string(ivs[:12]) + der.octet_string(tag))
-            return k.seal_one(header, aad, plaintext, ivs[12:24])
+            return k.seal_one(der.header_tlv(fields, ivs[:12], tag), aad, bytes(plaintext), ivs[12:24])
         finally:
             k.close()
 
     def open_message(
-        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes, wipe_key: bool = False
+        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes, wipe_key: bool = False,
+        parts: I.MessageParts | None = None,
     ) -> bytes:
-        # The same order as the C core: strict framing of the whole message
-        # first (a malformed body is a format error), then the tags.
-        from ..message.codec import decode_message
-
+        # The same order as the C core: the framing first (a malformed body is
+        # a format error), then the header tag, then the body tag. The caller's
+        # parse says where the parts lie; without it, the layout is walked here.
         try:
-            header, _ = decode_message(message, 2**31)
+            if parts is None:
+                parts = der.message_layout(message)
+            end = parts.header_end
+            if parts.iv_len != I.GCM_IV_LEN or parts.tag_len != I.GCM_TAG_LEN or not _ends_with_iv_and_tag(
+                message, parts.header_start, end
+            ):
+                raise MessageFormatError("message: the IVs must be 12 bytes and the tags 16")
+            header_iv = bytes(message[end - I.HEADER_IV_FROM_END : end - I.HEADER_IV_FROM_END + I.GCM_IV_LEN])
+            header_tag = bytes(message[end - I.HEADER_TAG_FROM_END : end])
+            iv, ct, tag = _body_parts(message, parts)
             k = PureKey(cipher, key)
         finally:
             if wipe_key:
                 _wipe(key)
         try:
             try:
-                k.gcm_open(header.header_iv, auth, b"", header.header_auth_tag)
+                k.gcm_open(header_iv, auth, b"", header_tag)
             except AuthenticationError:
                 raise HeaderAuthenticationError("header authentication failed") from None
-            return k.open_one(header.encoded, aad, message)
+            return k.gcm_open(iv, aad, ct, tag)
         finally:
             k.close()
 

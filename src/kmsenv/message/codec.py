@@ -12,7 +12,7 @@ import base64
 import struct
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .. import _process
 from ..algorithms import Algorithm, algorithm_from_id
@@ -33,6 +33,8 @@ __all__ = [
     "encode_message",
     "decode_message",
     "decode_header",
+    "parse_message",
+    "message_header",
 ]
 
 DEFAULT_MAX_ENCRYPTED_DATA_KEYS = 16
@@ -105,7 +107,7 @@ def context_items(context: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return sorted((_utf8(k, "context key"), _utf8(v, "context value")) for k, v in context.items())
 
 
-class _Memo(dict):
+class _Memo(dict[Any, Any]):
     """A small bounded memo. Headers repeat (same CMKs and context for many
     messages), so their encodings are worth keeping; the content is not secret
     (EDKs and context are stored in clear in every message)."""
@@ -238,15 +240,15 @@ def encode_header(header: MessageHeader) -> bytes:
     fields = encode_header_fields(
         header.version, header.algorithm, header.encrypted_data_keys, header.encryption_context
     )
-    return der.tlv(der.SEQUENCE, fields + der.octet_string(header.header_iv) + der.octet_string(header.header_auth_tag))
+    return der.header_tlv(fields, header.header_iv, header.header_auth_tag)
 
 
 def encode_body(iv: bytes, ciphertext: bytes, tag: bytes) -> bytes:
-    return der.tlv(der.SEQUENCE, der.octet_string(iv) + der.octet_string(ciphertext) + der.octet_string(tag))
+    return der.body_tlv(iv, ciphertext, tag)
 
 
 def encode_message(header: bytes, body: bytes) -> bytes:
-    return der.tlv(der.SEQUENCE, header + body)
+    return der.message_tlv(header, body)
 
 
 def _decode_utf8(raw: bytes, what: str) -> str:
@@ -325,6 +327,31 @@ def _read_header(r: der.Reader, max_edks: int) -> MessageHeader:
     )
 
 
+# (body IV length, body tag length) per algorithm: read per message.
+_BODY_LENS = {a: (a.info.iv_len, a.info.tag_len) for a in Algorithm}
+
+
+def _checked_body(header: MessageHeader, layout: der.MessageLayout) -> None:
+    """The body IV and tag lengths the header's algorithm requires."""
+    iv_len, tag_len = _BODY_LENS[header.algorithm]
+    if layout.iv_len != iv_len:
+        raise MessageFormatError(f"body IV is {layout.iv_len} bytes, expected {iv_len}")
+    if layout.tag_len != tag_len:
+        raise MessageFormatError(f"body auth tag is {layout.tag_len} bytes, expected {tag_len}")
+
+
+def _layout(data: bytes | bytearray | memoryview, max_edks: int) -> der.MessageLayout:
+    """der.message_layout, its errors in a header-first reader's order: a
+    message whose header is malformed inside is refused for that, whatever
+    its body (the walker checks the body's framing before anyone reads the
+    header)."""
+    try:
+        return der.message_layout(data)
+    except MessageFormatError:
+        # Walked again (it raises again) only to put a header error first.
+        return der.message_layout(data, lambda header: _read_header(header, max_edks))
+
+
 def decode_message(
     data: bytes | bytearray | memoryview,
     max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
@@ -332,115 +359,99 @@ def decode_message(
     """Parse a complete message; raises MessageFormatError on any deviation."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ConfigurationError(f"ciphertext must be bytes-like, not {type(data).__name__}")
-    top = der.Reader(memoryview(data))
-    msg = top.enter(der.SEQUENCE, "message")
-    top.expect_end("the message")
-    header = _read_header(msg, max_encrypted_data_keys)
-    body = msg.enter(der.SEQUENCE, "body")
-    msg.expect_end("the body")
-    info = header.algorithm.info
-    iv = body.octets("body IV", 64)
-    ciphertext = body.octets("body ciphertext")
-    tag = body.octets("body auth tag", 64)
-    body.expect_end("the body auth tag")
-    if len(iv) != info.iv_len:
-        raise MessageFormatError(f"body IV is {len(iv)} bytes, expected {info.iv_len}")
-    if len(tag) != info.tag_len:
-        raise MessageFormatError(f"body auth tag is {len(tag)} bytes, expected {info.tag_len}")
-    return header, MessageBody(iv, ciphertext, tag)
+    view = data if type(data) is bytes else memoryview(data)
+    layout = _layout(view, max_encrypted_data_keys)
+    header = _read_header(der.Reader(view, layout.header_start, layout.header_end), max_encrypted_data_keys)
+    _checked_body(header, layout)
+    iv, ct, tag = layout.iv_start, layout.ct_start, layout.tag_start
+    return header, MessageBody(
+        bytes(view[iv : iv + layout.iv_len]), bytes(view[ct : ct + layout.ct_len]), bytes(view[tag : tag + layout.tag_len])
+    )
 
 
 _HEADER_MEMO = _Memo(256)
 _MEMO_HEADER_MAX = 4096  # keep the memo small: only headers of ordinary size
 
 
-def _tl(buf: bytes, pos: int, tag: int) -> tuple[int, int]:
-    """(content start, content length) of a TLV at pos, or (-1, 0) when it is
-    not a minimally encoded definite-length TLV with that tag (1-4 octets)."""
-    end = len(buf)
-    if end - pos < 2 or buf[pos] != tag:
-        return -1, 0
-    first = buf[pos + 1]
-    if first < 0x80:
-        return pos + 2, first
-    count = first - 0x80
-    if not 1 <= count <= 4 or end - pos - 2 < count or buf[pos + 2] == 0:
-        return -1, 0
-    length = int.from_bytes(buf[pos + 2 : pos + 2 + count], "big")
-    if length < 0x80:
-        return -1, 0
-    return pos + 2 + count, length
-
-
-def _outer_content_start(data: bytes) -> int:
-    """Where the outer SEQUENCE's content starts when ``data`` is exactly one
-    minimally encoded definite-length SEQUENCE TLV (the checks of ``_tl`` plus
-    "nothing trailing"), else -1. Inlined byte arithmetic: this runs per message."""
-    n = len(data)
-    if n < 8 or data[0] != 0x30:
-        return -1
-    first = data[1]
-    if first < 0x80:
-        return 2 if first == n - 2 else -1
-    if first == 0x82:  # 256 B .. 64 KiB: the common case, without a slice
-        length = data[2] << 8 | data[3]
-        return 4 if length >= 0x100 and length == n - 4 else -1
-    count = first - 0x80
-    if count > 4 or count == 0 or data[2] == 0:
-        return -1
-    length = int.from_bytes(data[2 : 2 + count], "big")
-    if length < 0x80 or length != n - 2 - count:
-        return -1
-    return 2 + count
-
-
 # The most recently parsed header: (header TLV, max EDKs, header). Messages of
 # one data key (encrypt_many, a repeated read) share their header TLV, and
 # ``bytes.startswith`` at an offset compares it in place, without the slice
-# and hash a memo lookup costs. A TLV is self-delimiting, so a message whose
-# outer content starts with a complete cached header TLV has exactly that
-# header. Replaced as a whole tuple, so threads never see a torn entry.
+# and hash a memo lookup costs. Replaced as a whole tuple, so threads never
+# see a torn entry.
 _LAST_HEADER: tuple[bytes, int, MessageHeader | None] = (b"", -1, None)
+
+# The shape of the most recently parsed message: (its length, max EDKs, its
+# bytes up to the body IV (framing, header, body and IV heads), its
+# ciphertext head, header, layout). The layout walk reads only the total
+# length and the framing bytes, so a message of the same length whose bytes
+# up to the IV, ciphertext head and tag head are the same has the same
+# layout and header: in-place comparisons instead of a walk (messages of one
+# data key and one size, a repeated read). Replaced as a whole tuple, as above.
+_LastShape = tuple[int, int, bytes, bytes, MessageHeader, der.MessageLayout]
+_LAST_SHAPE: _LastShape | None = None
+
+
+def parse_message(
+    data: bytes | bytearray | memoryview,
+    max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+) -> tuple[MessageHeader, der.MessageLayout]:
+    """The header of a complete message and where its body parts lie: the
+    outer layout walked once (exact length, nothing trailing, the body's
+    three fields, their lengths checked against the header's algorithm), the
+    header parsed strictly. The body is not copied: a backend opens it where
+    it lies, from the layout.
+
+    Parsed headers are immutable records, memoized by their bytes (messages
+    of one batch share them) and, through their fields, by everything before
+    the header IV (every message under one data key shares that). This runs
+    per message: its steps are inlined."""
+    global _LAST_HEADER, _LAST_SHAPE
+    shape = _LAST_SHAPE
+    if shape is not None and type(data) is bytes:
+        length, max_edks, prefix, ct_head, header, layout = shape
+        tag_at = layout[6] - 2  # tag_start - 2: where the tag's 04 <len> is
+        if (
+            length == len(data) and max_edks == max_encrypted_data_keys and data.startswith(prefix)
+            and data.startswith(ct_head, layout[2] + layout[3])
+            and data[tag_at] == der.OCTET_STRING and data[tag_at + 1] == layout[7]
+        ):
+            return header, layout
+    try:
+        layout = der.message_layout(data)
+    except MessageFormatError:
+        layout = _layout(data, max_encrypted_data_keys)  # raises, a header error first
+    hstart, hend, iv_start, iv_len, ct_start, _, _, tag_len = layout
+    last_raw, last_max, last = _LAST_HEADER
+    if (
+        last is not None and last_max == max_encrypted_data_keys and len(last_raw) == hend - hstart
+        and type(data) is bytes and data.startswith(last_raw, hstart)
+    ):
+        header = last
+    else:
+        raw = bytes(data[hstart:hend])
+        key = (raw, max_encrypted_data_keys)
+        found: MessageHeader | None = _HEADER_MEMO.get(key)
+        header = found if found is not None else _header_from_fields(raw, max_encrypted_data_keys)
+        if found is None and len(raw) <= _MEMO_HEADER_MAX:
+            _HEADER_MEMO.put(key, header)
+        if len(raw) <= _MEMO_HEADER_MAX:
+            _LAST_HEADER = (raw, max_encrypted_data_keys, header)
+    if _BODY_LENS[header.algorithm] != (iv_len, tag_len):
+        _checked_body(header, layout)  # raises, saying which
+    if type(data) is bytes and hend - hstart <= _MEMO_HEADER_MAX:
+        _LAST_SHAPE = (
+            len(data), max_encrypted_data_keys, data[:iv_start], data[iv_start + iv_len : ct_start], header, layout,
+        )
+    return header, layout
 
 
 def message_header(
     data: bytes | bytearray | memoryview,
     max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
 ) -> MessageHeader:
-    """Parse the header of a complete message, checking the outer framing
-    (exact length, nothing trailing) but leaving the body to the caller.
-
-    Parsed headers are immutable records, memoized by their bytes (messages
-    of one batch share them) and, through their fields, by everything before
-    the header IV (every message under one data key shares that)."""
-    global _LAST_HEADER
-    raw = None
-    if type(data) is bytes:
-        start = _outer_content_start(data)
-        if start > 0:
-            last_raw, last_max, last = _LAST_HEADER
-            if last is not None and last_max == max_encrypted_data_keys and data.startswith(last_raw, start):
-                return last
-            hstart, hlen = _tl(data, start, 0x30)
-            if hstart >= 0 and hstart + hlen <= len(data):
-                raw = data[start : hstart + hlen]
-    if raw is None:
-        # Anything unusual: the strict reader says exactly what is wrong.
-        top = der.Reader(memoryview(data))
-        msg = top.enter(der.SEQUENCE, "message")
-        top.expect_end("the message")
-        start = msg.pos
-        msg.enter(der.SEQUENCE, "header")
-        raw = bytes(msg.buf[start : msg.pos])
-    key = (raw, max_encrypted_data_keys)
-    header = _HEADER_MEMO.get(key)
-    if header is None:
-        header = _header_from_fields(raw, max_encrypted_data_keys)
-        if len(raw) <= _MEMO_HEADER_MAX:
-            _HEADER_MEMO.put(key, header)
-    if len(raw) <= _MEMO_HEADER_MAX:
-        _LAST_HEADER = (raw, max_encrypted_data_keys, header)
-    return header
+    """Parse the header of a complete message (the whole outer layout checked,
+    as :func:`parse_message` does)."""
+    return parse_message(data, max_encrypted_data_keys)[0]
 
 
 # Parsed header fields (version .. context SET) by their bytes. Every message
@@ -489,15 +500,17 @@ def decode_header(
 def _forget_after_fork() -> None:
     # Only public header bytes live here, but a child starts clean like every
     # other per-process memo (nothing it parses relies on its parent's).
-    global _LAST_PARTS, _LAST_HEADER
+    global _LAST_PARTS, _LAST_HEADER, _LAST_SHAPE
     for memo in (_CTX_MEMO, _EDK_MEMO, _PARTS_MEMO, _HEADER_MEMO, _FIELDS_MEMO):
         memo.clear()
     _LAST_PARTS = (None, (), (), None)
     _LAST_HEADER = (b"", -1, None)
+    _LAST_SHAPE = None
 
 
 _process.register(
     __name__,
-    ("_CTX_MEMO", "_EDK_MEMO", "_PARTS_MEMO", "_HEADER_MEMO", "_FIELDS_MEMO", "_LAST_PARTS", "_LAST_HEADER"),
+    ("_CTX_MEMO", "_EDK_MEMO", "_PARTS_MEMO", "_HEADER_MEMO", "_FIELDS_MEMO", "_LAST_PARTS", "_LAST_HEADER",
+     "_LAST_SHAPE"),
     _forget_after_fork,
 )

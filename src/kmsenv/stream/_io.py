@@ -53,7 +53,7 @@ class Source:
         self._progress = progress
         self._eof = False
 
-    def _raw_read(self, n: int) -> bytes:
+    def _raw_read(self, n: int) -> bytes | bytearray | memoryview:
         data = self.f.read(n)
         if data is None:
             raise ConfigurationError("src is non-blocking and has no data ready; pass a blocking stream")
@@ -143,7 +143,8 @@ class Source:
         return bytes(parts)
 
     def u32(self, what: str) -> int:
-        return _u32.unpack(self.read_exact(4, what))[0]
+        value: int = _u32.unpack(self.read_exact(4, what))[0]
+        return value
 
     def at_eof(self) -> bool:
         return not self.peek(1)

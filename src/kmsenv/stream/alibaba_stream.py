@@ -25,7 +25,16 @@ from typing import Any, Mapping
 from .._wipe import wipe
 from ..algorithms import Algorithm, algorithm_from_id
 from ..crypto import get_backend
-from ..engine import _context_bytes_for_encrypt, _generate, _Key, _unwrap, _verify_header
+from .._envelope import (
+    BackendKey,
+    check_expected_context,
+    check_new_algorithm,
+    check_readable,
+    context_bytes_for_encrypt,
+    generate,
+    unwrap,
+    verify_header,
+)
 from ..exceptions import AuthenticationError, ConfigurationError, MessageFormatError, UnsupportedAlgorithmError
 from ..message.codec import (
     MAX_ARN_BYTES,
@@ -125,20 +134,17 @@ class AlibabaStreamEncryptor:
         encryption_context: Mapping[str, str],
         algorithm: Algorithm,
     ):
-        if not algorithm.authenticated:
-            raise UnsupportedAlgorithmError(
-                f"the alibaba-stream format is written with GCM algorithms only, not {algorithm.name}"
-            )
-        ctx_bytes = _context_bytes_for_encrypt(encryption_context)
+        check_new_algorithm(algorithm, what="the alibaba-stream format", error=UnsupportedAlgorithmError)
+        ctx_bytes = context_bytes_for_encrypt(encryption_context)
         self._dst = dst
-        data_key = _generate(provider, algorithm, dict(encryption_context))
+        data_key = generate(provider, algorithm, encryption_context)
         try:
             check_edks(data_key.encrypted_data_keys)
             header_iv = _rand.random_bytes(IV_LEN)
             body_iv = _rand.random_bytes(IV_LEN)
             edks = tuple(data_key.encrypted_data_keys)
             ctx = MappingProxyType(dict(encryption_context))
-            with _Key(algorithm, data_key.plaintext) as key:
+            with BackendKey(algorithm, data_key.plaintext) as key:
                 _, tag = key.gcm_seal(header_iv, auth_fields(VERSION, algorithm, ctx, edks), b"")
             self.header = MessageHeader(VERSION, algorithm, edks, ctx, header_iv, tag, b"")
             backend: Any = get_backend()
@@ -378,20 +384,18 @@ class AlibabaStreamDecryptor(VerifiedRelease):
         expected_encryption_context: Mapping[str, str] | None,
         allow_unauthenticated: bool,
         max_encrypted_data_keys: int,
-        check_context: Any,
-        check_readable: Any,
         spool_dir: str | None = None,
     ):
         self.header, self._iv = read_header(src, max_encrypted_data_keys)
         h = self.header
-        check_context(h, expected_encryption_context)
+        check_expected_context(h.encryption_context, expected_encryption_context)
         check_readable(h, allow_unauthenticated)
         if not h.algorithm.authenticated:
             raise UnsupportedAlgorithmError(
                 f"reading {h.algorithm.name} streams (unauthenticated CBC/CTR) is not supported"
             )
         self._src = src
-        self._key = _unwrap(provider, h)
+        self._key = unwrap(provider, h)
         self._spool: _Spool | None = None
         self._snapshot: memoryview | None = None
         self._gcm: Any = None
@@ -399,8 +403,8 @@ class AlibabaStreamDecryptor(VerifiedRelease):
         self._out = bytearray(CHUNK)
         self.bytes_out = 0
         try:
-            with _Key(h.algorithm, self._key) as key:
-                _verify_header(key, h)
+            with BackendKey(h.algorithm, self._key) as key:
+                verify_header(key, h)
             self._verify_pass(spool_dir)
         except BaseException:
             self.close()

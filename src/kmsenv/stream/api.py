@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union
 
 from ..algorithms import Algorithm
-from ..engine import _algorithm, _check_expected_context, _check_readable, _context
+from .._envelope import choose_algorithm, context_argument
 from ..exceptions import ConfigurationError, MessageFormatError
 from ..message.codec import DEFAULT_MAX_ENCRYPTED_DATA_KEYS, MessageHeader
 from ..model import DataKeyProvider
@@ -62,7 +62,7 @@ class StreamResult:
 def _check_format(fmt: Any) -> str:
     if fmt not in FORMATS:
         raise ConfigurationError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    return fmt
+    return str(fmt)
 
 
 def detect_format(first: bytes) -> str:
@@ -132,8 +132,8 @@ def encrypt_stream(
     thread while the next is sealed (``dst`` still sees one write at a time,
     in order). ``threads=1`` does everything on the calling thread."""
     fmt = _check_format(format)
-    ctx = _context(encryption_context)
-    alg = _algorithm(provider, algorithm)
+    ctx = context_argument(encryption_context)
+    alg = choose_algorithm(provider, algorithm)
     nthreads = check_threads(threads)
     source = Source(src, progress)
     if fmt == "alibaba":
@@ -187,13 +187,13 @@ def _make_decryptor(
         return fmt, FramedDecryptor(
             source, provider, expected_encryption_context=expected_encryption_context,
             max_encrypted_data_keys=max_encrypted_data_keys, threads=threads,
-            check_context=_check_expected_context, in_place=in_place, double_buffer=double_buffer,
+            in_place=in_place, double_buffer=double_buffer,
         )
     if fmt == "alibaba-stream":
         return fmt, AlibabaStreamDecryptor(
             source, provider, expected_encryption_context=expected_encryption_context,
             allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
-            check_context=_check_expected_context, check_readable=_check_readable, spool_dir=spool_dir,
+            spool_dir=spool_dir,
         )
     return fmt, der_stream.open_message(
         source, provider, expected_encryption_context=expected_encryption_context,
@@ -279,10 +279,11 @@ class EncryptingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b: Any) -> int:  # type: ignore[override]
+    def write(self, b: Any) -> int:
         if self.closed:
             raise ValueError("write to a closed kmsenv stream")
-        return self._enc.write(b)
+        written: int = self._enc.write(b)
+        return written
 
     @property
     def header(self) -> Any:
@@ -345,7 +346,7 @@ class DecryptingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: Any) -> int:  # type: ignore[override]
+    def readinto(self, b: Any) -> int:
         if self.closed:
             raise ValueError("read from a closed kmsenv stream")
         view = memoryview(b).cast("B")
@@ -398,8 +399,8 @@ def open(  # noqa: A001 - mirrors builtins.open / gzip.open
     try:
         if mode == "wb":
             fmt = _check_format(format)
-            ctx = _context(encryption_context)
-            alg = _algorithm(provider, algorithm)
+            ctx = context_argument(encryption_context)
+            alg = choose_algorithm(provider, algorithm)
             if fmt == "framed":
                 framed.check_algorithm(alg)
             enc = _make_encryptor(raw, provider, fmt, ctx, alg, frame_size, nthreads)

@@ -35,14 +35,15 @@ from typing import Any, Mapping
 from .._wipe import wipe
 from ..algorithms import Algorithm
 from ..crypto import get_backend
-from ..engine import (
-    _check_expected_context,
-    _context_bytes_for_encrypt,
-    _generate,
-    _header,
-    _Key,
-    _unwrap,
-    _verify_header,
+from .._envelope import (
+    BackendKey,
+    build_header,
+    check_expected_context,
+    check_new_algorithm,
+    context_bytes_for_encrypt,
+    generate,
+    unwrap,
+    verify_header,
 )
 from ..engine import decrypt as _decrypt_message
 from ..exceptions import ConfigurationError, InputChangedError, KmsEnvError, MessageFormatError
@@ -94,28 +95,21 @@ def input_length(f: Any) -> int | None:
         st = os.fstat(raw.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return None
-        position = f.tell()
+        position: int = f.tell()
     except (OSError, ValueError):  # closed, or not seekable after all
         return None
     return max(0, st.st_size - position)
 
 
 def _body_prefix(header_tlv: bytes, body_iv: bytes, ct_len: int) -> bytes:
-    """Everything before the ciphertext: the outer SEQUENCE's tag and length,
-    the header, the body SEQUENCE's tag and length, the IV and the
-    ciphertext's tag and length; exactly what encode_message(header,
-    encode_body(iv, ct, tag)) puts there."""
-    ct_head = b"\x04" + der.encode_length(ct_len)
-    body_len = 2 + len(body_iv) + len(ct_head) + ct_len + _TAG_TLV_LEN
-    body_head = b"\x30" + der.encode_length(body_len)
-    outer_len = len(header_tlv) + len(body_head) + body_len
-    if outer_len > MAX_DER_LENGTH:
+    """Everything before the ciphertext (der.message_prefix), refused when the
+    message's lengths would not fit DER's 4 length octets."""
+    if der.outer_length(len(header_tlv), len(body_iv), ct_len, TAG_LEN) > MAX_DER_LENGTH:
         raise ConfigurationError(
             f"an input of {ct_len} bytes is too large for one alibaba (DER) message, whose lengths stop at 4 GiB: "
             "use the framed or alibaba-stream format"
         )
-    iv_tlv = b"\x04" + der.encode_length(len(body_iv)) + body_iv
-    return b"\x30" + der.encode_length(outer_len) + header_tlv + body_head + iv_tlv + ct_head
+    return der.message_prefix(header_tlv, body_iv, ct_len, TAG_LEN)
 
 
 class DerEncryptor:
@@ -137,9 +131,8 @@ class DerEncryptor:
         length: int | None,
         spool_dir: str | None = None,
     ):
-        if not algorithm.authenticated:
-            raise ConfigurationError("encrypt_stream writes GCM algorithms only")
-        ctx_bytes = _context_bytes_for_encrypt(encryption_context)
+        check_new_algorithm(algorithm, what="the alibaba format through encrypt_stream", error=ConfigurationError)
+        ctx_bytes = context_bytes_for_encrypt(encryption_context)
         if length is not None and length > MAX_DER_LENGTH:
             _body_prefix(b"", b"", length)  # raises, saying why (before any KMS call)
         self._dst = dst
@@ -150,7 +143,7 @@ class DerEncryptor:
         self._out = bytearray(CHUNK)
         self.bytes_in = 0
         self.bytes_out = 0
-        data_key = _generate(provider, algorithm, dict(encryption_context), length or 0)
+        data_key = generate(provider, algorithm, encryption_context, length or 0)
         try:
             # One draw of 24 bytes split as the one-shot encrypt splits its
             # pair (header IV, body IV): a test substituting _rand.random_bytes
@@ -158,8 +151,8 @@ class DerEncryptor:
             ivs = _rand.random_bytes(2 * IV_LEN)
             header_iv, self._body_iv = ivs[:IV_LEN], ivs[IV_LEN:]
             edks = tuple(data_key.encrypted_data_keys)
-            with _Key(algorithm, data_key.plaintext) as key:
-                self._header_tlv = _header(key, algorithm, edks, encryption_context, header_iv)
+            with BackendKey(algorithm, data_key.plaintext) as key:
+                self._header_tlv = build_header(key, algorithm, edks, encryption_context, header_iv)
             ctx = MappingProxyType(dict(encryption_context))
             tag = self._header_tlv[-TAG_LEN:]
             self.header = MessageHeader(MESSAGE_VERSION, algorithm, edks, ctx, header_iv, tag, self._header_tlv)
@@ -224,7 +217,7 @@ class DerEncryptor:
             if self._spool is not None:
                 self._emit(_body_prefix(self._header_tlv, self._body_iv, self.bytes_in))
                 self._copy_spool(self._spool)
-            self._emit(b"\x04" + der.encode_length(len(tag)) + tag)
+            self._emit(der.octet_string(tag))
         finally:
             self.abort()
 
@@ -289,23 +282,8 @@ def encrypt(
 
 def _read_tl(src: Source, tag: int, what: str) -> tuple[int, bytes]:
     """(content length, the tag and length bytes) of a DER TLV read from the
-    stream, with der.Reader's rules: definite, minimal, at most 4 octets."""
-    head = src.read_exact(2, what)
-    if head[0] != tag:
-        raise MessageFormatError(f"{what}: expected tag 0x{tag:02x}, found 0x{head[0]:02x}")
-    first = head[1]
-    if first < 0x80:
-        return first, head
-    count = first & 0x7F
-    if count == 0:
-        raise MessageFormatError(f"{what}: indefinite length is not DER")
-    if count > 4:
-        raise MessageFormatError(f"{what}: length field of {count} octets is too large")
-    octets = src.read_exact(count, f"{what} length")
-    length = int.from_bytes(octets, "big")
-    if length < 0x80 or octets[0] == 0:
-        raise MessageFormatError(f"{what}: non-minimal DER length")
-    return length, head + octets
+    stream, with der.Reader's rules (der.read_tl)."""
+    return der.read_tl(src.read_exact, tag, what)
 
 
 def _fits(length: int, room: int, what: str) -> None:
@@ -374,7 +352,7 @@ class DerDecryptor(VerifiedRelease):
         spool_dir: str | None,
     ):
         layout = _Layout(src, header, room)
-        _check_expected_context(header, expected_encryption_context)
+        check_expected_context(header.encryption_context, expected_encryption_context)
         self.header = header
         self._src = src
         self._iv = layout.iv
@@ -385,10 +363,10 @@ class DerDecryptor(VerifiedRelease):
         self._buf = bytearray(CHUNK)
         self._out = bytearray(CHUNK)
         self.bytes_out = 0
-        self._key = _unwrap(provider, header)
+        self._key = unwrap(provider, header)
         try:
-            with _Key(header.algorithm, self._key) as key:
-                _verify_header(key, header)
+            with BackendKey(header.algorithm, self._key) as key:
+                verify_header(key, header)
             self._verify_pass(spool_dir)
         except BaseException:
             self.close()
@@ -464,6 +442,24 @@ def _header_limit(max_encrypted_data_keys: int) -> int:
     return max_encrypted_data_keys * _EDK_ENTRY_MAX + _CONTEXT_DER_MAX
 
 
+def read_header(src: Source, max_encrypted_data_keys: int, limit: int) -> tuple[int, bytes, bytes, MessageHeader]:
+    """(outer content length, the outer tag and length bytes, the header TLV,
+    the header) of a DER message read from ``src``: every length checked
+    against its container, and the header's against ``limit``, before it is
+    read."""
+    outer_len, outer_head = _read_tl(src, der.SEQUENCE, "message")
+    _room_for_tl(outer_len, "header")
+    header_len, header_head = _read_tl(src, der.SEQUENCE, "header")
+    _fits(header_len, outer_len - len(header_head), "header")
+    if header_len > limit:
+        raise MessageFormatError(
+            f"the header is {header_len} bytes, more than {max_encrypted_data_keys} encrypted data keys and a "
+            "context can fill (raise max_encrypted_data_keys if this is expected)"
+        )
+    header_tlv = header_head + src.read_exact(header_len, "header")
+    return outer_len, outer_head, header_tlv, _read_header(der.Reader(header_tlv), max_encrypted_data_keys)
+
+
 def open_message(
     src: Source,
     provider: DataKeyProvider,
@@ -476,17 +472,9 @@ def open_message(
     """Read a DER message's header from ``src`` (every length checked against
     its container and a bound before anything is allocated) and return its
     decryptor: bounded for GCM, whole for legacy CBC/CTR."""
-    outer_len, outer_head = _read_tl(src, der.SEQUENCE, "message")
-    _room_for_tl(outer_len, "header")
-    header_len, header_head = _read_tl(src, der.SEQUENCE, "header")
-    _fits(header_len, outer_len - len(header_head), "header")
-    if header_len > _header_limit(max_encrypted_data_keys):
-        raise MessageFormatError(
-            f"the header is {header_len} bytes, more than {max_encrypted_data_keys} encrypted data keys and a "
-            "context can fill (raise max_encrypted_data_keys if this is expected)"
-        )
-    header_tlv = header_head + src.read_exact(header_len, "header")
-    header = _read_header(der.Reader(header_tlv), max_encrypted_data_keys)
+    outer_len, outer_head, header_tlv, header = read_header(
+        src, max_encrypted_data_keys, _header_limit(max_encrypted_data_keys)
+    )
     room = outer_len - len(header_tlv)  # what the body must fill exactly
     if header.algorithm.authenticated:
         return DerDecryptor(

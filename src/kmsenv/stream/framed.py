@@ -23,7 +23,14 @@ from .._wipe import wipe
 from ..algorithms import Algorithm, algorithm_from_id
 from ..crypto import get_backend
 from ..crypto import interface as I
-from ..engine import _context_bytes_for_encrypt, _generate, _Key, _unwrap
+from .._envelope import (
+    BackendKey,
+    check_expected_context,
+    check_new_algorithm,
+    context_bytes_for_encrypt,
+    generate,
+    unwrap,
+)
 from ..exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -81,10 +88,7 @@ class FramedHeader:
 
 
 def check_algorithm(alg: Algorithm) -> None:
-    if alg not in GCM_ALGORITHMS:
-        raise UnsupportedAlgorithmError(
-            f"the framed format takes only GCM algorithms (AES-128/256-GCM, SM4-GCM), not {alg.name}"
-        )
+    check_new_algorithm(alg, what="the framed format", error=UnsupportedAlgorithmError)
 
 
 def check_frame_size(frame_size: Any) -> int:
@@ -128,7 +132,7 @@ def _header_body(
 
 
 def _header_tag(alg: Algorithm, content_key: Any, body: bytes) -> bytes:
-    with _Key(alg, content_key) as key:
+    with BackendKey(alg, content_key) as key:
         return key.gcm_seal(BASE_IV, body, b"")[1]
 
 
@@ -212,11 +216,11 @@ class FramedEncryptor:
     ):
         check_algorithm(algorithm)
         self._fs = check_frame_size(frame_size)
-        ctx_bytes = _context_bytes_for_encrypt(encryption_context)
+        ctx_bytes = context_bytes_for_encrypt(encryption_context)
         self._alg = algorithm
         self._threads = threads
         message_id = _rand.random_bytes(MSGID_LEN)
-        data_key = _generate(provider, algorithm, dict(encryption_context))
+        data_key = generate(provider, algorithm, encryption_context)
         try:
             edks = tuple(data_key.encrypted_data_keys)
             check_edks(edks)
@@ -369,14 +373,13 @@ class FramedDecryptor:
         expected_encryption_context: Mapping[str, str] | None,
         max_encrypted_data_keys: int,
         threads: int,
-        check_context: Any,
         in_place: bool = False,
         double_buffer: bool = False,
     ):
         self.header = read_header(src, max_encrypted_data_keys)
         h = self.header
-        check_context(h, expected_encryption_context)
-        data_key = _unwrap(provider, _KeyRequest(h))
+        check_expected_context(h.encryption_context, expected_encryption_context)
+        data_key = unwrap(provider, h)
         try:
             self._key, commitment = derive(h.algorithm, data_key, h.message_id)
         finally:
@@ -387,7 +390,7 @@ class FramedDecryptor:
                 raise HeaderAuthenticationError(
                     "key commitment mismatch: the data key is not the one this message was written with"
                 )
-            with _Key(h.algorithm, self._key) as key:
+            with BackendKey(h.algorithm, self._key) as key:
                 try:
                     key.gcm_open(BASE_IV, h.encoded[:-TAG_LEN], b"", h.header_auth_tag)
                 except AuthenticationError:
@@ -529,14 +532,3 @@ class FramedDecryptor:
             _buffers.give_back(out)
         _buffers.give_back(self._in)  # ciphertext only
         self._in, self._outs = bytearray(), []
-
-
-class _KeyRequest:
-    """What engine._unwrap reads from a header: the EDKs, algorithm and context."""
-
-    __slots__ = ("encrypted_data_keys", "algorithm", "encryption_context")
-
-    def __init__(self, h: FramedHeader):
-        self.encrypted_data_keys = h.encrypted_data_keys
-        self.algorithm = h.algorithm
-        self.encryption_context = h.encryption_context
