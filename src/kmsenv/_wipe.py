@@ -1,26 +1,32 @@
 """Zero a mutable buffer in place (native OPENSSL_cleanse when the core is loaded).
 
-The bottom layer: it imports nothing of kmsenv at import time, and at its
-first wipe asks crypto for the native core's cleanse function only (which
-loads neither the pure backend nor the message layer above it).
+The bottom layer: it imports nothing of kmsenv. The backend loader
+(``kmsenv.crypto``) hands it the native core's cleanse function when it has
+loaded and checked the core, which ``import kmsenv`` does; until then (or
+without a usable core) a buffer is zeroed from Python.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Callable, Union
 
-_native: Any = None  # the native cleanse function once looked up; False when there is no native core
+_Buffer = Union[bytearray, memoryview]
+
+_native: Callable[[_Buffer], None] | None = None  # the native cleanse, once crypto has loaded the core
+
+
+def use_native_cleanse(cleanse: Callable[[_Buffer], None]) -> None:
+    """Wipe with ``cleanse`` from now on (called by ``kmsenv.crypto`` only: the
+    floor above must not be imported from here)."""
+    global _native
+    _native = cleanse
 
 
 def wipe(buf: bytearray | memoryview | None) -> None:
-    global _native
     if not buf:
         return
-    if _native is None:
-        from .crypto import cleanse_function
-
-        _native = cleanse_function() or False
-    if _native:
-        _native(buf)
+    cleanse = _native
+    if cleanse is not None:
+        cleanse(buf)
     else:
         buf[:] = bytes(len(buf))

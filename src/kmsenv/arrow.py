@@ -262,7 +262,7 @@ def _with_headers(field: pa.Field, headers: list[KeyHeader], format: str, aad_co
 def _index(table: pa.Table, column: str) -> int:
     if not isinstance(table, pa.Table):
         raise ConfigurationError(f"table must be a pyarrow.Table, not {type(table).__name__}")
-    i = table.schema.get_field_index(column)
+    i: int = table.schema.get_field_index(column)  # pyarrow is untyped
     if i < 0:
         raise ConfigurationError(f"the table has no column {column!r} (or has it twice)")
     return i

@@ -60,10 +60,14 @@ class _Limits:
 def _check_limits(max_age: object, max_messages: object, max_bytes: object) -> _Limits:
     if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or math.isnan(max_age) or max_age < 0:
         raise ConfigurationError("max_age must be a number of seconds >= 0")
-    for name, value in (("max_messages", max_messages), ("max_bytes", max_bytes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigurationError(f"{name} must be an int >= 0")
-    return _Limits(float(max_age), min(int(max_messages), HARD_MAX_MESSAGES), int(max_bytes))  # type: ignore[arg-type]
+    messages = _count("max_messages", max_messages)
+    return _Limits(float(max_age), min(messages, HARD_MAX_MESSAGES), _count("max_bytes", max_bytes))
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{name} must be an int >= 0")
+    return int(value)
 
 
 class _Entry:
@@ -254,7 +258,7 @@ _EDKS_MEMO = _Memo(256)
 
 def _context_part(ctx: Mapping[str, str]) -> bytes:
     memo_key = tuple(ctx.items())
-    part = _CONTEXT_MEMO.get(memo_key)
+    part: bytes | None = _CONTEXT_MEMO.get(memo_key)
     if part is None:
         items = sorted((_utf8(k, "encryption context key"), _utf8(v, "encryption context value")) for k, v in ctx.items())
         part = _u32(len(items)) + b"".join(_lp(k) + _lp(v) for k, v in items)
@@ -270,8 +274,9 @@ _LAST_EDKS: tuple[tuple[EncryptedDataKey, ...], bytes] = ((), b"")
 
 def _edks_part(edks: Sequence[EncryptedDataKey]) -> bytes:
     global _LAST_EDKS
-    memo_key: tuple[EncryptedDataKey, ...] | None = tuple(edks)
-    for e in memo_key:  # type: ignore[union-attr]
+    given = tuple(edks)
+    memo_key: tuple[EncryptedDataKey, ...] | None = given
+    for e in given:
         if type(e) is not EncryptedDataKey:  # only real EDKs are remembered
             memo_key = None
             break
@@ -279,10 +284,10 @@ def _edks_part(edks: Sequence[EncryptedDataKey]) -> bytes:
         last_edks, last_part = _LAST_EDKS
         if last_edks and last_edks == memo_key:
             return last_part
-    part = _EDKS_MEMO.get(memo_key) if memo_key is not None else None
-    if part is not None:
-        _LAST_EDKS = (memo_key, part)  # type: ignore[assignment]
-        return part
+        part: bytes | None = _EDKS_MEMO.get(memo_key)
+        if part is not None:
+            _LAST_EDKS = (memo_key, part)
+            return part
     out = [_u32(len(edks))]
     for edk in edks:
         arn, blob = getattr(edk, "key_arn", None), getattr(edk, "ciphertext_blob", None)
@@ -403,7 +408,7 @@ class CachingProvider:
         self._prefixes = _Memo(64)  # cache-key prefixes (see _key)
 
     @property
-    def algorithm(self) -> Any:
+    def algorithm(self) -> Algorithm | None:
         """The wrapped provider's default algorithm (what the engine uses when none is given)."""
         return getattr(self.provider, "algorithm", None)
 
@@ -496,6 +501,8 @@ def _algorithm(algorithm: object) -> Algorithm:
     if isinstance(algorithm, bool):
         raise ConfigurationError(f"unknown algorithm {algorithm!r}")
     try:
+        # typeshed takes only an int here; the enum looks any value up (a numpy
+        # integer too) and what it does not know raises, as caught below.
         return Algorithm(algorithm)  # type: ignore[arg-type]
     except (ValueError, TypeError):
         raise ConfigurationError(f"unknown algorithm {algorithm!r}") from None

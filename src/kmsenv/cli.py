@@ -914,7 +914,7 @@ def _open_output(job: Job, private: bool) -> _AtomicOutput | _StreamOutput:
 def _refuse_same_file(src: BinaryIO, out: _AtomicOutput | _StreamOutput, job: Job) -> None:
     """A stream output that is the input file (``-o /dev/stdout >> IN``): it would
     read what it writes. (A named -o is checked before; this catches descriptors.)"""
-    if not out.streamed:
+    if not out.streamed or out.file is None:
         return
     with contextlib.suppress(OSError, ValueError, AttributeError):
         a, b = os.fstat(src.fileno()), os.fstat(out.file.fileno())

@@ -103,11 +103,12 @@ def _check_columns(ddf: Any, *names: str | None) -> None:
 
 def _meta(ddf: Any, output: str, dtype: Any) -> pd.DataFrame:
     meta = ddf._meta
-    return meta.assign(**{output: pd.Series([], dtype=dtype, index=meta.index)})
+    out: pd.DataFrame = meta.assign(**{output: pd.Series([], dtype=dtype, index=meta.index)})
+    return out
 
 
 def encrypt_column(
-    ddf: Any,
+    ddf: dd.DataFrame,
     column: str,
     key: Any,
     *,
@@ -118,7 +119,7 @@ def encrypt_column(
     rows: int | None = None,
     key_store: KeyHeaderStore | None = None,
     aad_name: str | None = None,
-) -> Any:
+) -> dd.DataFrame:
     """Encrypt ``column`` of a Dask DataFrame (lazily) in place or into ``output``.
 
     ``key``: a :class:`kmsenv.JobKey` (made once with
@@ -143,15 +144,16 @@ def encrypt_column(
     _arrow._check_column(aad_name, format)
     job = job_key_for(key, format=format, encryption_context=encryption_context, rows=rows, key_store=key_store)
     output = output or column
-    return ddf.map_partitions(
+    encrypted: dd.DataFrame = ddf.map_partitions(  # untyped in dask
         _encrypt_partition, column, job, output, format, aad_column, ddf.npartitions,
         _arrow.bound_name(output, aad_name, format),
         meta=_meta(ddf, output, BINARY), align_dataframes=False,
     )
+    return encrypted
 
 
 def decrypt_column(
-    ddf: Any,
+    ddf: dd.DataFrame,
     column: str,
     key: Any,
     *,
@@ -162,7 +164,7 @@ def decrypt_column(
     as_string: bool = True,
     aad_name: str | None = None,
     allow_uncommitted: bool = False,
-) -> Any:
+) -> dd.DataFrame:
     """Decrypt ``column`` (made by :func:`encrypt_column`) lazily, in place or into ``output``.
 
     ``key``: the :class:`kmsenv.JobKey` used to encrypt, a
@@ -184,11 +186,12 @@ def decrypt_column(
     _check_columns(ddf, column, aad_column)
     output = output or column
     dtype = pd.Series([], dtype="str").dtype if as_string else BINARY
-    return ddf.map_partitions(
+    decrypted: dd.DataFrame = ddf.map_partitions(  # untyped in dask
         _decrypt_partition, column, args.key, output, args.format, aad_column, key_store, as_string,
         args.aad_name, args.allow_uncommitted,
         meta=_meta(ddf, output, dtype), align_dataframes=False,
     )
+    return decrypted
 
 
 def _warm(jobkey: JobKey) -> dict[str, int]:
@@ -220,4 +223,5 @@ class PrefetchKeys(distributed.WorkerPlugin):
 def worker_stats(client: Any) -> dict[str, dict[str, int]]:
     """Each worker's job-key cache figures (:func:`kmsenv.jobkey.stats`:
     ``kms_decrypts``, ``hits``, ``keys``, ``pid``...) by worker address."""
-    return client.run(_jobkey.stats)
+    by_worker: dict[str, dict[str, int]] = client.run(_jobkey.stats)  # distributed.Client is Any here
+    return by_worker

@@ -11,6 +11,10 @@ import logging
 import time
 from typing import TextIO
 
+# The command imports this module only to run the demo (kmsenv.cli._demo).
+import kmsenv
+from kmsenv.localkms import LocalKms
+
 REGIONS = ("cn-beijing", "cn-hangzhou")
 SAMPLE = b"Quarterly backup of the orders table\n" * 100
 
@@ -36,21 +40,18 @@ class _StepLog(logging.Handler):
 
 
 def run_demo(out: TextIO) -> int:
-    import kmsenv
-    from kmsenv.localkms import LocalKms
-
     # Show kmsenv's failover warnings under the step that caused them.
     handler = _StepLog()
     logger = logging.getLogger("kmsenv")
     logger.addHandler(handler)
     try:
-        return _steps(out, kmsenv, LocalKms, handler)
+        return _steps(out, handler)
     finally:
         logger.removeHandler(handler)
         handler.print_held(out)
 
 
-def _steps(out: TextIO, kmsenv, LocalKms, log: _StepLog) -> int:  # type: ignore[no-untyped-def]
+def _steps(out: TextIO, log: _StepLog) -> int:
 
     def say(step: int, text: str) -> None:
         print(f"[{step}/7] {text}", file=out, flush=True)

@@ -30,7 +30,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterable, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 from .algorithms import Algorithm
 from .exceptions import ConfigurationError, HeaderAuthenticationError, MessageFormatError
@@ -123,7 +123,7 @@ class KeyHeader:
     ) -> KeyHeader:
         """A version 2 header committing to ``data_key`` (the plaintext key
         every one of ``encrypted_data_keys`` wraps; the caller keeps and wipes it)."""
-        plain = cls(algorithm, encryption_context, tuple(encrypted_data_keys))  # validates the fields
+        plain = cls(Algorithm(algorithm), encryption_context, tuple(encrypted_data_keys))  # validates the fields
         if len(data_key) != plain.algorithm.key_len:
             raise ConfigurationError(f"the data key does not fit {plain.algorithm.name}")
         fields = encode_header_fields(KEY_HEADER_VERSION, plain.algorithm, plain.encrypted_data_keys,
@@ -228,7 +228,8 @@ class KeyHeader:
         object.__setattr__(header, "_fields_digest", hashlib.sha256(raw[start:fields_end]).digest())
         return header
 
-    def __reduce__(self):  # pickles as its bytes: small, and parsed strictly again
+    def __reduce__(self) -> tuple[Callable[[bytes], KeyHeader], tuple[bytes]]:
+        # pickles as its bytes: small, and parsed strictly again
         return (KeyHeader.decode, (self.encoded,))
 
     def __repr__(self) -> str:
@@ -332,7 +333,7 @@ class SqliteKeyHeaderStore:
             raise MessageFormatError(f"the key header stored under {ref.hex()} does not match its reference")
         return header
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[SqliteKeyHeaderStore], tuple[str]]:
         return (SqliteKeyHeaderStore, (self.path,))
 
     def __repr__(self) -> str:

@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from kmsenv import _process
 from kmsenv.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from kmsenv.kms import Kms
 
 __all__ = ["KmsSpec", "REGION_ENV"]
 
@@ -86,7 +89,7 @@ class KmsSpec:
         env = os.environ.get(REGION_ENV, "")
         return tuple(r.strip() for r in env.split(",") if r.strip())
 
-    def kms(self) -> Any:
+    def kms(self) -> Kms:
         """This process's ``Kms`` for this spec (built once, rebuilt after a fork)."""
         key = (self.endpoints, self.max_attempts, self.connect_timeout, self.read_timeout,
                self.backoff_base, self.backoff_max)
@@ -108,7 +111,9 @@ class KmsSpec:
 
 
 _LOCK = threading.Lock()
-_CLIENTS: dict[tuple, Any] = {}
+# (endpoints, max_attempts, connect_timeout, read_timeout, backoff_base, backoff_max)
+_ClientKey = tuple[tuple[tuple[str, str], ...] | None, int, float, float, float, float]
+_CLIENTS: dict[_ClientKey, Kms] = {}
 
 
 def _forget_after_fork() -> None:

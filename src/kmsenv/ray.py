@@ -42,7 +42,7 @@ raises :class:`~kmsenv.ConfigurationError` when none is left. Since at most
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     import pyarrow as pa
@@ -55,6 +55,9 @@ from .columns import check_format
 from .exceptions import ConfigurationError
 from .jobkey import JobKey, WorkerSpec, reader, reader_key
 from .keyheader import KeyHeaderStore
+
+if TYPE_CHECKING:  # kmsenv.ray never imports ray: it only calls the Dataset it is given
+    from ray.data import Dataset
 
 __all__ = ["Encryptor", "Decryptor", "encrypt_dataset", "decrypt_dataset"]
 
@@ -116,7 +119,7 @@ class Encryptor:
                     "format='alibaba' needs share= (an int >= 1: the most actors that may run, e.g. the "
                     "map_batches concurrency) to split each data key's message budget between actors"
                 )
-            self.budget = max(1, jobkey.max_messages_per_key // share)
+            self.budget: int | None = max(1, jobkey.max_messages_per_key // share)
         else:
             self.budget = None
         self.jobkey = jobkey
@@ -224,7 +227,7 @@ def _pool(size: int) -> Any:
 
 
 def encrypt_dataset(
-    ds: Any,
+    ds: Dataset,
     column: str,
     jobkey: JobKey,
     *,
@@ -235,7 +238,7 @@ def encrypt_dataset(
     aad_column: str | None = None,
     aad_name: str | None = None,
     **map_batches_args: Any,
-) -> Any:
+) -> Dataset:
     """``ds.map_batches(Encryptor, ...)`` on a fixed pool of ``concurrency``
     actors of ``num_cpus`` CPUs each (see the module doc), with
     ``share=concurrency`` and ``batch_format="pyarrow"``;
@@ -255,7 +258,7 @@ def encrypt_dataset(
 
 
 def decrypt_dataset(
-    ds: Any,
+    ds: Dataset,
     column: str,
     key: Any,
     *,
@@ -269,7 +272,7 @@ def decrypt_dataset(
     aad_name: str | None = None,
     allow_uncommitted: bool = False,
     **map_batches_args: Any,
-) -> Any:
+) -> Dataset:
     """``ds.map_batches(Decryptor, ...)`` on a fixed pool of ``concurrency``
     actors of ``num_cpus`` CPUs each, with ``batch_format="pyarrow"``."""
     compute = _pool(concurrency)

@@ -12,7 +12,7 @@ Sign/verify are not offered.
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from kmsenv import _process, engine
 from kmsenv.exceptions import ConfigurationError
@@ -22,6 +22,9 @@ from .ckm.default import DefaultCryptoKeyManager
 from .kms import AliyunConfig
 from .model import CipherMaterial
 from .provider.default import DefaultDataKeyProvider
+
+if TYPE_CHECKING:
+    from kmsenv.kms import Kms
 
 __all__ = ["AliyunCrypto"]
 
@@ -68,7 +71,7 @@ class AliyunCrypto:
         self.config = config
         self.crypto_key_manager = crypto_key_manager if crypto_key_manager is not None else DefaultCryptoKeyManager()
         self.allow_unauthenticated = bool(allow_unauthenticated)
-        self._kms: Any = None
+        self._kms: Kms | None = None
         self._kms_lock = threading.Lock()
         _process.track(self)
 
@@ -87,7 +90,7 @@ class AliyunCrypto:
         self._ckm = value
 
     @property
-    def kms(self) -> Any:
+    def kms(self) -> Kms:
         """The :class:`kmsenv.Kms` built from the config (once, then shared)."""
         if self._kms is None:
             with self._kms_lock:

@@ -12,9 +12,12 @@ Endpoints: ``https://kms.<region>.aliyuncs.com`` unless ``endpoints=`` or the
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from kmsenv.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from kmsenv.kms import Kms
 
 __all__ = ["AliyunConfig", "BackoffStrategy", "FullJitterBackoffStrategy", "MAX_RETRIES"]
 
@@ -83,7 +86,7 @@ class AliyunConfig:
         self.backoff_strategy = backoff_strategy
         self.endpoints = dict(endpoints) if endpoints is not None else None
 
-    def make_kms(self) -> Any:
+    def make_kms(self) -> Kms:
         """A new :class:`kmsenv.Kms` for this configuration."""
         from kmsenv.kms import Kms
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from types import ModuleType
 from typing import Any, Callable
 
 from .._version import __version__
-from .. import _process
+from .. import _process, _wipe
 from ..exceptions import ConfigurationError
 from .interface import Backend
 
@@ -28,7 +29,7 @@ _native_checked = False
 _native_reason: str | None = None  # why native is unavailable, if it is
 
 
-def _load_native() -> Any:
+def _load_native() -> ModuleType | None:
     """Return the native module (crypto.native) if usable, else None."""
     global _native_checked, _native_reason
     from . import native
@@ -44,14 +45,17 @@ def _load_native() -> Any:
                     f"the native core is stale (built for kmsenv {built}, this is {__version__}); "
                     "reinstall kmsenv to rebuild it"
                 )
+        if _native_reason is None:
+            # Handed down, not looked up: _wipe is on the bottom floor and
+            # imports nothing of kmsenv (import kmsenv gets here at once).
+            _wipe.use_native_cleanse(native.cleanse)
     return native if _native_reason is None else None
 
 
 def cleanse_function() -> Callable[[Any], None] | None:
     """The native core's OPENSSL_cleanse as a function of one writable buffer,
-    when the core is usable, else None: for kmsenv._wipe, the bottom layer,
-    which must not reach the pure backend (nor, through it, the message
-    layer that itself wipes keys)."""
+    when the core is usable, else None. (kmsenv._wipe gets it from
+    _load_native: the bottom layer imports nothing above it.)"""
     native = _load_native()
     return native.cleanse if native is not None else None
 
@@ -70,7 +74,9 @@ def _make(name: str) -> Backend:
         native = _load_native()
         if native is None:
             raise ConfigurationError(f"KMSENV_BACKEND=native, but {_native_reason}")
-        return native.NativeBackend()
+        from .native import NativeBackend  # loaded by _load_native(); by name, for its type
+
+        return NativeBackend()
     if name == "pure":
         from .pure import PureBackend
 

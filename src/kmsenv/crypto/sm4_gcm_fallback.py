@@ -36,7 +36,8 @@ class Sm4Fallback:
         self._h = int.from_bytes(self.block(bytes(16)), "big")
 
     def block(self, data: bytes) -> bytes:
-        return self._enc.crypt_ecb(data)
+        out: bytes = self._enc.crypt_ecb(data)  # gmssl is untyped
+        return out
 
     def _ctr(self, counter: bytes, data: bytes, wrap32: bool) -> bytes:
         out = bytearray()

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Optional, Sequence, TextIO
+from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from ..exceptions import ConfigurationError
 from . import admin
@@ -95,7 +95,8 @@ def add_subcommands(subparsers: Any) -> None:
 
 def _regions(args: argparse.Namespace) -> list[str]:
     if args.regions:
-        return args.regions
+        regions: list[str] = args.regions  # argparse's action="append" of str
+        return regions
     if args.state:
         from .keystore import KeyStore
         store = KeyStore(args.state)
@@ -239,11 +240,12 @@ def _fault_target(args: argparse.Namespace) -> tuple[list[str], str, str]:
         by_region, key_id, secret = _server_from_state(args.state)
     else:
         by_region = admin.endpoints_from_env(os.environ.get("KMSENV_KMS_ENDPOINTS", ""))
-        key_id, secret = admin.credentials_from_env()  # type: ignore[assignment]
-        if not key_id or not secret:
+        env_id, env_secret = admin.credentials_from_env()
+        if not env_id or not env_secret:
             raise ConfigurationError(
                 "set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET to the pair "
                 "`kmsenv kms serve` printed (or pass --state DIR)")
+        key_id, secret = env_id, env_secret
     endpoints = list(args.endpoint or admin.ordered_endpoints(args.region, by_region))
     if not endpoints:
         raise ConfigurationError(
@@ -252,7 +254,7 @@ def _fault_target(args: argparse.Namespace) -> tuple[list[str], str, str]:
     return endpoints, key_id, secret
 
 
-def _describe_faults(answer: dict) -> str:
+def _describe_faults(answer: Mapping[str, Any]) -> str:
     faults = answer.get("Faults", {})
     parts = ["down" if faults.get("Down") else "up"]
     if faults.get("LatencyMs"):
@@ -288,4 +290,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_subcommands(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    status: int = args.func(args)  # every subcommand's func returns an exit status
+    return status

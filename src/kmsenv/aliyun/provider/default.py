@@ -31,6 +31,8 @@ def _algorithm(value: object) -> Algorithm:
     if isinstance(value, bool):
         raise ConfigurationError(f"unknown algorithm {value!r}")
     try:
+        # typeshed takes only an int here; the enum looks any value up (a numpy
+        # integer too) and what it does not know raises, as caught below.
         return Algorithm(value)  # type: ignore[arg-type]
     except (ValueError, TypeError):
         raise ConfigurationError(f"unknown algorithm {value!r}") from None
@@ -57,7 +59,7 @@ class DefaultDataKeyProvider:
         self._primary = _arn(key_arn)
         self._extra: list[str] = []
         self.kms = kms
-        self.algorithm = algorithm  # type: ignore[assignment]
+        self.algorithm = algorithm
         if keys is not None:
             self.add_multi_cmk_id(keys)
 
