@@ -388,6 +388,37 @@ int kmsenv_compact_open(int version, int cipher, const uint8_t *key, size_t keyl
                         const uint8_t *header_hash, const uint8_t *name, size_t namelen,
                         const kmsenv_binview *in, const kmsenv_binview *rows, size_t start,
                         size_t *stopped, kmsenv_binout *out);
+/* ---- SM3 and SM2 signatures (sm2.c; docs/signing.md) ----
+ * Public keys are x || y (KMSENV_SM2_POINT_LEN bytes, big-endian coordinates,
+ * no 0x04 prefix); a point not on sm2p256v1 is KMSENV_E_ARG. Signatures are
+ * DER SEQUENCE { INTEGER r, INTEGER s } (at most KMSENV_SM2_SIG_MAX bytes).
+ * KMSENV_E_UNSUPPORTED: this libcrypto has no SM2/SM3. */
+#define KMSENV_SM3_LEN 32
+#define KMSENV_SM2_POINT_LEN 64
+#define KMSENV_SM2_PRIV_LEN 32
+#define KMSENV_SM2_SIG_MAX 72
+#define KMSENV_SM2_ID_MAX 8191
+
+/* out = SM3(in[0..inlen)), KMSENV_SM3_LEN bytes. */
+int kmsenv_sm3(const uint8_t *in, size_t inlen, uint8_t *out);
+/* KMSENV_OK when pub is a point on the curve, else KMSENV_E_ARG. */
+int kmsenv_sm2_check_public_key(const uint8_t *pub);
+/* Z = SM3(ENTL || ID || a || b || xG || yG || xA || yA) for the key pub and the
+ * distinguishing ID id[0..idlen) (idlen <= KMSENV_SM2_ID_MAX; KMS and the
+ * official SDKs use "1234567812345678"). */
+int kmsenv_sm2_z(const uint8_t *pub, const uint8_t *id, size_t idlen, uint8_t *out);
+/* e = SM3(Z || msg): the Digest that AsymmetricSign takes for SM2DSA. */
+int kmsenv_sm2_digest(const uint8_t *pub, const uint8_t *id, size_t idlen, const uint8_t *msg, size_t msglen,
+                      uint8_t *out);
+/* Verifies sig over the KMSENV_SM3_LEN-byte digest e: KMSENV_OK when it
+ * verifies, KMSENV_E_AUTH when it does not (including a signature that is not
+ * strict DER, has trailing bytes, or has r or s outside [1, n-1]). */
+int kmsenv_sm2_verify_digest(const uint8_t *pub, const uint8_t *digest, const uint8_t *sig, size_t siglen);
+/* Signs the digest e with the private scalar priv (32 bytes big-endian) of the
+ * key pub, for tests and local keys (KMS keeps its private keys): sigcap >=
+ * KMSENV_SM2_SIG_MAX, *siglen receives the DER length. */
+int kmsenv_sm2_sign_digest(const uint8_t *priv, const uint8_t *pub, const uint8_t *digest, uint8_t *sig,
+                           size_t sigcap, size_t *siglen);
 /* CDEF-END */
 
 #endif

@@ -34,6 +34,8 @@ build_frames test_frames_asan_chunk "${san[@]}" -DKMSENV_EVP_CHUNK=48
 ASAN_OPTIONS=detect_leaks=1 "$out/test_frames_asan_chunk"
 build_columns test_columns_asan_chunk "${san[@]}" -DKMSENV_EVP_CHUNK=48
 ASAN_OPTIONS=detect_leaks=1 "$out/test_columns_asan_chunk"
+link "$here/test_sm2.c" test_sm2_asan "${san[@]}" # SM2/SM3 (sm2.c, issue 15)
+ASAN_OPTIONS=detect_leaks=1 "$out/test_sm2_asan"
 
 echo "== ASan+UBSan, default chunk"
 build test_core_asan "${san[@]}"
@@ -60,6 +62,9 @@ if command -v valgrind >/dev/null 2>&1; then
     OPENSSL_ia32cap="~0x1000000000000000" \
     valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
         "$out/test_columns_plain"
+    link "$here/test_sm2.c" test_sm2_plain -g -O1
+    valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+        "$out/test_sm2_plain"
 else
     echo "== valgrind not found, skipped"
 fi

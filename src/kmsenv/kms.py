@@ -31,7 +31,7 @@ from kmsenv._version import __version__
 from kmsenv.arn import Arn
 from kmsenv.exceptions import ConfigurationError, KmsError, NoCredentialsError
 
-__all__ = ["Kms", "ENDPOINTS_ENV", "RETRYABLE_CODES", "NoCredentialsError"]
+__all__ = ["Kms", "KeyVersion", "ENDPOINTS_ENV", "RETRYABLE_CODES", "NoCredentialsError"]
 
 logger = logging.getLogger("kmsenv")
 
@@ -255,7 +255,8 @@ def _direct_adapter_class() -> type:
         """Never sends through a proxy: darabonba passes HTTP(S)_PROXY from the
         environment to ``Session.send`` itself, ignoring NO_PROXY."""
 
-        def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):  # type: ignore[override]
+        def send(self, request: Any, stream: Any = False, timeout: Any = None, verify: Any = True,
+                 cert: Any = None, proxies: Any = None) -> Any:
             return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=None)
 
     return _DirectAdapter
@@ -410,12 +411,12 @@ class Kms:
             raise ConfigurationError("credential must be an alibabacloud_credentials client (with get_credential())")
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigurationError("max_attempts must be an int >= 1")
-        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds")
-        for name, value in (("backoff_base", backoff_base), ("backoff_max", backoff_max)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ConfigurationError(f"{name} must be a non-negative number of seconds")
+        for seconds_name, seconds in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+                raise ConfigurationError(f"{seconds_name} must be a positive number of seconds")
+        for seconds_name, seconds in (("backoff_base", backoff_base), ("backoff_max", backoff_max)):
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+                raise ConfigurationError(f"{seconds_name} must be a non-negative number of seconds")
 
         self._access_key_id = access_key_id or None
         self._access_key_secret = access_key_secret or None
@@ -514,7 +515,7 @@ class Kms:
         try:
             from alibabacloud_tea_openapi.utils_models import Config
         except ImportError:  # tea-openapi 0.3.x
-            from alibabacloud_tea_openapi.models import Config  # type: ignore[no-redef]
+            from alibabacloud_tea_openapi.models import Config
 
         endpoint = self._endpoint(region)
         config = Config(
@@ -544,7 +545,7 @@ class Kms:
             try:
                 from darabonba.runtime import RuntimeOptions
             except ImportError:  # tea-openapi 0.3.x
-                from alibabacloud_tea_util.models import RuntimeOptions  # type: ignore[no-redef]
+                from alibabacloud_tea_util.models import RuntimeOptions
             self._runtime = RuntimeOptions(
                 autoretry=False,
                 max_attempts=1,
@@ -626,7 +627,7 @@ class Kms:
         try:
             from alibabacloud_credentials.exceptions import CredentialException
         except ImportError:  # pragma: no cover
-            CredentialException = ()  # type: ignore[assignment]
+            CredentialException = ()
         if isinstance(inner, CredentialException):
             return NoCredentialsError(f"no usable Alibaba Cloud credentials for {prefix}: {_CREDENTIALS_HELP}"), None
 
@@ -852,3 +853,137 @@ class Kms:
         except (ValueError, binascii.Error):
             raise KmsError(f"KMS Decrypt {what} returned a malformed Plaintext", code="InvalidResponse",
                            region=region, request_id=request_id) from None
+
+    # -- asymmetric keys (kms-local-server.md section 14.3-14.5) -------------
+
+    @staticmethod
+    def _version_id(key_version_id: object) -> str:
+        if not isinstance(key_version_id, str) or not key_version_id or any(c.isspace() for c in key_version_id):
+            raise ConfigurationError("key_version_id must be a non-empty key version ID without whitespace")
+        return key_version_id
+
+    @staticmethod
+    def _digest_b64(digest: object, what: str = "digest") -> str:
+        if not isinstance(digest, (bytes, bytearray, memoryview)) or len(digest) != 32:
+            raise ConfigurationError(f"{what} must be 32 bytes (KMS signs a SHA-256 or SM3 digest)")
+        return base64.b64encode(digest).decode("ascii")
+
+    def asymmetric_sign(
+        self,
+        key_arn: str | Arn,
+        key_version_id: str,
+        algorithm: str,
+        digest: bytes | bytearray | memoryview,
+        *,
+        max_attempts: int | None = None,
+    ) -> bytes:
+        """AsymmetricSign: ``key_arn``'s version ``key_version_id`` signs the
+        32-byte ``digest`` (KMS never hashes: SHA-256(M), or SM3(Z || M) for
+        SM2DSA) with ``algorithm`` (``RSA_PSS_SHA_256``, ``RSA_PKCS1_SHA_256``,
+        ``ECDSA_SHA_256``, ``SM2DSA``). Returns the raw signature bytes (RSA:
+        modulus length; ECDSA and SM2: DER)."""
+        from alibabacloud_kms20160120 import models
+
+        arn = self._arn(key_arn)
+        request = models.AsymmetricSignRequest(
+            key_id=arn.key_id, key_version_id=self._version_id(key_version_id), algorithm=str(algorithm),
+            digest=self._digest_b64(digest),
+        )
+        what = f"with {arn} version {key_version_id}"
+        body = self._call(arn.region, "AsymmetricSign", what,
+                          lambda c, rt: c.asymmetric_sign_with_options(request, rt), max_attempts)
+        try:
+            return _b64decode(body.value)
+        except (ValueError, binascii.Error):
+            raise KmsError(f"KMS AsymmetricSign {what} returned a malformed Value", code="InvalidResponse",
+                           region=arn.region, request_id=_none_if_null(body.request_id)) from None
+
+    def asymmetric_verify(
+        self,
+        key_arn: str | Arn,
+        key_version_id: str,
+        algorithm: str,
+        digest: bytes | bytearray | memoryview,
+        signature: bytes | bytearray | memoryview,
+        *,
+        max_attempts: int | None = None,
+    ) -> bool:
+        """AsymmetricVerify: whether ``signature`` is the key version's
+        signature of ``digest``. A signature that does not verify is ``False``
+        (HTTP 200), not an error."""
+        from alibabacloud_kms20160120 import models
+
+        arn = self._arn(key_arn)
+        if not isinstance(signature, (bytes, bytearray, memoryview)) or not len(signature):
+            raise ConfigurationError("signature must be non-empty bytes")
+        request = models.AsymmetricVerifyRequest(
+            key_id=arn.key_id, key_version_id=self._version_id(key_version_id), algorithm=str(algorithm),
+            digest=self._digest_b64(digest), value=base64.b64encode(signature).decode("ascii"),
+        )
+        what = f"with {arn} version {key_version_id}"
+        body = self._call(arn.region, "AsymmetricVerify", what,
+                          lambda c, rt: c.asymmetric_verify_with_options(request, rt), max_attempts)
+        # The official model copies Value without a type check: a string
+        # "false" would be truthy (spec 14.1, item 7).
+        if not isinstance(body.value, bool):
+            raise KmsError(f"KMS AsymmetricVerify {what} returned a Value that is not a boolean",
+                           code="InvalidResponse", region=arn.region, request_id=_none_if_null(body.request_id))
+        return body.value
+
+    def get_public_key(
+        self, key_arn: str | Arn, key_version_id: str, *, max_attempts: int | None = None
+    ) -> str:
+        """GetPublicKey: the key version's public key as PEM SubjectPublicKeyInfo
+        (SM2: id-ecPublicKey + sm2p256v1)."""
+        from alibabacloud_kms20160120 import models
+
+        arn = self._arn(key_arn)
+        request = models.GetPublicKeyRequest(key_id=arn.key_id, key_version_id=self._version_id(key_version_id))
+        what = f"of {arn} version {key_version_id}"
+        body = self._call(arn.region, "GetPublicKey", what,
+                          lambda c, rt: c.get_public_key_with_options(request, rt), max_attempts)
+        pem = body.public_key
+        if not isinstance(pem, str) or "-----BEGIN PUBLIC KEY-----" not in pem:
+            raise KmsError(f"KMS GetPublicKey {what} returned no PEM public key", code="InvalidResponse",
+                           region=arn.region, request_id=_none_if_null(body.request_id))
+        return pem
+
+    def list_key_versions(self, key_arn: str | Arn, *, max_attempts: int | None = None) -> list[KeyVersion]:
+        """ListKeyVersions, every page: the key's versions as KMS lists them
+        (oldest first on LocalKms; the order of real KMS is not documented)."""
+        from alibabacloud_kms20160120 import models
+
+        arn = self._arn(key_arn)
+        versions: list[KeyVersion] = []
+        page = 1
+        while True:
+            request = models.ListKeyVersionsRequest(key_id=arn.key_id, page_number=page, page_size=100)
+            body = self._call(arn.region, "ListKeyVersions", f"of {arn}",
+                              lambda c, rt: c.list_key_versions_with_options(request, rt), max_attempts)
+            listed = getattr(body.key_versions, "key_version", None) or []
+            for item in listed:
+                version_id = _none_if_null(getattr(item, "key_version_id", None))
+                if version_id is None:
+                    raise KmsError(f"KMS ListKeyVersions of {arn} returned a version without KeyVersionId",
+                                   code="InvalidResponse", region=arn.region,
+                                   request_id=_none_if_null(body.request_id))
+                versions.append(KeyVersion(key_id=_none_if_null(getattr(item, "key_id", None)) or arn.key_id,
+                                           key_version_id=version_id,
+                                           creation_date=_none_if_null(getattr(item, "creation_date", None))))
+            total = body.total_count
+            if isinstance(total, str) and total.isdigit():  # the model does not type-check ints (spec 14.1)
+                total = int(total)
+            # Stop on a short or empty page as well as on TotalCount, so that a
+            # server that miscounts cannot keep this loop going.
+            if not listed or len(listed) < 100 or not isinstance(total, int) or len(versions) >= total:
+                return versions
+            page += 1
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One version of a KMS key, as ListKeyVersions lists it."""
+
+    key_id: str
+    key_version_id: str
+    creation_date: str | None = None
