@@ -72,6 +72,9 @@ __all__ = [
     "MessageHeader",
     "NoCredentialsError",
     "NoUsableKeyError",
+    "SecretHeaderMismatchError",
+    "SecretManagerDataKeyProvider",
+    "SignatureAlgorithm",
     "SqliteKeyHeaderStore",
     "StreamResult",
     "UnauthenticatedAlgorithmError",
@@ -95,8 +98,17 @@ from .crypto import check_at_import as _check_at_import
 
 _check_at_import()
 
-# The KMS side pulls in the Alibaba Cloud SDK; load it only when asked for.
-_LAZY = {"Kms": ("kms", "Kms"), "KmsKeyProvider": ("providers", "KmsKeyProvider")}
+# The KMS side pulls in the Alibaba Cloud SDK, and signing `cryptography`'s
+# asymmetric code; load them only when asked for (kmsenv.signing included).
+_LAZY = {
+    "Kms": ("kms", "Kms"),
+    "KmsKeyProvider": ("providers", "KmsKeyProvider"),
+    "SignatureAlgorithm": ("signing", "SignatureAlgorithm"),
+    "signing": ("signing", None),
+    "SecretManagerDataKeyProvider": ("secretmanager", "SecretManagerDataKeyProvider"),
+    "SecretHeaderMismatchError": ("secretmanager", "SecretHeaderMismatchError"),
+    "secretmanager": ("secretmanager", None),
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -104,7 +116,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        loaded = importlib.import_module(f".{module}", __name__)
+        value = loaded if attr is None else getattr(loaded, attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'kmsenv' has no attribute {name!r}")
