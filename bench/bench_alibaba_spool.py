@@ -52,11 +52,19 @@ def child(tree: str, message: str, output: str) -> None:
     after = resource.getrusage(resource.RUSAGE_SELF)
     if output != os.devnull:
         os.unlink(output)
-    print(json.dumps({
-        "seconds": seconds, "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime,
-        "peak_kib": after.ru_maxrss, "ready_kib": before.ru_maxrss, "bytes_out": result.bytes_out,
-        "backend": kmsenv.crypto.get_backend().name,
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "user": after.ru_utime - before.ru_utime,
+                "sys": after.ru_stime - before.ru_stime,
+                "peak_kib": after.ru_maxrss,
+                "ready_kib": before.ru_maxrss,
+                "bytes_out": result.bytes_out,
+                "backend": kmsenv.crypto.get_backend().name,
+            }
+        )
+    )
 
 
 def encrypt(path: Path, size: int, provider) -> None:
@@ -86,12 +94,18 @@ def main() -> None:
     work.mkdir()
     with LocalKms(regions=["cn-hangzhou"]) as server:
         arn = server.create_key("cn-hangzhou")
-        kms = Kms(access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
-                  endpoints=server.endpoints)
+        kms = Kms(
+            access_key_id=server.access_key_id, access_key_secret=server.access_key_secret, endpoints=server.endpoints
+        )
         warm_up = work / "warm-up.kms"
         encrypt(warm_up, MIB, kmsenv.KmsKeyProvider(arn, kms=kms))
-        kms_info = {"id": server.access_key_id, "secret": server.access_key_secret, "endpoints": server.endpoints,
-                    "arn": arn, "warm_up": str(warm_up)}
+        kms_info = {
+            "id": server.access_key_id,
+            "secret": server.access_key_secret,
+            "endpoints": server.endpoints,
+            "arn": arn,
+            "warm_up": str(warm_up),
+        }
         env = {**os.environ, "KMSENV_BENCH_KMS": json.dumps(kms_info)}
         try:
             for size in (int(s) for s in args.sizes.split(",")):
@@ -104,7 +118,10 @@ def main() -> None:
                         output = str(work / "plain") if args.output == "file" else os.devnull
                         out = subprocess.run(
                             [sys.executable, __file__, "--child", tree, str(message), output],
-                            env=env, check=True, capture_output=True, text=True,
+                            env=env,
+                            check=True,
+                            capture_output=True,
+                            text=True,
                         ).stdout
                         run = json.loads(out)
                         assert run["bytes_out"] == size * MIB
@@ -117,9 +134,12 @@ def main() -> None:
                     user = statistics.median(r["user"] for r in rs)
                     system = statistics.median(r["sys"] for r in rs)
                     each = " ".join(f"{r['seconds']:.3f}" for r in rs)
-                    print(f"{size:5d} MiB  {name:6s} {rs[0]['backend']:6s}  median {secs:6.3f} s "
-                          f"({size / secs:5.0f} MiB/s; CPU user {user:.3f} s, sys {system:.3f} s)  runs {each}  "
-                          f"peak RSS {peak:5.1f} MiB (+{growth:.1f} over ready)", flush=True)
+                    print(
+                        f"{size:5d} MiB  {name:6s} {rs[0]['backend']:6s}  median {secs:6.3f} s "
+                        f"({size / secs:5.0f} MiB/s; CPU user {user:.3f} s, sys {system:.3f} s)  runs {each}  "
+                        f"peak RSS {peak:5.1f} MiB (+{growth:.1f} over ready)",
+                        flush=True,
+                    )
         finally:
             for leftover in work.iterdir():
                 leftover.unlink()

@@ -73,15 +73,15 @@ def main() -> None:
 
     with LocalKms(regions=REGIONS) as server:
         arns = [server.create_key(r) for r in REGIONS]
-        kms = kmsenv.Kms(endpoints=server.endpoints, access_key_id=server.access_key_id,
-                         access_key_secret=server.access_key_secret)
+        kms = kmsenv.Kms(
+            endpoints=server.endpoints, access_key_id=server.access_key_id, access_key_secret=server.access_key_secret
+        )
         provider = kmsenv.KmsKeyProvider(*arns, kms=kms)
         batches = [column(min(args.batch, args.rows - s), s) for s in range(0, args.rows, args.batch)]
         py_batches = [b for b in batches][: max(1, args.python_rows // args.batch)]
         py_rows = sum(len(b) for b in py_batches)
         server.reset_stats()
-        job = kmsenv.JobKey.create(provider, encryption_context={"table": "users", "column": "email"},
-                                   rows=args.rows)
+        job = kmsenv.JobKey.create(provider, encryption_context={"table": "users", "column": "email"}, rows=args.rows)
         data_key = job.data_key(job.headers[0])
         aead = AESGCM(bytes(data_key))
         data_key[:] = bytes(len(data_key))
@@ -91,17 +91,28 @@ def main() -> None:
             for fmt in ("compact", "alibaba"):
                 enc = []
                 times.setdefault(f"arrow {fmt} encrypt", []).append(
-                    timed(lambda: enc.extend(ka.encrypt_array(b, job, format=fmt) for b in batches)) / args.rows)
+                    timed(lambda: enc.extend(ka.encrypt_array(b, job, format=fmt) for b in batches)) / args.rows
+                )
                 sizes[fmt] = sum(e.nbytes - 4 * (len(e) + 1) for e in enc) / args.rows
                 times.setdefault(f"arrow {fmt} decrypt", []).append(
-                    timed(lambda: [ka.decrypt_array(e, job, format=fmt) for e in enc]) / args.rows)
+                    timed(lambda: [ka.decrypt_array(e, job, format=fmt) for e in enc]) / args.rows
+                )
                 enc.clear()  # free the round's output before the next
             lists = []
-            times.setdefault("encrypt_many (to_pylist)", []).append(timed(lambda: lists.extend(
-                kmsenv.encrypt_many([v.encode() for v in b.to_pylist()], provider, encryption_context={"t": "u"})
-                for b in py_batches)) / py_rows)
+            times.setdefault("encrypt_many (to_pylist)", []).append(
+                timed(
+                    lambda: lists.extend(
+                        kmsenv.encrypt_many(
+                            [v.encode() for v in b.to_pylist()], provider, encryption_context={"t": "u"}
+                        )
+                        for b in py_batches
+                    )
+                )
+                / py_rows
+            )
             times.setdefault("decrypt_many", []).append(
-                timed(lambda: [kmsenv.decrypt_many(m, provider) for m in lists]) / py_rows)
+                timed(lambda: [kmsenv.decrypt_many(m, provider) for m in lists]) / py_rows
+            )
             lists.clear()
 
             def per_value() -> None:
@@ -114,17 +125,26 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     floor = med["AESGCM per value (bare AEAD)"]
-    print(f"{args.rows:,} rows of 29 bytes, batches of {args.batch:,}, {args.rounds} rounds (medians); "
-          f"per-value Python contenders on {py_rows:,} rows")
+    print(
+        f"{args.rows:,} rows of 29 bytes, batches of {args.batch:,}, {args.rounds} rounds (medians); "
+        f"per-value Python contenders on {py_rows:,} rows"
+    )
     print(f"| {'case':32} | {'rows/s':>12} | {'vs AESGCM per value':>20} |")
     print(f"|{'-' * 34}|{'-' * 14}|{'-' * 22}|")
     for k, v in med.items():
         print(f"| {k:32} | {1 / v:12,.0f} | {floor / v:19.2f}x |")
     print(f"bytes per value: compact {sizes['compact']:.1f}, alibaba {sizes['alibaba']:.1f} (plaintext 29)")
     print(f"KMS calls: {json.dumps(calls)}")
-    out = {"rows": args.rows, "batch": args.batch, "rounds": args.rounds, "python_rows": py_rows,
-           "rows_per_s": {k: 1 / v for k, v in med.items()}, "bytes_per_value": sizes, "kms_calls": calls,
-           "cpu": kmsenv.backend_info().get("features")}
+    out = {
+        "rows": args.rows,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "python_rows": py_rows,
+        "rows_per_s": {k: 1 / v for k, v in med.items()},
+        "bytes_per_value": sizes,
+        "kms_calls": calls,
+        "cpu": kmsenv.backend_info().get("features"),
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.output}")

@@ -123,12 +123,21 @@ def main() -> int:
         if path:
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (path, os.environ.get("PYTHONPATH")) if p)
         provider = kmsenv.KmsKeyProvider(
-            *arns, kms=Kms(access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
-                           endpoints=server.endpoints),
+            *arns,
+            kms=Kms(
+                access_key_id=server.access_key_id,
+                access_key_secret=server.access_key_secret,
+                endpoints=server.endpoints,
+            ),
         )
         t = time.perf_counter()
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, worker_dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        )
         client = Client(cluster)
         start_s = time.perf_counter() - t
         workers = len(client.scheduler_info()["workers"])
@@ -168,22 +177,40 @@ def main() -> int:
                 calls.append(kms_calls(server))
             med = statistics.median(times)
             row = {
-                "variant": name, "format": fmt, "rows": args.rows, "partitions": len(bounds), "workers": workers,
-                "median_s": round(med, 3), "times_s": [round(x, 3) for x in times],
-                "rows_per_s": round(args.rows / med), "kms_calls_per_run": total(calls[-1]),
-                "kms_calls_detail": calls[-1], "jobkey_create_calls": create_calls[-1] if new_job else 0,
+                "variant": name,
+                "format": fmt,
+                "rows": args.rows,
+                "partitions": len(bounds),
+                "workers": workers,
+                "median_s": round(med, 3),
+                "times_s": [round(x, 3) for x in times],
+                "rows_per_s": round(args.rows / med),
+                "kms_calls_per_run": total(calls[-1]),
+                "kms_calls_detail": calls[-1],
+                "jobkey_create_calls": create_calls[-1] if new_job else 0,
             }
             row.update(extra or {})
             results.append(row)
-            print(f"  {name:<24} {fmt or '':<8} {med:8.2f} s  {row['rows_per_s']:>11,} rows/s  "
-                  f"KMS {row['kms_calls_per_run']} (+{row['jobkey_create_calls']} create)", flush=True)
+            print(
+                f"  {name:<24} {fmt or '':<8} {med:8.2f} s  {row['rows_per_s']:>11,} rows/s  "
+                f"KMS {row['kms_calls_per_run']} (+{row['jobkey_create_calls']} create)",
+                flush=True,
+            )
 
-        print(f"dask {dask.__version__}, {workers} workers x 1 thread, {args.rows:,} rows, {len(bounds)} partitions, "
-              f"LocalCluster start {start_s:.2f} s", flush=True)
+        print(
+            f"dask {dask.__version__}, {workers} workers x 1 thread, {args.rows:,} rows, {len(bounds)} partitions, "
+            f"LocalCluster start {start_s:.2f} s",
+            flush=True,
+        )
         run("generate", None, lambda job, base: base)
         run("map_partitions pass", None, lambda job, base: base.map_partitions(pass_through, meta=meta))
         for fmt in formats:
-            run("encrypt", fmt, lambda job, base, fmt=fmt: kd.encrypt_column(base, "email", job, format=fmt), new_job=True)
+            run(
+                "encrypt",
+                fmt,
+                lambda job, base, fmt=fmt: kd.encrypt_column(base, "email", job, format=fmt),
+                new_job=True,
+            )
             job = kmsenv.JobKey.create(provider)
             enc = kd.encrypt_column(fresh(), "email", job, format=fmt).persist()
             wait(enc)
@@ -192,28 +219,49 @@ def main() -> int:
             results[-1]["bytes_per_value"] = per_value
             # The decrypt graph is the same each run: settle() makes sure the
             # previous run's results are gone, and the KMS counts prove each run decrypted.
-            run("decrypt", fmt, lambda _job, _base, enc=enc, job=job: kd.decrypt_column(enc, "email", job),
-                clear=True, extra={"bytes_per_value": per_value})
+            run(
+                "decrypt",
+                fmt,
+                lambda _job, _base, enc=enc, job=job: kd.decrypt_column(enc, "email", job),
+                clear=True,
+                extra={"bytes_per_value": per_value},
+            )
             # The done criterion of the scale-out issue: every row decrypts in
             # another region, with the primary region down, checked row by row.
             reader = kmsenv.WorkerSpec.from_provider(
-                provider, kms=kmsenv.KmsSpec.from_kms(provider.kms, prefer_regions=("cn-beijing", "cn-shanghai")))
+                provider, kms=kmsenv.KmsSpec.from_kms(provider.kms, prefer_regions=("cn-beijing", "cn-shanghai"))
+            )
             settle(0)
             client.run(kmsenv.jobkey.clear_cache)
             server.set_fault("cn-hangzhou", down=True)
             server.reset_stats()
             t0 = time.perf_counter()
             store = kmsenv.DictKeyHeaderStore(job.headers)  # what a reader keeps (key table, sidecar)
-            bad = sum(kd.decrypt_column(enc, "email", reader, key_store=store).map_partitions(mismatches, meta=("n", "int64")).compute())
+            bad = sum(
+                kd.decrypt_column(enc, "email", reader, key_store=store)
+                .map_partitions(mismatches, meta=("n", "int64"))
+                .compute()
+            )
             took = time.perf_counter() - t0
             server.set_fault("cn-hangzhou")
             calls = kms_calls(server)
-            results.append({
-                "variant": "decrypt+verify, cn-hangzhou down", "format": fmt, "rows": args.rows,
-                "partitions": len(bounds), "workers": workers, "median_s": round(took, 3), "times_s": [round(took, 3)],
-                "rows_per_s": round(args.rows / took), "kms_calls_per_run": total(calls), "kms_calls_detail": calls,
-                "jobkey_create_calls": 0, "mismatches": bad, "bytes_per_value": per_value,
-            })
+            results.append(
+                {
+                    "variant": "decrypt+verify, cn-hangzhou down",
+                    "format": fmt,
+                    "rows": args.rows,
+                    "partitions": len(bounds),
+                    "workers": workers,
+                    "median_s": round(took, 3),
+                    "times_s": [round(took, 3)],
+                    "rows_per_s": round(args.rows / took),
+                    "kms_calls_per_run": total(calls),
+                    "kms_calls_detail": calls,
+                    "jobkey_create_calls": 0,
+                    "mismatches": bad,
+                    "bytes_per_value": per_value,
+                }
+            )
             print(f"  decrypt+verify, cn-hangzhou down {fmt}: {bad} mismatches, {took:.2f} s, KMS {calls}", flush=True)
             assert bad == 0
             del enc
@@ -224,20 +272,37 @@ def main() -> int:
 
     conv = conversion_costs()
     print()
-    print(f"| variant ({args.rows:,} rows, {len(bounds)} partitions, {workers} workers) | format | median | rows/s | KMS calls / run | bytes / value |")
+    print(
+        f"| variant ({args.rows:,} rows, {len(bounds)} partitions, {workers} workers) | format | median | rows/s | KMS calls / run | bytes / value |"
+    )
     print("|---|---|---|---|---|---|")
     for r in results:
-        kms = f"{r['kms_calls_per_run']}" + (f" (+{r['jobkey_create_calls']} JobKey.create)" if r["jobkey_create_calls"] else "")
-        print(f"| {r['variant']} | {r['format'] or '-'} | {r['median_s']:.2f} s | {r['rows_per_s']:,} | {kms} | {r.get('bytes_per_value', '-')} |")
+        kms = f"{r['kms_calls_per_run']}" + (
+            f" (+{r['jobkey_create_calls']} JobKey.create)" if r["jobkey_create_calls"] else ""
+        )
+        print(
+            f"| {r['variant']} | {r['format'] or '-'} | {r['median_s']:.2f} s | {r['rows_per_s']:,} | {kms} | {r.get('bytes_per_value', '-')} |"
+        )
     print()
     print("pandas column of 1M encrypted values (74 B), seconds: " + ", ".join(f"{k} {v:.4f}" for k, v in conv.items()))
 
     doc = {
-        "benchmark": "scaleout_dask", "python": platform.python_version(), "dask": dask.__version__,
-        "pandas": pd.__version__, "pyarrow": pa.__version__, "kmsenv": kmsenv.__version__,
-        "cpus": os.cpu_count(), "rows": args.rows, "partitions": len(bounds), "workers": args.workers,
-        "threads_per_worker": 1, "reps": args.reps, "regions": list(REGIONS), "cluster_start_s": round(start_s, 2),
-        "results": results, "pandas_conversion_per_1m": {k: round(v, 5) for k, v in conv.items()},
+        "benchmark": "scaleout_dask",
+        "python": platform.python_version(),
+        "dask": dask.__version__,
+        "pandas": pd.__version__,
+        "pyarrow": pa.__version__,
+        "kmsenv": kmsenv.__version__,
+        "cpus": os.cpu_count(),
+        "rows": args.rows,
+        "partitions": len(bounds),
+        "workers": args.workers,
+        "threads_per_worker": 1,
+        "reps": args.reps,
+        "regions": list(REGIONS),
+        "cluster_start_s": round(start_s, 2),
+        "results": results,
+        "pandas_conversion_per_1m": {k: round(v, 5) for k, v in conv.items()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if args.output:

@@ -39,8 +39,18 @@ AES_SIZES = {"1 KiB": KIB, "1 MiB": MIB, "64 MiB": 64 * MIB}
 SM4_SIZES = {"1 KiB": KIB, "1 MiB": MIB}
 AES_KERNELS = ("evp", "vaes256", "vaes512")
 SM4_KERNELS = ("evp", "aesni-avx2", "gfni256", "gfni512")
-FLAGS_THAT_MATTER = ("aes", "pclmulqdq", "avx2", "vaes", "vpclmulqdq", "gfni", "avx512f", "avx512bw",
-                     "avx512vl", "avx512dq")
+FLAGS_THAT_MATTER = (
+    "aes",
+    "pclmulqdq",
+    "avx2",
+    "vaes",
+    "vpclmulqdq",
+    "gfni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+)
 
 
 def rate(fn, min_time: float) -> float:
@@ -93,12 +103,14 @@ def worker(family: str, min_time: float) -> dict[str, object]:
             buf = ffi.new("uint8_t[]", n + 16)
             into = bytearray(n + 16)
             cells[f"seal {label} kmsenv"] = rate(
-                lambda: lib.kmsenv_gcm_seal(h, iv, ffi.NULL, 0, pt, n, buf, buf + n), min_time)
+                lambda: lib.kmsenv_gcm_seal(h, iv, ffi.NULL, 0, pt, n, buf, buf + n), min_time
+            )
             cells[f"seal {label} peer"] = rate(lambda: peer.encrypt_into(iv, pt, None, into), min_time)
             ct = peer.encrypt(iv, pt, None)
             ctb, tag = ct[:n], ct[n:]
             cells[f"open {label} kmsenv"] = rate(
-                lambda: lib.kmsenv_gcm_open(h, iv, ffi.NULL, 0, ctb, n, tag, buf), min_time)
+                lambda: lib.kmsenv_gcm_open(h, iv, ffi.NULL, 0, ctb, n, tag, buf), min_time
+            )
             if hasattr(peer, "decrypt_into"):
                 back = bytearray(n)
                 cells[f"open {label} peer"] = rate(lambda: peer.decrypt_into(iv, ct, None, back), min_time)
@@ -121,7 +133,8 @@ def worker(family: str, min_time: float) -> dict[str, object]:
 
         provider, mib = CachedKeyProvider(), os.urandom(MIB)
         cells["kmsenv.encrypt 1 MiB kmsenv"] = rate(
-            lambda: kmsenv.encrypt(mib, provider, encryption_context={"t": "1"}), min_time)
+            lambda: kmsenv.encrypt(mib, provider, encryption_context={"t": "1"}), min_time
+        )
         cells["kmsenv.encrypt 1 MiB peer"] = rate(lambda: peer.encrypt(iv, mib, None), min_time)
     else:
         key = native.NativeKey("SM4", key16)
@@ -136,7 +149,8 @@ def worker(family: str, min_time: float) -> dict[str, object]:
             pt = os.urandom(n)
             buf = ffi.new("uint8_t[]", n + 16)
             cells[f"seal {label} kmsenv"] = rate(
-                lambda: lib.kmsenv_gcm_seal(h, iv, aad, 32, pt, n, buf, buf + n), min_time)
+                lambda: lib.kmsenv_gcm_seal(h, iv, aad, 32, pt, n, buf, buf + n), min_time
+            )
             cells[f"seal {label} peer"] = rate(lambda: crypto_sm4(pt), min_time)
     out["cells"] = cells
     return out
@@ -186,10 +200,14 @@ def main() -> None:
     import kmsenv
     from kmsenv.crypto import native
 
-    print(f"CPU: {cpu['model']}; flags: {', '.join(f for f, on in cpu['flags'].items() if on)}; "
-          f"lacks: {', '.join(f for f, on in cpu['flags'].items() if not on) or 'none'}")
-    print(f"OpenSSL (kmsenv): {kmsenv.backend_info().get('openssl_loaded')}; "
-          f"default choice: AES-GCM {native.kernels()['aes_gcm']['name']}, SM4 {native.kernels()['sm4']['name']}")
+    print(
+        f"CPU: {cpu['model']}; flags: {', '.join(f for f, on in cpu['flags'].items() if on)}; "
+        f"lacks: {', '.join(f for f, on in cpu['flags'].items() if not on) or 'none'}"
+    )
+    print(
+        f"OpenSSL (kmsenv): {kmsenv.backend_info().get('openssl_loaded')}; "
+        f"default choice: AES-GCM {native.kernels()['aes_gcm']['name']}, SM4 {native.kernels()['sm4']['name']}"
+    )
     print(f"{args.rounds} rounds, medians; ratio = kmsenv / peer measured in the same process\n")
     print("| family | forced kernel | in use | cell | kmsenv MB/s | peer MB/s | ratio |")
     print("|---|---|---|---|---|---|---|")
@@ -206,10 +224,19 @@ def main() -> None:
             peer_v = cells.get(base + " peer")
             peer = statistics.median(peer_v) * n / 1e6 if peer_v else None
             ratio = f"{mine / peer:.2f}x" if peer else "n/a"
-            print(f"| {family} | {kernel} | {used} | {base} | {mine:,.0f} | "
-                  f"{'' if peer is None else f'{peer:,.0f}'} | {ratio} |")
-            medians["rows"].append({"family": family, "kernel": kernel, "cell": base,  # type: ignore[union-attr]
-                                    "kmsenv_mbs": mine, "peer_mbs": peer})
+            print(
+                f"| {family} | {kernel} | {used} | {base} | {mine:,.0f} | "
+                f"{'' if peer is None else f'{peer:,.0f}'} | {ratio} |"
+            )
+            medians["rows"].append(
+                {
+                    "family": family,
+                    "kernel": kernel,
+                    "cell": base,  # type: ignore[union-attr]
+                    "kmsenv_mbs": mine,
+                    "peer_mbs": peer,
+                }
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(medians, fh, indent=1)

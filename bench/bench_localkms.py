@@ -60,10 +60,10 @@ THREADS = (1, 4)
 
 # -- server hosting -------------------------------------------------------------------
 
+
 def _serve_child(conn) -> None:
     with LocalKms(regions=[REGION]) as kms:
-        conn.send((kms.hosts[REGION], kms.access_key_id, kms.access_key_secret,
-                   kms.create_key(REGION)))
+        conn.send((kms.hosts[REGION], kms.access_key_id, kms.access_key_secret, kms.create_key(REGION)))
         conn.recv()  # parent says stop
 
 
@@ -91,15 +91,21 @@ class Server:
 
 # -- drivers --------------------------------------------------------------------------
 
+
 def official_worker(server: Server, op: str, blob: str):
-    client = Client(Config(access_key_id=server.ak, access_key_secret=server.secret,
-                           endpoint=server.host, protocol="http", region_id=REGION))
+    client = Client(
+        Config(
+            access_key_id=server.ak,
+            access_key_secret=server.secret,
+            endpoint=server.host,
+            protocol="http",
+            region_id=REGION,
+        )
+    )
     calls = {
-        "Encrypt": lambda: client.encrypt(M.EncryptRequest(key_id=server.arn,
-                                                           plaintext="aGVsbG8gd29ybGQ=")),
+        "Encrypt": lambda: client.encrypt(M.EncryptRequest(key_id=server.arn, plaintext="aGVsbG8gd29ybGQ=")),
         "Decrypt": lambda: client.decrypt(M.DecryptRequest(ciphertext_blob=blob)),
-        "GenerateDataKey": lambda: client.generate_data_key(
-            M.GenerateDataKeyRequest(key_id=server.arn)),
+        "GenerateDataKey": lambda: client.generate_data_key(M.GenerateDataKeyRequest(key_id=server.arn)),
     }
     return calls[op]
 
@@ -107,20 +113,29 @@ def official_worker(server: Server, op: str, blob: str):
 def _presign(server: Server, action: str, params: dict) -> bytes:
     """One complete V3-signed HTTP request (each with its own nonce: replays are refused)."""
     headers = {
-        "host": server.host, "x-acs-action": action, "x-acs-version": "2016-01-20",
+        "host": server.host,
+        "x-acs-action": action,
+        "x-acs-version": "2016-01-20",
         "x-acs-date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "x-acs-signature-nonce": uuid.uuid4().hex,
         "x-acs-content-sha256": hashlib.sha256(b"").hexdigest(),
-        "content-type": "application/x-www-form-urlencoded", "accept": "application/json",
+        "content-type": "application/x-www-form-urlencoded",
+        "accept": "application/json",
     }
     signed = ";".join(sorted(headers))
-    canonical = "\n".join(["POST", "/", canonical_query(params.items()),
-                           "".join(f"{h}:{headers[h]}\n" for h in sorted(headers)),
-                           signed, headers["x-acs-content-sha256"]])
+    canonical = "\n".join(
+        [
+            "POST",
+            "/",
+            canonical_query(params.items()),
+            "".join(f"{h}:{headers[h]}\n" for h in sorted(headers)),
+            signed,
+            headers["x-acs-content-sha256"],
+        ]
+    )
     sts = "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical.encode()).hexdigest()
     sig = hmac.new(server.secret.encode(), sts.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (f"ACS3-HMAC-SHA256 Credential={server.ak},"
-                                f"SignedHeaders={signed},Signature={sig}")
+    headers["authorization"] = f"ACS3-HMAC-SHA256 Credential={server.ak},SignedHeaders={signed},Signature={sig}"
     lines = [f"POST /?{urlencode(params)} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
 
@@ -163,9 +178,9 @@ def run_processes(server: "Server", op: str, blob: str, processes: int, seconds:
     """Aggregate requests/s of ``processes`` processes, each one official-client thread."""
     barrier, results = MP.Barrier(processes), MP.Queue()
     info = (server.host, server.ak, server.secret, server.arn)
-    procs = [MP.Process(target=_official_process,
-                                     args=(info, op, blob, seconds, barrier, results))
-             for _ in range(processes)]
+    procs = [
+        MP.Process(target=_official_process, args=(info, op, blob, seconds, barrier, results)) for _ in range(processes)
+    ]
     for p in procs:
         p.start()
     rates = [results.get(timeout=seconds + 60) for _ in procs]
@@ -213,22 +228,38 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per cell (median shown)")
-    parser.add_argument("--inprocess", action="store_true",
-                        help="run the server in this process (shares the GIL with clients)")
-    parser.add_argument("--processes", type=int, default=2,
-                        help="client processes for the multi-process official-client row "
-                             "(the official client is GIL-bound at ~1.5 ms CPU per call)")
+    parser.add_argument(
+        "--inprocess", action="store_true", help="run the server in this process (shares the GIL with clients)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="client processes for the multi-process official-client row "
+        "(the official client is GIL-bound at ~1.5 ms CPU per call)",
+    )
     args = parser.parse_args()
 
     server = Server(args.inprocess)
     try:
-        blob = Client(Config(access_key_id=server.ak, access_key_secret=server.secret,
-                             endpoint=server.host, protocol="http", region_id=REGION)) \
-            .encrypt(M.EncryptRequest(key_id=server.arn, plaintext="aGVsbG8gd29ybGQ=")) \
+        blob = (
+            Client(
+                Config(
+                    access_key_id=server.ak,
+                    access_key_secret=server.secret,
+                    endpoint=server.host,
+                    protocol="http",
+                    region_id=REGION,
+                )
+            )
+            .encrypt(M.EncryptRequest(key_id=server.arn, plaintext="aGVsbG8gd29ybGQ="))
             .body.ciphertext_blob
-        params = {"Encrypt": {"KeyId": server.arn, "Plaintext": "aGVsbG8gd29ybGQ="},
-                  "Decrypt": {"CiphertextBlob": blob},
-                  "GenerateDataKey": {"KeyId": server.arn}}
+        )
+        params = {
+            "Encrypt": {"KeyId": server.arn, "Plaintext": "aGVsbG8gd29ybGQ="},
+            "Decrypt": {"CiphertextBlob": blob},
+            "GenerateDataKey": {"KeyId": server.arn},
+        }
 
         def lean_factory(op: str, needed: int):
             def make(_i: int):
@@ -238,12 +269,16 @@ def main() -> int:
                 def call() -> None:
                     if conn.roundtrip(pending.pop()) != 200:
                         raise RuntimeError(f"{op}: non-200 response")
+
                 return call
+
             return make
 
         mode = "in-process" if args.inprocess else "child process"
-        print(f"localkms benchmark: server in {mode}, {os.cpu_count()} CPUs, "
-              f"{args.rounds} x {args.seconds:g}s rounds, median requests/s")
+        print(
+            f"localkms benchmark: server in {mode}, {os.cpu_count()} CPUs, "
+            f"{args.rounds} x {args.seconds:g}s rounds, median requests/s"
+        )
         print(f"{'client':<9} {'operation':<16}" + "".join(f"{f'{t} thr':>10}" for t in THREADS))
         results = {}
         for client_kind in ("official", "lean"):
@@ -259,14 +294,13 @@ def main() -> int:
                         rates.append(run_round(make, threads, args.seconds))
                     row.append(statistics.median(rates))
                     results[f"{client_kind}/{op}/{threads}"] = round(row[-1], 1)
-                print(f"{client_kind:<9} {op:<16}" + "".join(f"{r:>10.0f}" for r in row),
-                      flush=True)
+                print(f"{client_kind:<9} {op:<16}" + "".join(f"{r:>10.0f}" for r in row), flush=True)
         for op in OPS:
-            rate = statistics.median(run_processes(server, op, blob, args.processes,
-                                                   args.seconds) for _ in range(args.rounds))
+            rate = statistics.median(
+                run_processes(server, op, blob, args.processes, args.seconds) for _ in range(args.rounds)
+            )
             results[f"official-{args.processes}proc/{op}"] = round(rate, 1)
-            print(f"official {op:<16} {args.processes} client processes x 1 thread: "
-                  f"{rate:>6.0f}", flush=True)
+            print(f"official {op:<16} {args.processes} client processes x 1 thread: {rate:>6.0f}", flush=True)
         print(json.dumps(results))
     finally:
         server.stop()

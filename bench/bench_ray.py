@@ -43,8 +43,12 @@ REGIONS = ("cn-hangzhou", "cn-beijing", "cn-shanghai")
 def make_rows(batch: pa.Table) -> pa.Table:
     """E-mail-like values for the ids of a ``ray.data.range`` batch."""
     ids = batch.column("id").to_pylist()
-    return pa.table({"id": batch.column("id"),
-                     "email": pa.array([f"user{i:07d}.{(i * 2654435761) % 100000:05d}@example.com" for i in ids])})
+    return pa.table(
+        {
+            "id": batch.column("id"),
+            "email": pa.array([f"user{i:07d}.{(i * 2654435761) % 100000:05d}@example.com" for i in ids]),
+        }
+    )
 
 
 def pass_through(batch: pa.Table) -> pa.Table:
@@ -73,14 +77,20 @@ def main() -> int:
     results: list[dict] = []
     with LocalKms(regions=list(REGIONS)) as server:
         arns = [server.create_key(r) for r in REGIONS]
-        env = {"ALIBABA_CLOUD_ACCESS_KEY_ID": server.access_key_id,
-               "ALIBABA_CLOUD_ACCESS_KEY_SECRET": server.access_key_secret}
+        env = {
+            "ALIBABA_CLOUD_ACCESS_KEY_ID": server.access_key_id,
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": server.access_key_secret,
+        }
         root = os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))
         if "site-packages" not in root and "dist-packages" not in root:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         provider = kmsenv.KmsKeyProvider(
-            *arns, kms=Kms(access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
-                           endpoints=server.endpoints),
+            *arns,
+            kms=Kms(
+                access_key_id=server.access_key_id,
+                access_key_secret=server.access_key_secret,
+                endpoints=server.endpoints,
+            ),
         )
         t = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
@@ -103,44 +113,87 @@ def main() -> int:
                 assert n == args.rows, (name, n)
                 calls.append(kms_calls(server))
             med = statistics.median(times)
-            row = {"variant": name, "format": fmt, "rows": args.rows, "blocks": args.blocks, "actors": args.actors,
-                   "num_cpus_per_actor": args.num_cpus, "median_s": round(med, 3),
-                   "times_s": [round(x, 3) for x in times], "rows_per_s": round(args.rows / med),
-                   "kms_calls_per_run": sum(calls[-1].values()), "kms_calls_detail": calls[-1],
-                   "jobkey_create_calls": create}
+            row = {
+                "variant": name,
+                "format": fmt,
+                "rows": args.rows,
+                "blocks": args.blocks,
+                "actors": args.actors,
+                "num_cpus_per_actor": args.num_cpus,
+                "median_s": round(med, 3),
+                "times_s": [round(x, 3) for x in times],
+                "rows_per_s": round(args.rows / med),
+                "kms_calls_per_run": sum(calls[-1].values()),
+                "kms_calls_detail": calls[-1],
+                "jobkey_create_calls": create,
+            }
             row.update(extra or {})
             results.append(row)
-            print(f"  {name:<22} {fmt or '':<8} {med:8.2f} s  {row['rows_per_s']:>10,} rows/s  KMS {row['kms_calls_per_run']}",
-                  flush=True)
+            print(
+                f"  {name:<22} {fmt or '':<8} {med:8.2f} s  {row['rows_per_s']:>10,} rows/s  KMS {row['kms_calls_per_run']}",
+                flush=True,
+            )
 
-        print(f"ray {ray.__version__}, ray.init {init_s:.2f} s, {args.rows:,} rows, {args.blocks} blocks, "
-              f"{args.actors} actors x {args.num_cpus} CPU", flush=True)
+        print(
+            f"ray {ray.__version__}, ray.init {init_s:.2f} s, {args.rows:,} rows, {args.blocks} blocks, "
+            f"{args.actors} actors x {args.num_cpus} CPU",
+            flush=True,
+        )
         run("generate", None, lambda job: base)
         run("map_batches pass", None, lambda job: base.map_batches(pass_through, batch_format="pyarrow"))
         for fmt in formats:
-            run("encrypt", fmt, lambda job, fmt=fmt: kr.encrypt_dataset(
-                base, "email", job, format=fmt, concurrency=args.actors, num_cpus=args.num_cpus), new_job=True)
+            run(
+                "encrypt",
+                fmt,
+                lambda job, fmt=fmt: kr.encrypt_dataset(
+                    base, "email", job, format=fmt, concurrency=args.actors, num_cpus=args.num_cpus
+                ),
+                new_job=True,
+            )
             job = kmsenv.JobKey.create(provider)
-            enc = kr.encrypt_dataset(base, "email", job, format=fmt, concurrency=args.actors,
-                                     num_cpus=args.num_cpus).materialize()
+            enc = kr.encrypt_dataset(
+                base, "email", job, format=fmt, concurrency=args.actors, num_cpus=args.num_cpus
+            ).materialize()
             size = sum(pc.sum(pc.binary_length(t.column("email"))).as_py() for t in ray.get(enc.to_arrow_refs()))
             per_value = round(size / args.rows, 1)
             results[-1]["bytes_per_value"] = per_value
-            run("decrypt", fmt, lambda _job, enc=enc, job=job: kr.decrypt_dataset(
-                enc, "email", job, concurrency=args.actors, num_cpus=args.num_cpus), extra={"bytes_per_value": per_value})
+            run(
+                "decrypt",
+                fmt,
+                lambda _job, enc=enc, job=job: kr.decrypt_dataset(
+                    enc, "email", job, concurrency=args.actors, num_cpus=args.num_cpus
+                ),
+                extra={"bytes_per_value": per_value},
+            )
             del enc
         ray.shutdown()
 
     print()
-    print(f"| variant ({args.rows:,} rows, {args.blocks} blocks, {args.actors} actors x {args.num_cpus} CPU) | format | median | rows/s | KMS calls / run | bytes / value |")
+    print(
+        f"| variant ({args.rows:,} rows, {args.blocks} blocks, {args.actors} actors x {args.num_cpus} CPU) | format | median | rows/s | KMS calls / run | bytes / value |"
+    )
     print("|---|---|---|---|---|---|")
     for r in results:
-        kms = f"{r['kms_calls_per_run']}" + (f" (+{r['jobkey_create_calls']} JobKey.create)" if r["jobkey_create_calls"] else "")
-        print(f"| {r['variant']} | {r['format'] or '-'} | {r['median_s']:.2f} s | {r['rows_per_s']:,} | {kms} | {r.get('bytes_per_value', '-')} |")
-    doc = {"benchmark": "scaleout_ray", "python": platform.python_version(), "ray": ray.__version__,
-           "pyarrow": pa.__version__, "kmsenv": kmsenv.__version__, "cpus": os.cpu_count(), "ray_num_cpus": 2,
-           "ray_init_s": round(init_s, 2), "reps": args.reps, "regions": list(REGIONS), "results": results,
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        kms = f"{r['kms_calls_per_run']}" + (
+            f" (+{r['jobkey_create_calls']} JobKey.create)" if r["jobkey_create_calls"] else ""
+        )
+        print(
+            f"| {r['variant']} | {r['format'] or '-'} | {r['median_s']:.2f} s | {r['rows_per_s']:,} | {kms} | {r.get('bytes_per_value', '-')} |"
+        )
+    doc = {
+        "benchmark": "scaleout_ray",
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "pyarrow": pa.__version__,
+        "kmsenv": kmsenv.__version__,
+        "cpus": os.cpu_count(),
+        "ray_num_cpus": 2,
+        "ray_init_s": round(init_s, 2),
+        "reps": args.reps,
+        "regions": list(REGIONS),
+        "results": results,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     if args.output:
         os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
         with open(args.output, "w") as f:

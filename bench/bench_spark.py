@@ -121,8 +121,9 @@ def main() -> None:
 
     with LocalKms(regions=list(REGIONS)) as server:
         arns = [server.create_key(r) for r in REGIONS]
-        kms = Kms(access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
-                  endpoints=server.endpoints)
+        kms = Kms(
+            access_key_id=server.access_key_id, access_key_secret=server.access_key_secret, endpoints=server.endpoints
+        )
         provider = KmsKeyProvider(*arns, kms=kms)
         os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"] = server.access_key_id
         os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = server.access_key_secret
@@ -131,7 +132,9 @@ def main() -> None:
             os.environ.pop(var, None)
         root = import_root()
         if root:
-            os.environ["PYTHONPATH"] = os.pathsep.join([root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                [root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+            )
 
         from pyspark.sql import SparkSession
 
@@ -152,13 +155,15 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="kmsenv-bench-spark-"))
         results = []
         try:
+
             def gen():
                 return spark.range(0, args.rows, numPartitions=args.partitions).selectExpr("id", f"{EMAIL} AS email")
 
             plain_len = gen().selectExpr("avg(length(email))").first()[0]
 
-            def measure(name: str, build, fmt: str | None = None, value_bytes: float | None = None,
-                        before_rep=None) -> None:
+            def measure(
+                name: str, build, fmt: str | None = None, value_bytes: float | None = None, before_rep=None
+            ) -> None:
                 times, kms_calls, detail, started = [], [], None, set()
                 for _ in range(args.reps):
                     if before_rep is not None:
@@ -174,18 +179,30 @@ def main() -> None:
                     started |= python_workers() - workers_before
                 med = statistics.median(times)
                 row = {
-                    "variant": name, "format": fmt, "rows": args.rows, "partitions": args.partitions,
-                    "seconds": times, "median_s": med, "rows_per_s": args.rows / med,
-                    "kms_calls_per_run": kms_calls, "kms_calls_last_run": detail,
-                    "bytes_per_value": value_bytes, "python_workers_alive": len(python_workers()),
+                    "variant": name,
+                    "format": fmt,
+                    "rows": args.rows,
+                    "partitions": args.partitions,
+                    "seconds": times,
+                    "median_s": med,
+                    "rows_per_s": args.rows / med,
+                    "kms_calls_per_run": kms_calls,
+                    "kms_calls_last_run": detail,
+                    "bytes_per_value": value_bytes,
+                    "python_workers_alive": len(python_workers()),
                     "python_workers_started": len(started),
                 }
                 results.append(row)
-                print(f"  {name:<18} {med:8.2f} s  {args.rows / med / 1e3:9.0f} k rows/s  KMS {kms_calls}  {detail}",
-                      flush=True)
+                print(
+                    f"  {name:<18} {med:8.2f} s  {args.rows / med / 1e3:9.0f} k rows/s  KMS {kms_calls}  {detail}",
+                    flush=True,
+                )
 
-            print(f"Spark {spark.version}, {args.master}, {args.rows:,} rows x {args.partitions} partitions, "
-                  f"plaintext {plain_len:.1f} B, session start {startup:.1f} s", flush=True)
+            print(
+                f"Spark {spark.version}, {args.master}, {args.rows:,} rows x {args.partitions} partitions, "
+                f"plaintext {plain_len:.1f} B, session start {startup:.1f} s",
+                flush=True,
+            )
             measure("jvm", gen, value_bytes=plain_len)
             # Start the Python workers outside the timings (a real job pays this once).
             gen().limit(10).mapInArrow(passthrough, gen().schema).collect()
@@ -208,32 +225,53 @@ def main() -> None:
                 size = stored.selectExpr("avg(length(email))").first()[0]
                 measure(f"encrypt {fmt}", encrypted, fmt, size)
                 spec = kmsenv.WorkerSpec.from_provider(provider)
-                measure(f"decrypt {fmt}", lambda: kmsenv.spark.decrypt_column(
-                    spark.read.parquet(path), "email", spec, key_store=store), fmt, size, before_rep=fresh_readers)
+                measure(
+                    f"decrypt {fmt}",
+                    lambda: kmsenv.spark.decrypt_column(spark.read.parquet(path), "email", spec, key_store=store),
+                    fmt,
+                    size,
+                    before_rep=fresh_readers,
+                )
                 # The scale-out issue's done criterion: every row decrypts in
                 # another region with the primary down, checked row by row in SQL.
                 reader = kmsenv.WorkerSpec.from_provider(
-                    provider, kms=kmsenv.KmsSpec.from_kms(kms, prefer_regions=("cn-beijing", "cn-shanghai")))
+                    provider, kms=kmsenv.KmsSpec.from_kms(kms, prefer_regions=("cn-beijing", "cn-shanghai"))
+                )
                 fresh_readers()
                 server.set_fault("cn-hangzhou", down=True)
                 before = server.stats()
                 t = time.perf_counter()
-                dec = kmsenv.spark.decrypt_column(spark.read.parquet(path), "email", reader, key_store=store,
-                                                  output="plain")
-                bad = dec.selectExpr(f"sum(CASE WHEN plain = {EMAIL} THEN 0 ELSE 1 END) AS bad",
-                                     "count(*) AS n").first()
+                dec = kmsenv.spark.decrypt_column(
+                    spark.read.parquet(path), "email", reader, key_store=store, output="plain"
+                )
+                bad = dec.selectExpr(
+                    f"sum(CASE WHEN plain = {EMAIL} THEN 0 ELSE 1 END) AS bad", "count(*) AS n"
+                ).first()
                 took = time.perf_counter() - t
                 server.set_fault("cn-hangzhou")
                 d = kms_diff(server, before)
-                results.append({
-                    "variant": f"decrypt+verify {fmt}, cn-hangzhou down", "format": fmt, "rows": bad["n"],
-                    "partitions": args.partitions, "seconds": [took], "median_s": took, "rows_per_s": bad["n"] / took,
-                    "kms_calls_per_run": [total(d)], "kms_calls_last_run": d, "bytes_per_value": size,
-                    "python_workers_alive": len(python_workers()), "python_workers_started": 0,
-                    "mismatches": bad["bad"],
-                })
-                print(f"  decrypt+verify {fmt}, cn-hangzhou down: {bad['n']:,} rows, {bad['bad']} mismatches, "
-                      f"{took:.2f} s, KMS {d}", flush=True)
+                results.append(
+                    {
+                        "variant": f"decrypt+verify {fmt}, cn-hangzhou down",
+                        "format": fmt,
+                        "rows": bad["n"],
+                        "partitions": args.partitions,
+                        "seconds": [took],
+                        "median_s": took,
+                        "rows_per_s": bad["n"] / took,
+                        "kms_calls_per_run": [total(d)],
+                        "kms_calls_last_run": d,
+                        "bytes_per_value": size,
+                        "python_workers_alive": len(python_workers()),
+                        "python_workers_started": 0,
+                        "mismatches": bad["bad"],
+                    }
+                )
+                print(
+                    f"  decrypt+verify {fmt}, cn-hangzhou down: {bad['n']:,} rows, {bad['bad']} mismatches, "
+                    f"{took:.2f} s, KMS {d}",
+                    flush=True,
+                )
                 assert bad["n"] == args.rows and bad["bad"] == 0
                 shutil.rmtree(path, ignore_errors=True)
         finally:
@@ -246,13 +284,21 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in results:
         bpv = f"{r['bytes_per_value']:.1f}" if r["bytes_per_value"] is not None else ""
-        print(f"| {r['variant']} | {r['median_s']:.2f} | {r['rows_per_s'] / 1e3:,.0f} k | "
-              f"{r['kms_calls_per_run']} | {bpv} | {r['python_workers_alive']} / {r['python_workers_started']} |")
+        print(
+            f"| {r['variant']} | {r['median_s']:.2f} | {r['rows_per_s'] / 1e3:,.0f} k | "
+            f"{r['kms_calls_per_run']} | {bpv} | {r['python_workers_alive']} / {r['python_workers_started']} |"
+        )
     out = {
-        "benchmark": "bench_spark", "rows": args.rows, "partitions": args.partitions, "reps": args.reps,
-        "master": args.master, "spark": spark.version, "python": platform.python_version(),
+        "benchmark": "bench_spark",
+        "rows": args.rows,
+        "partitions": args.partitions,
+        "reps": args.reps,
+        "master": args.master,
+        "spark": spark.version,
+        "python": platform.python_version(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "session_start_s": startup, "plaintext_bytes": plain_len,
+        "session_start_s": startup,
+        "plaintext_bytes": plain_len,
         "backend": kmsenv.backend_info() if hasattr(kmsenv, "backend_info") else None,
         "results": results,
     }

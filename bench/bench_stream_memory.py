@@ -93,12 +93,22 @@ def child(tree: str, op: str, fmt: str, src: str, dst: str, backend: str) -> Non
             source.close()
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({
-        "seconds": seconds, "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime,
-        "hwm_kib": vm_hwm_kib(), "maxrss_kib": after.ru_maxrss, "ready_hwm_kib": ready_hwm,
-        "ready_maxrss_kib": ready_max, "bytes_in": result.bytes_in, "bytes_out": result.bytes_out,
-        "backend": kmsenv.crypto.get_backend().name,
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "user": after.ru_utime - before.ru_utime,
+                "sys": after.ru_stime - before.ru_stime,
+                "hwm_kib": vm_hwm_kib(),
+                "maxrss_kib": after.ru_maxrss,
+                "ready_hwm_kib": ready_hwm,
+                "ready_maxrss_kib": ready_max,
+                "bytes_in": result.bytes_in,
+                "bytes_out": result.bytes_out,
+                "backend": kmsenv.crypto.get_backend().name,
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------- parent
@@ -111,8 +121,13 @@ def run_child(argv: list[str], env: dict[str, str], stdin_file: str | None) -> t
     start = time.perf_counter()
     if stdin_file is not None:
         feeder = subprocess.Popen(["cat", stdin_file], stdout=subprocess.PIPE)
-    proc = subprocess.Popen(argv, env=env, stdin=feeder.stdout if feeder else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdin=feeder.stdout if feeder else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     if feeder is not None:
         feeder.stdout.close()  # the child holds the read end now
     out = proc.stdout.read()
@@ -172,15 +187,25 @@ def main() -> None:
     try:
         with LocalKms(regions=["cn-hangzhou"]) as server:
             arn = server.create_key("cn-hangzhou")
-            info = {"id": server.access_key_id, "secret": server.access_key_secret,
-                    "endpoints": server.endpoints, "arn": arn}
-            env = {**os.environ, "KMSENV_BENCH_KMS": json.dumps(info),
-                   "KMSENV_KMS_ENDPOINTS": ",".join(f"{r}={u}" for r, u in server.endpoints.items()),
-                   "ALIBABA_CLOUD_ACCESS_KEY_ID": server.access_key_id,
-                   "ALIBABA_CLOUD_ACCESS_KEY_SECRET": server.access_key_secret}
+            info = {
+                "id": server.access_key_id,
+                "secret": server.access_key_secret,
+                "endpoints": server.endpoints,
+                "arn": arn,
+            }
+            env = {
+                **os.environ,
+                "KMSENV_BENCH_KMS": json.dumps(info),
+                "KMSENV_KMS_ENDPOINTS": ",".join(f"{r}={u}" for r, u in server.endpoints.items()),
+                "ALIBABA_CLOUD_ACCESS_KEY_ID": server.access_key_id,
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET": server.access_key_secret,
+            }
             digest = write_plaintext(plain, size)
-            print(f"input {size} bytes ({size / MIB:.0f} MiB) in {args.dir}, via {args.via}, "
-                  f"encryption reading a {args.input}", flush=True)
+            print(
+                f"input {size} bytes ({size / MIB:.0f} MiB) in {args.dir}, via {args.via}, "
+                f"encryption reading a {args.input}",
+                flush=True,
+            )
             for name, tree in trees.items():
                 tree_env = dict(env)
                 if tree:
@@ -190,11 +215,30 @@ def main() -> None:
                         src, dst = (plain, message) if op == "encrypt" else (message, output)
                         piped = op == "encrypt" and args.input == "pipe"
                         if args.via == "api":
-                            argv = [sys.executable, os.path.abspath(__file__), "--child", tree, op, fmt,
-                                    "-" if piped else str(src), str(dst), args.backend]
+                            argv = [
+                                sys.executable,
+                                os.path.abspath(__file__),
+                                "--child",
+                                tree,
+                                op,
+                                fmt,
+                                "-" if piped else str(src),
+                                str(dst),
+                                args.backend,
+                            ]
                         else:
-                            argv = [sys.executable, "-m", "kmsenv", op, "-k", arn, "-i", "-" if piped else str(src),
-                                    "-o", str(dst)]
+                            argv = [
+                                sys.executable,
+                                "-m",
+                                "kmsenv",
+                                op,
+                                "-k",
+                                arn,
+                                "-i",
+                                "-" if piped else str(src),
+                                "-o",
+                                str(dst),
+                            ]
                             if op == "encrypt":
                                 argv += ["--format", fmt]
                         os.sync()  # no dirty pages of the previous step
@@ -203,8 +247,10 @@ def main() -> None:
                         if args.via == "api":
                             r = json.loads(out)
                             growth = (r["hwm_kib"] - r["ready_hwm_kib"]) / 1024
-                            line += (f" (VmHWM {r['hwm_kib'] / 1024:.1f} MiB, +{growth:.1f} MiB over the ready "
-                                     f"process; {r['backend']}; CPU user {r['user']:.2f} s, sys {r['sys']:.2f} s)")
+                            line += (
+                                f" (VmHWM {r['hwm_kib'] / 1024:.1f} MiB, +{growth:.1f} MiB over the ready "
+                                f"process; {r['backend']}; CPU user {r['user']:.2f} s, sys {r['sys']:.2f} s)"
+                            )
                         print(line, flush=True)
                     ok = sha256_of(output) == digest
                     print(f"{name:9s} {fmt:14s} round trip {'ok' if ok else 'MISMATCH'}", flush=True)

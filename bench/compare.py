@@ -138,8 +138,13 @@ class Cell:
         return None if self.ops is None or not self.nbytes else self.ops * self.nbytes / 1e6
 
     def as_json(self) -> dict[str, Any]:
-        return {"ops_per_s": self.ops, "MB_per_s": self.mbs, "bytes_per_item": self.nbytes,
-                "rounds_ops_per_s": [round(r, 3) for r in self.rounds], "note": self.note}
+        return {
+            "ops_per_s": self.ops,
+            "MB_per_s": self.mbs,
+            "bytes_per_item": self.nbytes,
+            "rounds_ops_per_s": [round(r, 3) for r in self.rounds],
+            "note": self.note,
+        }
 
 
 class Results:
@@ -370,13 +375,15 @@ def framed_cells(res: Results, provider: Any, size: int) -> list[Cell]:
     frame = 64 * KIB
     case = f"framed in memory encrypt {size_name(size)}"
     for name, backend in backends():
-        for threads in ((2, 1) if backend == "native" else (1,)):
-            fn = lambda threads=threads: kmsenv.encrypt_stream(io.BytesIO(buf), NullSink(), provider,
-                                                             encryption_context=CTX, threads=threads)
+        for threads in (2, 1) if backend == "native" else (1,):
+            fn = lambda threads=threads: kmsenv.encrypt_stream(
+                io.BytesIO(buf), NullSink(), provider, encryption_context=CTX, threads=threads
+            )
             cells.append(res.add(Cell(case, f"{name} {threads} thr", fn, 1, size, backend)))
         if backend == "native":  # any other file object takes the batch-buffer path
-            fn = lambda: kmsenv.encrypt_stream(io.BufferedReader(io.BytesIO(buf)), NullSink(), provider,
-                                               encryption_context=CTX, threads=2)
+            fn = lambda: kmsenv.encrypt_stream(
+                io.BufferedReader(io.BytesIO(buf)), NullSink(), provider, encryption_context=CTX, threads=2
+            )
             cells.append(res.add(Cell(case, f"{name} 2 thr, file-like source", fn, 1, size, backend)))
     a = AESGCM(os.urandom(32))
     out = bytearray(frame + 16)
@@ -385,7 +392,8 @@ def framed_cells(res: Results, provider: Any, size: int) -> list[Cell]:
 
     def encrypt_into() -> None:
         for off in range(0, size, frame):
-            a.encrypt_into(nonce, mv[off:off + frame], None, out)
+            a.encrypt_into(nonce, mv[off : off + frame], None, out)
+
     cells.append(res.add(Cell(case, "AESGCM.encrypt_into 64 KiB frames, 1 thr", encrypt_into, 1, size)))
 
     case = f"framed in memory decrypt {size_name(size)}"
@@ -394,13 +402,15 @@ def framed_cells(res: Results, provider: Any, size: int) -> list[Cell]:
         sink = io.BytesIO()
         kmsenv.encrypt_stream(io.BytesIO(buf), sink, provider, encryption_context=CTX)
         msg = sink.getvalue()
-        for threads in ((2, 1) if backend == "native" else (1,)):
-            fn = lambda msg=msg, threads=threads: kmsenv.decrypt_stream(io.BytesIO(msg), NullSink(), provider,
-                                                                      threads=threads)
+        for threads in (2, 1) if backend == "native" else (1,):
+            fn = lambda msg=msg, threads=threads: kmsenv.decrypt_stream(
+                io.BytesIO(msg), NullSink(), provider, threads=threads
+            )
             cells.append(res.add(Cell(case, f"{name} {threads} thr", fn, 1, size, backend)))
         if backend == "native":
-            fn = lambda msg=msg: kmsenv.decrypt_stream(io.BufferedReader(io.BytesIO(msg)), NullSink(), provider,
-                                                       threads=2)
+            fn = lambda msg=msg: kmsenv.decrypt_stream(
+                io.BufferedReader(io.BytesIO(msg)), NullSink(), provider, threads=2
+            )
             cells.append(res.add(Cell(case, f"{name} 2 thr, file-like source", fn, 1, size, backend)))
     ct = bytes(a.encrypt(nonce, buf[:frame], None))
     outd = bytearray(frame)
@@ -408,6 +418,7 @@ def framed_cells(res: Results, provider: Any, size: int) -> list[Cell]:
     def decrypt_into() -> None:
         for _ in range(0, size, frame):
             a.decrypt_into(nonce, ct, None, outd)
+
     cells.append(res.add(Cell(case, "AESGCM.decrypt_into 64 KiB frames, 1 thr", decrypt_into, 1, size)))
     return cells
 
@@ -453,9 +464,12 @@ class KmsServer:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(KMSENV_KMS_ENDPOINTS=",".join(f"{r}={u}" for r, u in self.endpoints.items()),
-                   ALIBABA_CLOUD_ACCESS_KEY_ID=self.ak, ALIBABA_CLOUD_ACCESS_KEY_SECRET=self.secret,
-                   PYTHONPATH=os.pathsep.join(filter(None, [KMSENV_SRC, os.environ.get("PYTHONPATH")])))
+        env.update(
+            KMSENV_KMS_ENDPOINTS=",".join(f"{r}={u}" for r, u in self.endpoints.items()),
+            ALIBABA_CLOUD_ACCESS_KEY_ID=self.ak,
+            ALIBABA_CLOUD_ACCESS_KEY_SECRET=self.secret,
+            PYTHONPATH=os.pathsep.join(filter(None, [KMSENV_SRC, os.environ.get("PYTHONPATH")])),
+        )
         return env
 
     def kms(self, **kw: Any) -> Any:
@@ -484,8 +498,10 @@ def kms_path(res: Results, server: KmsServer, rounds: int, min_time: float) -> N
             case = f"KMS encrypt 1 KiB, {n} region{'s' if n > 1 else ''}, {latency:g} ms"
             ours = kmsenv.KmsKeyProvider(*arns, kms=kms)
             theirs = ref.SequentialKmsProvider(kms, *arns)
-            for name, fn in ((NATIVE, lambda p=ours: kmsenv.encrypt(pt, p, encryption_context=CTX)),
-                             (REF, lambda p=theirs: ref.encrypt(pt, p, CTX))):
+            for name, fn in (
+                (NATIVE, lambda p=ours: kmsenv.encrypt(pt, p, encryption_context=CTX)),
+                (REF, lambda p=theirs: ref.encrypt(pt, p, CTX)),
+            ):
                 fn()
                 cells.append((latency, res.add(Cell(case, name, fn, 1, KIB))))
     for r in range(rounds):
@@ -502,19 +518,24 @@ def kms_path(res: Results, server: KmsServer, rounds: int, min_time: float) -> N
     arns = server.arns[:2]
     msg = kmsenv.encrypt(pt, kmsenv.KmsKeyProvider(*arns, kms=kms_d), encryption_context=CTX).ciphertext
     rmsg = ref.encrypt(pt, ref.SequentialKmsProvider(kms_d, *arns), CTX)
-    budget_s = sum(min(kms_d.backoff_max, kms_d.backoff_base * 2 ** i) for i in range(kms_d.max_attempts - 1))
+    budget_s = sum(min(kms_d.backoff_max, kms_d.backoff_base * 2**i) for i in range(kms_d.max_attempts - 1))
     res.extra["kms_down_budget"] = {
-        "max_attempts": kms_d.max_attempts, "backoff_base_s": kms_d.backoff_base,
-        "backoff_max_s": kms_d.backoff_max, "retry_budget_s": budget_s,
+        "max_attempts": kms_d.max_attempts,
+        "backoff_base_s": kms_d.backoff_base,
+        "backoff_max_s": kms_d.backoff_max,
+        "retry_budget_s": budget_s,
         "budget_ms": budget_s * 1000 + 1.3 * LATENCY_MS,
     }
     case = f"KMS decrypt 1 KiB, 1st of 2 regions down, {LATENCY_MS:g} ms"
     server.faults(latency_ms=LATENCY_MS)
     server.fault(KMS_REGIONS[0], down=True)
     import logging
+
     logging.getLogger("kmsenv").setLevel(logging.ERROR)  # one failover warning per call otherwise
-    down = [res.add(Cell(case, NATIVE, lambda: kmsenv.decrypt(msg, kmsenv.KmsKeyProvider(*arns, kms=kms_d)), 1, KIB)),
-            res.add(Cell(case, REF, lambda: ref.decrypt(rmsg, ref.SequentialKmsProvider(kms_d, *arns)), 1, KIB))]
+    down = [
+        res.add(Cell(case, NATIVE, lambda: kmsenv.decrypt(msg, kmsenv.KmsKeyProvider(*arns, kms=kms_d)), 1, KIB)),
+        res.add(Cell(case, REF, lambda: ref.decrypt(rmsg, ref.SequentialKmsProvider(kms_d, *arns)), 1, KIB)),
+    ]
     for r in range(rounds):
         for cell in down:
             cell.run(min(min_time, 0.01))  # one call: each costs the retry budget
@@ -531,8 +552,9 @@ def kms_path(res: Results, server: KmsServer, rounds: int, min_time: float) -> N
 LOCAL_SOURCE, KMS_SOURCE = "data_key_source=local (1 RTT)", "data_key_source=kms, the default (2 RTT)"
 HEDGED, PLAIN = "hedged (adaptive delay)", "plain (hedge=False)"
 BROWNOUT_MS = 500.0
-BROWNOUT_CASE = (f"KMS decrypt 1 KiB under a brownout (1st region {LATENCY_MS:g} + {BROWNOUT_MS:g} ms, "
-                 f"2nd {LATENCY_MS:g} ms)")
+BROWNOUT_CASE = (
+    f"KMS decrypt 1 KiB under a brownout (1st region {LATENCY_MS:g} + {BROWNOUT_MS:g} ms, 2nd {LATENCY_MS:g} ms)"
+)
 
 
 def one_rtt_case(n: int) -> str:
@@ -597,20 +619,26 @@ def kms_hedged_decrypt(res: Results, server: KmsServer, rounds: int, quick: bool
     healthy = hedged.stats()
     calls = _server_calls(server, "Decrypt") - before
     res.extra["kms_hedge_healthy"] = {
-        "decrypts": healthy.decrypts, "decrypt_calls_seen_by_localkms": calls,
+        "decrypts": healthy.decrypts,
+        "decrypt_calls_seen_by_localkms": calls,
         "extra_calls_pct": 100.0 * (calls - healthy.decrypts) / healthy.decrypts,
-        "hedges_started": healthy.hedges_started, "hedges_refused": healthy.hedges_refused,
+        "hedges_started": healthy.hedges_started,
+        "hedges_refused": healthy.hedges_refused,
         "hedge_delay_ms": {r: d * 1000 for r, d in healthy.hedge_delays.items()},
     }
-    log(f"  KMS hedging, healthy: {calls} Decrypt calls for {healthy.decrypts} decrypts, "
-        f"{healthy.hedges_started} hedge(s); delay {res.extra['kms_hedge_healthy']['hedge_delay_ms']}")
+    log(
+        f"  KMS hedging, healthy: {calls} Decrypt calls for {healthy.decrypts} decrypts, "
+        f"{healthy.hedges_started} hedge(s); delay {res.extra['kms_hedge_healthy']['hedge_delay_ms']}"
+    )
 
     # The brownout: region 1 at 50 + 500 ms, region 2 at 50 ms. One decrypt per
     # contender per round (the hedges stay within the budget's burst).
     delay_ms = healthy.hedge_delays[KMS_REGIONS[0]] * 1000
     server.fault(KMS_REGIONS[0], latency_ms=LATENCY_MS + BROWNOUT_MS)
-    cells = [res.add(Cell(BROWNOUT_CASE, HEDGED, lambda: kmsenv.decrypt(msg, hedged), 1, KIB)),
-             res.add(Cell(BROWNOUT_CASE, PLAIN, lambda: kmsenv.decrypt(msg, plain), 1, KIB))]
+    cells = [
+        res.add(Cell(BROWNOUT_CASE, HEDGED, lambda: kmsenv.decrypt(msg, hedged), 1, KIB)),
+        res.add(Cell(BROWNOUT_CASE, PLAIN, lambda: kmsenv.decrypt(msg, plain), 1, KIB)),
+    ]
     try:
         run_interleaved(cells, rounds, 0.01, "KMS brownout")
         time.sleep((LATENCY_MS + BROWNOUT_MS) / 1000)  # let the abandoned calls finish
@@ -618,7 +646,8 @@ def kms_hedged_decrypt(res: Results, server: KmsServer, rounds: int, quick: bool
         server.faults()
     after = hedged.stats()
     res.extra["kms_hedge_brownout"] = {
-        "hedge_delay_ms": delay_ms, "budget_ms": delay_ms + 1.3 * LATENCY_MS,
+        "hedge_delay_ms": delay_ms,
+        "budget_ms": delay_ms + 1.3 * LATENCY_MS,
         "hedges_started": after.hedges_started - healthy.hedges_started,
         "hedges_won": after.hedges_won - healthy.hedges_won,
         "hedges_refused": after.hedges_refused - healthy.hedges_refused,
@@ -634,9 +663,19 @@ def localkms_rps(res: Results, rounds: int, seconds: float) -> None:
 
     server = bl.Server(inprocess=False)
     try:
-        blob = bl.Client(bl.Config(access_key_id=server.ak, access_key_secret=server.secret,
-                                   endpoint=server.host, protocol="http", region_id=bl.REGION)) \
-            .encrypt(bl.M.EncryptRequest(key_id=server.arn, plaintext="aGVsbG8gd29ybGQ=")).body.ciphertext_blob
+        blob = (
+            bl.Client(
+                bl.Config(
+                    access_key_id=server.ak,
+                    access_key_secret=server.secret,
+                    endpoint=server.host,
+                    protocol="http",
+                    region_id=bl.REGION,
+                )
+            )
+            .encrypt(bl.M.EncryptRequest(key_id=server.arn, plaintext="aGVsbG8gd29ybGQ="))
+            .body.ciphertext_blob
+        )
         params = {"KeyId": server.arn, "Plaintext": "aGVsbG8gd29ybGQ="}
 
         def lean(threads: int):
@@ -647,7 +686,9 @@ def localkms_rps(res: Results, rounds: int, seconds: float) -> None:
                 def call() -> None:
                     if conn.roundtrip(pending.pop()) != 200:
                         raise RuntimeError("Encrypt: non-200 response")
+
                 return call
+
             return make
 
         variants = {
@@ -761,13 +802,36 @@ def streams(res: Results, server: KmsServer, size: int, rounds: int, where: str 
         py = sys.executable
         sz = size_name(size)
         contenders = [
-            (f"stream {sz} encrypt", "file copy, no crypto (python, 8 MiB chunks)", [py, copier, plain, copy_out], None),
-            (f"stream {sz} encrypt", "encrypt_stream (API, file to file)", [py, script, "encrypt", plain, api_enc], None),
-            (f"stream {sz} decrypt", "decrypt_stream (API, file to file)", [py, script, "decrypt", api_enc, api_dec], None),
-            (f"stream {sz} encrypt", "CLI (python -m kmsenv, LocalKms)",
-             [py, "-c", _CLI_WRAPPER, "encrypt", "-k", arn, "-c", "tenant=acme", "-i", plain, "-o", cli_enc], env),
-            (f"stream {sz} decrypt", "CLI (python -m kmsenv, LocalKms)",
-             [py, "-c", _CLI_WRAPPER, "decrypt", "-k", arn, "-i", cli_enc, "-o", cli_dec], env),
+            (
+                f"stream {sz} encrypt",
+                "file copy, no crypto (python, 8 MiB chunks)",
+                [py, copier, plain, copy_out],
+                None,
+            ),
+            (
+                f"stream {sz} encrypt",
+                "encrypt_stream (API, file to file)",
+                [py, script, "encrypt", plain, api_enc],
+                None,
+            ),
+            (
+                f"stream {sz} decrypt",
+                "decrypt_stream (API, file to file)",
+                [py, script, "decrypt", api_enc, api_dec],
+                None,
+            ),
+            (
+                f"stream {sz} encrypt",
+                "CLI (python -m kmsenv, LocalKms)",
+                [py, "-c", _CLI_WRAPPER, "encrypt", "-k", arn, "-c", "tenant=acme", "-i", plain, "-o", cli_enc],
+                env,
+            ),
+            (
+                f"stream {sz} decrypt",
+                "CLI (python -m kmsenv, LocalKms)",
+                [py, "-c", _CLI_WRAPPER, "decrypt", "-k", arn, "-i", cli_enc, "-o", cli_dec],
+                env,
+            ),
         ]
         tiny, tiny_out = os.path.join(tmp, "tiny.bin"), os.path.join(tmp, "tiny.kmsenv")
         with open(tiny, "wb") as f:
@@ -775,8 +839,10 @@ def streams(res: Results, server: KmsServer, size: int, rounds: int, where: str 
         startup_argv = [py, "-c", _CLI_WRAPPER, "encrypt", "-k", arn, "-i", tiny, "-o", tiny_out]
         startup: list[float] = []
         cells = [res.add(Cell(case, name, None, 1, size)) for case, name, _, _ in contenders]
-        net = {op: res.add(Cell(f"stream {sz} {op}", "CLI minus its start-up (1-byte file run)", None, 1, size))
-               for op in ("encrypt", "decrypt")}
+        net = {
+            op: res.add(Cell(f"stream {sz} {op}", "CLI minus its start-up (1-byte file run)", None, 1, size))
+            for op in ("encrypt", "decrypt")
+        }
         cli_walls: dict[str, list[float]] = {"encrypt": [], "decrypt": []}
         rss: dict[str, list[int]] = {f"{c.case} / {c.contender}": [] for c in cells if "copy" not in c.contender}
         walls: dict[str, list[float]] = {k: [] for k in rss}
@@ -812,9 +878,11 @@ def streams(res: Results, server: KmsServer, size: int, rounds: int, where: str 
             key = f"{cell.case} / {cell.contender}"
             if key not in rss:
                 continue
-            cell.note = (f"peak RSS {max(rss[key]) / 1e6:.0f} MB; "
-                         + ("wall time incl. interpreter start and KMS calls" if "CLI" in cell.contender
-                            else "time inside the child (excl. interpreter start)"))
+            cell.note = f"peak RSS {max(rss[key]) / 1e6:.0f} MB; " + (
+                "wall time incl. interpreter start and KMS calls"
+                if "CLI" in cell.contender
+                else "time inside the child (excl. interpreter start)"
+            )
         res.extra["stream_peak_rss_bytes"] = {k: max(v) for k, v in rss.items() if "copy" not in k}
         res.extra["stream_wall_seconds"] = {k: statistics.median(v) for k, v in walls.items()}
     finally:
@@ -852,26 +920,62 @@ def _ratio(res: Results, case: str, a: str, b: str) -> float | None:
 def targets(res: Results, stream_size: int, framed_size: int) -> list[Target]:
     T: list[Target] = []
     for op in ("encrypt", "decrypt"):
-        T.append(Target(f"kmsenv.{op} 1 KiB vs bare AESGCM.{op}",
-                        _ratio(res, f"message AES-256-GCM {op} 1 KiB", NATIVE, AES_FLOOR), ">=", 0.2))
+        T.append(
+            Target(
+                f"kmsenv.{op} 1 KiB vs bare AESGCM.{op}",
+                _ratio(res, f"message AES-256-GCM {op} 1 KiB", NATIVE, AES_FLOOR),
+                ">=",
+                0.2,
+            )
+        )
     for op in ("encrypt", "decrypt"):
         case = next((c for c in res.cases if c.startswith("batch") and c.endswith(op)), "")
-        T.append(Target(f"{op}_many 100 B vs bare AESGCM.{op} 100 B",
-                        _ratio(res, case, NATIVE + " (*_many)", AES_FLOOR), ">=", 0.5))
+        T.append(
+            Target(
+                f"{op}_many 100 B vs bare AESGCM.{op} 100 B",
+                _ratio(res, case, NATIVE + " (*_many)", AES_FLOOR),
+                ">=",
+                0.5,
+            )
+        )
     for size in ("1 MiB", "64 MiB"):
         for op in ("encrypt", "decrypt"):
-            T.append(Target(f"kmsenv.{op} {size} vs AESGCM.{op}",
-                            _ratio(res, f"message AES-256-GCM {op} {size}", NATIVE, AES_FLOOR), ">=", 1.0))
+            T.append(
+                Target(
+                    f"kmsenv.{op} {size} vs AESGCM.{op}",
+                    _ratio(res, f"message AES-256-GCM {op} {size}", NATIVE, AES_FLOOR),
+                    ">=",
+                    1.0,
+                )
+            )
     fcase = f"framed in memory encrypt {size_name(framed_size)}"
     fl = _ratio(res, fcase, NATIVE + " 2 thr, file-like source", "AESGCM.encrypt_into 64 KiB frames, 1 thr")
-    T.append(Target(f"framed {size_name(framed_size)} on 2 cores vs 1-thread AESGCM.encrypt_into",
-                    _ratio(res, fcase, NATIVE + " 2 thr", "AESGCM.encrypt_into 64 KiB frames, 1 thr"), ">=", 1.6,
-                    detail="" if fl is None else f"a file-like source (one more copy): {fl:.2f}x"))
+    T.append(
+        Target(
+            f"framed {size_name(framed_size)} on 2 cores vs 1-thread AESGCM.encrypt_into",
+            _ratio(res, fcase, NATIVE + " 2 thr", "AESGCM.encrypt_into 64 KiB frames, 1 thr"),
+            ">=",
+            1.6,
+            detail="" if fl is None else f"a file-like source (one more copy): {fl:.2f}x",
+        )
+    )
     for op in ("encrypt", "decrypt"):
-        T.append(Target(f"SM4-GCM {op} 1 MiB vs cryptography SM4-GCM",
-                        _ratio(res, f"message SM4-GCM {op} 1 MiB", NATIVE, SM4_FLOOR), ">=", 15))
-        T.append(Target(f"SM4-GCM {op} 1 MiB vs gmssl (extrapolated per byte from 1 KiB)",
-                        _ratio(res, f"message SM4-GCM {op} 1 MiB", NATIVE, GMSSL), ">=", 1000))
+        T.append(
+            Target(
+                f"SM4-GCM {op} 1 MiB vs cryptography SM4-GCM",
+                _ratio(res, f"message SM4-GCM {op} 1 MiB", NATIVE, SM4_FLOOR),
+                ">=",
+                15,
+            )
+        )
+        T.append(
+            Target(
+                f"SM4-GCM {op} 1 MiB vs gmssl (extrapolated per byte from 1 KiB)",
+                _ratio(res, f"message SM4-GCM {op} 1 MiB", NATIVE, GMSSL),
+                ">=",
+                1000,
+            )
+        )
     sz = size_name(stream_size)
     rss = res.extra.get("stream_peak_rss_bytes", {})
     for key, peak in rss.items():
@@ -885,39 +989,77 @@ def targets(res: Results, stream_size: int, framed_size: int) -> list[Target]:
                 detail = ""
                 if copy is not None and copy.mbs:  # the I/O ceiling: the same files copied, no crypto
                     detail = f"{cell.mbs / copy.mbs:.2f}x a plain file copy ({copy.mbs:,.0f} MB/s)"
-                T.append(Target(f"stream {sz} {op}, {cell.contender.split(' (')[0]}, vs in-memory framed 2 thr",
-                                cell.mbs / mem.mbs, ">=", 0.8, detail=detail))
+                T.append(
+                    Target(
+                        f"stream {sz} {op}, {cell.contender.split(' (')[0]}, vs in-memory framed 2 thr",
+                        cell.mbs / mem.mbs,
+                        ">=",
+                        0.8,
+                        detail=detail,
+                    )
+                )
     k3 = res.get(f"KMS encrypt 1 KiB, 3 regions, {LATENCY_MS:g} ms", NATIVE)
     if k3 is not None and k3.ops:
-        T.append(Target(f"KMS encrypt, 3 regions at {LATENCY_MS:g} ms, in units of the latency",
-                        1000 / k3.ops / LATENCY_MS, "<=", 2.3, "x 50 ms"))
+        T.append(
+            Target(
+                f"KMS encrypt, 3 regions at {LATENCY_MS:g} ms, in units of the latency",
+                1000 / k3.ops / LATENCY_MS,
+                "<=",
+                2.3,
+                "x 50 ms",
+            )
+        )
     k3_local = res.get(one_rtt_case(3), LOCAL_SOURCE)
     if k3_local is not None and k3_local.ops:
         k3_kms = res.get(one_rtt_case(3), KMS_SOURCE)
-        T.append(Target(f"KMS encrypt, 3 regions at {LATENCY_MS:g} ms, data_key_source=local, in units of the latency",
-                        1000 / k3_local.ops / LATENCY_MS, "<=", 1.15, "x 50 ms",
-                        detail="" if k3_kms is None or not k3_kms.ops else
-                        f"the default (GenerateDataKey first): {1000 / k3_kms.ops / LATENCY_MS:.2f}x"))
+        T.append(
+            Target(
+                f"KMS encrypt, 3 regions at {LATENCY_MS:g} ms, data_key_source=local, in units of the latency",
+                1000 / k3_local.ops / LATENCY_MS,
+                "<=",
+                1.15,
+                "x 50 ms",
+                detail=""
+                if k3_kms is None or not k3_kms.ops
+                else f"the default (GenerateDataKey first): {1000 / k3_kms.ops / LATENCY_MS:.2f}x",
+            )
+        )
     brown = res.get(BROWNOUT_CASE, HEDGED)
     brown_budget = res.extra.get("kms_hedge_brownout", {})
     if brown is not None and brown.ops and brown_budget:
         plain_cell = res.get(BROWNOUT_CASE, PLAIN)
-        T.append(Target(f"KMS decrypt, 1st region +{BROWNOUT_MS:g} ms, hedged (ms) vs hedge delay + 1.3 x 50 ms",
-                        1000 / brown.ops, "<=", round(brown_budget["budget_ms"], 1), "ms",
-                        detail=f"hedge delay {brown_budget['hedge_delay_ms']:.1f} ms; "
-                               f"{brown_budget['hedges_won']}/{brown_budget['decrypts']} hedges won"
-                               + ("" if plain_cell is None or not plain_cell.ops else
-                                  f"; plain: {1000 / plain_cell.ops:.0f} ms")))
+        T.append(
+            Target(
+                f"KMS decrypt, 1st region +{BROWNOUT_MS:g} ms, hedged (ms) vs hedge delay + 1.3 x 50 ms",
+                1000 / brown.ops,
+                "<=",
+                round(brown_budget["budget_ms"], 1),
+                "ms",
+                detail=f"hedge delay {brown_budget['hedge_delay_ms']:.1f} ms; "
+                f"{brown_budget['hedges_won']}/{brown_budget['decrypts']} hedges won"
+                + ("" if plain_cell is None or not plain_cell.ops else f"; plain: {1000 / plain_cell.ops:.0f} ms"),
+            )
+        )
     healthy = res.extra.get("kms_hedge_healthy")
     if healthy:
-        T.append(Target(f"KMS decrypt, both regions healthy at {LATENCY_MS:g} ms: extra Decrypt calls from hedging",
-                        healthy["extra_calls_pct"], "<=", 2, "%",
-                        detail=f"{healthy['decrypt_calls_seen_by_localkms']} calls for {healthy['decrypts']} decrypts"))
+        T.append(
+            Target(
+                f"KMS decrypt, both regions healthy at {LATENCY_MS:g} ms: extra Decrypt calls from hedging",
+                healthy["extra_calls_pct"],
+                "<=",
+                2,
+                "%",
+                detail=f"{healthy['decrypt_calls_seen_by_localkms']} calls for {healthy['decrypts']} decrypts",
+            )
+        )
     down = res.get(f"KMS decrypt 1 KiB, 1st of 2 regions down, {LATENCY_MS:g} ms", NATIVE)
     budget = res.extra.get("kms_down_budget", {}).get("budget_ms")
     if down is not None and down.ops and budget:
-        T.append(Target("KMS decrypt, 1st region down (ms) vs retry budget + 1.3 x 50 ms",
-                        1000 / down.ops, "<=", budget, "ms"))
+        T.append(
+            Target(
+                "KMS decrypt, 1st region down (ms) vs retry budget + 1.3 x 50 ms", 1000 / down.ops, "<=", budget, "ms"
+            )
+        )
     lk = res.get("LocalKms Encrypt requests/s (server in a child process)", "lean client, 4 threads")
     lk1 = res.get("LocalKms Encrypt requests/s (server in a child process)", "lean client, 1 thread")
     if lk is not None and lk.ops:
@@ -986,10 +1128,14 @@ def print_tables(res: Results, T: list[Target]) -> str:
     cols = ["target", "measured", "goal", "result", "context"]
     rows = []
     for t in T:
-        m = "-" if t.measured is None else (f"{t.measured:,.2f} {t.unit}" if t.measured < 1e4 else
-                                             f"{t.measured:,.0f} {t.unit}")
-        rows.append([t.name, m, f"{t.op} {t.goal:g} {t.unit}", {True: "PASS", False: "FAIL", None: "n/a"}[t.ok],
-                     t.detail])
+        m = (
+            "-"
+            if t.measured is None
+            else (f"{t.measured:,.2f} {t.unit}" if t.measured < 1e4 else f"{t.measured:,.0f} {t.unit}")
+        )
+        rows.append(
+            [t.name, m, f"{t.op} {t.goal:g} {t.unit}", {True: "PASS", False: "FAIL", None: "n/a"}[t.ok], t.detail]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
     lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |")
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -1001,8 +1147,7 @@ def print_tables(res: Results, T: list[Target]) -> str:
 
 
 # The CPU flags the kernels depend on (csrc/cpu.c): every report names them.
-CPU_FLAGS = ("aes", "pclmulqdq", "avx2", "vaes", "vpclmulqdq", "gfni", "avx512f", "avx512bw", "avx512vl",
-             "avx512dq")
+CPU_FLAGS = ("aes", "pclmulqdq", "avx2", "vaes", "vpclmulqdq", "gfni", "avx512f", "avx512bw", "avx512vl", "avx512dq")
 
 
 def machine_info() -> dict[str, Any]:
@@ -1019,10 +1164,18 @@ def machine_info() -> dict[str, Any]:
         pass
     commit = None
     try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = (
+            subprocess.run(
+                ["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         if commit and dirty:
             commit += " (with uncommitted changes)"
     except (OSError, subprocess.SubprocessError):
@@ -1031,13 +1184,19 @@ def machine_info() -> dict[str, Any]:
 
     try:
         from cryptography.hazmat.backends.openssl import backend as ossl
+
         cryptography_openssl = ossl.openssl_version_text()
     except Exception:  # noqa: BLE001
         cryptography_openssl = None
     return {
-        "cpu": cpu, "cpu_flags": {f: f in flags for f in CPU_FLAGS}, "cores": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "kmsenv": kmsenv.__version__,
-        "backend_info": kmsenv.backend_info(), "cryptography": cryptography.__version__,
+        "cpu": cpu,
+        "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "kmsenv": kmsenv.__version__,
+        "backend_info": kmsenv.backend_info(),
+        "cryptography": cryptography.__version__,
         "cryptography_openssl": cryptography_openssl,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": commit,
@@ -1047,8 +1206,14 @@ def machine_info() -> dict[str, Any]:
 # ------------------------------------------------------------------ charts
 
 
-COLORS = {NATIVE: "#1f77b4", PURE: "#ff7f0e", REF: "#d62728", AES_FLOOR: "#2ca02c", SM4_FLOOR: "#2ca02c",
-          GMSSL: "#9467bd"}
+COLORS = {
+    NATIVE: "#1f77b4",
+    PURE: "#ff7f0e",
+    REF: "#d62728",
+    AES_FLOOR: "#2ca02c",
+    SM4_FLOOR: "#2ca02c",
+    GMSSL: "#9467bd",
+}
 
 
 def charts(res: Results, sizes: list[int], outdir: str) -> list[str]:
@@ -1072,8 +1237,7 @@ def charts(res: Results, sizes: list[int], outdir: str) -> list[str]:
     def pick(case: str, name: str) -> Cell | None:
         if name.startswith("floor"):
             return res.get(case, AES_FLOOR) or res.get(case, SM4_FLOOR)
-        return (res.get(case, name) or res.get(case, name + " (*_many)")
-                or res.get(case, name + " (one by one)"))
+        return res.get(case, name) or res.get(case, name + " (*_many)") or res.get(case, name + " (one by one)")
 
     fig, ax = plt.subplots(figsize=(13, 5.5))
     width = 0.8 / len(names)
@@ -1115,8 +1279,7 @@ def charts(res: Results, sizes: list[int], outdir: str) -> list[str]:
                 if not xs:
                     continue
                 label = name + (" (extrapolated beyond 1 KiB)" if any(ext) else "")
-                ax.plot(xs, ys, marker="o", label=label, color=COLORS.get(name),
-                        linestyle="--" if any(ext) else "-")
+                ax.plot(xs, ys, marker="o", label=label, color=COLORS.get(name), linestyle="--" if any(ext) else "-")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xticks(sizes, [size_name(s) for s in sizes])
@@ -1151,8 +1314,9 @@ def charts(res: Results, sizes: list[int], outdir: str) -> list[str]:
             ys.append(1000 / cell.ops)
     if xs:
         ax.plot(xs, ys, "-", marker="s", color="#2ca02c", label=f"kmsenv, data_key_source=local, {LATENCY_MS:g} ms")
-        ax.axhline(1.15 * LATENCY_MS, color="#2ca02c", linestyle="--", linewidth=0.8,
-                   label="target (local): 1.15 × 50 ms")
+        ax.axhline(
+            1.15 * LATENCY_MS, color="#2ca02c", linestyle="--", linewidth=0.8, label="target (local): 1.15 × 50 ms"
+        )
     for k in (1, 2, 3):
         ax.axhline(k * LATENCY_MS, color="grey", linewidth=0.6, alpha=0.5)
     ax.axhline(2.3 * LATENCY_MS, color="black", linestyle="--", linewidth=0.8, label="target: 2.3 × 50 ms")
@@ -1196,8 +1360,11 @@ def charts(res: Results, sizes: list[int], outdir: str) -> list[str]:
     if items:
         fig, ax = plt.subplots(figsize=(10, 0.45 * len(items) + 1.2))
         ax.barh(range(len(items)), [v for _, v in items], color="#1f77b4")
-        ax.set_yticks(range(len(items)), [k.replace("\n", ": ").replace(" 64 KiB frames, 1 thr", ", 1 thr")
-                                          for k, _ in items], fontsize=7)
+        ax.set_yticks(
+            range(len(items)),
+            [k.replace("\n", ": ").replace(" 64 KiB frames, 1 thr", ", 1 thr") for k, _ in items],
+            fontsize=7,
+        )
         ax.invert_yaxis()
         ax.set_xlabel("MB/s")
         ax.set_title("Framed streams: in memory (64 MiB buffer) and file to file")
@@ -1236,8 +1403,10 @@ def main(argv: list[str] | None = None) -> int:
     only = set(filter(None, args.only.split(","))) or {"messages", "batch", "framed", "streams", "kms", "localkms"}
     started = time.perf_counter()
     info = machine_info()
-    log(f"kmsenv compare: {'quick' if quick else 'full'} run, {rounds} round(s), min {min_time}s/cell; "
-        f"backend {info['backend_info'].get('backend')}, {info['cpu']}")
+    log(
+        f"kmsenv compare: {'quick' if quick else 'full'} run, {rounds} round(s), min {min_time}s/cell; "
+        f"backend {info['backend_info'].get('backend')}, {info['cpu']}"
+    )
     log("CPU flags: " + ", ".join(f"{f}{'' if on else ' (no)'}" for f, on in info["cpu_flags"].items()))
     kernels = info["backend_info"].get("kernels") or {}
     for family, k in kernels.items():
@@ -1269,32 +1438,57 @@ def main(argv: list[str] | None = None) -> int:
 
     T = targets(res, stream_size, framed_size)
     kernels = info["backend_info"].get("kernels") or {}
-    machine_line = (f"CPU: {info['cpu']} ({', '.join(f for f, on in info['cpu_flags'].items() if on)}; lacks "
-                    f"{', '.join(f for f, on in info['cpu_flags'].items() if not on) or 'nothing listed'}); "
-                    f"OpenSSL {info['backend_info'].get('openssl_loaded')}; kernels: "
-                    + ", ".join(f"{fam} {k.get('name')}" for fam, k in kernels.items()))
+    machine_line = (
+        f"CPU: {info['cpu']} ({', '.join(f for f, on in info['cpu_flags'].items() if on)}; lacks "
+        f"{', '.join(f for f, on in info['cpu_flags'].items() if not on) or 'nothing listed'}); "
+        f"OpenSSL {info['backend_info'].get('openssl_loaded')}; kernels: "
+        + ", ".join(f"{fam} {k.get('name')}" for fam, k in kernels.items())
+    )
     print(machine_line + "\n")
     text = machine_line + "\n\n" + print_tables(res, T)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     out = {
         "machine": info,
-        "config": {"quick": quick, "rounds": rounds, "min_time_s": min_time, "sizes": sizes,
-                   "stream_size": stream_size, "framed_size": framed_size, "batch": [batch_count, 100],
-                   "context": CTX, "edks": 2, "kms_latency_ms": LATENCY_MS},
+        "config": {
+            "quick": quick,
+            "rounds": rounds,
+            "min_time_s": min_time,
+            "sizes": sizes,
+            "stream_size": stream_size,
+            "framed_size": framed_size,
+            "batch": [batch_count, 100],
+            "context": CTX,
+            "edks": 2,
+            "kms_latency_ms": LATENCY_MS,
+        },
         "cases": {case: {c.contender: c.as_json() for c in res.contenders(case)} for case in res.cases},
-        "targets": [{"name": t.name, "measured": t.measured, "op": t.op, "goal": t.goal, "unit": t.unit,
-                     "pass": t.ok, "context": t.detail} for t in T],
+        "targets": [
+            {
+                "name": t.name,
+                "measured": t.measured,
+                "op": t.op,
+                "goal": t.goal,
+                "unit": t.unit,
+                "pass": t.ok,
+                "context": t.detail,
+            }
+            for t in T
+        ],
         "extra": res.extra,
         "group_seconds": timings,
         "table": text,
     }
     if not args.no_charts and "messages" in only:
-        out["charts"] = [os.path.relpath(p, ROOT) for p in charts(res, sizes, os.path.dirname(os.path.abspath(args.output)))]
+        out["charts"] = [
+            os.path.relpath(p, ROOT) for p in charts(res, sizes, os.path.dirname(os.path.abspath(args.output)))
+        ]
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     with open(args.output, "w") as f:
         json.dump(out, f, indent=1, ensure_ascii=False, default=str)
-    log(f"wrote {os.path.relpath(args.output, ROOT)}{' and charts' if out.get('charts') else ''}; "
-        f"total {out['total_seconds']}s {timings}")
+    log(
+        f"wrote {os.path.relpath(args.output, ROOT)}{' and charts' if out.get('charts') else ''}; "
+        f"total {out['total_seconds']}s {timings}"
+    )
     return 0
 
 

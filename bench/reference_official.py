@@ -97,8 +97,12 @@ class EncryptedDataKey:
 
     def serialize(self) -> bytes:
         arn = self.key_arn.encode("utf-8")
-        return (struct.pack(">I", len(arn)) + arn
-                + struct.pack(">I", len(self.encrypted_data_key)) + self.encrypted_data_key)
+        return (
+            struct.pack(">I", len(arn))
+            + arn
+            + struct.pack(">I", len(self.encrypted_data_key))
+            + self.encrypted_data_key
+        )
 
 
 def _serialize_context(context: Mapping[str, str]) -> bytes:
@@ -112,8 +116,15 @@ def _serialize_context(context: Mapping[str, str]) -> bytes:
 
 
 class CipherHeader:
-    def __init__(self, version: int, algorithm: int, encrypted_data_keys: list[EncryptedDataKey],
-                 encryption_context: Mapping[str, str], header_iv: bytes = b"", header_auth_tag: bytes = b""):
+    def __init__(
+        self,
+        version: int,
+        algorithm: int,
+        encrypted_data_keys: list[EncryptedDataKey],
+        encryption_context: Mapping[str, str],
+        header_iv: bytes = b"",
+        header_auth_tag: bytes = b"",
+    ):
         self.version = version
         self.algorithm = algorithm
         self.encrypted_data_keys = encrypted_data_keys
@@ -131,8 +142,9 @@ class CipherHeader:
 
     def compute_header_auth_tag(self, cipher: str, data_key: bytes) -> None:
         self.header_iv = os.urandom(_IV_LEN) if not self.header_iv else self.header_iv
-        _, self.header_auth_tag = _gcm_encrypt(cipher, data_key, self.header_iv, b"",
-                                               self.serialize_authenticated_fields())
+        _, self.header_auth_tag = _gcm_encrypt(
+            cipher, data_key, self.header_iv, b"", self.serialize_authenticated_fields()
+        )
 
     def verify_header_auth_tag(self, cipher: str, data_key: bytes) -> bool:
         _, tag = _gcm_encrypt(cipher, data_key, self.header_iv, b"", self.serialize_authenticated_fields())
@@ -172,21 +184,27 @@ def _gcm_decrypt(cipher: str, key: bytes, iv: bytes, ciphertext: bytes, tag: byt
 def serialize(header: CipherHeader, body: CipherBody) -> bytes:
     edks = Asn1EncryptedDataKeys()
     for edk in header.encrypted_data_keys:
-        edks.append(Asn1EncryptedDataKey({
-            "key_arn": edk.key_arn.encode("utf-8"),
-            "encrypted_data_key": base64.b64decode(edk.encrypted_data_key),
-        }))
+        edks.append(
+            Asn1EncryptedDataKey(
+                {
+                    "key_arn": edk.key_arn.encode("utf-8"),
+                    "encrypted_data_key": base64.b64decode(edk.encrypted_data_key),
+                }
+            )
+        )
     ctx = Asn1EncryptionContext()
     for k, v in header.encryption_context.items():
         ctx.append(Asn1ContextEntry({"key": k.encode("utf-8"), "value": v.encode("utf-8")}))
-    asn1_header = Asn1CipherHeader({
-        "version": header.version,
-        "algorithm": header.algorithm,
-        "encrypted_data_keys": edks,
-        "encryption_context": ctx,
-        "header_iv": header.header_iv,
-        "header_auth_tag": header.header_auth_tag,
-    })
+    asn1_header = Asn1CipherHeader(
+        {
+            "version": header.version,
+            "algorithm": header.algorithm,
+            "encrypted_data_keys": edks,
+            "encryption_context": ctx,
+            "header_iv": header.header_iv,
+            "header_auth_tag": header.header_auth_tag,
+        }
+    )
     asn1_body = Asn1CipherBody({"iv": body.iv, "cipher_text": body.cipher_text, "auth_tag": body.auth_tag})
     return Asn1CipherMessage({"header": asn1_header, "body": asn1_body}).dump()
 
@@ -199,8 +217,9 @@ def deserialize(data: bytes) -> tuple[CipherHeader, CipherBody]:
         for e in h["encrypted_data_keys"]
     ]
     ctx = {e["key"].native.decode("utf-8"): e["value"].native.decode("utf-8") for e in h["encryption_context"]}
-    header = CipherHeader(h["version"].native, h["algorithm"].native, edks, ctx,
-                          h["header_iv"].native, h["header_auth_tag"].native)
+    header = CipherHeader(
+        h["version"].native, h["algorithm"].native, edks, ctx, h["header_iv"].native, h["header_auth_tag"].native
+    )
     body = CipherBody(b["iv"].native, b["cipher_text"].native, b["auth_tag"].native)
     return header, body
 
@@ -229,22 +248,30 @@ class SequentialKmsProvider:
 
         alg = kmsenv.Algorithm(algorithm)
         primary = self.arns[0]
-        spec = ({"key_spec": "AES_256" if alg.key_len == 32 else "AES_128"} if alg.info.cipher == "AES"
-                else {"number_of_bytes": alg.key_len})
+        spec = (
+            {"key_spec": "AES_256" if alg.key_len == 32 else "AES_128"}
+            if alg.info.cipher == "AES"
+            else {"number_of_bytes": alg.key_len}
+        )
         plaintext, blob = self.kms.generate_data_key(primary, encryption_context=encryption_context, **spec)
         edks = [kmsenv.EncryptedDataKey(primary, blob)]
         region = Arn.parse(primary).region
         for arn in self.arns[1:]:
             if Arn.parse(arn).region == region:
-                other = self.kms.re_encrypt(blob, arn, source_encryption_context=encryption_context,
-                                            destination_encryption_context=encryption_context)
+                other = self.kms.re_encrypt(
+                    blob,
+                    arn,
+                    source_encryption_context=encryption_context,
+                    destination_encryption_context=encryption_context,
+                )
             else:
                 other = self.kms.encrypt(arn, plaintext, encryption_context)
             edks.append(kmsenv.EncryptedDataKey(arn, other))
         return kmsenv.DataKey(plaintext, edks)
 
-    def decrypt_data_key(self, encrypted_data_keys: Sequence[Any], algorithm: Any,
-                         encryption_context: dict[str, str]) -> bytearray:
+    def decrypt_data_key(
+        self, encrypted_data_keys: Sequence[Any], algorithm: Any, encryption_context: dict[str, str]
+    ) -> bytearray:
         for edk in encrypted_data_keys:
             if edk.key_arn not in self.arns:
                 continue
@@ -258,16 +285,22 @@ class SequentialKmsProvider:
 # --------------------------------------------------------------- encrypt / decrypt
 
 
-def encrypt(plaintext: bytes, provider: Any, encryption_context: Mapping[str, str] | None = None,
-            algorithm: int = 2, *, header_iv: bytes | None = None, body_iv: bytes | None = None) -> bytes:
+def encrypt(
+    plaintext: bytes,
+    provider: Any,
+    encryption_context: Mapping[str, str] | None = None,
+    algorithm: int = 2,
+    *,
+    header_iv: bytes | None = None,
+    body_iv: bytes | None = None,
+) -> bytes:
     """One complete DER message, official-SDK style. ``provider`` is any kmsenv
     data key provider (its raw EDK blobs become base64 text, as KMS returns them)."""
     ctx = dict(encryption_context or {})
     cipher, _ = _ALGORITHMS[int(algorithm)]
     material = provider.generate_data_key(algorithm, ctx)
     data_key = bytes(material.plaintext)
-    edks = [EncryptedDataKey(e.key_arn, base64.b64encode(e.ciphertext_blob))
-            for e in material.encrypted_data_keys]
+    edks = [EncryptedDataKey(e.key_arn, base64.b64encode(e.ciphertext_blob)) for e in material.encrypted_data_keys]
     header = CipherHeader(VERSION, int(algorithm), edks, ctx, header_iv or os.urandom(_IV_LEN))
     header.compute_header_auth_tag(cipher, data_key)
     iv = body_iv or os.urandom(_IV_LEN)
@@ -279,10 +312,12 @@ def decrypt(message: bytes, provider: Any) -> bytes:
     """Plaintext of one DER message, official-SDK style."""
     header, body = deserialize(message)
     cipher, _ = _ALGORITHMS[header.algorithm]
-    key = provider.decrypt_data_key(_kmsenv_edks(header.encrypted_data_keys), header.algorithm,
-                                    header.encryption_context)
+    key = provider.decrypt_data_key(
+        _kmsenv_edks(header.encrypted_data_keys), header.algorithm, header.encryption_context
+    )
     data_key = bytes(key)
     if not header.verify_header_auth_tag(cipher, data_key):
         raise Exception("header authTag verify failed")
-    return _gcm_decrypt(cipher, data_key, body.iv, body.cipher_text, body.auth_tag,
-                        _serialize_context(header.encryption_context))
+    return _gcm_decrypt(
+        cipher, data_key, body.iv, body.cipher_text, body.auth_tag, _serialize_context(header.encryption_context)
+    )

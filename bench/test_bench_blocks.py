@@ -46,6 +46,7 @@ def _size(n: int) -> str:
 
 # -- AEAD seal/open with a kept key (the cipher call) -------------------------------
 
+
 @pytest.mark.parametrize("size", SIZES, ids=_size)
 @pytest.mark.parametrize("cipher", list(CIPHERS))
 def test_gcm_seal(benchmark, backend, cipher, size):
@@ -72,6 +73,7 @@ def test_gcm_open(benchmark, backend, cipher, size):
 
 # -- header codec (pure Python, backend-independent) ---------------------------------
 
+
 def _edks():
     dk = FakeKmsProvider(ARN_BJ, ARN_HZ).generate_data_key(kmsenv.Algorithm.AES_GCM_NOPADDING_256, CTX)
     return list(dk.encrypted_data_keys)
@@ -81,8 +83,14 @@ def test_header_encode_fields_uncached(benchmark):
     """DER header fields + auth fields from scratch (memo bypassed)."""
     edks = _edks()
     benchmark.group = "header codec"
-    benchmark(lambda: (codec.encode_header_fields(1, 2, edks, CTX), codec.auth_fields(1, 2, CTX, edks),
-                       codec._CTX_MEMO.clear(), codec._EDK_MEMO.clear()))
+    benchmark(
+        lambda: (
+            codec.encode_header_fields(1, 2, edks, CTX),
+            codec.auth_fields(1, 2, CTX, edks),
+            codec._CTX_MEMO.clear(),
+            codec._EDK_MEMO.clear(),
+        )
+    )
 
 
 def test_header_parts_memoized(benchmark):
@@ -104,6 +112,7 @@ def test_header_reference_asn1crypto(benchmark, provider):
 
 
 # -- complete messages and batches ---------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [64, 1024], ids=_size)
 def test_message_encrypt(benchmark, backend, provider, size):

@@ -38,7 +38,8 @@ def test_kmsenv_decrypts_reference(backend, provider, alg, size):
     assert kmsenv.decrypt(msg, provider, expected_encryption_context=CTX).plaintext == pt
     header = kmsenv.parse_header(msg)
     assert int(header.algorithm) == alg and sorted(e.key_arn for e in header.encrypted_data_keys) == sorted(
-        [ARN_BJ, ARN_HZ])
+        [ARN_BJ, ARN_HZ]
+    )
 
 
 @pytest.mark.parametrize("alg", ALGS)

@@ -43,8 +43,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 #: Harness names (fuzz/fuzz_<name>.py), in the order run.sh runs them.
-TARGETS = ("decode_message", "parse_header", "decrypt", "decrypt_many", "native_open_messages", "decrypt_stream",
-           "open_columns")
+TARGETS = (
+    "decode_message",
+    "parse_header",
+    "decrypt",
+    "decrypt_many",
+    "native_open_messages",
+    "decrypt_stream",
+    "open_columns",
+)
 
 # kmsenv from the environment (an installed package, as in CI) or else from src/.
 if importlib.util.find_spec("kmsenv") is None:
@@ -230,8 +237,14 @@ def check_decoded(msg: bytes, header: Any, body: Any, max_edks: int) -> None:
 def _canonical(header: Any) -> tuple:
     """A header's values with the SET OF members (EDKs, context) order-free: the
     decoder keeps wire order, the encoder sorts, neither is authenticated."""
-    return (header.version, header.algorithm, sorted(header.encrypted_data_keys, key=lambda e: e.key_arn),
-            dict(header.encryption_context), header.header_iv, header.header_auth_tag)
+    return (
+        header.version,
+        header.algorithm,
+        sorted(header.encrypted_data_keys, key=lambda e: e.key_arn),
+        dict(header.encryption_context),
+        header.header_iv,
+        header.header_auth_tag,
+    )
 
 
 # --------------------------------------------------------------- memory bounds
@@ -321,8 +334,11 @@ def main(target: Callable[[bytes], None]) -> None:
 
     target(b"")  # warm lazy imports and caches before measuring the process
     limit = cap_address_space(int(os.environ.get("KMSENV_FUZZ_AS_HEADROOM_MB", "1024")))
-    print(f"fuzz: backend={kmsenv.backend_name()} RLIMIT_AS={limit >> 20} MiB "
-          f"tracemalloc every {every or 'never'}", file=sys.stderr, flush=True)
+    print(
+        f"fuzz: backend={kmsenv.backend_name()} RLIMIT_AS={limit >> 20} MiB tracemalloc every {every or 'never'}",
+        file=sys.stderr,
+        flush=True,
+    )
     atheris.Setup(default_args(sys.argv), one_input)
     atheris.Fuzz()
 

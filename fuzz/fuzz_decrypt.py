@@ -51,8 +51,9 @@ def target(data: bytes) -> None:
         common.check_no_key_material(res)
         common.check_no_key_material(res_p)
         if type(res) is not type(res_p):
-            common.soft_finding("error-class", f"native {type(res).__name__}: {res} / "
-                                f"pure {type(res_p).__name__}: {res_p}", data)
+            common.soft_finding(
+                "error-class", f"native {type(res).__name__}: {res} / pure {type(res_p).__name__}: {res_p}", data
+            )
         return
     assert res.plaintext == res_p.plaintext and res.header == res_p.header
     assert res.header == kmsenv.parse_header(msg, max_encrypted_data_keys=MAX_EDKS[(flags >> 2) & 3])

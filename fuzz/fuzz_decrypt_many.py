@@ -40,8 +40,10 @@ def target(data: bytes) -> None:
     kwargs = _kwargs(flags)
     with common.backend("native"):
         ok, res = common.expect(lambda: kmsenv.decrypt_many(items, PROVIDER, **kwargs), kmsenv.KmsEnvError)
-        singles = [common.expect(lambda m=m: kmsenv.decrypt(m, PROVIDER, **kwargs).plaintext, kmsenv.KmsEnvError)
-                   for m in items]
+        singles = [
+            common.expect(lambda m=m: kmsenv.decrypt(m, PROVIDER, **kwargs).plaintext, kmsenv.KmsEnvError)
+            for m in items
+        ]
     with common.backend("pure"):
         ok_p, res_p = common.expect(lambda: kmsenv.decrypt_many(items, PROVIDER, **kwargs), kmsenv.KmsEnvError)
     all_ok = all(s_ok for s_ok, _ in singles)

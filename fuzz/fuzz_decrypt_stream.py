@@ -50,8 +50,11 @@ class Trickle(io.RawIOBase):
 def _run(data: bytes, flags: int, backend: str):
     src = Trickle(data, 1 + (flags >> 3) % 7) if flags & 4 else io.BytesIO(data)
     dst = io.BytesIO()
-    kwargs = dict(allow_unauthenticated=bool(flags & 1),
-                  expected_encryption_context=common.FIXED_CONTEXT if flags & 2 else None, threads=1)
+    kwargs = dict(
+        allow_unauthenticated=bool(flags & 1),
+        expected_encryption_context=common.FIXED_CONTEXT if flags & 2 else None,
+        threads=1,
+    )
     with common.backend(backend):
         ok, res = common.expect(lambda: stream.decrypt_stream(src, dst, PROVIDER, **kwargs), kmsenv.KmsEnvError)
     return ok, res, dst.getvalue()
@@ -68,13 +71,19 @@ def target(data: bytes) -> None:
         common.check_no_key_material(res)
         common.check_no_key_material(res_p)
         if type(res) is not type(res_p):
-            common.soft_finding("stream-error-class", f"native {type(res).__name__}: {res} / "
-                                f"pure {type(res_p).__name__}: {res_p}", data)
+            common.soft_finding(
+                "stream-error-class", f"native {type(res).__name__}: {res} / pure {type(res_p).__name__}: {res_p}", data
+            )
     if body[:1] == b"\x30":
         one_ok, one = common.expect(
-            lambda: kmsenv.decrypt(body, PROVIDER, allow_unauthenticated=bool(flags & 1),
-                                   expected_encryption_context=common.FIXED_CONTEXT if flags & 2 else None),
-            kmsenv.KmsEnvError)
+            lambda: kmsenv.decrypt(
+                body,
+                PROVIDER,
+                allow_unauthenticated=bool(flags & 1),
+                expected_encryption_context=common.FIXED_CONTEXT if flags & 2 else None,
+            ),
+            kmsenv.KmsEnvError,
+        )
         assert one_ok == ok, f"decrypt_stream and decrypt disagree on a DER message: {res!r} / {one!r}"
         if ok:
             assert out == one.plaintext

@@ -38,8 +38,11 @@ def fixed_header(index: int) -> bytes:
     import kmsenv
     from kmsenv.model import EncryptedDataKey
 
-    alg = {0: kmsenv.Algorithm.AES_GCM_NOPADDING_256, 1: kmsenv.Algorithm.AES_GCM_NOPADDING_128,
-           2: kmsenv.Algorithm.SM4_GCM_NOPADDING_128}[index]
+    alg = {
+        0: kmsenv.Algorithm.AES_GCM_NOPADDING_256,
+        1: kmsenv.Algorithm.AES_GCM_NOPADDING_128,
+        2: kmsenv.Algorithm.SM4_GCM_NOPADDING_128,
+    }[index]
     edks = [EncryptedDataKey(common.FIXED_ARN, b"fixed")]
     key = pure.PureBackend().new_key(KEYS[index][0], common.fixed_key(KEYS[index][1]))
     try:

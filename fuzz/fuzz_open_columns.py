@@ -31,12 +31,14 @@ with common.instrumented():
     from kmsenv.keyheader import KeyHeader
     from kmsenv.model import EncryptedDataKey
 
-ALGORITHMS = (kmsenv.Algorithm.AES_GCM_NOPADDING_256, kmsenv.Algorithm.AES_GCM_NOPADDING_128,
-              kmsenv.Algorithm.SM4_GCM_NOPADDING_128)
+ALGORITHMS = (
+    kmsenv.Algorithm.AES_GCM_NOPADDING_256,
+    kmsenv.Algorithm.AES_GCM_NOPADDING_128,
+    kmsenv.Algorithm.SM4_GCM_NOPADDING_128,
+)
 _EDKS = (EncryptedDataKey(common.FIXED_ARN, b"fixed"),)
 #: Version 2 headers, committed to the fixed key (index 3 reuses AES-256).
-HEADERS = tuple(KeyHeader.for_data_key(a, common.FIXED_CONTEXT, _EDKS, common.fixed_key(a.key_len))
-                for a in ALGORITHMS)
+HEADERS = tuple(KeyHeader.for_data_key(a, common.FIXED_CONTEXT, _EDKS, common.fixed_key(a.key_len)) for a in ALGORITHMS)
 #: Version 1 headers (no commitment): opened only with allow_uncommitted.
 LEGACY_HEADERS = tuple(KeyHeader(a, common.FIXED_CONTEXT, _EDKS) for a in ALGORITHMS)
 COLUMN = "col"
@@ -71,9 +73,14 @@ def _open(backend: str, index: int, fmt: str, items: list, rows, options) -> tup
     row_col = columns.Column.from_values(rows) if rows is not None else None
     try:
         if fmt == "compact":
-            out = columns.open_compact(col, lambda ref: header if ref == header.ref else None,
-                                       lambda h: bytearray(key), row_col, column=options["column"],
-                                       allow_uncommitted=options["allow_uncommitted"])
+            out = columns.open_compact(
+                col,
+                lambda ref: header if ref == header.ref else None,
+                lambda h: bytearray(key),
+                row_col,
+                column=options["column"],
+                allow_uncommitted=options["allow_uncommitted"],
+            )
         else:
             out = columns.open_alibaba(col, lambda h: bytearray(key))
         return ("ok", out.values(col))

@@ -42,10 +42,16 @@ def fixed_messages() -> list[bytes]:
             for pt in (b"", b"sixteen byte blk", bytes(range(48))):
                 if alg.info.mode == "CBC" and len(pt) % 16:
                     continue
-                out.append(kmsenv.encrypt(pt, common.FixedKeyProvider(), encryption_context=ctx,
-                                          algorithm=alg, allow_unauthenticated=True).ciphertext)
-    out.append(kmsenv.encrypt(b"three regions", common.FixedKeyProvider(ARNS3),
-                              encryption_context=common.FIXED_CONTEXT).ciphertext)
+                out.append(
+                    kmsenv.encrypt(
+                        pt, common.FixedKeyProvider(), encryption_context=ctx, algorithm=alg, allow_unauthenticated=True
+                    ).ciphertext
+                )
+    out.append(
+        kmsenv.encrypt(
+            b"three regions", common.FixedKeyProvider(ARNS3), encryption_context=common.FIXED_CONTEXT
+        ).ciphertext
+    )
     return out
 
 
@@ -86,13 +92,26 @@ def _batches() -> list[list[bytes]]:
     b2 = kmsenv.encrypt_many([b"one", b"two"], p, algorithm=kmsenv.Algorithm.SM4_GCM_NOPADDING_128)
     b3 = kmsenv.encrypt_many([b"a", b"b"], p, algorithm=kmsenv.Algorithm.AES_GCM_NOPADDING_128)
     single = kmsenv.encrypt(b"single", p).ciphertext
-    legacy = kmsenv.encrypt(b"legacy", p, algorithm=kmsenv.Algorithm.AES_CTR_NOPADDING_256,
-                            allow_unauthenticated=True).ciphertext
+    legacy = kmsenv.encrypt(
+        b"legacy", p, algorithm=kmsenv.Algorithm.AES_CTR_NOPADDING_256, allow_unauthenticated=True
+    ).ciphertext
     official = official_messages()
     tampered = bytearray(b1[1])
     tampered[-1] ^= 1
-    return [b1, b2, b3, b1 + b2, [single] + b1, b1 + [single, b1[0]], [legacy, legacy],
-            [b1[0], bytes(tampered)], official[:3], [official[0], b1[0]], [], [b"\x30\x00"]]
+    return [
+        b1,
+        b2,
+        b3,
+        b1 + b2,
+        [single] + b1,
+        b1 + [single, b1[0]],
+        [legacy, legacy],
+        [b1[0], bytes(tampered)],
+        official[:3],
+        [official[0], b1[0]],
+        [],
+        [b"\x30\x00"],
+    ]
 
 
 def seeds_decrypt_many() -> list[bytes]:
@@ -185,11 +204,25 @@ def seeds_decrypt_stream() -> list[bytes]:
     from kmsenv import stream
 
     out = []
-    for fmt, algs in (("framed", [kmsenv.Algorithm.AES_GCM_NOPADDING_256, kmsenv.Algorithm.AES_GCM_NOPADDING_128,
-                                  kmsenv.Algorithm.SM4_GCM_NOPADDING_128]),
-                      ("alibaba-stream", [kmsenv.Algorithm.AES_GCM_NOPADDING_256, kmsenv.Algorithm.SM4_GCM_NOPADDING_128,
-                                          kmsenv.Algorithm.AES_CTR_NOPADDING_128]),
-                      ("alibaba", [kmsenv.Algorithm.AES_GCM_NOPADDING_256])):
+    for fmt, algs in (
+        (
+            "framed",
+            [
+                kmsenv.Algorithm.AES_GCM_NOPADDING_256,
+                kmsenv.Algorithm.AES_GCM_NOPADDING_128,
+                kmsenv.Algorithm.SM4_GCM_NOPADDING_128,
+            ],
+        ),
+        (
+            "alibaba-stream",
+            [
+                kmsenv.Algorithm.AES_GCM_NOPADDING_256,
+                kmsenv.Algorithm.SM4_GCM_NOPADDING_128,
+                kmsenv.Algorithm.AES_CTR_NOPADDING_128,
+            ],
+        ),
+        ("alibaba", [kmsenv.Algorithm.AES_GCM_NOPADDING_256]),
+    ):
         for alg in algs:
             for pt, frame in ((b"", 0), (b"stream " * 40, 0), (bytes(range(256)) * 3, 64)):
                 src, dst = io.BytesIO(pt), io.BytesIO()
@@ -197,8 +230,16 @@ def seeds_decrypt_stream() -> list[bytes]:
                 if not alg.authenticated and fmt != "alibaba-stream":
                     continue
                 try:
-                    stream.encrypt_stream(src, dst, common.FixedKeyProvider(), algorithm=alg, format=fmt,
-                                          encryption_context=common.FIXED_CONTEXT, threads=1, **kwargs)
+                    stream.encrypt_stream(
+                        src,
+                        dst,
+                        common.FixedKeyProvider(),
+                        algorithm=alg,
+                        format=fmt,
+                        encryption_context=common.FIXED_CONTEXT,
+                        threads=1,
+                        **kwargs,
+                    )
                 except kmsenv.KmsEnvError:
                     continue
                 flags = 0 if alg.authenticated else 1

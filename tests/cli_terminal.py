@@ -93,7 +93,11 @@ def run_on_terminal(
     master, slave = os.openpty()
     cmd = [sys.executable, "-c", _WITH_CTTY, *args] if controlling else [*KMSENV, *args]
     proc = subprocess.Popen(
-        cmd, env=env, stdin=stdin, stdout=subprocess.PIPE if capture_stdout else slave, stderr=slave,
+        cmd,
+        env=env,
+        stdin=stdin,
+        stdout=subprocess.PIPE if capture_stdout else slave,
+        stderr=slave,
         start_new_session=controlling,
     )
     # The slave stays open here until the end: when the last holder of a
@@ -164,8 +168,16 @@ class NormalUser:
     pythonpath: str
 
     def command(self, *args: str) -> list[str]:
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                self.python, "-m", "kmsenv", *args]
+        return [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--clear-groups",
+            self.python,
+            "-m",
+            "kmsenv",
+            *args,
+        ]
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
         env = dict(base, PYTHONPATH=self.pythonpath, HOME=tempfile.gettempdir())
@@ -192,8 +204,11 @@ def normal_user() -> NormalUser | None:
     import sysconfig
 
     roots = [os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))]
-    roots += [p for p in [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
-              if p not in roots]
+    roots += [
+        p
+        for p in [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+        if p not in roots
+    ]
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     pythonpath = os.pathsep.join(dict.fromkeys(roots))
     for python in (sys.executable, shutil.which(f"python{version}"), f"/usr/bin/python{version}"):
@@ -204,18 +219,40 @@ def normal_user() -> NormalUser | None:
         # directory the user cannot enter), used from then on: a shell running
         # as the user must be able to start it too.
         probe = subprocess.run(
-            ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", python, "-c",
-             (f"import os, sys, kmsenv; assert sys.version_info[:2] == {tuple(sys.version_info[:2])}; "
-              "assert kmsenv.backend_name(); print(os.path.realpath('/proc/self/exe'))")],
-            env=user.env(dict(os.environ)), capture_output=True, timeout=60, check=False,
+            [
+                "setpriv",
+                f"--reuid={user.uid}",
+                f"--regid={user.gid}",
+                "--clear-groups",
+                python,
+                "-c",
+                (
+                    f"import os, sys, kmsenv; assert sys.version_info[:2] == {tuple(sys.version_info[:2])}; "
+                    "assert kmsenv.backend_name(); print(os.path.realpath('/proc/self/exe'))"
+                ),
+            ],
+            env=user.env(dict(os.environ)),
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
         if probe.returncode != 0:
             continue
         user = NormalUser(user.uid, user.gid, probe.stdout.decode().strip(), pythonpath)
         check = subprocess.run(
-            ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "bash", "-c",
-             f"exec {user.python} -c 'import kmsenv'"],
-            env=user.env(dict(os.environ)), capture_output=True, timeout=60, check=False,
+            [
+                "setpriv",
+                f"--reuid={user.uid}",
+                f"--regid={user.gid}",
+                "--clear-groups",
+                "bash",
+                "-c",
+                f"exec {user.python} -c 'import kmsenv'",
+            ],
+            env=user.env(dict(os.environ)),
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
         if check.returncode == 0:
             return user
@@ -228,4 +265,3 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.01)
-

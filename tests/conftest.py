@@ -22,9 +22,7 @@ def pytest_report_header(config):
 def pytest_sessionstart(session):
     # A suite that silently loses its native half would still pass: refuse that.
     if os.environ.get("KMSENV_REQUIRE_NATIVE") == "1" and not kmsenv.native_available():
-        raise pytest.UsageError(
-            "KMSENV_REQUIRE_NATIVE=1 but " + str(crypto.native_unavailable_reason())
-        )
+        raise pytest.UsageError("KMSENV_REQUIRE_NATIVE=1 but " + str(crypto.native_unavailable_reason()))
     # The engine tests skip when their engine is not installed; CI names the
     # engines it installed so that a missing one fails instead of skipping.
     import importlib.util

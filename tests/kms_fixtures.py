@@ -24,9 +24,26 @@ from kmsenv.localkms import LocalKms
 REGIONS = ("cn-hangzhou", "cn-beijing", "cn-shanghai")
 HZ, BJ, SH = REGIONS
 
-__all__ = ["REGIONS", "HZ", "BJ", "SH", "Cmks", "local_kms", "cmks", "kms", "make_kms", "clean_faults", "cli_env",
-           "kms_options", "kms_calls", "kmsenv_import_root", "worker_env_vars", "worker_environment", "worker_env",
-           "provider"]
+__all__ = [
+    "REGIONS",
+    "HZ",
+    "BJ",
+    "SH",
+    "Cmks",
+    "local_kms",
+    "cmks",
+    "kms",
+    "make_kms",
+    "clean_faults",
+    "cli_env",
+    "kms_options",
+    "kms_calls",
+    "kmsenv_import_root",
+    "worker_env_vars",
+    "worker_environment",
+    "worker_env",
+    "provider",
+]
 
 
 @dataclass(frozen=True)

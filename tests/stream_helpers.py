@@ -113,8 +113,18 @@ def counter_random():
 
 
 __all__ = [
-    "ARN_BJ", "ARN_HZ", "FakeKmsProvider", "FixedKeyProvider", "GCM_ALGS", "Generated", "HashingWriter",
-    "ReadOnly", "WriteOnly", "counter_random", "wrap", "os",
+    "ARN_BJ",
+    "ARN_HZ",
+    "FakeKmsProvider",
+    "FixedKeyProvider",
+    "GCM_ALGS",
+    "Generated",
+    "HashingWriter",
+    "ReadOnly",
+    "WriteOnly",
+    "counter_random",
+    "wrap",
+    "os",
 ]
 
 

@@ -38,8 +38,9 @@ PLAIN = b"test_plain_text"
 def config(local_kms, clean_faults, monkeypatch):
     """An AliyunConfig as the samples build it; LocalKms endpoints from the environment."""
     monkeypatch.setenv(ENDPOINTS_ENV, ",".join(f"{r}={u}" for r, u in local_kms.endpoints.items()))
-    return AliyunConfig(local_kms.access_key_id, local_kms.access_key_secret,
-                        backoff_strategy=FullJitterBackoffStrategy(1, 5))
+    return AliyunConfig(
+        local_kms.access_key_id, local_kms.access_key_secret, backoff_strategy=FullJitterBackoffStrategy(1, 5)
+    )
 
 
 def build_aliyun_crypto(config, cache=False, **cache_kwargs):
@@ -211,8 +212,9 @@ def test_compat_and_kmsenv_messages_interoperate(local_kms, cmks, config, backen
     compat_message, _ = client.encrypt(provider, PLAIN, CONTEXT)
     reader = KmsKeyProvider(cmks.sh, kms=client.kms)
     assert kmsenv.decrypt(compat_message, reader, expected_encryption_context=CONTEXT).plaintext == PLAIN
-    native = kmsenv.encrypt(b"from kmsenv", KmsKeyProvider(cmks.bj, cmks.hz, kms=client.kms),
-                            encryption_context={"k": "v"}).ciphertext
+    native = kmsenv.encrypt(
+        b"from kmsenv", KmsKeyProvider(cmks.bj, cmks.hz, kms=client.kms), encryption_context={"k": "v"}
+    ).ciphertext
     plain, material = client.decrypt(DefaultDataKeyProvider(cmks.hz), native)
     assert plain == b"from kmsenv" and dict(material.encryption_context) == {"k": "v"}
     assert arns(material) == {cmks.bj, cmks.hz}
@@ -321,8 +323,12 @@ def test_decrypt_does_not_change_the_provider_algorithm(local_kms, cmks, config)
 
 
 def test_retries_follow_the_config(local_kms, cmks, config):
-    retrying = AliyunConfig(local_kms.access_key_id, local_kms.access_key_secret, max_retries=2,
-                            backoff_strategy=FullJitterBackoffStrategy(1, 2))
+    retrying = AliyunConfig(
+        local_kms.access_key_id,
+        local_kms.access_key_secret,
+        max_retries=2,
+        backoff_strategy=FullJitterBackoffStrategy(1, 2),
+    )
     client = AliyunCrypto(retrying)
     assert client.kms.max_attempts == 3
     local_kms.set_fault(HZ, throttle_rate=1.0)

@@ -51,8 +51,10 @@ def a_header(algorithm=Algorithm.AES_GCM_NOPADDING_256, context=None, key=None):
     return KeyHeader.for_data_key(
         algorithm,
         context or {"table": "users"},
-        (EncryptedDataKey("acs:kms:cn-hangzhou:123:key/k1", os.urandom(40)),
-         EncryptedDataKey("acs:kms:cn-beijing:123:key/k2", os.urandom(40))),
+        (
+            EncryptedDataKey("acs:kms:cn-hangzhou:123:key/k1", os.urandom(40)),
+            EncryptedDataKey("acs:kms:cn-beijing:123:key/k2", os.urandom(40)),
+        ),
         key if key is not None else os.urandom(algorithm.key_len),
     )
 
@@ -102,12 +104,21 @@ def test_compact_matches_the_spec(backend, algorithm, bound, column):
     rows = [str(i).encode() for i in range(200)] if bound else None
     segment, ivs = os.urandom(8), os.urandom(12 * 200)
     col = kc.Column.from_values(values)
-    out = kc.seal_compact(algorithm, key, header, col, kc.Column.from_values(rows) if rows else None,
-                          segments=[segment], ivs=ivs, column=column).values(col)
+    out = kc.seal_compact(
+        algorithm,
+        key,
+        header,
+        col,
+        kc.Column.from_values(rows) if rows else None,
+        segments=[segment],
+        ivs=ivs,
+        column=column,
+    ).values(col)
     name = (column or "").encode()
     for i, v in enumerate(values):
-        want = reference_compact(algorithm, key, header, v, segment, ivs[12 * i : 12 * i + 12],
-                                 rows[i] if rows else None, name)
+        want = reference_compact(
+            algorithm, key, header, v, segment, ivs[12 * i : 12 * i + 12], rows[i] if rows else None, name
+        )
         assert out[i] == want
         assert len(out[i]) == len(v) + 45
 
@@ -121,12 +132,14 @@ def test_compact_sm4_matches_the_spec(backend):
     col = kc.Column.from_values(values)
     out = kc.seal_compact(algorithm, key, header, col, segments=[segment], ivs=ivs, column="phone").values(col)
     for i, v in enumerate(values):
-        assert out[i] == reference_compact(algorithm, key, header, v, segment, ivs[12 * i : 12 * i + 12],
-                                           column=b"phone")
+        assert out[i] == reference_compact(
+            algorithm, key, header, v, segment, ivs[12 * i : 12 * i + 12], column=b"phone"
+        )
 
 
-@pytest.mark.parametrize("algorithm", [Algorithm.AES_GCM_NOPADDING_256, Algorithm.AES_GCM_NOPADDING_128,
-                                       Algorithm.SM4_GCM_NOPADDING_128])
+@pytest.mark.parametrize(
+    "algorithm", [Algorithm.AES_GCM_NOPADDING_256, Algorithm.AES_GCM_NOPADDING_128, Algorithm.SM4_GCM_NOPADDING_128]
+)
 def test_key_header_commitment_matches_the_spec(backend, algorithm):
     key = bytearray(os.urandom(algorithm.key_len))
     header = a_header(algorithm, {"table": "users", "column": "email"}, key=key)
@@ -159,10 +172,12 @@ def test_native_and_pure_agree_on_both_formats():
     for name in ("native", "pure"):
         crypto.set_backend(name)
         try:
-            sealed[name] = kc.seal_compact(header.algorithm, key, header, col, rcol, segments=[segment], ivs=ivs,
-                                           column="c").values(col)
-            opened = kc.open_compact(kc.Column.from_values(sealed[name]), lambda r: header, lambda h: bytearray(key),
-                                     rcol, column="c")
+            sealed[name] = kc.seal_compact(
+                header.algorithm, key, header, col, rcol, segments=[segment], ivs=ivs, column="c"
+            ).values(col)
+            opened = kc.open_compact(
+                kc.Column.from_values(sealed[name]), lambda r: header, lambda h: bytearray(key), rcol, column="c"
+            )
             assert opened.values(col) == values
         finally:
             crypto.set_backend("native")
@@ -300,8 +315,9 @@ def test_row_binding_needs_matching_rows(provider):
         ka.decrypt_array(arr, provider, key_store=store)
     with pytest.raises(AuthenticationError):
         ka.decrypt_array(arr, provider, key_store=store, rows=pa.array(range(1, 11)))
-    assert ka.decrypt_array(arr, provider, key_store=store, rows=pa.array(range(10)), column="email",
-                            as_string=True).to_pylist() == emails(10)
+    assert ka.decrypt_array(
+        arr, provider, key_store=store, rows=pa.array(range(10)), column="email", as_string=True
+    ).to_pylist() == emails(10)
     # An unbound value where bound ones are expected is refused (no downgrade).
     unbound = ka.encrypt_array(pa.array(emails(10)), provider, format="compact", key_store=store)
     with pytest.raises(MessageFormatError, match="not bound"):
@@ -392,8 +408,13 @@ def test_importing_kmsenv_imports_no_engine():
         "heavy = [m for m in ('pyarrow', 'pandas', 'dask', 'distributed', 'pyspark', 'ray') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
     assert out.stdout.strip() == ""
 
 

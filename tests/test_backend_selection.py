@@ -45,11 +45,15 @@ def test_missing_native_core_is_reported_at_import(tmp_path):
     shutil.copytree(pkg, tmp_path / "kmsenv", ignore=shutil.ignore_patterns("_native*", "__pycache__"))
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     env.pop("KMSENV_BACKEND", None)
-    out = subprocess.run([sys.executable, "-W", "always", "-c", "import kmsenv"], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import kmsenv"], env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "RuntimeWarning" in out.stderr and "not built or failed to load" in out.stderr
     env["KMSENV_BACKEND"] = "pure"  # chosen on purpose: nothing to warn about
-    out = subprocess.run([sys.executable, "-W", "always", "-c", "import kmsenv"], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import kmsenv"], env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0 and "RuntimeWarning" not in out.stderr, out.stderr
 
 

@@ -33,8 +33,13 @@ aads = st.binary(max_size=100)
 
 
 @needs_native
-@given(alg=st.sampled_from(list(Algorithm)), key_seed=st.binary(min_size=32, max_size=32), pt=data, aad=aads,
-       iv=st.binary(min_size=16, max_size=16))
+@given(
+    alg=st.sampled_from(list(Algorithm)),
+    key_seed=st.binary(min_size=32, max_size=32),
+    pt=data,
+    aad=aads,
+    iv=st.binary(min_size=16, max_size=16),
+)
 def test_native_equals_pure(alg, key_seed, pt, aad, iv):
     info = alg.info
     key = key_seed[: info.key_len]
@@ -57,8 +62,11 @@ def test_native_equals_pure(alg, key_seed, pt, aad, iv):
 
 
 @needs_native
-@given(alg=st.sampled_from([a for a in Algorithm if a.authenticated]), values=st.lists(st.binary(max_size=300), max_size=20),
-       ctx=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3))
+@given(
+    alg=st.sampled_from([a for a in Algorithm if a.authenticated]),
+    values=st.lists(st.binary(max_size=300), max_size=20),
+    ctx=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+)
 def test_whole_messages_cross_decrypt(alg, values, ctx):
     """A message made with one backend opens with the other, singly and in batches."""
     from helpers import FakeKmsProvider
@@ -82,7 +90,12 @@ def test_whole_messages_cross_decrypt(alg, values, ctx):
 
 @pytest.mark.skipif(not cryptography_has_sm4_gcm(), reason="cryptography's OpenSSL lacks SM4-GCM")
 @settings(max_examples=25)
-@given(key=st.binary(min_size=16, max_size=16), iv=st.binary(min_size=12, max_size=12), pt=st.binary(max_size=200), aad=aads)
+@given(
+    key=st.binary(min_size=16, max_size=16),
+    iv=st.binary(min_size=12, max_size=12),
+    pt=st.binary(max_size=200),
+    aad=aads,
+)
 def test_sm4_gcm_gmssl_equals_cryptography(key, iv, pt, aad):
     enc = Cipher(algorithms.SM4(key), modes.GCM(iv)).encryptor()
     enc.authenticate_additional_data(aad)
@@ -91,8 +104,12 @@ def test_sm4_gcm_gmssl_equals_cryptography(key, iv, pt, aad):
 
 
 @settings(max_examples=25)
-@given(key=st.binary(min_size=16, max_size=16), iv=st.binary(min_size=16, max_size=16), blocks=st.integers(0, 8),
-       mode=st.sampled_from(["CBC", "CTR"]))
+@given(
+    key=st.binary(min_size=16, max_size=16),
+    iv=st.binary(min_size=16, max_size=16),
+    blocks=st.integers(0, 8),
+    mode=st.sampled_from(["CBC", "CTR"]),
+)
 def test_sm4_legacy_gmssl_equals_cryptography(key, iv, blocks, mode):
     pt = os.urandom(16 * blocks + (3 if mode == "CTR" else 0))
     m = modes.CBC(iv) if mode == "CBC" else modes.CTR(iv)
@@ -103,7 +120,12 @@ def test_sm4_legacy_gmssl_equals_cryptography(key, iv, blocks, mode):
 
 
 @needs_native
-@given(key=st.binary(min_size=16, max_size=16), iv=st.binary(min_size=12, max_size=12), pt=st.binary(max_size=200), aad=aads)
+@given(
+    key=st.binary(min_size=16, max_size=16),
+    iv=st.binary(min_size=12, max_size=12),
+    pt=st.binary(max_size=200),
+    aad=aads,
+)
 def test_native_sm4_gcm_equals_gmssl(key, iv, pt, aad):
     k = _native().new_key("SM4", key)
     try:

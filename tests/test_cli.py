@@ -61,8 +61,22 @@ def test_round_trip_each_region_alone(kms_env, tmp_path, fmt):
     src.write_bytes(os.urandom(300_000))
     before = digest(src)
     enc = tmp_path / "data.bin.kmsenv"
-    out = kmsenv("encrypt", "-k", arns[0], "-k", arns[1], "-c", "app=test", "--format", fmt,
-                 "-i", str(src), "-o", str(enc), env=env)
+    out = kmsenv(
+        "encrypt",
+        "-k",
+        arns[0],
+        "-k",
+        arns[1],
+        "-c",
+        "app=test",
+        "--format",
+        fmt,
+        "-i",
+        str(src),
+        "-o",
+        str(enc),
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr == b""  # no progress bar when not on a terminal
     assert digest(src) == before  # input untouched
@@ -93,11 +107,24 @@ def test_directories_mirror_the_tree(kms_env, tmp_path):
     (tree / "a.txt").write_bytes(b"a")
     (tree / "sub" / "b.txt").write_bytes(b"b" * 10000)
     meta = tmp_path / "meta.jsonl"
-    out = kmsenv("encrypt", "-k", arns[0], "-r", "-i", str(tree), "-o", str(tmp_path / "enc"),
-                 "--metadata-output", str(meta), env=env)
+    out = kmsenv(
+        "encrypt",
+        "-k",
+        arns[0],
+        "-r",
+        "-i",
+        str(tree),
+        "-o",
+        str(tmp_path / "enc"),
+        "--metadata-output",
+        str(meta),
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     assert sorted(p.relative_to(tmp_path / "enc").as_posix() for p in (tmp_path / "enc").rglob("*") if p.is_file()) == [
-        "a.txt.kmsenv", "sub/b.txt.kmsenv"]
+        "a.txt.kmsenv",
+        "sub/b.txt.kmsenv",
+    ]
     records = [json.loads(line) for line in meta.read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok", "ok"]
     assert records[1]["bytes_in"] == 10000 and records[1]["cmk_arns"] == [arns[0]]
@@ -165,7 +192,9 @@ def test_progress_bar_on_a_terminal_only(kms_env, tmp_path):
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kmsenv", "encrypt", "-k", arns[0], "-i", str(src), "-o", str(tmp_path / "o")],
-        env=env, stdout=subprocess.DEVNULL, stderr=slave,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
     )
     os.close(slave)
     seen = b""
@@ -193,16 +222,20 @@ def test_alibaba_format_from_a_pipe_says_it_spools_in_one_line(kms_env, tmp_path
     it spools; from a regular file it says nothing. Both outputs decrypt."""
     _, arns, env = kms_env
     data = os.urandom(100_000)
-    piped = kmsenv("encrypt", "-k", arns[0], "--format", "alibaba", "-i", "-", "-o", str(tmp_path / "p"),
-                   env=env, stdin=data)
+    piped = kmsenv(
+        "encrypt", "-k", arns[0], "--format", "alibaba", "-i", "-", "-o", str(tmp_path / "p"), env=env, stdin=data
+    )
     assert piped.returncode == 0, piped.stderr
     lines = piped.stderr.decode().splitlines()
     assert len(lines) == 1 and "spooling" in lines[0] and "not known in advance" in lines[0]
     (tmp_path / "in").write_bytes(data)
-    filed = kmsenv("encrypt", "-k", arns[0], "--format", "alibaba", "-i", str(tmp_path / "in"), "-o",
-                   str(tmp_path / "f"), env=env)
+    filed = kmsenv(
+        "encrypt", "-k", arns[0], "--format", "alibaba", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "f"), env=env
+    )
     assert filed.returncode == 0 and filed.stderr == b"", filed.stderr
     for name in ("p", "f"):
-        out = kmsenv("decrypt", "-k", arns[0], "-i", str(tmp_path / name), "-o", str(tmp_path / (name + ".out")), env=env)
+        out = kmsenv(
+            "decrypt", "-k", arns[0], "-i", str(tmp_path / name), "-o", str(tmp_path / (name + ".out")), env=env
+        )
         assert out.returncode == 0, out.stderr
         assert (tmp_path / (name + ".out")).read_bytes() == data

@@ -36,8 +36,9 @@ def _sha(path) -> str:
 
 
 def _run_and_kill(args, env, delay: float) -> int | None:
-    proc = subprocess.Popen([sys.executable, "-m", "kmsenv", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kmsenv", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     return proc.wait(timeout=60)
@@ -50,8 +51,11 @@ def test_sigkill_at_random_points(env_and_arns, tmp_path):
     src_sha = _sha(src)
     # A finished ciphertext to decrypt-and-kill, made by an uninterrupted run.
     enc_full = tmp_path / "full.kmsenv"
-    done = subprocess.run([sys.executable, "-m", "kmsenv", "encrypt", "-k", arns[0], "-k", arns[1],
-                           "-i", str(src), "-o", str(enc_full)], env=env, capture_output=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "kmsenv", "encrypt", "-k", arns[0], "-k", arns[1], "-i", str(src), "-o", str(enc_full)],
+        env=env,
+        capture_output=True,
+    )
     assert done.returncode == 0, done.stderr
     rng = random.Random(20261128)  # random points, reproducible runs
     outcomes = {"absent": 0, "complete": 0}
@@ -63,8 +67,11 @@ def test_sigkill_at_random_points(env_and_arns, tmp_path):
         if enc.exists():
             # complete and valid: it decrypts to the input
             back = tmp_path / f"back{trial}"
-            ok = subprocess.run([sys.executable, "-m", "kmsenv", "decrypt", "-k", arns[1], "-i", str(enc),
-                                 "-o", str(back)], env=env, capture_output=True)
+            ok = subprocess.run(
+                [sys.executable, "-m", "kmsenv", "decrypt", "-k", arns[1], "-i", str(enc), "-o", str(back)],
+                env=env,
+                capture_output=True,
+            )
             assert ok.returncode == 0, ok.stderr
             assert _sha(back) == src_sha
             outcomes["complete"] += 1
@@ -111,8 +118,13 @@ def big_message(env_and_arns) -> tuple[bytes, bytes]:
     """(plaintext, framed ciphertext) of 24 MiB: three 8 MiB decrypt batches."""
     env, arns = env_and_arns
     plaintext = os.urandom(24 << 20)
-    enc = subprocess.run([sys.executable, "-m", "kmsenv", "encrypt", "-k", arns[0], "-i", "-", "-o", "-"],
-                         input=plaintext, env=env, capture_output=True, check=False)
+    enc = subprocess.run(
+        [sys.executable, "-m", "kmsenv", "encrypt", "-k", arns[0], "-i", "-", "-o", "-"],
+        input=plaintext,
+        env=env,
+        capture_output=True,
+        check=False,
+    )
     assert enc.returncode == 0, enc.stderr
     return plaintext, enc.stdout
 
@@ -130,9 +142,13 @@ def test_signal_during_decrypt_removes_the_plaintext_partial(env_and_arns, big_m
     for round_ in range(3):
         out_dir = tmp_path / f"out{round_}"
         out_dir.mkdir()
-        proc = subprocess.Popen([sys.executable, "-m", "kmsenv", "decrypt", "-k", arns[0], "-i", "-",
-                                 "-o", str(out_dir / "plain.bin")],
-                                env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kmsenv", "decrypt", "-k", arns[0], "-i", "-", "-o", str(out_dir / "plain.bin")],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             proc.stdin.write(message[: 17 << 20])
             proc.stdin.flush()
@@ -153,8 +169,11 @@ def test_signal_during_decrypt_removes_the_plaintext_partial(env_and_arns, big_m
         assert os.listdir(out_dir) == []  # neither the .partial nor an output file
 
 
-@pytest.mark.parametrize("direction,sig", [("encrypt", signal.SIGTERM), ("decrypt", signal.SIGHUP)],
-                         ids=["encrypt-SIGTERM", "decrypt-SIGHUP"])
+@pytest.mark.parametrize(
+    "direction,sig",
+    [("encrypt", signal.SIGTERM), ("decrypt", signal.SIGHUP)],
+    ids=["encrypt-SIGTERM", "decrypt-SIGHUP"],
+)
 def test_signal_during_a_tree_removes_the_partial(cli_env, tmp_path, direction, sig):  # noqa: F811
     """-r, caught while the first file's data key is at KMS (its region answers
     after 20 s): the file's temporary output exists and must go."""
@@ -166,15 +185,23 @@ def test_signal_during_a_tree_removes_the_partial(cli_env, tmp_path, direction, 
     src = tree
     if direction == "decrypt":
         src = tmp_path / "enc"
-        done = subprocess.run([sys.executable, "-m", "kmsenv", "encrypt", "-k", arns[0], "-r", "-i", str(tree),
-                               "-o", str(src)], env=env, capture_output=True, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "kmsenv", "encrypt", "-k", arns[0], "-r", "-i", str(tree), "-o", str(src)],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
     out_dir = tmp_path / "out"
     region = arns[0].split(":")[2]
     server.set_fault(region, latency_ms=20_000)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "kmsenv", direction, "-k", arns[0], "-r", "-i", str(src),
-                                 "-o", str(out_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kmsenv", direction, "-k", arns[0], "-r", "-i", str(src), "-o", str(out_dir)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             _wait_for_partial(tmp_path, proc, min_bytes=-1)
             proc.send_signal(sig)
@@ -195,15 +222,27 @@ def test_an_ignored_hangup_stays_ignored(env_and_arns, tmp_path):
     (a guard for the handlers above: the old code never touched SIGHUP)."""
     env, arns = env_and_arns
     plaintext = os.urandom(1 << 20)
-    enc = subprocess.run([sys.executable, "-m", "kmsenv", "encrypt", "-k", arns[0], "-i", "-", "-o", "-"],
-                         input=plaintext, env=env, capture_output=True, check=False)
+    enc = subprocess.run(
+        [sys.executable, "-m", "kmsenv", "encrypt", "-k", arns[0], "-i", "-", "-o", "-"],
+        input=plaintext,
+        env=env,
+        capture_output=True,
+        check=False,
+    )
     assert enc.returncode == 0, enc.stderr
     out = tmp_path / "plain.bin"
     # As nohup starts it: SIGHUP ignored across the exec.
-    nohup = ("import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
-             "os.execv(sys.executable, [sys.executable, '-m', 'kmsenv', *sys.argv[1:]])")
-    proc = subprocess.Popen([sys.executable, "-c", nohup, "decrypt", "-k", arns[0], "-i", "-", "-o", str(out)],
-                            env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    nohup = (
+        "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'kmsenv', *sys.argv[1:]])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", nohup, "decrypt", "-k", arns[0], "-i", "-", "-o", str(out)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     proc.stdin.write(enc.stdout[:1000])
     proc.stdin.flush()
     _wait_for_partial(tmp_path, proc, min_bytes=-1)

@@ -92,11 +92,14 @@ class As:
 
     def shell(self, script: str) -> subprocess.CompletedProcess:
         """bash -c SCRIPT as this user, with $KMSENV the command."""
-        prefix = ["setpriv", f"--reuid={self.user.uid}", f"--regid={self.user.gid}", "--clear-groups"] if self.user else []
+        prefix = (
+            ["setpriv", f"--reuid={self.user.uid}", f"--regid={self.user.gid}", "--clear-groups"] if self.user else []
+        )
         python = self.user.python if self.user else sys.executable
         env = dict(self.env, KMSENV=f"{python} -m kmsenv")  # the shell already runs as the user
-        return subprocess.run([*prefix, "bash", "-c", script], env=env, capture_output=True, timeout=120,
-                              check=False, cwd=self.work)
+        return subprocess.run(
+            [*prefix, "bash", "-c", script], env=env, capture_output=True, timeout=120, check=False, cwd=self.work
+        )
 
 
 @pytest.fixture(params=["root", "user"])
@@ -292,8 +295,12 @@ def test_output_directories_are_created_only_with_r(kms_env, message, who):
     src = who.file("msg.kmsenv", message)
     out = who.run("decrypt", "-k", arns[0], "-i", src, "-o", who.path("no/such/dir/x"))
     assert out.returncode == 2, out.stderr
-    assert lines(out.stderr) == [(f"kmsenv: cannot write {who.path('no/such/dir/x')}: the directory "
-                                  f"{who.path('no/such/dir')} does not exist (kmsenv creates directories only with -r)")]
+    assert lines(out.stderr) == [
+        (
+            f"kmsenv: cannot write {who.path('no/such/dir/x')}: the directory "
+            f"{who.path('no/such/dir')} does not exist (kmsenv creates directories only with -r)"
+        )
+    ]
     assert not os.path.exists(who.path("no"))
     out = who.run("decrypt", "-k", arns[0], "-i", src, "-o", who.work)
     assert out.returncode == 2 and len(lines(out.stderr)) == 1, out.stderr
@@ -313,8 +320,12 @@ def test_a_fifo_planted_in_an_output_tree_is_not_replaced(kms_env, tmp_path):
     os.mkfifo(out_dir / "a.kmsenv")
     out = kmsenv("encrypt", "-k", arns[0], "-r", "-i", str(tree), "-o", str(out_dir), env=env)
     assert out.returncode == 1
-    assert lines(out.stderr) == [(f"kmsenv: {tree}/a: refusing to replace {out_dir}/a.kmsenv: it is not a regular file "
-                                  "(a directory, FIFO, socket or device); nothing was written")]
+    assert lines(out.stderr) == [
+        (
+            f"kmsenv: {tree}/a: refusing to replace {out_dir}/a.kmsenv: it is not a regular file "
+            "(a directory, FIFO, socket or device); nothing was written"
+        )
+    ]
     assert stat.S_ISFIFO(os.lstat(out_dir / "a.kmsenv").st_mode)
     assert (out_dir / "b.kmsenv").is_file()
 
@@ -341,14 +352,27 @@ def test_a_read_only_output_tree_stops_at_the_first_error(kms_env, the_user):
                 os.chown(os.path.join(d, n), the_user.uid, the_user.gid)
         os.chmod(read_only, 0o555)
         user_env = the_user.env(env)
-        out = subprocess.run(the_user.command("encrypt", "-k", arns[0], "-r", "-i", tree, "-o", read_only),
-                             env=user_env, capture_output=True, timeout=120, check=False)
+        out = subprocess.run(
+            the_user.command("encrypt", "-k", arns[0], "-r", "-i", tree, "-o", read_only),
+            env=user_env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
         assert out.returncode == 1
         assert lines(out.stderr) == [
-            (f"kmsenv: {tree}/a: cannot create {read_only}/a.kmsenv: Permission denied; nothing was written; "
-             "stopping here: every other file would fail the same way")]
-        out = subprocess.run(the_user.command("encrypt", "-k", arns[0], "-i", f"{tree}/a", "-o", f"{read_only}/x"),
-                             env=user_env, capture_output=True, timeout=120, check=False)
+            (
+                f"kmsenv: {tree}/a: cannot create {read_only}/a.kmsenv: Permission denied; nothing was written; "
+                "stopping here: every other file would fail the same way"
+            )
+        ]
+        out = subprocess.run(
+            the_user.command("encrypt", "-k", arns[0], "-i", f"{tree}/a", "-o", f"{read_only}/x"),
+            env=user_env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
         assert out.returncode == 1 and len(lines(out.stderr)) == 1
         assert f"cannot create {read_only}/x: Permission denied".encode() in out.stderr
         assert b".partial" not in out.stderr
@@ -372,7 +396,10 @@ def test_a_stream_output_keeps_only_verified_plaintext_and_the_error_says_how_mu
     assert 0 < len(out.stdout) < len(plaintext) and plaintext.startswith(out.stdout)
     assert len(out.stdout) % (8 << 20) == 0  # whole verified batches
     [line] = lines(out.stderr)
-    assert line.startswith("kmsenv: stdin: ") and "(the input is damaged, truncated or not a kmsenv/Alibaba message)" in line
+    assert (
+        line.startswith("kmsenv: stdin: ")
+        and "(the input is damaged, truncated or not a kmsenv/Alibaba message)" in line
+    )
     assert line.endswith(f"; {len(out.stdout)} bytes had been written to stdout (verified plaintext only)")
     assert "nothing was written" not in line
 
@@ -410,8 +437,12 @@ def _no_credentials_env(env: dict, home) -> dict:
     port = probe.getsockname()[1]
     probe.close()
     env = {k: v for k, v in env.items() if not k.startswith("ALIBABA_CLOUD_")}
-    env.update(HOME=str(home), ALIBABA_CLOUD_ECS_METADATA_DISABLED="true", ALIBABA_CLOUD_CLI_PROFILE_DISABLED="true",
-               ALIBABA_CLOUD_CREDENTIALS_URI=f"http://127.0.0.1:{port}/credentials")
+    env.update(
+        HOME=str(home),
+        ALIBABA_CLOUD_ECS_METADATA_DISABLED="true",
+        ALIBABA_CLOUD_CLI_PROFILE_DISABLED="true",
+        ALIBABA_CLOUD_CREDENTIALS_URI=f"http://127.0.0.1:{port}/credentials",
+    )
     return env
 
 
@@ -427,8 +458,9 @@ def test_missing_credentials_are_one_line_naming_the_variables(kms_env, message,
     _, arns, env = kms_env
     src = tmp_path / "msg.kmsenv"
     src.write_bytes(message)
-    out = kmsenv("decrypt", "-k", arns[0], "-i", str(src), "-o", str(tmp_path / "o"),
-                 env=_no_credentials_env(env, tmp_path))
+    out = kmsenv(
+        "decrypt", "-k", arns[0], "-i", str(src), "-o", str(tmp_path / "o"), env=_no_credentials_env(env, tmp_path)
+    )
     assert out.returncode == 2
     [line] = lines(out.stderr)
     assert "ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET" in line
@@ -456,8 +488,13 @@ def test_the_library_keeps_the_credential_chain_off_stderr(kms_env, tmp_path):
         "    print(type(exc).__name__)\n"
         "print(len(seen), all(m.startswith('kmsenv: credential chain: ') and '\\n' not in m for m in seen))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=_no_credentials_env(env, tmp_path), capture_output=True,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_no_credentials_env(env, tmp_path),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr == b""
     name, counts = out.stdout.decode().splitlines()
@@ -475,12 +512,32 @@ def test_endpoint_flags_merge_with_the_environment(kms_env, tmp_path):
     src.write_bytes(b"x" * 1000)
     env = _proxied(env)
     urls = dict(server.endpoints)
-    out = kmsenv("encrypt", "-k", arns[1], "--endpoint", f"cn-beijing={urls['cn-beijing']}",
-                 "-i", str(src), "-o", str(tmp_path / "hz.kmsenv"), env=env)
+    out = kmsenv(
+        "encrypt",
+        "-k",
+        arns[1],
+        "--endpoint",
+        f"cn-beijing={urls['cn-beijing']}",
+        "-i",
+        str(src),
+        "-o",
+        str(tmp_path / "hz.kmsenv"),
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     broken = dict(env, KMSENV_KMS_ENDPOINTS=f"cn-beijing=http://127.0.0.1:1,cn-hangzhou={urls['cn-hangzhou']}")
-    out = kmsenv("encrypt", "-k", arns[0], "--endpoint", f"cn-beijing={urls['cn-beijing']}",
-                 "-i", str(src), "-o", str(tmp_path / "bj.kmsenv"), env=broken)
+    out = kmsenv(
+        "encrypt",
+        "-k",
+        arns[0],
+        "--endpoint",
+        f"cn-beijing={urls['cn-beijing']}",
+        "-i",
+        str(src),
+        "-o",
+        str(tmp_path / "bj.kmsenv"),
+        env=broken,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -493,8 +550,9 @@ def test_a_broken_pipe_ends_quietly(kms_env, tmp_path):
     msg = tmp_path / "big.kmsenv"
     msg.write_bytes(enc.stdout)
     err = tmp_path / "err"
-    out = shell(f'$KMSENV decrypt -k {arns[0]} -i {msg} -o - 2>{err} | head -c 10 | wc -c; '
-                'echo "${PIPESTATUS[0]}"', env)
+    out = shell(
+        f'$KMSENV decrypt -k {arns[0]} -i {msg} -o - 2>{err} | head -c 10 | wc -c; echo "${{PIPESTATUS[0]}}"', env
+    )
     assert out.stdout.split() == [b"10", b"141"], out.stderr
     assert err.read_bytes() == b""
     # The same through a FIFO-like target: a process substitution that stops reading.
@@ -525,8 +583,16 @@ def _case_key_not_in_message(ctx):
 
 
 def _case_wrong_secret(ctx):
-    return ctx.run("decrypt", "-k", ctx.arns[0], "-i", ctx.msg, "-o", ctx.tmp("o"),
-                   env=dict(ctx.env, ALIBABA_CLOUD_ACCESS_KEY_SECRET="wrong"))
+    return ctx.run(
+        "decrypt",
+        "-k",
+        ctx.arns[0],
+        "-i",
+        ctx.msg,
+        "-o",
+        ctx.tmp("o"),
+        env=dict(ctx.env, ALIBABA_CLOUD_ACCESS_KEY_SECRET="wrong"),
+    )
 
 
 def _case_incomplete_credentials(ctx):
@@ -535,8 +601,16 @@ def _case_incomplete_credentials(ctx):
 
 
 def _case_default_endpoint(ctx):
-    return ctx.run("encrypt", "-k", "acs:kms:cn-shanghai:1234567890:key/key-abc", "-i", ctx.plain,
-                   "-o", ctx.tmp("o"), env=_proxied(ctx.env))
+    return ctx.run(
+        "encrypt",
+        "-k",
+        "acs:kms:cn-shanghai:1234567890:key/key-abc",
+        "-i",
+        ctx.plain,
+        "-o",
+        ctx.tmp("o"),
+        env=_proxied(ctx.env),
+    )
 
 
 def _case_region_down(ctx):
@@ -571,10 +645,18 @@ ERROR_CASES = {
     "input missing": (_case_missing_input, 1, "absent: No such file or directory", "Errno"),
     "key not found": (_case_key_not_found, 3, "(the key does not exist in that region: check the ARN)", "endpoint"),
     "key not in message": (_case_key_not_in_message, 3, "kmsenv inspect shows them", "KMS is reachable"),
-    "wrong secret": (_case_wrong_secret, 3, "check ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET",
-                     "endpoint"),
-    "incomplete credentials": (_case_incomplete_credentials, 2, "ALIBABA_CLOUD_ACCESS_KEY_SECRET is not set",
-                               "kmsenv.Kms"),
+    "wrong secret": (
+        _case_wrong_secret,
+        3,
+        "check ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+        "endpoint",
+    ),
+    "incomplete credentials": (
+        _case_incomplete_credentials,
+        2,
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET is not set",
+        "kmsenv.Kms",
+    ),
     "default endpoint": (_case_default_endpoint, 3, "the default endpoint for cn-shanghai", None),
     "region down": (_case_region_down, 3, "cannot reach", "trying the next CMK"),
     "tampered": (_case_tampered, 4, "; nothing was written", None),
@@ -627,9 +709,12 @@ def test_decrypting_under_a_key_that_region_does_not_have(kms_env, message, tmp_
     src = tmp_path / "msg.kmsenv"
     src.write_bytes(message)
     with LocalKms(regions=["cn-beijing", "cn-hangzhou"]) as other:
-        other_env = dict(env, KMSENV_KMS_ENDPOINTS=",".join(f"{r}={u}" for r, u in other.endpoints.items()),
-                         ALIBABA_CLOUD_ACCESS_KEY_ID=other.access_key_id,
-                         ALIBABA_CLOUD_ACCESS_KEY_SECRET=other.access_key_secret)
+        other_env = dict(
+            env,
+            KMSENV_KMS_ENDPOINTS=",".join(f"{r}={u}" for r, u in other.endpoints.items()),
+            ALIBABA_CLOUD_ACCESS_KEY_ID=other.access_key_id,
+            ALIBABA_CLOUD_ACCESS_KEY_SECRET=other.access_key_secret,
+        )
         for args in (["-k", arns[0]], ["--discovery"]):
             out = kmsenv("decrypt", *args, "-i", str(src), "-o", str(tmp_path / "o"), env=other_env)
             assert out.returncode == 3
@@ -702,8 +787,14 @@ def test_an_interrupt_while_the_bar_shows_ends_its_line(kms_env, big_message, tm
     region = arns[0].split(":")[2]
     server.set_fault(region, latency_ms=20_000)
     try:
-        run = run_on_terminal(["decrypt", "-k", arns[0], "-i", path, "-o", str(tmp_path / "plain")], env,
-                              controlling=True, when=lambda screen: b"MB/s" in screen, then=then, timeout=60)
+        run = run_on_terminal(
+            ["decrypt", "-k", arns[0], "-i", path, "-o", str(tmp_path / "plain")],
+            env,
+            controlling=True,
+            when=lambda screen: b"MB/s" in screen,
+            then=then,
+            timeout=60,
+        )
     finally:
         server.set_fault(region)
     assert run.returncode == 128 + sig, run.screen
@@ -761,8 +852,17 @@ def test_version():
 
 def test_help_lists_every_exit_code():
     text = " ".join(kmsenv("--help").stdout.decode().split())
-    for code in ("0 ok", "1 other failure", "2 usage", "3 KMS", "4 the message", "130 Ctrl-C", "143 SIGTERM",
-                 "129 SIGHUP", "141 the reader"):
+    for code in (
+        "0 ok",
+        "1 other failure",
+        "2 usage",
+        "3 KMS",
+        "4 the message",
+        "130 Ctrl-C",
+        "143 SIGTERM",
+        "129 SIGHUP",
+        "141 the reader",
+    ):
         assert code in text, code
 
 

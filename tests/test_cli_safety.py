@@ -29,14 +29,13 @@ def kms_env(cli_env):  # noqa: F811
 
 
 def kmsenv(*args: str, env=None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kmsenv", *args], input=stdin, capture_output=True, env=env,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kmsenv", *args], input=stdin, capture_output=True, env=env, timeout=120, check=False
+    )
 
 
 def files_under(root) -> list[str]:
-    return sorted(
-        os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names
-    )
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names)
 
 
 def symlink_warnings(stderr: bytes) -> list[str]:
@@ -88,8 +87,12 @@ def test_follow_symlinks_includes_linked_files_and_directories(kms_env, tmp_path
     out = kmsenv("encrypt", "-k", arns[0], "-r", "--follow-symlinks", "-i", str(tree), "-o", str(enc), env=env)
     assert out.returncode == 0, out.stderr
     assert out.stderr == b""
-    assert files_under(enc) == ["a.txt.kmsenv", "id_rsa.kmsenv", os.path.join("linked", "c.txt.kmsenv"),
-                                os.path.join("sub", "b.txt.kmsenv")]
+    assert files_under(enc) == [
+        "a.txt.kmsenv",
+        "id_rsa.kmsenv",
+        os.path.join("linked", "c.txt.kmsenv"),
+        os.path.join("sub", "b.txt.kmsenv"),
+    ]
     out = kmsenv("decrypt", "--discovery", "-r", "-i", str(enc), "-o", str(dec), env=env)
     assert out.returncode == 0, out.stderr
     assert (dec / "id_rsa").read_bytes() == SECRET
@@ -231,8 +234,23 @@ def test_text_from_a_message_is_printed_escaped(kms_env, tmp_path):
     stream parsers), its error printed escaped."""
     _, arns, env = kms_env
     context = "note=left\u202eright\x7fend\x9b"
-    enc = kmsenv("encrypt", "-k", arns[0], "-k", arns[1], "--format", "alibaba", "-c", context, "-i", "-", "-o", "-",
-                 env=env, stdin=b"x" * 100)
+    enc = kmsenv(
+        "encrypt",
+        "-k",
+        arns[0],
+        "-k",
+        arns[1],
+        "--format",
+        "alibaba",
+        "-c",
+        context,
+        "-i",
+        "-",
+        "-o",
+        "-",
+        env=env,
+        stdin=b"x" * 100,
+    )
     assert enc.returncode == 0, enc.stderr
     plain = tmp_path / "plain.der"
     plain.write_bytes(enc.stdout)

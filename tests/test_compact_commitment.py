@@ -168,8 +168,9 @@ def test_two_data_keys_in_one_header_open_in_one_region_only(backend, local_kms,
     assert kc.stats()["commitment_checks"] == checks + 1
     assert kms_calls(local_kms) == {(BJ, "Decrypt"): 1}
     # The same through Arrow and a WorkerSpec that prefers cn-beijing.
-    reader = kmsenv.WorkerSpec(cmks=(bj.key_arns[0], hz.key_arns[0]),
-                               kms=KmsSpec.from_kms(hz.kms, prefer_regions=(BJ, HZ)))
+    reader = kmsenv.WorkerSpec(
+        cmks=(bj.key_arns[0], hz.key_arns[0]), kms=KmsSpec.from_kms(hz.kms, prefer_regions=(BJ, HZ))
+    )
     jobkey.clear_cache()
     with pytest.raises(AuthenticationError, match="key commitment mismatch"):
         ka.decrypt_array(pa.array([value], pa.binary()), reader, headers=[header], column="amount")
@@ -220,8 +221,12 @@ def test_a_tampered_commitment_is_refused(backend, provider):
     # ...and a value made for the forged header stops at the commitment.
     jobkey.clear_cache()
     with pytest.raises(AuthenticationError, match="key commitment mismatch"):
-        kc.open_compact(kc.Column.from_values([bytes([0xC5]) + forged.ref + bytes(36)]),
-                        lambda ref: forged, kc.KeySource(provider).key_for, column="c")
+        kc.open_compact(
+            kc.Column.from_values([bytes([0xC5]) + forged.ref + bytes(36)]),
+            lambda ref: forged,
+            kc.KeySource(provider).key_for,
+            column="c",
+        )
 
 
 @pytest.mark.parametrize("segment_size", [kc.MAX_SEGMENT, 7])
@@ -242,11 +247,13 @@ def test_commitment_compared_once_per_key(backend, provider, monkeypatch, segmen
 
 
 def users(n=20):
-    return pa.table({
-        "id": pa.array(range(n), pa.int64()),
-        "email": [f"user{i}@example.com" for i in range(n)],
-        "phone": [f"1380000{i:04d}" for i in range(n)],
-    })
+    return pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "email": [f"user{i}@example.com" for i in range(n)],
+            "phone": [f"1380000{i:04d}" for i in range(n)],
+        }
+    )
 
 
 @pytest.mark.parametrize("bound", [False, True])
@@ -255,8 +262,9 @@ def test_a_value_moved_to_another_column_of_its_row_fails(backend, provider, bou
     aad = {"aad_column": "id"} if bound else {}
     enc = ka.encrypt_column(users(), "email", job, format="compact", **aad)
     enc = ka.encrypt_column(enc, "phone", job, format="compact", **aad)
-    assert ka.decrypt_column(ka.decrypt_column(enc, "email", job, as_string=True), "phone", job,
-                             as_string=True).equals(users())
+    assert ka.decrypt_column(ka.decrypt_column(enc, "email", job, as_string=True), "phone", job, as_string=True).equals(
+        users()
+    )
     # Row 3's email value put in row 3's phone column: same key, same row id.
     phones = enc.column("phone").to_pylist()
     phones[3] = enc.column("email")[3].as_py()
@@ -336,10 +344,12 @@ def test_v1_data_is_refused_by_default_and_read_on_request(backend, local_kms, p
     assert kms_calls(local_kms) == {}
     # Opted in: read unchanged (a column name is not part of a v1 value).
     assert kc.decrypt_values(values, provider, key_store=store, allow_uncommitted=True, column="any") == [
-        b"old-%d" % i for i in range(5)]
+        b"old-%d" % i for i in range(5)
+    ]
     rows = [b"%d" % i for i in range(5)]
     assert kc.decrypt_values(bound, provider, key_store=store, rows=rows, allow_uncommitted=True) == [
-        b"row-%d" % i for i in range(5)]
+        b"row-%d" % i for i in range(5)
+    ]
     with pytest.raises(AuthenticationError):  # v1 row binding still holds
         kc.decrypt_values(bound, provider, key_store=store, rows=rows[::-1], allow_uncommitted=True)
     # A v1 value never opens under a v2 header (or the other way round).
@@ -350,7 +360,9 @@ def test_v1_data_is_refused_by_default_and_read_on_request(backend, local_kms, p
     with pytest.raises(MessageFormatError, match="value 1: a compact format v1 value"):
         kc.decrypt_values(fresh + values[:1], provider, key_store=store, column="c")
     assert kc.decrypt_values(fresh + values[:1], provider, key_store=store, column="c", allow_uncommitted=True) == [
-        b"new", b"old-0"]
+        b"new",
+        b"old-0",
+    ]
 
 
 def test_v1_arrow_column_needs_the_opt_in(provider):
@@ -363,8 +375,10 @@ def test_v1_arrow_column_needs_the_opt_in(provider):
     import base64
     import json
 
-    meta = {ka.METADATA_KEY: json.dumps([base64.b64encode(legacy.encoded).decode()]).encode(),
-            ka.FORMAT_KEY: b"compact"}
+    meta = {
+        ka.METADATA_KEY: json.dumps([base64.b64encode(legacy.encoded).decode()]).encode(),
+        ka.FORMAT_KEY: b"compact",
+    }
     table = table.replace_schema_metadata(None).cast(pa.schema([pa.field("email", pa.binary(), metadata=meta)]))
     with pytest.raises(MessageFormatError, match="allow_uncommitted=True"):
         ka.decrypt_column(table, "email", provider)

@@ -43,13 +43,25 @@ def env():
     with LocalKms(regions=list(REGIONS)) as server, worker_environment(server):
         arns = [server.create_key(r) for r in REGIONS]
         kms = Kms(
-            access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
-            endpoints=server.endpoints, backoff_base=0.001, backoff_max=0.005, connect_timeout=2.0, read_timeout=5.0,
+            access_key_id=server.access_key_id,
+            access_key_secret=server.access_key_secret,
+            endpoints=server.endpoints,
+            backoff_base=0.001,
+            backoff_max=0.005,
+            connect_timeout=2.0,
+            read_timeout=5.0,
         )
         provider = kmsenv.KmsKeyProvider(*arns, kms=kms)
-        with LocalCluster(
-            n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None, worker_dashboard_address=None,
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=WORKERS,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                worker_dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             yield server, arns, provider, client
 
 
@@ -67,7 +79,9 @@ calls = kms_calls
 
 
 def emails(n: int = ROWS) -> pd.DataFrame:
-    return pd.DataFrame({"id": range(n), "email": [f"user{i:07d}.{(i * 2654435761) % 100000:05d}@example.com" for i in range(n)]})
+    return pd.DataFrame(
+        {"id": range(n), "email": [f"user{i:07d}.{(i * 2654435761) % 100000:05d}@example.com" for i in range(n)]}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +99,14 @@ def ddf8(env, data):
 
 def lengths(column) -> list[int]:
     """Byte lengths of a binary column, computed on the workers."""
-    return column.map_partitions(
-        lambda s: pd.Series(pc.binary_length(pa.array(s)).to_numpy(zero_copy_only=False), index=s.index),
-        meta=(column.name, "int64"),
-    ).compute().tolist()
+    return (
+        column.map_partitions(
+            lambda s: pd.Series(pc.binary_length(pa.array(s)).to_numpy(zero_copy_only=False), index=s.index),
+            meta=(column.name, "int64"),
+        )
+        .compute()
+        .tolist()
+    )
 
 
 def make_job(env, **kw) -> kmsenv.JobKey:

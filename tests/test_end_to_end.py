@@ -14,7 +14,9 @@ from kms_fixtures import *  # noqa: F401,F403
 from kms_fixtures import BJ, HZ, SH
 
 
-@pytest.mark.parametrize("alg", [Algorithm.AES_GCM_NOPADDING_256, Algorithm.AES_GCM_NOPADDING_128, Algorithm.SM4_GCM_NOPADDING_128])
+@pytest.mark.parametrize(
+    "alg", [Algorithm.AES_GCM_NOPADDING_256, Algorithm.AES_GCM_NOPADDING_128, Algorithm.SM4_GCM_NOPADDING_128]
+)
 def test_two_regions_each_alone_and_after_losing_either(alg, kms, cmks, local_kms, clean_faults, backend):
     first, second = (cmks.sm4, cmks.sm4_bj) if alg.info.cipher == "SM4" else (cmks.hz, cmks.bj)
     both = KmsKeyProvider(first, second, kms=kms, algorithm=alg)

@@ -29,7 +29,9 @@ def test_round_trip_every_algorithm(alg, size, backend):
     legacy = not alg.authenticated
     res = kmsenv.encrypt(pt, provider, encryption_context=ctx, algorithm=alg, allow_unauthenticated=legacy)
     assert res.header.algorithm is alg
-    out = kmsenv.decrypt(res.ciphertext, provider, allow_unauthenticated=legacy, expected_encryption_context={"tenant": "acme"})
+    out = kmsenv.decrypt(
+        res.ciphertext, provider, allow_unauthenticated=legacy, expected_encryption_context={"tenant": "acme"}
+    )
     assert out.plaintext == pt
     # each region alone can decrypt
     for arn in (ARN_BJ, ARN_HZ):
@@ -40,7 +42,10 @@ def test_default_algorithm_and_provider_attribute(backend):
     assert kmsenv.encrypt(b"x", FakeKmsProvider()).header.algorithm is Algorithm.AES_GCM_NOPADDING_256
     p = FakeKmsProvider(algorithm=Algorithm.SM4_GCM_NOPADDING_128)
     assert kmsenv.encrypt(b"x", p).header.algorithm is Algorithm.SM4_GCM_NOPADDING_128
-    assert kmsenv.encrypt(b"x", p, algorithm=Algorithm.AES_GCM_NOPADDING_128).header.algorithm is Algorithm.AES_GCM_NOPADDING_128
+    assert (
+        kmsenv.encrypt(b"x", p, algorithm=Algorithm.AES_GCM_NOPADDING_128).header.algorithm
+        is Algorithm.AES_GCM_NOPADDING_128
+    )
 
 
 def test_messages_are_fresh_each_time(backend):
@@ -64,7 +69,9 @@ def test_legacy_algorithms_need_opt_in(alg):
 
 def test_cbc_nopadding_rejects_partial_block(backend):
     with pytest.raises(kmsenv.ConfigurationError, match="multiple of 16"):
-        kmsenv.encrypt(b"x" * 17, FakeKmsProvider(), algorithm=Algorithm.AES_CBC_NOPADDING_256, allow_unauthenticated=True)
+        kmsenv.encrypt(
+            b"x" * 17, FakeKmsProvider(), algorithm=Algorithm.AES_CBC_NOPADDING_256, allow_unauthenticated=True
+        )
 
 
 def test_decrypt_does_not_mutate_provider(backend):
@@ -159,7 +166,9 @@ def test_every_bit_flip_is_rejected(alg, backend):
                 kmsenv.decrypt(bytes(bad), p)
 
 
-@pytest.mark.parametrize("alg", [Algorithm.AES_GCM_NOPADDING_256, Algorithm.SM4_GCM_NOPADDING_128], ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    "alg", [Algorithm.AES_GCM_NOPADDING_256, Algorithm.SM4_GCM_NOPADDING_128], ids=lambda a: a.name
+)
 def test_every_truncation_is_a_format_error(alg, backend):
     p = FakeKmsProvider()
     msg = kmsenv.encrypt(b"attack at dawn", p, algorithm=alg).ciphertext

@@ -56,8 +56,9 @@ def test_the_fast_walk_agrees_with_the_strict_one(size):
     for _ in range(3000):
         m = bytearray(message)
         for _ in range(rng.randint(1, 3)):
-            m[rng.randrange(head)] = rng.choice([0x00, 0x04, 0x0C, 0x10, 0x30, 0x7F, 0x80, 0x81, 0x82, 0x83, 0x84,
-                                                 0x85, rng.randrange(256)])
+            m[rng.randrange(head)] = rng.choice(
+                [0x00, 0x04, 0x0C, 0x10, 0x30, 0x7F, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, rng.randrange(256)]
+            )
         if rng.random() < 0.3:
             m = m[: rng.randrange(len(m) + 1)]
         if rng.random() < 0.1:
@@ -71,8 +72,9 @@ def test_the_walker_checks_every_length_of_the_layout():
     for bad in (message + b"\x00", message[:-1], b"\x30\x00", b""):
         with pytest.raises(MessageFormatError):
             der.message_layout(bad)
-    body_iv_too_long = codec.encode_message(codec.decode_message(message)[0].encoded,
-                                           codec.encode_body(bytes(65), b"", bytes(16)))
+    body_iv_too_long = codec.encode_message(
+        codec.decode_message(message)[0].encoded, codec.encode_body(bytes(65), b"", bytes(16))
+    )
     with pytest.raises(MessageFormatError, match="limit of 64"):
         der.message_layout(body_iv_too_long)
 

@@ -184,8 +184,11 @@ def test_throttling_storm_on_one_region_fails_over(cmks, local_kms, make_kms):
 
 @pytest.mark.parametrize(
     "fault",
-    [dict(throttle_rate=0.6), dict(error_rate=0.6, error_code="ServiceUnavailableTemporary"),
-     dict(error_rate=0.6, error_code="InternalFailure")],
+    [
+        dict(throttle_rate=0.6),
+        dict(error_rate=0.6, error_code="ServiceUnavailableTemporary"),
+        dict(error_rate=0.6, error_code="InternalFailure"),
+    ],
     ids=["throttling-429", "5xx-503", "5xx-500"],
 )
 def test_partial_storm_encrypt_is_all_or_nothing(fault, cmks, local_kms, make_recording_kms):
@@ -202,8 +205,11 @@ def test_partial_storm_encrypt_is_all_or_nothing(fault, cmks, local_kms, make_re
         try:
             made.append((kmsenv.encrypt(b"row %d" % i, provider, encryption_context=CTX).ciphertext, b"row %d" % i))
         except KmsError as exc:
-            assert exc.retryable and exc.code in ("Rejected.Throttling", "ServiceUnavailableTemporary",
-                                                  "InternalFailure"), exc
+            assert exc.retryable and exc.code in (
+                "Rejected.Throttling",
+                "ServiceUnavailableTemporary",
+                "InternalFailure",
+            ), exc
             failed.append(exc)
     assert made and failed, (len(made), len(failed))  # both paths were exercised
     assert_all_wiped(kms)
@@ -223,7 +229,7 @@ def test_5xx_burst_is_retried_through(cmks, local_kms, make_kms):
     local_kms.reset_stats()
     with pytest.raises(NoUsableKeyError) as info:
         kmsenv.decrypt(message, provider)
-    (arn, err), = info.value.errors
+    ((arn, err),) = info.value.errors
     assert err.code == "InternalFailure" and err.retryable and "after 4 attempts" in str(err)
     assert local_kms.stats()[HZ] == {"Decrypt": 4}
     local_kms.set_fault(HZ)
@@ -388,8 +394,9 @@ def test_resets_on_the_first_connections_are_retried(mode, cmks, local_kms, make
 
 
 @pytest.mark.parametrize("mode", ["request", "response"])
-def test_every_connection_reset_fails_encrypt_cleanly_and_decrypt_over(mode, cmks, local_kms, make_recording_kms,
-                                                                      reset_proxy):
+def test_every_connection_reset_fails_encrypt_cleanly_and_decrypt_over(
+    mode, cmks, local_kms, make_recording_kms, reset_proxy
+):
     message = kmsenv.encrypt(b"x", KmsKeyProvider(cmks.hz, cmks.bj, kms=make_recording_kms())).ciphertext
     proxy = reset_proxy(BJ, lambda i: mode)
     kms = make_recording_kms(endpoints={**local_kms.endpoints, BJ: proxy.url}, max_attempts=3)
@@ -410,8 +417,9 @@ def test_resets_during_a_multi_region_encrypt_sm4(cmks, local_kms, make_recordin
     """Every other connection reset on both regions of an SM4 provider:
     encrypts either complete or fail typed; the completed ones decrypt in each region."""
     proxies = {r: reset_proxy(r, lambda i: "request" if i % 2 == 0 else None) for r in (HZ, BJ)}
-    kms = make_recording_kms(endpoints={**local_kms.endpoints, **{r: p.url for r, p in proxies.items()}},
-                             max_attempts=3)
+    kms = make_recording_kms(
+        endpoints={**local_kms.endpoints, **{r: p.url for r, p in proxies.items()}}, max_attempts=3
+    )
     arns = [cmks.sm4, cmks.sm4_bj]
     provider = KmsKeyProvider(*arns, kms=kms, algorithm=Algorithm.SM4_GCM_NOPADDING_128)
     made = []

@@ -110,9 +110,18 @@ class TestOptions:
 
     @pytest.mark.parametrize(
         "options",
-        [dict(hedge="yes"), dict(hedge=1), dict(hedge_after=0), dict(hedge_after=-1),
-         dict(hedge_after=float("nan")), dict(hedge_after=float("inf")), dict(hedge_after=61),
-         dict(hedge_after="0.1"), dict(hedge_after=True), dict(hedge=False, hedge_after=0.1)],
+        [
+            dict(hedge="yes"),
+            dict(hedge=1),
+            dict(hedge_after=0),
+            dict(hedge_after=-1),
+            dict(hedge_after=float("nan")),
+            dict(hedge_after=float("inf")),
+            dict(hedge_after=61),
+            dict(hedge_after="0.1"),
+            dict(hedge_after=True),
+            dict(hedge=False, hedge_after=0.1),
+        ],
     )
     def test_bad_options(self, kms, cmks, options):
         with pytest.raises(ConfigurationError) as info:
@@ -296,12 +305,15 @@ def test_a_fast_refusal_from_the_hedge_does_not_end_the_wait(tracking, local_kms
     s = p.stats()
     assert (s.hedges_started, s.hedges_won) == (1, 0)
     assert [(r, w if isinstance(w, str) else "key") for r, _, w in tracking.answers[-2:]] == [
-        (BJ, "Rejected.Disabled"), (HZ, "key")]
+        (BJ, "Rejected.Disabled"),
+        (HZ, "key"),
+    ]
 
 
 def test_every_region_refusing_the_signature_is_listed(local_kms, cmks, clean_faults, message):
-    p = KmsKeyProvider(cmks.hz, cmks.bj, kms=TrackingKms(**kms_options(local_kms, access_key_secret="nope")),
-                       hedge=True)
+    p = KmsKeyProvider(
+        cmks.hz, cmks.bj, kms=TrackingKms(**kms_options(local_kms, access_key_secret="nope")), hedge=True
+    )
     with pytest.raises(NoUsableKeyError) as info:
         kmsenv.decrypt(message, p)
     assert [e.code for _, e in info.value.errors] == ["SignatureDoesNotMatch"] * 2
@@ -390,9 +402,9 @@ def test_the_adaptive_delay_is_the_p99_of_recent_latencies_within_floor_and_cap(
         h.record(HZ, float(x))
     assert h.delay(HZ) == _hedge.INITIAL  # too few to go by
     samples = early + list(rng.uniform(0.03, 0.08, 300))
-    for x in samples[len(early):]:
+    for x in samples[len(early) :]:
         h.record(HZ, float(x))
-    recent = samples[-_hedge.WINDOW:]
+    recent = samples[-_hedge.WINDOW :]
     assert h.delay(HZ) == pytest.approx(_hedge.HEADROOM * nearest_rank(recent, _hedge.PERCENTILE))
     assert h.delay(HZ) == pytest.approx(_hedge.HEADROOM * sorted(recent)[-2])  # 128 samples: the second largest
     assert h.delay(BJ) == _hedge.INITIAL  # per region
@@ -461,5 +473,4 @@ def test_decrypt_workers_are_reused_and_start_afresh_after_fork():
     assert workers.idle() == (0, 0)
     third = workers.submit(threading.get_ident)
     assert third.result(GUARD) != first.result(GUARD)
-    assert ("kmsenv.providers", "_decrypt_workers") in {
-        (r.module, n) for r in _process.registry() for n in r.names}
+    assert ("kmsenv.providers", "_decrypt_workers") in {(r.module, n) for r in _process.registry() for n in r.names}

@@ -86,8 +86,7 @@ class TestEndpoints:
     def test_env_parsing(self, monkeypatch):
         monkeypatch.setenv(
             "KMSENV_KMS_ENDPOINTS",
-            " cn-beijing=http://127.0.0.1:18001 , cn-hangzhou=https://kms.example.com,"
-            "cn-shanghai=127.0.0.1:18003,",
+            " cn-beijing=http://127.0.0.1:18001 , cn-hangzhou=https://kms.example.com,cn-shanghai=127.0.0.1:18003,",
         )
         k = Kms(access_key_id="a", access_key_secret="b")
         assert k.endpoint_url("cn-beijing") == "http://127.0.0.1:18001"
@@ -187,8 +186,9 @@ class TestOperations:
     def test_re_encrypt_same_region(self, kms, cmks, local_kms):
         plaintext, blob = kms.generate_data_key(cmks.hz, encryption_context=CTX)
         before = count(local_kms, HZ, "ReEncrypt")
-        blob2 = kms.re_encrypt(blob, cmks.hz2, source_encryption_context=CTX, destination_encryption_context=CTX,
-                               region=HZ)
+        blob2 = kms.re_encrypt(
+            blob, cmks.hz2, source_encryption_context=CTX, destination_encryption_context=CTX, region=HZ
+        )
         assert count(local_kms, HZ, "ReEncrypt") == before + 1
         assert kms.decrypt(cmks.hz2, blob2, CTX) == plaintext
         with pytest.raises(ConfigurationError):
@@ -299,8 +299,11 @@ class TestCredentials:
         from alibabacloud_credentials.client import Client as CredentialClient
         from alibabacloud_credentials.models import Config as CredentialConfig
 
-        cred = CredentialClient(CredentialConfig(type="access_key", access_key_id=local_kms.access_key_id,
-                                                 access_key_secret=local_kms.access_key_secret))
+        cred = CredentialClient(
+            CredentialConfig(
+                type="access_key", access_key_id=local_kms.access_key_id, access_key_secret=local_kms.access_key_secret
+            )
+        )
         k = make_kms(access_key_id=None, access_key_secret=None, credential=cred)
         pt, blob = k.generate_data_key(cmks.hz)
         assert k.decrypt(cmks.hz, blob) == pt
@@ -329,8 +332,7 @@ class TestCredentials:
         # so its snapshot is adjusted as well.
         from alibabacloud_credentials.utils import auth_constant, auth_util
 
-        for name in ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
-                     "ALIBABA_CLOUD_SECURITY_TOKEN"):
+        for name in ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_SECURITY_TOKEN"):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setattr(auth_util, "environment_access_key_id", None)
         monkeypatch.setattr(auth_util, "environment_access_key_secret", None)
@@ -441,8 +443,12 @@ class TestRetries:
             monkeypatch.setenv(name, "http://127.0.0.1:9")
         with LocalKms(regions=[HZ]) as server:
             arn = server.create_key(HZ)
-            k = Kms(access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
-                    endpoints=server.endpoints, max_attempts=1)
+            k = Kms(
+                access_key_id=server.access_key_id,
+                access_key_secret=server.access_key_secret,
+                endpoints=server.endpoints,
+                max_attempts=1,
+            )
             pt, blob = k.generate_data_key(arn)
             assert k.decrypt(arn, blob) == pt
 
@@ -468,8 +474,13 @@ def test_endpoint_that_is_not_kms():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        k = Kms(access_key_id="a", access_key_secret="b", max_attempts=2, backoff_base=0.001,
-                endpoints={HZ: f"http://127.0.0.1:{server.server_address[1]}"})
+        k = Kms(
+            access_key_id="a",
+            access_key_secret="b",
+            max_attempts=2,
+            backoff_base=0.001,
+            endpoints={HZ: f"http://127.0.0.1:{server.server_address[1]}"},
+        )
         with pytest.raises(KmsError) as info:
             k.generate_data_key(f"acs:kms:{HZ}:123:key/k")
         assert info.value.code == "InvalidResponse" and info.value.region == HZ

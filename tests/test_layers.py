@@ -46,7 +46,11 @@ print(json.dumps(sorted(name for name in sys.modules if name.startswith("kmsenv.
 def _loaded(target: str, call_wipe: bool = False) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, target, "1" if call_wipe else "0"],
-        capture_output=True, text=True, cwd=str(SRC.parent), env=dict(os.environ, PYTHONPATH=str(SRC)), check=False,
+        capture_output=True,
+        text=True,
+        cwd=str(SRC.parent),
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     return set(json.loads(out.stdout.splitlines()[-1]))
@@ -128,7 +132,7 @@ def _violations(path: pathlib.Path, root: pathlib.Path = SRC) -> list[tuple[str,
                 found.append((name, "the C core"))
             elif name == "kmsenv.crypto.native" or name.startswith("kmsenv.crypto.native."):
                 found.append((name, "the native backend"))
-            elif name.startswith("kmsenv.crypto.") and _private(name[len("kmsenv.crypto."):]):
+            elif name.startswith("kmsenv.crypto.") and _private(name[len("kmsenv.crypto.") :]):
                 found.append((name, "a private name of crypto"))
         # importlib.import_module("kmsenv._native") and the like
         if isinstance(node, ast.Constant) and node.value in ("kmsenv._native", "kmsenv.crypto.native"):
@@ -149,8 +153,13 @@ def test_the_scan_catches_what_it_should(tmp_path):
     )
     names = [name for name, _ in _violations(bad, tmp_path)]
     assert names == [
-        "kmsenv.crypto.native", "kmsenv.crypto.native._CIPHERS", "kmsenv.crypto.native._raise",
-        "kmsenv.crypto.native.ffi", "kmsenv.crypto._load_native", "kmsenv._native", "kmsenv._native",
+        "kmsenv.crypto.native",
+        "kmsenv.crypto.native._CIPHERS",
+        "kmsenv.crypto.native._raise",
+        "kmsenv.crypto.native.ffi",
+        "kmsenv.crypto._load_native",
+        "kmsenv._native",
+        "kmsenv._native",
     ]
 
 
@@ -164,7 +173,8 @@ def test_only_crypto_reaches_the_native_core_and_crypto_privates():
 def test_only_native_py_imports_the_c_core():
     """Inside crypto too: native.py is the one importer of kmsenv._native (README)."""
     importers = sorted(
-        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
         if any(name.startswith("kmsenv._native") for name, _ in _violations(p))
     )
     assert importers == ["crypto/native.py"]
@@ -173,7 +183,7 @@ def test_only_native_py_imports_the_c_core():
 def test_columns_keeps_the_column_model_only():
     """No native/pure twins and no C calls in columns.py: it asks get_backend()."""
     source = (PACKAGE / "columns.py").read_text(encoding="utf-8")
-    for needle in ("lib.kmsenv_", "ffi.", "_native", "_pure(", "crypto.pure", "crypto.native", 'backend.name'):
+    for needle in ("lib.kmsenv_", "ffi.", "_native", "_pure(", "crypto.pure", "crypto.native", "backend.name"):
         assert needle not in source, needle
 
 
@@ -185,7 +195,10 @@ def test_the_compact_constants_have_one_home():
 
     assert interface.COMPACT_REF_LEN == keyheader.REF_LEN
     assert (columns.COMPACT_FORMAT, columns.OVERHEAD, columns.MAX_SEGMENT) == (
-        interface.COMPACT_FORMAT, interface.COMPACT_OVERHEAD, interface.COMPACT_MAX_SEGMENT)
+        interface.COMPACT_FORMAT,
+        interface.COMPACT_OVERHEAD,
+        interface.COMPACT_MAX_SEGMENT,
+    )
 
 
 # ---------------------------------------------------------------- the envelope's steps (issue 14 §2, §4)
@@ -201,8 +214,11 @@ def _engine_privates(path: pathlib.Path, root: pathlib.Path = SRC) -> list[str]:
         if isinstance(node, ast.ImportFrom) and _absolute(module, path, node) == "kmsenv.engine":
             found += [alias.name for alias in node.names if alias.name.startswith("_")]
         elif (  # engine._name after `from . import engine` / `import kmsenv.engine as engine`
-            isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-            and isinstance(node.value, ast.Name) and node.value.id == "engine"
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "engine"
         ):
             found.append(node.attr)
     return found
@@ -239,8 +255,17 @@ def test_the_envelope_imports_nothing_above_its_floor():
     anything above (streams, columns, providers, adapters)."""
     loaded = _loaded("kmsenv._envelope")
     assert "kmsenv._envelope" in loaded
-    above = ("kmsenv.engine", "kmsenv.columns", "kmsenv.stream", "kmsenv.jobkey", "kmsenv.providers",
-             "kmsenv.cache", "kmsenv.kms", "kmsenv.parquet", "kmsenv.arrow")
+    above = (
+        "kmsenv.engine",
+        "kmsenv.columns",
+        "kmsenv.stream",
+        "kmsenv.jobkey",
+        "kmsenv.providers",
+        "kmsenv.cache",
+        "kmsenv.kms",
+        "kmsenv.parquet",
+        "kmsenv.arrow",
+    )
     assert _under(loaded, *above) == set()
 
 
@@ -274,10 +299,15 @@ def test_one_outer_layout_walker():
     """Only message/der.py walks the buffer layout of a message (the C core
     bounds-checks its own input; der_stream reads the same layout from a
     stream, TLV by TLV, with der.read_tl); engine.py builds no TLV by hand."""
-    needles = ('enter(der.SEQUENCE, "message")', 'enter(SEQUENCE, "message")', 'enter(der.SEQUENCE, "body")',
-               'enter(SEQUENCE, "body")')
+    needles = (
+        'enter(der.SEQUENCE, "message")',
+        'enter(SEQUENCE, "message")',
+        'enter(der.SEQUENCE, "body")',
+        'enter(SEQUENCE, "body")',
+    )
     walkers = sorted(
-        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
         if "localkms" not in p.parts and any(n in p.read_text(encoding="utf-8") for n in needles)
     )
     assert walkers == ["message/der.py"]

@@ -59,8 +59,7 @@ class KeyRecordingProvider:
 def test_sixteen_threads_no_errors_every_message_decrypts_no_iv_reuse(kms, cmks):
     providers = [
         KeyRecordingProvider(KmsKeyProvider(cmks.hz, cmks.bj, kms=kms)),
-        KeyRecordingProvider(KmsKeyProvider(cmks.sm4, cmks.sm4_bj, kms=kms,
-                                            algorithm=Algorithm.SM4_GCM_NOPADDING_128)),
+        KeyRecordingProvider(KmsKeyProvider(cmks.sm4, cmks.sm4_bj, kms=kms, algorithm=Algorithm.SM4_GCM_NOPADDING_128)),
     ]
     # Each reader names one CMK of each writer, in one region: both read every message.
     readers = [KmsKeyProvider(cmks.bj, cmks.sm4_bj, kms=kms), KmsKeyProvider(cmks.hz, cmks.sm4, kms=kms)]
@@ -142,6 +141,7 @@ def test_sixteen_threads_no_errors_every_message_decrypts_no_iv_reuse(kms, cmks)
         assert len(set(used)) == len(used), f"an IV was used twice under one data key: {entries}"
         assert all(len(iv) == 12 for iv in used)
     assert counts["encrypted"] == counts["decrypted"] >= THREADS, counts
-    print(f"load: {THREADS} threads, {counts['encrypted']} messages encrypted and decrypted, "
-          f"{sum(len(p.generated) for p in providers)} data keys")
-
+    print(
+        f"load: {THREADS} threads, {counts['encrypted']} messages encrypted and decrypted, "
+        f"{sum(len(p.generated) for p in providers)} data keys"
+    )

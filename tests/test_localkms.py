@@ -22,9 +22,14 @@ from alibabacloud_kms20160120.client import Client
 from alibabacloud_tea_openapi.models import Config
 from aliyunsdkcore.acs_exception.exceptions import ServerException
 from aliyunsdkcore.client import AcsClient
-from aliyunsdkkms.request.v20160120 import (DecryptRequest, DescribeKeyRequest, EncryptRequest,
-                                            GenerateDataKeyRequest, ListKeysRequest,
-                                            ReEncryptRequest)
+from aliyunsdkkms.request.v20160120 import (
+    DecryptRequest,
+    DescribeKeyRequest,
+    EncryptRequest,
+    GenerateDataKeyRequest,
+    ListKeysRequest,
+    ReEncryptRequest,
+)
 
 import kmsenv.localkms
 from kmsenv.localkms import LocalKms
@@ -41,12 +46,21 @@ def _no_proxy(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-def new_client(kms: LocalKms, region: str = R1, secret: str | None = None,
-               key_id: str | None = None, **extra) -> Client:
-    return Client(Config(access_key_id=key_id or kms.access_key_id,
-                         access_key_secret=secret or kms.access_key_secret,
-                         endpoint=kms.hosts[region], protocol="http", region_id=region,
-                         read_timeout=10000, connect_timeout=2000, **extra))
+def new_client(
+    kms: LocalKms, region: str = R1, secret: str | None = None, key_id: str | None = None, **extra
+) -> Client:
+    return Client(
+        Config(
+            access_key_id=key_id or kms.access_key_id,
+            access_key_secret=secret or kms.access_key_secret,
+            endpoint=kms.hosts[region],
+            protocol="http",
+            region_id=region,
+            read_timeout=10000,
+            connect_timeout=2000,
+            **extra,
+        )
+    )
 
 
 def legacy_call(kms: LocalKms, request, region: str = R1, secret: str | None = None) -> dict:
@@ -80,6 +94,7 @@ def client(kms):
 
 # -- key management ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("spec", ["Aliyun_AES_256", "Aliyun_AES_128", "Aliyun_SM4"])
 def test_create_describe_list_key(kms, client, spec):
     meta = client.create_key(M.CreateKeyRequest(key_spec=spec, description="d")).body.key_metadata
@@ -91,11 +106,14 @@ def test_create_describe_list_key(kms, client, spec):
         assert described.key_id == meta.key_id and described.primary_key_version
     listed = client.list_keys(M.ListKeysRequest(page_size=100)).body
     assert meta.arn in [k.key_arn for k in listed.keys.key]
-    filtered = client.list_keys(M.ListKeysRequest(
-        page_size=100, filters=json.dumps([{"Key": "KeySpec", "Values": [spec]}]))).body
+    filtered = client.list_keys(
+        M.ListKeysRequest(page_size=100, filters=json.dumps([{"Key": "KeySpec", "Values": [spec]}]))
+    ).body
     assert filtered.total_count >= 1
-    assert all(client.describe_key(M.DescribeKeyRequest(key_id=k.key_id)).body
-               .key_metadata.key_spec == spec for k in filtered.keys.key)
+    assert all(
+        client.describe_key(M.DescribeKeyRequest(key_id=k.key_id)).body.key_metadata.key_spec == spec
+        for k in filtered.keys.key
+    )
 
 
 def test_create_key_rejects_unsupported_spec(client):
@@ -143,17 +161,16 @@ def test_describe_regions(kms, client):
 
 # -- cryptographic operations --------------------------------------------------------
 
+
 @pytest.mark.parametrize("context", [None, {"tenant": "acme", "b": "x y+/=~*"}])
 def test_generate_data_key_decrypt_round_trip(client, arn, context):
-    out = client.generate_data_key(M.GenerateDataKeyRequest(
-        key_id=arn, encryption_context=context)).body
+    out = client.generate_data_key(M.GenerateDataKeyRequest(key_id=arn, encryption_context=context)).body
     assert len(base64.b64decode(out.plaintext)) == 32
     assert len(out.ciphertext_blob) == 144  # same length as real KMS
     assert base64.b64decode(out.ciphertext_blob)[:36].decode() == out.key_version_id
     if context:
         context = dict(reversed(list(context.items())))  # key order must not matter
-    back = client.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob,
-                                           encryption_context=context)).body
+    back = client.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob, encryption_context=context)).body
     assert back.plaintext == out.plaintext
     assert (back.key_id, back.key_version_id) == (out.key_id, out.key_version_id)
 
@@ -164,25 +181,27 @@ def test_generate_data_key_sizes(kms, client, arn):
     out = client.generate_data_key(M.GenerateDataKeyRequest(key_id=arn, number_of_bytes=24)).body
     assert len(base64.b64decode(out.plaintext)) == 24
     sm4 = kms.create_key(R1, "Aliyun_SM4")
-    out = client.generate_data_key(M.GenerateDataKeyRequest(
-        key_id=sm4, number_of_bytes=16, key_spec="SM4_128", encryption_context={"a": "b"})).body
+    out = client.generate_data_key(
+        M.GenerateDataKeyRequest(key_id=sm4, number_of_bytes=16, key_spec="SM4_128", encryption_context={"a": "b"})
+    ).body
     assert len(base64.b64decode(out.plaintext)) == 16
-    back = client.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob,
-                                           encryption_context={"a": "b"})).body
+    back = client.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob, encryption_context={"a": "b"})).body
     assert back.plaintext == out.plaintext
-    for bad in (M.GenerateDataKeyRequest(key_id=arn, number_of_bytes=1025),
-                M.GenerateDataKeyRequest(key_id=arn, key_spec="AES_512")):
+    for bad in (
+        M.GenerateDataKeyRequest(key_id=arn, number_of_bytes=1025),
+        M.GenerateDataKeyRequest(key_id=arn, key_spec="AES_512"),
+    ):
         with pytest.raises(Exception) as e:
             client.generate_data_key(bad)
         assert error_of(e) == ("InvalidParameter", 400)
 
 
 def test_generate_data_key_without_plaintext(client, arn):
-    out = client.generate_data_key_without_plaintext(M.GenerateDataKeyWithoutPlaintextRequest(
-        key_id=arn, encryption_context={"k": "v"})).body
+    out = client.generate_data_key_without_plaintext(
+        M.GenerateDataKeyWithoutPlaintextRequest(key_id=arn, encryption_context={"k": "v"})
+    ).body
     assert out.ciphertext_blob and out.key_version_id
-    back = client.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob,
-                                           encryption_context={"k": "v"})).body
+    back = client.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob, encryption_context={"k": "v"})).body
     assert len(base64.b64decode(back.plaintext)) == 32
     with pytest.raises(Exception) as e:  # the context is bound here too
         client.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob))
@@ -204,36 +223,37 @@ def test_encrypt_decrypt_text_and_size_limit(client, arn):
 
 @pytest.mark.parametrize("wrong", [None, {"tenant": "evil"}, {"tenant": "acme", "x": "y"}])
 def test_context_mismatch(client, arn, wrong):
-    blob = client.encrypt(M.EncryptRequest(key_id=arn, plaintext="c2VjcmV0",
-                                           encryption_context={"tenant": "acme"})).body
+    blob = client.encrypt(
+        M.EncryptRequest(key_id=arn, plaintext="c2VjcmV0", encryption_context={"tenant": "acme"})
+    ).body
     with pytest.raises(Exception) as e:
-        client.decrypt(M.DecryptRequest(ciphertext_blob=blob.ciphertext_blob,
-                                        encryption_context=wrong))
+        client.decrypt(M.DecryptRequest(ciphertext_blob=blob.ciphertext_blob, encryption_context=wrong))
     assert error_of(e) == ("InvalidParameter", 400)
 
 
 def test_context_given_as_string_is_refused(client, arn):
     # The client turns a JSON *string* into "null": refuse it rather than drop the context.
     with pytest.raises(Exception) as e:
-        client.encrypt(M.EncryptRequest(key_id=arn, plaintext="eA==",
-                                        encryption_context='{"a":"b"}'))
+        client.encrypt(M.EncryptRequest(key_id=arn, plaintext="eA==", encryption_context='{"a":"b"}'))
     assert error_of(e) == ("InvalidParameter", 400)
 
 
 def test_re_encrypt(kms, client, arn):
     dest = kms.create_key(R1, "Aliyun_AES_128")
-    src = client.encrypt(M.EncryptRequest(key_id=arn, plaintext="payload",
-                                          encryption_context={"a": "1"})).body
-    out = client.re_encrypt(M.ReEncryptRequest(
-        ciphertext_blob=src.ciphertext_blob, destination_key_id=dest,
-        source_encryption_context={"a": "1"}, destination_encryption_context={"b": "2"})).body
+    src = client.encrypt(M.EncryptRequest(key_id=arn, plaintext="payload", encryption_context={"a": "1"})).body
+    out = client.re_encrypt(
+        M.ReEncryptRequest(
+            ciphertext_blob=src.ciphertext_blob,
+            destination_key_id=dest,
+            source_encryption_context={"a": "1"},
+            destination_encryption_context={"b": "2"},
+        )
+    ).body
     assert out.key_id == dest.rsplit("/", 1)[1] and out.ciphertext_blob != src.ciphertext_blob
-    back = client.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob,
-                                           encryption_context={"b": "2"})).body
+    back = client.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob, encryption_context={"b": "2"})).body
     assert back.plaintext == "payload" and back.key_id == out.key_id
     with pytest.raises(Exception) as e:
-        client.re_encrypt(M.ReEncryptRequest(ciphertext_blob=src.ciphertext_blob,
-                                             destination_key_id=dest))
+        client.re_encrypt(M.ReEncryptRequest(ciphertext_blob=src.ciphertext_blob, destination_key_id=dest))
     assert error_of(e) == ("InvalidParameter", 400)
 
 
@@ -249,14 +269,14 @@ def test_blob_from_other_region_is_rejected(kms, client, arn):
 
 @pytest.mark.parametrize("position", [0, 40, 60, -1])
 def test_tampered_blob_is_rejected(client, arn, position):
-    raw = bytearray(base64.b64decode(client.encrypt(M.EncryptRequest(
-        key_id=arn, plaintext="eA==")).body.ciphertext_blob))
+    raw = bytearray(
+        base64.b64decode(client.encrypt(M.EncryptRequest(key_id=arn, plaintext="eA==")).body.ciphertext_blob)
+    )
     raw[position] ^= 0x01
     with pytest.raises(Exception) as e:
         client.decrypt(M.DecryptRequest(ciphertext_blob=base64.b64encode(bytes(raw)).decode()))
     # Editing the version ID misses the index; anything else fails GCM authentication.
-    assert error_of(e) == (("Forbidden.KeyNotFound", 404) if position == 0
-                           else ("InvalidParameter", 400))
+    assert error_of(e) == (("Forbidden.KeyNotFound", 404) if position == 0 else ("InvalidParameter", 400))
 
 
 def test_garbage_blob_and_unknown_key(client):
@@ -264,8 +284,7 @@ def test_garbage_blob_and_unknown_key(client):
         client.decrypt(M.DecryptRequest(ciphertext_blob="not-a-blob"))
     assert error_of(e) == ("InvalidParameter", 400)
     with pytest.raises(Exception) as e:
-        client.encrypt(M.EncryptRequest(key_id="00000000-0000-4000-8000-000000000000",
-                                        plaintext="eA=="))
+        client.encrypt(M.EncryptRequest(key_id="00000000-0000-4000-8000-000000000000", plaintext="eA=="))
     assert error_of(e) == ("Forbidden.KeyNotFound", 404)
 
 
@@ -273,11 +292,12 @@ def test_disable_enable_key(kms, client):
     arn = kms.create_key(R1)
     blob = client.encrypt(M.EncryptRequest(key_id=arn, plaintext="eA==")).body.ciphertext_blob
     client.disable_key(M.DisableKeyRequest(key_id=arn))
-    assert client.describe_key(M.DescribeKeyRequest(key_id=arn)).body.key_metadata.key_state \
-        == "Disabled"
-    for call in (lambda: client.encrypt(M.EncryptRequest(key_id=arn, plaintext="eA==")),
-                 lambda: client.decrypt(M.DecryptRequest(ciphertext_blob=blob)),
-                 lambda: client.generate_data_key(M.GenerateDataKeyRequest(key_id=arn))):
+    assert client.describe_key(M.DescribeKeyRequest(key_id=arn)).body.key_metadata.key_state == "Disabled"
+    for call in (
+        lambda: client.encrypt(M.EncryptRequest(key_id=arn, plaintext="eA==")),
+        lambda: client.decrypt(M.DecryptRequest(ciphertext_blob=blob)),
+        lambda: client.generate_data_key(M.GenerateDataKeyRequest(key_id=arn)),
+    ):
         with pytest.raises(Exception) as e:
             call()
         assert error_of(e) == ("Rejected.Disabled", 409)
@@ -293,9 +313,9 @@ def test_disable_enable_key(kms, client):
 
 # -- authentication and request validation --------------------------------------------
 
+
 def test_wrong_secret(kms, arn):
-    for c in (new_client(kms, secret="wrong"),
-              new_client(kms, secret="wrong", signature_algorithm="v2")):
+    for c in (new_client(kms, secret="wrong"), new_client(kms, secret="wrong", signature_algorithm="v2")):
         with pytest.raises(Exception) as e:
             c.encrypt(M.EncryptRequest(key_id=arn, plaintext="eA=="))
         assert type(e.value).__name__ == "ClientException"
@@ -311,8 +331,10 @@ def test_wrong_secret(kms, arn):
 
 
 def test_unknown_access_key(kms, arn):
-    for c in (new_client(kms, key_id="LTAIunknownKey"),
-              new_client(kms, key_id="LTAIunknownKey", signature_algorithm="v2")):
+    for c in (
+        new_client(kms, key_id="LTAIunknownKey"),
+        new_client(kms, key_id="LTAIunknownKey", signature_algorithm="v2"),
+    ):
         with pytest.raises(Exception) as e:
             c.encrypt(M.EncryptRequest(key_id=arn, plaintext="eA=="))
         assert error_of(e) == ("InvalidAccessKeyId.NotFound", 404)
@@ -333,10 +355,8 @@ def test_missing_parameter(kms, client, arn):
 
 def test_v2_signature_round_trip(kms, arn):
     c = new_client(kms, signature_algorithm="v2")
-    out = c.generate_data_key(M.GenerateDataKeyRequest(key_id=arn,
-                                                       encryption_context={"a": "b c"})).body
-    back = c.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob,
-                                      encryption_context={"a": "b c"})).body
+    out = c.generate_data_key(M.GenerateDataKeyRequest(key_id=arn, encryption_context={"a": "b c"})).body
+    back = c.decrypt(M.DecryptRequest(ciphertext_blob=out.ciphertext_blob, encryption_context={"a": "b c"})).body
     assert back.plaintext == out.plaintext
 
 
@@ -352,8 +372,9 @@ def test_legacy_sdk(kms, client, arn):
     req.set_EncryptionContext(ctx)
     assert legacy_call(kms, req)["Plaintext"] == out["Plaintext"]
     # Blobs are interchangeable between client generations.
-    back = client.decrypt(M.DecryptRequest(ciphertext_blob=out["CiphertextBlob"],
-                                           encryption_context=json.loads(ctx))).body
+    back = client.decrypt(
+        M.DecryptRequest(ciphertext_blob=out["CiphertextBlob"], encryption_context=json.loads(ctx))
+    ).body
     assert back.plaintext == out["Plaintext"]
     req = EncryptRequest.EncryptRequest()
     req.set_KeyId(arn)
@@ -375,31 +396,34 @@ def test_legacy_sdk(kms, client, arn):
 
 # -- persistence ---------------------------------------------------------------------
 
+
 def test_state_dir_survives_restart(tmp_path):
     with LocalKms(regions=[R1, R2], state_dir=str(tmp_path)) as first:
         arn = first.create_key(R1)
         first.create_alias(R1, "alias/kept", arn)
-        blob = new_client(first).encrypt(M.EncryptRequest(
-            key_id=arn, plaintext="keep me", encryption_context={"a": "b"})).body.ciphertext_blob
+        blob = (
+            new_client(first)
+            .encrypt(M.EncryptRequest(key_id=arn, plaintext="keep me", encryption_context={"a": "b"}))
+            .body.ciphertext_blob
+        )
         creds = (first.access_key_id, first.access_key_secret, first.account_uid)
         endpoints = first.endpoints
     with LocalKms(regions=[R1, R2], state_dir=str(tmp_path)) as second:
         assert (second.access_key_id, second.access_key_secret, second.account_uid) == creds
         assert second.endpoints == endpoints  # ports remembered (they are free again)
         c = new_client(second)
-        assert c.decrypt(M.DecryptRequest(ciphertext_blob=blob,
-                                          encryption_context={"a": "b"})).body.plaintext == "keep me"
+        assert (
+            c.decrypt(M.DecryptRequest(ciphertext_blob=blob, encryption_context={"a": "b"})).body.plaintext == "keep me"
+        )
         assert arn in [k.key_arn for k in c.list_keys(M.ListKeysRequest()).body.keys.key]
-        assert c.encrypt(M.EncryptRequest(key_id="alias/kept", plaintext="x")).body.key_id \
-            == arn.rsplit("/", 1)[1]
+        assert c.encrypt(M.EncryptRequest(key_id="alias/kept", plaintext="x")).body.key_id == arn.rsplit("/", 1)[1]
 
 
 def test_in_memory_forgets():
     with LocalKms(regions=[R1]) as first:
         arn = first.create_key(R1)
         blob = new_client(first).encrypt(M.EncryptRequest(key_id=arn, plaintext="x")).body
-    with LocalKms(regions=[R1], access_key_id=first.access_key_id,
-                  access_key_secret=first.access_key_secret) as second:
+    with LocalKms(regions=[R1], access_key_id=first.access_key_id, access_key_secret=first.access_key_secret) as second:
         c = new_client(second)
         assert c.list_keys(M.ListKeysRequest()).body.total_count == 0
         with pytest.raises(Exception) as e:
@@ -415,6 +439,7 @@ def test_random_credentials_per_instance():
 
 
 # -- faults and statistics -----------------------------------------------------------
+
 
 @pytest.fixture
 def fresh():
@@ -469,8 +494,7 @@ def test_fault_throttle(fresh):
     assert (le.value.get_error_code(), le.value.get_http_status()) == ("Rejected.Throttling", 429)
 
 
-@pytest.mark.parametrize("code,status", [("ServiceUnavailableTemporary", 503),
-                                         ("InternalFailure", 500)])
+@pytest.mark.parametrize("code,status", [("ServiceUnavailableTemporary", 503), ("InternalFailure", 500)])
 def test_fault_server_errors(fresh, code, status):
     arn = fresh.create_key(R1)
     fresh.set_fault(R1, error_rate=1.0, error_code=code)
@@ -536,6 +560,7 @@ def test_concurrent_clients(fresh):
 
 # -- CLI -----------------------------------------------------------------------------
 
+
 def _cli_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
     package_root = str(Path(kmsenv.localkms.__file__).resolve().parents[2])
@@ -551,8 +576,9 @@ class _Served:
     """A ``serve`` subprocess whose output is read up to the "Press Ctrl+C" line."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(_cli("serve", *args), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=_cli_env())
+        self.proc = subprocess.Popen(
+            _cli("serve", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env()
+        )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self.head = []
@@ -561,10 +587,8 @@ class _Served:
             line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
             assert line is not None, self.proc.stderr.read()
             self.head.append(line)
-        exports = dict(ln[len("export "):].split("=", 1) for ln in self.head
-                       if ln.startswith("export "))
-        self.endpoints = dict(item.split("=", 1)
-                              for item in exports["KMSENV_KMS_ENDPOINTS"].split(","))
+        exports = dict(ln[len("export ") :].split("=", 1) for ln in self.head if ln.startswith("export "))
+        self.endpoints = dict(item.split("=", 1) for item in exports["KMSENV_KMS_ENDPOINTS"].split(","))
         self.key_id = exports["ALIBABA_CLOUD_ACCESS_KEY_ID"]
         self.secret = exports["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
 
@@ -574,9 +598,15 @@ class _Served:
         self.lines.put(None)
 
     def client(self, region: str) -> Client:
-        return Client(Config(access_key_id=self.key_id, access_key_secret=self.secret,
-                             endpoint=self.endpoints[region].split("://", 1)[1],
-                             protocol="http", region_id=region))
+        return Client(
+            Config(
+                access_key_id=self.key_id,
+                access_key_secret=self.secret,
+                endpoint=self.endpoints[region].split("://", 1)[1],
+                protocol="http",
+                region_id=region,
+            )
+        )
 
     def stop(self) -> tuple[int, str, str]:
         self.proc.send_signal(signal.SIGINT)
@@ -604,9 +634,13 @@ def test_cli_serve():
 
 def test_cli_create_key_and_serve_with_state(tmp_path):
     state = str(tmp_path / "state")
-    made = subprocess.run(_cli("create-key", "--region", "cn-beijing", "--state", state,
-                               "--spec", "Aliyun_SM4"),
-                          capture_output=True, text=True, env=_cli_env(), timeout=60)
+    made = subprocess.run(
+        _cli("create-key", "--region", "cn-beijing", "--state", state, "--spec", "Aliyun_SM4"),
+        capture_output=True,
+        text=True,
+        env=_cli_env(),
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     arn = made.stdout.strip()
     assert arn.startswith("acs:kms:cn-beijing:") and ":key/" in arn
@@ -614,16 +648,14 @@ def test_cli_create_key_and_serve_with_state(tmp_path):
     try:
         assert list(served.endpoints) == ["cn-beijing"]
         c = served.client("cn-beijing")
-        assert c.describe_key(M.DescribeKeyRequest(key_id=arn)).body.key_metadata.key_spec \
-            == "Aliyun_SM4"
+        assert c.describe_key(M.DescribeKeyRequest(key_id=arn)).body.key_metadata.key_spec == "Aliyun_SM4"
         blob = c.encrypt(M.EncryptRequest(key_id=arn, plaintext="x")).body.ciphertext_blob
     finally:
         rc, _, _ = served.stop()
     assert rc == 0
     again = _Served("--state", state)  # same credentials and port: old clients keep working
     try:
-        assert (again.key_id, again.secret, again.endpoints) == \
-            (served.key_id, served.secret, served.endpoints)
+        assert (again.key_id, again.secret, again.endpoints) == (served.key_id, served.secret, served.endpoints)
         assert c.decrypt(M.DecryptRequest(ciphertext_blob=blob)).body.plaintext == "x"
     finally:
         rc, _, _ = again.stop()

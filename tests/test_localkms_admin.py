@@ -39,11 +39,17 @@ from kmsenv.localkms.admin import sign_v3
 
 HZ, BJ = "cn-hangzhou", "cn-beijing"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
-CREDENTIAL_VARS = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
-                   "ALIBABA_CLOUD_SECURITY_TOKEN", "KMSENV_KMS_ENDPOINTS")
-LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (?P<region>[a-z0-9-]+) "
-                      r"(?P<action>[A-Za-z0-9]+|-|\?) (?P<status>\d{3}) \d+\.\dms "
-                      r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}")
+CREDENTIAL_VARS = (
+    "ALIBABA_CLOUD_ACCESS_KEY_ID",
+    "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+    "ALIBABA_CLOUD_SECURITY_TOKEN",
+    "KMSENV_KMS_ENDPOINTS",
+)
+LOG_LINE = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (?P<region>[a-z0-9-]+) "
+    r"(?P<action>[A-Za-z0-9]+|-|\?) (?P<status>\d{3}) \d+\.\dms "
+    r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -64,8 +70,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 def kmsenv_cmd(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     """Run ``kmsenv ARGS`` (the console script's module) as the shell would."""
-    return subprocess.run([sys.executable, "-m", "kmsenv", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "kmsenv", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 class Served:
@@ -73,26 +80,26 @@ class Served:
     the environment its printed ``export`` lines give a shell."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "kmsenv", "kms", "serve", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=_env())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kmsenv", "kms", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
         self.lines: queue.Queue = queue.Queue()
         self.stderr: list[str] = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put),
-                         daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append),
-                         daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
         self.head: list[str] = []
         deadline = time.monotonic() + 30
         while not self.head or self.head[-1] != "Press Ctrl+C to stop.":
             line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
             assert line is not None, "".join(self.stderr)
             self.head.append(line)
-        exports = dict(line[len("export "):].split("=", 1) for line in self.head
-                       if line.startswith("export "))
+        exports = dict(line[len("export ") :].split("=", 1) for line in self.head if line.startswith("export "))
         self.env = _env(**exports)
-        self.endpoints = dict(item.split("=", 1)
-                              for item in exports["KMSENV_KMS_ENDPOINTS"].split(","))
+        self.endpoints = dict(item.split("=", 1) for item in exports["KMSENV_KMS_ENDPOINTS"].split(","))
         self.key_id = exports["ALIBABA_CLOUD_ACCESS_KEY_ID"]
         self.secret = exports["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
 
@@ -104,9 +111,14 @@ class Served:
 
     def kms(self, **overrides) -> Kms:
         """kmsenv's client on this server: one attempt, short timeouts."""
-        options = dict(access_key_id=self.key_id, access_key_secret=self.secret,
-                       endpoints=self.endpoints, max_attempts=1, connect_timeout=2.0,
-                       read_timeout=5.0)
+        options = dict(
+            access_key_id=self.key_id,
+            access_key_secret=self.secret,
+            endpoints=self.endpoints,
+            max_attempts=1,
+            connect_timeout=2.0,
+            read_timeout=5.0,
+        )
         options.update(overrides)
         return Kms(**options)
 
@@ -168,10 +180,10 @@ def served(state_dir):
     ``kmsenv kms create-key`` (before the server starts, and while it runs)."""
     made = kmsenv_cmd("kms", "create-key", "--region", HZ, "--state", str(state_dir), env=_env())
     assert made.returncode == 0, made.stderr
-    server = Served("--region", HZ, "--region", BJ, "--state", str(state_dir),
-                    "--log", str(state_dir.parent / "requests.log"))
-    made_live = kmsenv_cmd("kms", "create-key", "--region", BJ, "--state", str(state_dir),
-                           env=_env())
+    server = Served(
+        "--region", HZ, "--region", BJ, "--state", str(state_dir), "--log", str(state_dir.parent / "requests.log")
+    )
+    made_live = kmsenv_cmd("kms", "create-key", "--region", BJ, "--state", str(state_dir), env=_env())
     assert made_live.returncode == 0, made_live.stderr
     server.arns = {HZ: made.stdout.strip(), BJ: made_live.stdout.strip()}
     server.log_path = state_dir.parent / "requests.log"
@@ -184,10 +196,12 @@ def served(state_dir):
 @pytest.fixture
 def healthy(served):
     """Both regions without faults before and after the test."""
+
     def clear() -> None:  # the same signed call as `kmsenv kms fault R --clear`, in-process
         for region in (HZ, BJ):
-            admin.call(list(served.endpoints.values()), {"Region": region, "Clear": "true"},
-                       served.key_id, served.secret)
+            admin.call(
+                list(served.endpoints.values()), {"Region": region, "Clear": "true"}, served.key_id, served.secret
+            )
 
     clear()
     yield served
@@ -195,6 +209,7 @@ def healthy(served):
 
 
 # -- faults from the shell, observed by a KMS client -----------------------------------
+
 
 def test_down_then_up_from_the_shell(healthy):
     served = healthy
@@ -283,8 +298,12 @@ def test_taking_a_region_down_through_its_own_port(healthy):
 
 def test_bad_values_are_refused_and_change_nothing(healthy):
     served = healthy
-    for args in (["--throttle-rate", "1.5"], ["--error-rate", "-0.1"], ["--latency-ms", "-1"],
-                 ["--down", "--for", "0"]):
+    for args in (
+        ["--throttle-rate", "1.5"],
+        ["--error-rate", "-0.1"],
+        ["--latency-ms", "-1"],
+        ["--down", "--for", "0"],
+    ):
         result = fault(served.env, HZ, *args)
         assert result.returncode == 1, args
         assert "InvalidParameter" in result.stderr
@@ -297,13 +316,16 @@ def test_bad_values_are_refused_and_change_nothing(healthy):
 
 # -- the last listening port -------------------------------------------------------------
 
+
 @pytest.fixture
 def single():
     with LocalKms(regions=[HZ]) as server:
         server.arn = server.create_key(HZ)
-        server.env = _env(KMSENV_KMS_ENDPOINTS=f"{HZ}={server.endpoints[HZ]}",
-                          ALIBABA_CLOUD_ACCESS_KEY_ID=server.access_key_id,
-                          ALIBABA_CLOUD_ACCESS_KEY_SECRET=server.access_key_secret)
+        server.env = _env(
+            KMSENV_KMS_ENDPOINTS=f"{HZ}={server.endpoints[HZ]}",
+            ALIBABA_CLOUD_ACCESS_KEY_ID=server.access_key_id,
+            ALIBABA_CLOUD_ACCESS_KEY_SECRET=server.access_key_secret,
+        )
         yield server
 
 
@@ -321,8 +343,12 @@ def test_last_listening_region_down_only_for_a_while(single):
     assert wait_until(lambda: is_closed(port), timeout=2)  # closed once answered, on this port
     assert wait_until(lambda: accepts_connections(port), timeout=10)
     assert time.monotonic() - answered > 2
-    kms = Kms(access_key_id=single.access_key_id, access_key_secret=single.access_key_secret,
-              endpoints=single.endpoints, max_attempts=1)
+    kms = Kms(
+        access_key_id=single.access_key_id,
+        access_key_secret=single.access_key_secret,
+        endpoints=single.endpoints,
+        max_attempts=1,
+    )
     kms.generate_data_key(single.arn)
 
 
@@ -338,6 +364,7 @@ def test_a_later_change_outlives_a_timed_fault():
 
 
 # -- only the server's credentials change faults ----------------------------------------
+
 
 @pytest.fixture
 def pair():
@@ -356,22 +383,32 @@ def _post(server: LocalKms, target: str, headers: dict[str, str]) -> tuple[int, 
         conn.close()
 
 
-def _signed(server: LocalKms, params: dict[str, str], secret: Optional[str] = None,
-            key_id: Optional[str] = None) -> tuple[str, dict[str, str]]:
-    return sign_v3(server.hosts[BJ], "KmsenvSetFault", params, key_id or server.access_key_id,
-                   secret or server.access_key_secret)
+def _signed(
+    server: LocalKms, params: dict[str, str], secret: Optional[str] = None, key_id: Optional[str] = None
+) -> tuple[str, dict[str, str]]:
+    return sign_v3(
+        server.hosts[BJ], "KmsenvSetFault", params, key_id or server.access_key_id, secret or server.access_key_secret
+    )
 
 
 def _v1_query(server: LocalKms, params: dict[str, str], secret: str) -> str:
     """An RPC HMAC-SHA1 (V1) signed query, computed here independently of the server."""
-    full = dict(params, Action="KmsenvSetFault", Version="2016-01-20", Format="JSON",
-                AccessKeyId=server.access_key_id, SignatureMethod="HMAC-SHA1",
-                SignatureVersion="1.0", SignatureNonce=uuid.uuid4().hex,
-                Timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    full = dict(
+        params,
+        Action="KmsenvSetFault",
+        Version="2016-01-20",
+        Format="JSON",
+        AccessKeyId=server.access_key_id,
+        SignatureMethod="HMAC-SHA1",
+        SignatureVersion="1.0",
+        SignatureNonce=uuid.uuid4().hex,
+        Timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     canonical = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in sorted(full.items()))
     to_sign = f"POST&%2F&{quote(canonical, safe='')}"
-    full["Signature"] = base64.b64encode(hmac.new((secret + "&").encode(), to_sign.encode(),
-                                                  hashlib.sha1).digest()).decode()
+    full["Signature"] = base64.b64encode(
+        hmac.new((secret + "&").encode(), to_sign.encode(), hashlib.sha1).digest()
+    ).decode()
     return "/?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in full.items())
 
 
@@ -381,8 +418,7 @@ DOWN_HZ = {"Region": HZ, "Down": "true"}
 def test_unsigned_and_wrongly_signed_admin_calls_are_refused(pair):
     hz_port = int(pair.endpoints[HZ].rsplit(":", 1)[1])
     unsigned_target = "/?Region=cn-hangzhou&Down=true"
-    unsigned = {"host": pair.hosts[BJ], "x-acs-action": "KmsenvSetFault",
-                "x-acs-version": "2016-01-20"}
+    unsigned = {"host": pair.hosts[BJ], "x-acs-action": "KmsenvSetFault", "x-acs-version": "2016-01-20"}
     assert _post(pair, unsigned_target, unsigned)[1]["Code"] == "IncompleteSignature"
     v1_unsigned = "/?Action=KmsenvSetFault&Version=2016-01-20&Region=cn-hangzhou&Down=true"
     assert _post(pair, v1_unsigned, {"host": pair.hosts[BJ]})[1]["Code"] == "IncompleteSignature"
@@ -408,17 +444,20 @@ def test_unsigned_and_wrongly_signed_admin_calls_are_refused(pair):
     assert (status, body["Faults"]["Down"]) == (200, True)
     assert refuses_connections(hz_port)
     assert _post(pair, target, headers)[1]["Code"] == "SignatureNonceUsed"
-    status, body = _post(pair, _v1_query(pair, {"Region": HZ, "Down": "false"},
-                                         pair.access_key_secret), {"host": pair.hosts[BJ]})
+    status, body = _post(
+        pair, _v1_query(pair, {"Region": HZ, "Down": "false"}, pair.access_key_secret), {"host": pair.hosts[BJ]}
+    )
     assert (status, body["Listening"]) == (200, True)
     assert not refuses_connections(hz_port)
     assert pair.stats() == {HZ: {}, BJ: {}}  # control calls are not KMS traffic
 
 
 def test_cli_with_the_wrong_secret_changes_nothing(pair):
-    env = _env(KMSENV_KMS_ENDPOINTS=",".join(f"{r}={u}" for r, u in pair.endpoints.items()),
-               ALIBABA_CLOUD_ACCESS_KEY_ID=pair.access_key_id,
-               ALIBABA_CLOUD_ACCESS_KEY_SECRET="wrong" + pair.access_key_secret[5:])
+    env = _env(
+        KMSENV_KMS_ENDPOINTS=",".join(f"{r}={u}" for r, u in pair.endpoints.items()),
+        ALIBABA_CLOUD_ACCESS_KEY_ID=pair.access_key_id,
+        ALIBABA_CLOUD_ACCESS_KEY_SECRET="wrong" + pair.access_key_secret[5:],
+    )
     result = fault(env, HZ, "--down")
     assert result.returncode == 1
     assert "SignatureDoesNotMatch" in result.stderr and "wrong access key secret" in result.stderr
@@ -428,6 +467,7 @@ def test_cli_with_the_wrong_secret_changes_nothing(pair):
 
 # -- the request log ---------------------------------------------------------------------
 
+
 def test_request_log_has_one_line_per_request_and_no_secrets(healthy):
     served = healthy
     kms = served.kms()
@@ -435,15 +475,21 @@ def test_request_log_has_one_line_per_request_and_no_secrets(healthy):
     wrapped = kms.encrypt(served.arns[BJ], bytes(key))
     assert kms.decrypt(served.arns[BJ], wrapped) == key
     assert fault(served.env, BJ, "--latency-ms", "5").returncode == 0
-    target, headers = sign_v3(f"127.0.0.1:{served.port(HZ)}", "GenerateDataKey",
-                              {"KeyId": served.arns[HZ]}, served.key_id, "not-the-secret")
+    target, headers = sign_v3(
+        f"127.0.0.1:{served.port(HZ)}", "GenerateDataKey", {"KeyId": served.arns[HZ]}, served.key_id, "not-the-secret"
+    )
     conn = http.client.HTTPConnection("127.0.0.1", served.port(HZ), timeout=10)
     conn.request("POST", target, headers=headers)
     assert conn.getresponse().status == 400
     conn.close()
 
-    expected = {(HZ, "GenerateDataKey", "200"), (BJ, "Encrypt", "200"), (BJ, "Decrypt", "200"),
-                (HZ, "KmsenvSetFault", "200"), (HZ, "-", "400")}  # HZ: the port BJ's fault used
+    expected = {
+        (HZ, "GenerateDataKey", "200"),
+        (BJ, "Encrypt", "200"),
+        (BJ, "Decrypt", "200"),
+        (HZ, "KmsenvSetFault", "200"),
+        (HZ, "-", "400"),
+    }  # HZ: the port BJ's fault used
 
     def logged() -> set[tuple[str, str, str]]:
         # A line is written right after its answer is sent: poll until the last is there.
@@ -455,8 +501,13 @@ def test_request_log_has_one_line_per_request_and_no_secrets(healthy):
     assert wait_until(lambda: expected <= logged()), expected - logged()
 
     text = served.log_path.read_text()
-    for secret in (served.secret, base64.b64encode(bytes(key)).decode(), base64.b64encode(blob).decode(),
-                   base64.b64encode(wrapped).decode(), headers["authorization"].rsplit("=", 1)[1]):
+    for secret in (
+        served.secret,
+        base64.b64encode(bytes(key)).decode(),
+        base64.b64encode(blob).decode(),
+        base64.b64encode(wrapped).decode(),
+        headers["authorization"].rsplit("=", 1)[1],
+    ):
         assert secret not in text
     assert served.key_id not in text and "KeyId" not in text and served.arns[HZ] not in text
     assert os.stat(served.log_path).st_mode & 0o077 == 0
@@ -468,8 +519,7 @@ def test_request_log_to_stderr():
         kms = server.kms()
         with pytest.raises(KmsError):  # no such key: still a request, still a line
             kms.generate_data_key(f"acs:kms:{HZ}:1234567890123456:key/{uuid.uuid4()}")
-        assert wait_until(lambda: any(" GenerateDataKey 404 " in line for line in server.stderr
-                                      if line))
+        assert wait_until(lambda: any(" GenerateDataKey 404 " in line for line in server.stderr if line))
     finally:
         assert server.stop() == 0
     lines = [line for line in server.stderr if line]

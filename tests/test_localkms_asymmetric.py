@@ -20,9 +20,14 @@ from alibabacloud_kms20160120.client import Client
 from alibabacloud_tea_openapi.models import Config
 from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerException
 from aliyunsdkcore.client import AcsClient
-from aliyunsdkkms.request.v20160120 import (AsymmetricDecryptRequest, AsymmetricEncryptRequest,
-                                            AsymmetricSignRequest, AsymmetricVerifyRequest,
-                                            GetPublicKeyRequest, ListKeyVersionsRequest)
+from aliyunsdkkms.request.v20160120 import (
+    AsymmetricDecryptRequest,
+    AsymmetricEncryptRequest,
+    AsymmetricSignRequest,
+    AsymmetricVerifyRequest,
+    GetPublicKeyRequest,
+    ListKeyVersionsRequest,
+)
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -34,20 +39,29 @@ from kmsenv.localkms import asymmetric
 
 R1, R2 = "cn-hangzhou", "cn-shanghai"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
-SIGN_SPECS = {"RSA_2048": "RSA_PSS_SHA_256", "RSA_3072": "RSA_PKCS1_SHA_256",
-              "EC_P256": "ECDSA_SHA_256", "EC_P256K": "ECDSA_SHA_256", "EC_SM2": "SM2DSA"}
+SIGN_SPECS = {
+    "RSA_2048": "RSA_PSS_SHA_256",
+    "RSA_3072": "RSA_PKCS1_SHA_256",
+    "EC_P256": "ECDSA_SHA_256",
+    "EC_P256K": "ECDSA_SHA_256",
+    "EC_SM2": "SM2DSA",
+}
 SM2_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a811ccf5501822d03420004")
 SM2_ID = b"1234567812345678"
 
 # GB/T 32918 / gmsm guide test vector (§14.4).
-VEC_D = 0x6c5a0a0b2eed3cbec3e4f1252bfe0e28c504a1c6bf1999eebb0af9ef0f8e6c85
-VEC_PUB = ("8356e642a40ebd18d29ba3532fbd9f3bbee8f027c3f6f39a5ba2f870369f9988"
-           "981f5efe55d1c5cdf6c0ef2b070847a14f7fdf4272a8df09c442f3058af94ba1")
+VEC_D = 0x6C5A0A0B2EED3CBEC3E4F1252BFE0E28C504A1C6BF1999EEBB0AF9EF0F8E6C85
+VEC_PUB = (
+    "8356e642a40ebd18d29ba3532fbd9f3bbee8f027c3f6f39a5ba2f870369f9988"
+    "981f5efe55d1c5cdf6c0ef2b070847a14f7fdf4272a8df09c442f3058af94ba1"
+)
 VEC_MSG = b"ShangMi SM2 Sign Standard"
 VEC_Z = "1a5970f7804cbe332809ecb70e4e8de3cee55309321f568a14b12d05270b236d"
 VEC_DIGEST = "4cac379502f9c465060ae33889cc95606fbc16f2128733f95a7539ca9d6f5290"
-VEC_SIG = ("304402205b3a799bd94c9063120d7286769220af6b0fa127009af3e873c0e8742edc5f89"
-           "0220097968a4c8b040fd548d1456b33f470cabd8456bfea53e8a828f92f6d4bdcd77")
+VEC_SIG = (
+    "304402205b3a799bd94c9063120d7286769220af6b0fa127009af3e873c0e8742edc5f89"
+    "0220097968a4c8b040fd548d1456b33f470cabd8456bfea53e8a828f92f6d4bdcd77"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -57,10 +71,17 @@ def _no_proxy(monkeypatch):
 
 
 def new_client(kms: LocalKms, region: str = R1) -> Client:
-    return Client(Config(access_key_id=kms.access_key_id,
-                         access_key_secret=kms.access_key_secret,
-                         endpoint=kms.hosts[region], protocol="http", region_id=region,
-                         read_timeout=30000, connect_timeout=2000))
+    return Client(
+        Config(
+            access_key_id=kms.access_key_id,
+            access_key_secret=kms.access_key_secret,
+            endpoint=kms.hosts[region],
+            protocol="http",
+            region_id=region,
+            read_timeout=30000,
+            connect_timeout=2000,
+        )
+    )
 
 
 def legacy_call(kms: LocalKms, request, region: str = R1) -> dict:
@@ -89,17 +110,22 @@ def sm3(data: bytes) -> bytes:
 def sm2_point(pem: str) -> bytes:
     der = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
     assert len(der) == 91 and der.startswith(SM2_SPKI_PREFIX)
-    return der[len(SM2_SPKI_PREFIX):]
+    return der[len(SM2_SPKI_PREFIX) :]
 
 
 def sm2_digest(pem: str, message: bytes) -> bytes:
     """SM3(Z || M) with ID 1234567812345678, computed here from the spec's formula."""
     point = sm2_point(pem)
     p = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF
-    curve = b"".join(v.to_bytes(32, "big") for v in (
-        p - 3, 0x28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93,
-        0x32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7,
-        0xBC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0))
+    curve = b"".join(
+        v.to_bytes(32, "big")
+        for v in (
+            p - 3,
+            0x28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93,
+            0x32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7,
+            0xBC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0,
+        )
+    )
     z = sm3(b"\x00\x80" + SM2_ID + curve + point)
     return sm3(z + message)
 
@@ -129,8 +155,7 @@ def verify_locally(spec: str, algorithm: str, pem: str, message: bytes, sig: byt
         if algorithm == "RSA_PSS_SHA_256":
             assert isinstance(public, rsa.RSAPublicKey)
             # salt 32 exactly: OpenSSL checks a given salt length, it does not search
-            public.verify(sig, message, padding.PSS(padding.MGF1(hashes.SHA256()), 32),
-                          hashes.SHA256())
+            public.verify(sig, message, padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
         elif algorithm == "RSA_PKCS1_SHA_256":
             assert isinstance(public, rsa.RSAPublicKey)
             public.verify(sig, message, padding.PKCS1v15(), hashes.SHA256())
@@ -162,12 +187,10 @@ def gmssl_safe_version(kms: LocalKms, client: Client, arn: str) -> tuple[str, st
     """A version of the SM2 key whose public point gmssl can take (see gmssl_for)."""
     vid = first_version(client, arn)
     for _ in range(8):
-        pem = client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=vid)
-                                    ).body.public_key
+        pem = client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=vid)).body.public_key
         if not sm2_point(pem).hex().startswith("04"):
             return vid, pem
-        vid = client.create_key_version(M.CreateKeyVersionRequest(key_id=arn)
-                                        ).body.key_version.key_version_id
+        vid = client.create_key_version(M.CreateKeyVersionRequest(key_id=arn)).body.key_version.key_version_id
     raise AssertionError("no usable SM2 key version")  # (255/256)^9 odds
 
 
@@ -183,11 +206,11 @@ def sign_keys(kms, client) -> dict[str, tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def encrypt_keys(kms) -> dict[str, str]:
-    return {spec: kms.create_key(R1, spec, key_usage="ENCRYPT/DECRYPT")
-            for spec in ("RSA_2048", "RSA_3072", "EC_SM2")}
+    return {spec: kms.create_key(R1, spec, key_usage="ENCRYPT/DECRYPT") for spec in ("RSA_2048", "RSA_3072", "EC_SM2")}
 
 
 # -- §14.13 item 1: keys, versions, public keys, sign and verify ----------------------
+
 
 @pytest.mark.parametrize("spec", list(SIGN_SPECS))
 def test_create_key_defaults_and_metadata(client, spec):
@@ -202,15 +225,18 @@ def test_create_key_defaults_and_metadata(client, spec):
     assert body.total_count == 1 and len(body.key_versions.key_version) == 1
     version = body.key_versions.key_version[0]
     assert version.key_id == meta.key_id and len(version.key_version_id) == 36
-    one = client.describe_key_version(M.DescribeKeyVersionRequest(
-        key_id=meta.key_id, key_version_id=version.key_version_id)).body.key_version
+    one = client.describe_key_version(
+        M.DescribeKeyVersionRequest(key_id=meta.key_id, key_version_id=version.key_version_id)
+    ).body.key_version
     assert (one.key_id, one.key_version_id, one.creation_date) == (
-        meta.key_id, version.key_version_id, version.creation_date)
+        meta.key_id,
+        version.key_version_id,
+        version.creation_date,
+    )
 
 
 def test_list_keys_filters_asymmetric_spec(client, sign_keys):
-    filters = json.dumps([{"Key": "KeySpec", "Values": ["EC_SM2"]},
-                          {"Key": "KeyState", "Values": ["Enabled"]}])
+    filters = json.dumps([{"Key": "KeySpec", "Values": ["EC_SM2"]}, {"Key": "KeyState", "Values": ["Enabled"]}])
     keys = client.list_keys(M.ListKeysRequest(filters=filters, page_size=100)).body.keys.key
     assert sign_keys["EC_SM2"][0] in {k.key_id for k in keys}
     assert sign_keys["EC_P256"][0] not in {k.key_id for k in keys}
@@ -230,32 +256,44 @@ def test_public_key_pem(client, sign_keys, spec):
         assert len(sm2_point(pem)) == 64
         return
     public = serialization.load_pem_public_key(pem.encode())
-    expected = {"RSA_2048": (rsa.RSAPublicKey, 2048), "RSA_3072": (rsa.RSAPublicKey, 3072),
-                "EC_P256": (ec.EllipticCurvePublicKey, 256),
-                "EC_P256K": (ec.EllipticCurvePublicKey, 256)}[spec]
+    expected = {
+        "RSA_2048": (rsa.RSAPublicKey, 2048),
+        "RSA_3072": (rsa.RSAPublicKey, 3072),
+        "EC_P256": (ec.EllipticCurvePublicKey, 256),
+        "EC_P256K": (ec.EllipticCurvePublicKey, 256),
+    }[spec]
     assert isinstance(public, expected[0]) and public.key_size == expected[1]
     if spec.startswith("EC_"):
         assert public.curve.name == {"EC_P256": "secp256r1", "EC_P256K": "secp256k1"}[spec]
     # Byte-for-byte what cryptography writes for that key (the documented KMS format).
-    assert public.public_bytes(serialization.Encoding.PEM,
-                               serialization.PublicFormat.SubjectPublicKeyInfo).decode() == pem
+    assert (
+        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode() == pem
+    )
 
 
-@pytest.mark.parametrize("spec,algorithm", [
-    ("RSA_2048", "RSA_PSS_SHA_256"), ("RSA_2048", "RSA_PKCS1_SHA_256"),
-    ("RSA_3072", "RSA_PSS_SHA_256"), ("RSA_3072", "RSA_PKCS1_SHA_256"),
-    ("EC_P256", "ECDSA_SHA_256"), ("EC_P256K", "ECDSA_SHA_256"), ("EC_SM2", "SM2DSA")])
+@pytest.mark.parametrize(
+    "spec,algorithm",
+    [
+        ("RSA_2048", "RSA_PSS_SHA_256"),
+        ("RSA_2048", "RSA_PKCS1_SHA_256"),
+        ("RSA_3072", "RSA_PSS_SHA_256"),
+        ("RSA_3072", "RSA_PKCS1_SHA_256"),
+        ("EC_P256", "ECDSA_SHA_256"),
+        ("EC_P256K", "ECDSA_SHA_256"),
+        ("EC_SM2", "SM2DSA"),
+    ],
+)
 def test_sign_verifies_locally_and_with_kms(kms, client, sign_keys, spec, algorithm):
     key_id, vid = sign_keys[spec]
     if spec == "EC_SM2":
         vid, pem = gmssl_safe_version(kms, client, key_id)
     else:
-        pem = client.get_public_key(M.GetPublicKeyRequest(key_id=key_id, key_version_id=vid)
-                                    ).body.public_key
+        pem = client.get_public_key(M.GetPublicKeyRequest(key_id=key_id, key_version_id=vid)).body.public_key
     message = os.urandom(100)
     digest = digest_for(spec, pem, message)
-    body = client.asymmetric_sign(M.AsymmetricSignRequest(
-        key_id=key_id, key_version_id=vid, algorithm=algorithm, digest=b64(digest))).body
+    body = client.asymmetric_sign(
+        M.AsymmetricSignRequest(key_id=key_id, key_version_id=vid, algorithm=algorithm, digest=b64(digest))
+    ).body
     assert (body.key_id, body.key_version_id) == (key_id, vid)
     sig = base64.b64decode(body.value)
     if spec.startswith("RSA"):
@@ -267,9 +305,11 @@ def test_sign_verifies_locally_and_with_kms(kms, client, sign_keys, spec, algori
     assert not verify_locally(spec, algorithm, pem, message + b"x", sig)
 
     def kms_verify(signature: bytes, d: bytes = digest):
-        return client.asymmetric_verify(M.AsymmetricVerifyRequest(
-            key_id=key_id, key_version_id=vid, algorithm=algorithm, digest=b64(d),
-            value=b64(signature))).body.value
+        return client.asymmetric_verify(
+            M.AsymmetricVerifyRequest(
+                key_id=key_id, key_version_id=vid, algorithm=algorithm, digest=b64(d), value=b64(signature)
+            )
+        ).body.value
 
     assert kms_verify(sig) is True
     flipped = bytearray(sig)
@@ -312,17 +352,16 @@ def test_sign_and_verify_with_v1_client(kms, client, sign_keys):
 
 # -- §14.13 item 2: SM2 ---------------------------------------------------------------
 
+
 def test_sm2_public_vector_in_emulator_code():
     key = asymmetric.Sm2Key(VEC_D)
     assert "%064x%064x" % key.public == VEC_PUB
     assert asymmetric.sm2_z(key.public).hex() == VEC_Z
     assert asymmetric.sm3(bytes.fromhex(VEC_Z) + VEC_MSG).hex() == VEC_DIGEST
     assert asymmetric.sm2_verify(key.public, bytes.fromhex(VEC_DIGEST), bytes.fromhex(VEC_SIG))
-    assert not asymmetric.sm2_verify(key.public, bytes.fromhex(VEC_DIGEST)[::-1],
-                                     bytes.fromhex(VEC_SIG))
+    assert not asymmetric.sm2_verify(key.public, bytes.fromhex(VEC_DIGEST)[::-1], bytes.fromhex(VEC_SIG))
     # SM3 against the published "abc" value, and the PEM helper agrees with gmssl's Z rule.
-    assert asymmetric.sm3(b"abc").hex().startswith("66c7f0f4") and sm3(b"abc") == \
-        asymmetric.sm3(b"abc")
+    assert asymmetric.sm3(b"abc").hex().startswith("66c7f0f4") and sm3(b"abc") == asymmetric.sm3(b"abc")
     pem = key.public_pem()
     assert sm2_digest(pem, VEC_MSG).hex() == VEC_DIGEST
     # The stored private key form round-trips and is OpenSSL's 138-byte PKCS#8.
@@ -334,12 +373,15 @@ def test_sm2_signature_over_raw_sm3_does_not_verify_as_signature_of_message(kms,
     arn = kms.create_key(R1, "EC_SM2")
     vid, pem = gmssl_safe_version(kms, client, arn)
     message = b"raw digest trap"
-    wrong = client.asymmetric_sign(M.AsymmetricSignRequest(
-        key_id=arn, key_version_id=vid, algorithm="SM2DSA", digest=b64(sm3(message)))).body.value
+    wrong = client.asymmetric_sign(
+        M.AsymmetricSignRequest(key_id=arn, key_version_id=vid, algorithm="SM2DSA", digest=b64(sm3(message)))
+    ).body.value
     assert not gmssl_verify(pem, message, base64.b64decode(wrong))
-    right = client.asymmetric_sign(M.AsymmetricSignRequest(
-        key_id=arn, key_version_id=vid, algorithm="SM2DSA",
-        digest=b64(sm2_digest(pem, message)))).body.value
+    right = client.asymmetric_sign(
+        M.AsymmetricSignRequest(
+            key_id=arn, key_version_id=vid, algorithm="SM2DSA", digest=b64(sm2_digest(pem, message))
+        )
+    ).body.value
     assert gmssl_verify(pem, message, base64.b64decode(right))
 
 
@@ -348,20 +390,35 @@ def test_sm2_signature_verifies_with_openssl(tmp_path, kms, client):
         pytest.skip("openssl CLI not installed")
     arn = kms.create_key(R1, "EC_SM2")
     vid = kms.key_versions(arn)[0]
-    pem = client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=vid)
-                                ).body.public_key
+    pem = client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=vid)).body.public_key
     message = os.urandom(64)
-    sig = base64.b64decode(client.asymmetric_sign(M.AsymmetricSignRequest(
-        key_id=arn, key_version_id=vid, algorithm="SM2DSA",
-        digest=b64(sm2_digest(pem, message)))).body.value)
+    sig = base64.b64decode(
+        client.asymmetric_sign(
+            M.AsymmetricSignRequest(
+                key_id=arn, key_version_id=vid, algorithm="SM2DSA", digest=b64(sm2_digest(pem, message))
+            )
+        ).body.value
+    )
     (tmp_path / "pub.pem").write_text(pem)
     (tmp_path / "msg").write_bytes(message)
     (tmp_path / "sig").write_bytes(sig)
 
     def openssl_verify(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["openssl", "dgst", "-sm3", "-verify", str(tmp_path / "pub.pem"),
-                               *extra, "-signature", str(tmp_path / "sig"),
-                               str(tmp_path / "msg")], capture_output=True, text=True)
+        return subprocess.run(
+            [
+                "openssl",
+                "dgst",
+                "-sm3",
+                "-verify",
+                str(tmp_path / "pub.pem"),
+                *extra,
+                "-signature",
+                str(tmp_path / "sig"),
+                str(tmp_path / "msg"),
+            ],
+            capture_output=True,
+            text=True,
+        )
 
     # OpenSSL 3.0's dgst takes the verification ID through -sigopt (-vfyopt is 3.x later)
     probe = openssl_verify("-sigopt", "distid:1234567812345678")
@@ -373,26 +430,38 @@ def test_sm2_signature_verifies_with_openssl(tmp_path, kms, client):
 
 # -- §14.13 item 3: encryption ----------------------------------------------------------
 
+
 def _decrypt(client, arn, vid, algorithm, ciphertext: bytes) -> bytes:
-    return base64.b64decode(client.asymmetric_decrypt(M.AsymmetricDecryptRequest(
-        key_id=arn, key_version_id=vid, algorithm=algorithm,
-        ciphertext_blob=b64(ciphertext))).body.plaintext)
+    return base64.b64decode(
+        client.asymmetric_decrypt(
+            M.AsymmetricDecryptRequest(
+                key_id=arn, key_version_id=vid, algorithm=algorithm, ciphertext_blob=b64(ciphertext)
+            )
+        ).body.plaintext
+    )
 
 
 def _encrypt(client, arn, vid, algorithm, plaintext: bytes) -> bytes:
-    return base64.b64decode(client.asymmetric_encrypt(M.AsymmetricEncryptRequest(
-        key_id=arn, key_version_id=vid, algorithm=algorithm,
-        plaintext=b64(plaintext))).body.ciphertext_blob)
+    return base64.b64decode(
+        client.asymmetric_encrypt(
+            M.AsymmetricEncryptRequest(key_id=arn, key_version_id=vid, algorithm=algorithm, plaintext=b64(plaintext))
+        ).body.ciphertext_blob
+    )
 
 
-@pytest.mark.parametrize("spec,algorithm,limit", [
-    ("RSA_2048", "RSAES_OAEP_SHA_256", 190), ("RSA_2048", "RSAES_OAEP_SHA_1", 214),
-    ("RSA_3072", "RSAES_OAEP_SHA_256", 318), ("RSA_3072", "RSAES_OAEP_SHA_1", 342)])
+@pytest.mark.parametrize(
+    "spec,algorithm,limit",
+    [
+        ("RSA_2048", "RSAES_OAEP_SHA_256", 190),
+        ("RSA_2048", "RSAES_OAEP_SHA_1", 214),
+        ("RSA_3072", "RSAES_OAEP_SHA_256", 318),
+        ("RSA_3072", "RSAES_OAEP_SHA_1", 342),
+    ],
+)
 def test_rsa_oaep(client, encrypt_keys, spec, algorithm, limit):
     arn = encrypt_keys[spec]
     vid = first_version(client, arn)
-    pem = client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=vid)
-                                ).body.public_key
+    pem = client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=vid)).body.public_key
     public = serialization.load_pem_public_key(pem.encode())
     h = hashes.SHA1() if algorithm.endswith("SHA_1") else hashes.SHA256()
     oaep = padding.OAEP(padding.MGF1(h), h, None)
@@ -443,8 +512,7 @@ def test_sm2pke(kms, client, encrypt_keys):
     # C1C2C3 (the 2010 order) with 04 also decrypts: the C3 check decides.
     assert _decrypt(client, arn, vid, "SM2PKE", b"\x04" + x + y + c2 + c3) == plaintext
     # Limits and failures
-    assert _decrypt(client, arn, vid, "SM2PKE",
-                    _encrypt(client, arn, vid, "SM2PKE", b"z" * 6047)) == b"z" * 6047
+    assert _decrypt(client, arn, vid, "SM2PKE", _encrypt(client, arn, vid, "SM2PKE", b"z" * 6047)) == b"z" * 6047
     with pytest.raises(Exception) as e:
         _encrypt(client, arn, vid, "SM2PKE", b"z" * 6048)
     assert error_of(e) == ("InvalidParameter", 400)
@@ -482,13 +550,13 @@ def test_encrypt_decrypt_with_v1_client(kms, client, encrypt_keys):
 
 # -- §14.13 item 4: errors -------------------------------------------------------------
 
+
 def test_sign_errors_in_check_order(kms, client, sign_keys, encrypt_keys):
     key_id, vid = sign_keys["RSA_2048"]
     digest = b64(hashlib.sha256(b"m").digest())
 
     def sign(**kw):
-        args = dict(key_id=key_id, key_version_id=vid, algorithm="RSA_PSS_SHA_256",
-                    digest=digest)
+        args = dict(key_id=key_id, key_version_id=vid, algorithm="RSA_PSS_SHA_256", digest=digest)
         args.update(kw)
         with pytest.raises(Exception) as e:
             client.asymmetric_sign(M.AsymmetricSignRequest(**args))
@@ -498,8 +566,7 @@ def test_sign_errors_in_check_order(kms, client, sign_keys, encrypt_keys):
     assert sign(algorithm="RSAES_OAEP_SHA_256") == ("InvalidParameter", 400)
     assert sign(digest=b64(os.urandom(20))) == ("InvalidParameter", 400)
     assert sign(digest="not base64!") == ("InvalidParameter", 400)
-    assert sign(key_version_id="00000000-0000-0000-0000-000000000000") == (
-        "Forbidden.KeyVersionNotFound", 404)
+    assert sign(key_version_id="00000000-0000-0000-0000-000000000000") == ("Forbidden.KeyVersionNotFound", 404)
     # a version of another key
     assert sign(key_version_id=sign_keys["RSA_3072"][1]) == ("Forbidden.KeyVersionNotFound", 404)
     assert sign(key_version_id=None) == ("MissingParameter", 400)
@@ -514,16 +581,16 @@ def test_sign_errors_in_check_order(kms, client, sign_keys, encrypt_keys):
     enc = encrypt_keys["RSA_2048"]
     enc_vid = kms.key_versions(enc)[0]
     assert sign(key_id=enc, key_version_id=enc_vid) == ("Rejected.UnsupportedOperation", 400)
-    assert sign(key_id=enc, key_version_id=enc_vid, algorithm="nope") == (
-        "Rejected.UnsupportedOperation", 400)
+    assert sign(key_id=enc, key_version_id=enc_vid, algorithm="nope") == ("Rejected.UnsupportedOperation", 400)
     # Asymmetric operations on a symmetric key
     sym = kms.create_key(R1)
-    assert sign(key_id=sym, key_version_id=kms.key_versions(sym)[0]) == (
-        "Rejected.UnsupportedOperation", 400)
+    assert sign(key_id=sym, key_version_id=kms.key_versions(sym)[0]) == ("Rejected.UnsupportedOperation", 400)
     with pytest.raises(Exception) as e:
-        client.asymmetric_verify(M.AsymmetricVerifyRequest(
-            key_id=key_id, key_version_id=vid, algorithm="RSA_PSS_SHA_256", digest=digest,
-            value="%%%"))
+        client.asymmetric_verify(
+            M.AsymmetricVerifyRequest(
+                key_id=key_id, key_version_id=vid, algorithm="RSA_PSS_SHA_256", digest=digest, value="%%%"
+            )
+        )
     assert error_of(e) == ("InvalidParameter", 400)
     # DryRun after every check passed
     assert sign(dry_run="true") == ("DryRunOperation", 400)
@@ -536,11 +603,13 @@ def test_encrypt_errors(kms, client, sign_keys, encrypt_keys):
     assert error_of(e) == ("Rejected.UnsupportedOperation", 400)
     arn = encrypt_keys["RSA_2048"]
     evid = kms.key_versions(arn)[0]
-    for bad in (b"", ):
+    for bad in (b"",):
         with pytest.raises(Exception) as e:
-            client.asymmetric_encrypt(M.AsymmetricEncryptRequest(
-                key_id=arn, key_version_id=evid, algorithm="RSAES_OAEP_SHA_256",
-                plaintext=b64(bad)))
+            client.asymmetric_encrypt(
+                M.AsymmetricEncryptRequest(
+                    key_id=arn, key_version_id=evid, algorithm="RSAES_OAEP_SHA_256", plaintext=b64(bad)
+                )
+            )
         assert error_of(e) == ("MissingParameter", 400)
     with pytest.raises(Exception) as e:
         _encrypt(client, arn, evid, "SM2PKE", b"x")
@@ -559,8 +628,7 @@ def test_symmetric_operations_on_asymmetric_key(kms, client, encrypt_keys):
         client.generate_data_key(M.GenerateDataKeyRequest(key_id=arn))
     assert error_of(e) == ("Rejected.UnsupportedOperation", 400)
     with pytest.raises(Exception) as e:
-        client.generate_data_key_without_plaintext(
-            M.GenerateDataKeyWithoutPlaintextRequest(key_id=arn))
+        client.generate_data_key_without_plaintext(M.GenerateDataKeyWithoutPlaintextRequest(key_id=arn))
     assert error_of(e) == ("Rejected.UnsupportedOperation", 400)
     sym = kms.create_key(R1)
     blob = client.encrypt(M.EncryptRequest(key_id=sym, plaintext="x")).body.ciphertext_blob
@@ -569,10 +637,16 @@ def test_symmetric_operations_on_asymmetric_key(kms, client, encrypt_keys):
     assert error_of(e) == ("Rejected.UnsupportedOperation", 400)
 
 
-@pytest.mark.parametrize("spec,usage", [("EC_P256", "ENCRYPT/DECRYPT"),
-                                        ("EC_P256K", "ENCRYPT/DECRYPT"),
-                                        ("Aliyun_AES_256", "SIGN/VERIFY"),
-                                        ("RSA_2048", "SIGN"), ("RSA_4096", None)])
+@pytest.mark.parametrize(
+    "spec,usage",
+    [
+        ("EC_P256", "ENCRYPT/DECRYPT"),
+        ("EC_P256K", "ENCRYPT/DECRYPT"),
+        ("Aliyun_AES_256", "SIGN/VERIFY"),
+        ("RSA_2048", "SIGN"),
+        ("RSA_4096", None),
+    ],
+)
 def test_create_key_invalid_combinations(client, spec, usage):
     with pytest.raises(Exception) as e:
         client.create_key(M.CreateKeyRequest(key_spec=spec, key_usage=usage))
@@ -583,8 +657,7 @@ def test_create_key_rotation_flag_refused_for_asymmetric(client):
     with pytest.raises(Exception) as e:
         client.create_key(M.CreateKeyRequest(key_spec="EC_SM2", enable_automatic_rotation=True))
     assert error_of(e) == ("InvalidParameter", 400)
-    meta = client.create_key(M.CreateKeyRequest(key_spec="EC_SM2",
-                                                enable_automatic_rotation=False)).body
+    meta = client.create_key(M.CreateKeyRequest(key_spec="EC_SM2", enable_automatic_rotation=False)).body
     assert meta.key_metadata.key_spec == "EC_SM2"
 
 
@@ -593,18 +666,19 @@ def test_disabled_key_and_alias_and_arn_resolution(kms, client):
     vid = kms.key_versions(arn)[0]
     kms.create_alias(R1, "alias/asym-p256", arn)
     digest = b64(hashlib.sha256(b"m").digest())
-    for ref in (arn, "alias/asym-p256", f"acs:kms:{R1}:{kms.account_uid}:alias/asym-p256",
-                arn.rsplit("/", 1)[1]):
-        body = client.asymmetric_sign(M.AsymmetricSignRequest(
-            key_id=ref, key_version_id=vid, algorithm="ECDSA_SHA_256", digest=digest)).body
+    for ref in (arn, "alias/asym-p256", f"acs:kms:{R1}:{kms.account_uid}:alias/asym-p256", arn.rsplit("/", 1)[1]):
+        body = client.asymmetric_sign(
+            M.AsymmetricSignRequest(key_id=ref, key_version_id=vid, algorithm="ECDSA_SHA_256", digest=digest)
+        ).body
         assert body.key_id == arn.rsplit("/", 1)[1]
     kms.disable_key(arn)
     try:
         for call in (
-                lambda: client.asymmetric_sign(M.AsymmetricSignRequest(
-                    key_id=arn, key_version_id=vid, algorithm="ECDSA_SHA_256", digest=digest)),
-                lambda: client.get_public_key(M.GetPublicKeyRequest(key_id=arn,
-                                                                    key_version_id=vid))):
+            lambda: client.asymmetric_sign(
+                M.AsymmetricSignRequest(key_id=arn, key_version_id=vid, algorithm="ECDSA_SHA_256", digest=digest)
+            ),
+            lambda: client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=vid)),
+        ):
             with pytest.raises(Exception) as e:
                 call()
             assert error_of(e) == ("Rejected.Disabled", 409)
@@ -626,6 +700,7 @@ def test_disabled_key_and_alias_and_arn_resolution(kms, client):
 
 # -- §14.13 item 5: key versions --------------------------------------------------------
 
+
 def test_create_key_version_sm2(kms, client):
     arn = client.create_key(M.CreateKeyRequest(key_spec="EC_SM2")).body.key_metadata.arn
     v1 = first_version(client, arn)
@@ -638,19 +713,24 @@ def test_create_key_version_sm2(kms, client):
     assert after.primary_key_version is None
     listed = client.list_key_versions(M.ListKeyVersionsRequest(key_id=arn)).body
     assert [v.key_version_id for v in listed.key_versions.key_version] == [v1, v2.key_version_id]
-    pems = {v: client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=v)
-                                     ).body.public_key for v in (v1, v2.key_version_id)}
+    pems = {
+        v: client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=v)).body.public_key
+        for v in (v1, v2.key_version_id)
+    }
     assert pems[v1] != pems[v2.key_version_id]
     message = b"versioned"
     for vid, pem in pems.items():
         digest = sm2_digest(pem, message)
-        sig = client.asymmetric_sign(M.AsymmetricSignRequest(
-            key_id=arn, key_version_id=vid, algorithm="SM2DSA", digest=b64(digest))).body.value
+        sig = client.asymmetric_sign(
+            M.AsymmetricSignRequest(key_id=arn, key_version_id=vid, algorithm="SM2DSA", digest=b64(digest))
+        ).body.value
         assert asymmetric.sm2_verify(_point(pem), digest, base64.b64decode(sig))
         for other_vid in pems:  # each version verifies its own signatures only
-            ok = client.asymmetric_verify(M.AsymmetricVerifyRequest(
-                key_id=arn, key_version_id=other_vid, algorithm="SM2DSA", digest=b64(digest),
-                value=sig)).body.value
+            ok = client.asymmetric_verify(
+                M.AsymmetricVerifyRequest(
+                    key_id=arn, key_version_id=other_vid, algorithm="SM2DSA", digest=b64(digest), value=sig
+                )
+            ).body.value
             assert ok is (other_vid == vid)
 
 
@@ -667,8 +747,7 @@ def test_create_key_version_symmetric_becomes_primary(kms, client):
     assert meta.primary_key_version == new.key_version_id
     blob = client.encrypt(M.EncryptRequest(key_id=arn, plaintext="new")).body
     assert blob.key_version_id == new.key_version_id != old_blob.key_version_id
-    assert client.decrypt(M.DecryptRequest(ciphertext_blob=old_blob.ciphertext_blob)
-                          ).body.plaintext == "old"
+    assert client.decrypt(M.DecryptRequest(ciphertext_blob=old_blob.ciphertext_blob)).body.plaintext == "old"
 
 
 def test_asymmetric_keys_persist_in_state_dir(tmp_path):
@@ -676,23 +755,30 @@ def test_asymmetric_keys_persist_in_state_dir(tmp_path):
     with LocalKms(regions=[R1], state_dir=state) as kms:
         arns = {spec: kms.create_key(R1, spec) for spec in ("RSA_2048", "EC_P256K", "EC_SM2")}
         client = new_client(kms)
-        pems = {spec: client.get_public_key(M.GetPublicKeyRequest(
-            key_id=arn, key_version_id=kms.key_versions(arn)[0])).body.public_key
-            for spec, arn in arns.items()}
+        pems = {
+            spec: client.get_public_key(
+                M.GetPublicKeyRequest(key_id=arn, key_version_id=kms.key_versions(arn)[0])
+            ).body.public_key
+            for spec, arn in arns.items()
+        }
     with LocalKms(regions=[R1], state_dir=state) as kms:
         client = new_client(kms)
         for spec, arn in arns.items():
             vid = kms.key_versions(arn)[0]
-            pem = client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=vid)
-                                        ).body.public_key
+            pem = client.get_public_key(M.GetPublicKeyRequest(key_id=arn, key_version_id=vid)).body.public_key
             assert pem == pems[spec]
             digest = digest_for(spec, pem, b"after restart")
-            sig = client.asymmetric_sign(M.AsymmetricSignRequest(
-                key_id=arn, key_version_id=vid, algorithm=SIGN_SPECS[spec],
-                digest=b64(digest))).body.value
-            assert client.asymmetric_verify(M.AsymmetricVerifyRequest(
-                key_id=arn, key_version_id=vid, algorithm=SIGN_SPECS[spec], digest=b64(digest),
-                value=sig)).body.value is True
+            sig = client.asymmetric_sign(
+                M.AsymmetricSignRequest(key_id=arn, key_version_id=vid, algorithm=SIGN_SPECS[spec], digest=b64(digest))
+            ).body.value
+            assert (
+                client.asymmetric_verify(
+                    M.AsymmetricVerifyRequest(
+                        key_id=arn, key_version_id=vid, algorithm=SIGN_SPECS[spec], digest=b64(digest), value=sig
+                    )
+                ).body.value
+                is True
+            )
 
 
 def test_strict_version_interval():

@@ -68,41 +68,79 @@ def pct(value: str) -> str:
 
 # -- hand-made requests ------------------------------------------------------------------
 
-def v3_request(kms: LocalKms, action: str, params: dict | None = None, *, when: float,
-               nonce: str | None = None, signature: str | None = None) -> bytes:
+
+def v3_request(
+    kms: LocalKms,
+    action: str,
+    params: dict | None = None,
+    *,
+    when: float,
+    nonce: str | None = None,
+    signature: str | None = None,
+) -> bytes:
     """A complete ACS3-HMAC-SHA256 request, as the official client would send it."""
     params = params or {}
     host = kms.hosts[R]
-    headers = {"host": host, "x-acs-action": action, "x-acs-version": "2016-01-20",
-               "x-acs-date": iso(when), "x-acs-signature-nonce": nonce or uuid.uuid4().hex,
-               "x-acs-content-sha256": EMPTY_SHA256, "accept": "application/json",
-               "content-type": "application/x-www-form-urlencoded"}
+    headers = {
+        "host": host,
+        "x-acs-action": action,
+        "x-acs-version": "2016-01-20",
+        "x-acs-date": iso(when),
+        "x-acs-signature-nonce": nonce or uuid.uuid4().hex,
+        "x-acs-content-sha256": EMPTY_SHA256,
+        "accept": "application/json",
+        "content-type": "application/x-www-form-urlencoded",
+    }
     signed = ";".join(sorted(headers))
-    canonical = "\n".join(["POST", "/", "&".join(f"{pct(k)}={pct(v)}" for k, v in sorted(params.items())),
-                           "".join(f"{h}:{headers[h]}\n" for h in sorted(headers)), signed, EMPTY_SHA256])
+    canonical = "\n".join(
+        [
+            "POST",
+            "/",
+            "&".join(f"{pct(k)}={pct(v)}" for k, v in sorted(params.items())),
+            "".join(f"{h}:{headers[h]}\n" for h in sorted(headers)),
+            signed,
+            EMPTY_SHA256,
+        ]
+    )
     to_sign = "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical.encode()).hexdigest()
     if signature is None:
         signature = hmac.new(kms.access_key_secret.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (f"ACS3-HMAC-SHA256 Credential={kms.access_key_id},"
-                                f"SignedHeaders={signed},Signature={signature}")
+    headers["authorization"] = (
+        f"ACS3-HMAC-SHA256 Credential={kms.access_key_id},SignedHeaders={signed},Signature={signature}"
+    )
     lines = [f"POST /?{urlencode(params)} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode("latin-1")
 
 
-def v1_request(kms: LocalKms, action: str, params: dict | None = None, *, when: float,
-               nonce: str | None = None, signature: str | None = None) -> bytes:
+def v1_request(
+    kms: LocalKms,
+    action: str,
+    params: dict | None = None,
+    *,
+    when: float,
+    nonce: str | None = None,
+    signature: str | None = None,
+) -> bytes:
     """A complete RPC HMAC-SHA1 request with every parameter in the query (legacy SDK)."""
-    query = dict(params or {}, Action=action, Version="2016-01-20", Format="JSON",
-                 AccessKeyId=kms.access_key_id, SignatureMethod="HMAC-SHA1", SignatureVersion="1.0",
-                 SignatureNonce=nonce or uuid.uuid4().hex, Timestamp=iso(when))
+    query = dict(
+        params or {},
+        Action=action,
+        Version="2016-01-20",
+        Format="JSON",
+        AccessKeyId=kms.access_key_id,
+        SignatureMethod="HMAC-SHA1",
+        SignatureVersion="1.0",
+        SignatureNonce=nonce or uuid.uuid4().hex,
+        Timestamp=iso(when),
+    )
     canonical = "&".join(f"{pct(k)}={pct(v)}" for k, v in sorted(query.items()))
     to_sign = f"POST&{pct('/')}&{pct(canonical)}"
     if signature is None:
-        signature = base64.b64encode(hmac.new((kms.access_key_secret + "&").encode(), to_sign.encode(),
-                                              hashlib.sha1).digest()).decode()
+        signature = base64.b64encode(
+            hmac.new((kms.access_key_secret + "&").encode(), to_sign.encode(), hashlib.sha1).digest()
+        ).decode()
     query["Signature"] = signature
-    return (f"POST /?{urlencode(query)} HTTP/1.1\r\nHost: {kms.hosts[R]}\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+    return (f"POST /?{urlencode(query)} HTTP/1.1\r\nHost: {kms.hosts[R]}\r\nContent-Length: 0\r\n\r\n").encode()
 
 
 SIGNERS = {"v3": v3_request, "v1": v1_request}
@@ -137,7 +175,7 @@ def closed_by_server(sock: socket.socket, within: float, dribble: bytes = b"") -
     for i in range(int(within / 0.1) + 1):
         if i < len(dribble):
             try:
-                sock.send(dribble[i:i + 1])
+                sock.send(dribble[i : i + 1])
             except OSError:
                 return time.monotonic() - began
         readable, _, _ = select.select([sock], [], [], 0.1)
@@ -151,9 +189,17 @@ def closed_by_server(sock: socket.socket, within: float, dribble: bytes = b"") -
 
 
 def official_client(kms: LocalKms) -> Client:
-    return Client(Config(access_key_id=kms.access_key_id, access_key_secret=kms.access_key_secret,
-                         endpoint=kms.hosts[R], protocol="http", region_id=R,
-                         read_timeout=5000, connect_timeout=2000))
+    return Client(
+        Config(
+            access_key_id=kms.access_key_id,
+            access_key_secret=kms.access_key_secret,
+            endpoint=kms.hosts[R],
+            protocol="http",
+            region_id=R,
+            read_timeout=5000,
+            connect_timeout=2000,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +209,7 @@ def kms():
 
 
 # -- replay protection -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("signer", ["v3", "v1"])
 def test_replay_refused_for_the_whole_validity_of_a_future_timestamp(signer):
@@ -204,10 +251,13 @@ def test_full_nonce_memory_refuses_new_requests_instead_of_forgetting():
 
 # -- what an unauthenticated client can make the server read --------------------------------
 
+
 def test_oversized_body_is_refused_from_the_headers_without_reading_it(kms):
     with connect(kms) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                     b"Content-Length: 67108864\r\n\r\n")
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 67108864\r\n\r\n"
+        )
         # Answered although not one byte of the 64 MiB body was sent.
         status, headers, body = read_response(sock)
         assert (status, body["Code"]) == (413, "RequestEntityTooLarge")
@@ -242,8 +292,13 @@ def _peak_rss_kib(pid: int) -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc/<pid>/status (Linux)")
 def test_server_memory_stays_flat_under_a_64_mib_unauthenticated_post(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "kmsenv.localkms", "serve", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kmsenv.localkms", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_cli_env(),
+    )
     try:
         endpoint = None
         for line in proc.stdout:
@@ -260,8 +315,10 @@ def test_server_memory_stays_flat_under_a_64_mib_unauthenticated_post(tmp_path):
 
             def send() -> None:
                 try:
-                    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
-                                 b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                    sock.sendall(
+                        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+                        b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+                    )
                 except OSError:
                     pass  # the server stopped reading: expected
 
@@ -303,8 +360,10 @@ def test_protocol_level_refusals_are_kms_json_errors(kms, case):
         raw = "POST / HTTP/1.1\r\nHost: x\r\n" + "".join(f"x-pad-{i}: {'y' * 4000}\r\n" for i in range(20)) + "\r\n"
         expected = (431, "RequestHeaderFieldsTooLarge")
     elif case == "parameters":
-        raw, expected = f"POST /?{'&'.join(f'p{i}=' for i in range(600))} HTTP/1.1\r\nHost: x\r\n\r\n", \
-            (400, "InvalidParameter")
+        raw, expected = (
+            f"POST /?{'&'.join(f'p{i}=' for i in range(600))} HTTP/1.1\r\nHost: x\r\n\r\n",
+            (400, "InvalidParameter"),
+        )
     elif case == "method":
         raw, expected = "PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", (501, "UnsupportedHTTPMethod")
     else:
@@ -318,7 +377,7 @@ def test_largest_legitimate_parameter_fits(kms):
     """CreateKey's Description may hold 8192 characters; as 4-byte UTF-8 the official client's
     request line is ~98 KiB (the stdlib alone stops at 64 KiB)."""
     client = official_client(kms)
-    description = "\U0001F511" * 8192
+    description = "\U0001f511" * 8192
     key_id = client.create_key(M.CreateKeyRequest(description=description)).body.key_metadata.key_id
     described = client.describe_key(M.DescribeKeyRequest(key_id=key_id)).body.key_metadata
     assert described.description == description
@@ -326,8 +385,8 @@ def test_largest_legitimate_parameter_fits(kms):
 
 # -- undecodable signatures --------------------------------------------------------------------
 
-@pytest.mark.parametrize("signer,signature", [("v3", "\u00e9" * 64), ("v1", "\u00e9\u00e8=="),
-                                              ("v1", "%FF%FE")])
+
+@pytest.mark.parametrize("signer,signature", [("v3", "\u00e9" * 64), ("v1", "\u00e9\u00e8=="), ("v1", "%FF%FE")])
 def test_non_ascii_signature_is_a_400_not_a_500(kms, caplog, signer, signature):
     caplog.set_level(logging.DEBUG, logger="kmsenv.localkms")
     raw = SIGNERS[signer](kms, "DescribeRegions", when=time.time(), signature=signature)
@@ -339,6 +398,7 @@ def test_non_ascii_signature_is_a_400_not_a_500(kms, caplog, signer, signature):
 
 
 # -- connections ---------------------------------------------------------------------------------
+
 
 def test_silent_connection_is_closed_after_the_read_timeout():
     with LocalKms(regions=[R], read_timeout=0.5) as kms, connect(kms) as sock:
@@ -414,13 +474,16 @@ def test_stalled_requests_free_their_slots_after_the_read_timeout():
 
 # -- state directory -------------------------------------------------------------------------------
 
+
 def _plant(state: Path, mode: int) -> None:
     """A state directory as another user could prepare it: their access key inside."""
     state.mkdir()
     db = sqlite3.connect(state / "localkms.sqlite3")
     db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute("INSERT INTO meta VALUES ('access_key', ?)",
-               (json.dumps({"id": "LTAIplantedByAnotherUser", "secret": "known-to-them"}),))
+    db.execute(
+        "INSERT INTO meta VALUES ('access_key', ?)",
+        (json.dumps({"id": "LTAIplantedByAnotherUser", "secret": "known-to-them"}),),
+    )
     db.commit()
     db.close()
     os.chmod(state, mode)
@@ -473,14 +536,25 @@ def test_state_owned_by_another_user_is_refused(tmp_path, owned):
     assert "another user" in str(e.value) and f"uid {nobody}" in str(e.value)
 
 
-@pytest.mark.parametrize("command", [["-m", "kmsenv.localkms", "serve"], ["-m", "kmsenv", "kms", "serve"],
-                                     ["-m", "kmsenv.localkms", "create-key", "--region", R]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "kmsenv.localkms", "serve"],
+        ["-m", "kmsenv", "kms", "serve"],
+        ["-m", "kmsenv.localkms", "create-key", "--region", R],
+    ],
+)
 def test_cli_refuses_an_unsafe_state_dir_with_one_clear_line(tmp_path, command):
     state = tmp_path / "state"
     _plant(state, 0o777)
     try:
-        done = subprocess.run([sys.executable, *command, "--state", str(state)], capture_output=True,
-                              text=True, env=_cli_env(), timeout=30)
+        done = subprocess.run(
+            [sys.executable, *command, "--state", str(state)],
+            capture_output=True,
+            text=True,
+            env=_cli_env(),
+            timeout=30,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("served from a world-writable state directory")
     assert done.returncode == 2

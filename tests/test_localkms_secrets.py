@@ -15,11 +15,17 @@ from alibabacloud_kms20160120.client import Client
 from alibabacloud_tea_openapi.models import Config
 from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerException
 from aliyunsdkcore.client import AcsClient
-from aliyunsdkkms.request.v20160120 import (CreateSecretRequest, DeleteSecretRequest,
-                                            DescribeSecretRequest, GetSecretValueRequest,
-                                            ListSecretsRequest, ListSecretVersionIdsRequest,
-                                            PutSecretValueRequest, RestoreSecretRequest,
-                                            UpdateSecretVersionStageRequest)
+from aliyunsdkkms.request.v20160120 import (
+    CreateSecretRequest,
+    DeleteSecretRequest,
+    DescribeSecretRequest,
+    GetSecretValueRequest,
+    ListSecretsRequest,
+    ListSecretVersionIdsRequest,
+    PutSecretValueRequest,
+    RestoreSecretRequest,
+    UpdateSecretVersionStageRequest,
+)
 
 from kmsenv.localkms import LocalKms
 
@@ -34,10 +40,17 @@ def _no_proxy(monkeypatch):
 
 
 def new_client(kms: LocalKms, region: str = R1) -> Client:
-    return Client(Config(access_key_id=kms.access_key_id,
-                         access_key_secret=kms.access_key_secret,
-                         endpoint=kms.hosts[region], protocol="http", region_id=region,
-                         read_timeout=30000, connect_timeout=2000))
+    return Client(
+        Config(
+            access_key_id=kms.access_key_id,
+            access_key_secret=kms.access_key_secret,
+            endpoint=kms.hosts[region],
+            protocol="http",
+            region_id=region,
+            read_timeout=30000,
+            connect_timeout=2000,
+        )
+    )
 
 
 def legacy_call(kms: LocalKms, request, region: str = R1) -> dict:
@@ -81,8 +94,9 @@ def unique(prefix: str = "s") -> str:
 
 
 def create(client, name, data="v1-data", version="v1", **kw):
-    return client.create_secret(M.CreateSecretRequest(
-        secret_name=name, secret_data=data, version_id=version, **kw)).body
+    return client.create_secret(
+        M.CreateSecretRequest(secret_name=name, secret_data=data, version_id=version, **kw)
+    ).body
 
 
 def get(client, name, **kw):
@@ -90,17 +104,20 @@ def get(client, name, **kw):
 
 
 def put(client, name, data, version, stages=None):
-    return client.put_secret_value(M.PutSecretValueRequest(
-        secret_name=name, secret_data=data, version_id=version, version_stages=stages)).body
+    return client.put_secret_value(
+        M.PutSecretValueRequest(secret_name=name, secret_data=data, version_id=version, version_stages=stages)
+    ).body
 
 
 def version_ids(client, name, include_deprecated=None) -> dict[str, list[str]]:
-    body = client.list_secret_version_ids(M.ListSecretVersionIdsRequest(
-        secret_name=name, include_deprecated=include_deprecated, page_size=100)).body
+    body = client.list_secret_version_ids(
+        M.ListSecretVersionIdsRequest(secret_name=name, include_deprecated=include_deprecated, page_size=100)
+    ).body
     return {v.version_id: v.version_stages.version_stage for v in body.version_ids.version_id}
 
 
 # -- §14.13 item 6: the lifecycle, V2 -----------------------------------------------------
+
 
 def test_secret_lifecycle_v2(kms, client, cmk):
     name = unique()
@@ -113,24 +130,24 @@ def test_secret_lifecycle_v2(kms, client, cmk):
     assert put(client, name, "v2-data", "v2").version_stages.version_stage == ["ACSCurrent"]
     assert get(client, name).secret_data == "v2-data"
     previous = get(client, name, version_stage="ACSPrevious")
-    assert (previous.secret_data, previous.version_stages.version_stage) == (
-        "v1-data", ["ACSPrevious"])
+    assert (previous.secret_data, previous.version_stages.version_stage) == ("v1-data", ["ACSPrevious"])
     assert get(client, name, version_id="v1").secret_data == "v1-data"
     assert get(client, created.arn).secret_data == "v2-data"  # name or ARN
     # Same version ID: same data is idempotent, other data is refused
     assert put(client, name, "v2-data", "v2").version_id == "v2"
     assert fails(lambda: put(client, name, "other", "v2")) == ("Rejected.ResourceExist", 409)
     # Roll back: ACSCurrent to v1; v2 becomes ACSPrevious
-    client.update_secret_version_stage(M.UpdateSecretVersionStageRequest(
-        secret_name=name, version_stage="ACSCurrent", move_to_version="v1",
-        remove_from_version="v2"))
+    client.update_secret_version_stage(
+        M.UpdateSecretVersionStageRequest(
+            secret_name=name, version_stage="ACSCurrent", move_to_version="v1", remove_from_version="v2"
+        )
+    )
     assert get(client, name).version_id == "v1"
     assert version_ids(client, name) == {"v1": ["ACSCurrent"], "v2": ["ACSPrevious"]}
     # Deprecated versions show only with IncludeDeprecated
     put(client, name, "v3-data", "v3")  # v3 current, v1 previous, v2 deprecated
     assert version_ids(client, name) == {"v1": ["ACSPrevious"], "v3": ["ACSCurrent"]}
-    assert version_ids(client, name, "true") == {"v1": ["ACSPrevious"], "v2": [],
-                                                 "v3": ["ACSCurrent"]}
+    assert version_ids(client, name, "true") == {"v1": ["ACSPrevious"], "v2": [], "v3": ["ACSCurrent"]}
     assert get(client, name, version_id="v2").version_stages.version_stage == []
     # 11 more Puts keep 10 versions, the current and previous ones included
     for i in range(4, 15):
@@ -140,27 +157,30 @@ def test_secret_lifecycle_v2(kms, client, cmk):
     assert "v1" not in kept and "v5" in kept
     assert fails(lambda: get(client, name, version_id="v1")) == ("Forbidden.ResourceNotFound", 404)
     # Delete with a 7-day window
-    deleted = client.delete_secret(M.DeleteSecretRequest(
-        secret_name=name, recovery_window_in_days="7")).body
+    deleted = client.delete_secret(M.DeleteSecretRequest(secret_name=name, recovery_window_in_days="7")).body
     assert deleted.planned_delete_time
     assert fails(lambda: get(client, name)) == ("Rejected.ResourceInDeleteWindow", 409)
     described = client.describe_secret(M.DescribeSecretRequest(secret_name=name)).body
     assert described.planned_delete_time == deleted.planned_delete_time
     assert fails(lambda: client.delete_secret(M.DeleteSecretRequest(secret_name=name))) == (
-        "Rejected.ResourceInDeleteWindow", 409)
+        "Rejected.ResourceInDeleteWindow",
+        409,
+    )
     assert fails(lambda: create(client, name)) == ("Rejected.ResourceInDeleteWindow", 409)
     client.restore_secret(M.RestoreSecretRequest(secret_name=name))
     assert get(client, name).secret_data == "v14-data"
-    assert client.describe_secret(M.DescribeSecretRequest(secret_name=name)
-                                  ).body.planned_delete_time == ""
+    assert client.describe_secret(M.DescribeSecretRequest(secret_name=name)).body.planned_delete_time == ""
     # Force delete: gone at once; the name can be reused
-    client.delete_secret(M.DeleteSecretRequest(secret_name=name,
-                                               force_delete_without_recovery="true"))
+    client.delete_secret(M.DeleteSecretRequest(secret_name=name, force_delete_without_recovery="true"))
     assert fails(lambda: get(client, name)) == ("Forbidden.ResourceNotFound", 404)
     assert fails(lambda: client.describe_secret(M.DescribeSecretRequest(secret_name=name))) == (
-        "Forbidden.ResourceNotFound", 404)
+        "Forbidden.ResourceNotFound",
+        404,
+    )
     assert fails(lambda: client.restore_secret(M.RestoreSecretRequest(secret_name=name))) == (
-        "Forbidden.ResourceNotFound", 404)
+        "Forbidden.ResourceNotFound",
+        404,
+    )
     assert create(client, name, data="again").version_id == "v1"
     assert get(client, name).secret_data == "again"
 
@@ -175,32 +195,39 @@ def test_stage_moves(client):
     assert get(client, name, version_stage="ACSNext").secret_data == "next"
     # The 2021 doc's object form is accepted too
     put(client, name, "v3", "v3", json.dumps({"VersionStage": ["ACSCurrent", "Custom"]}))
-    assert version_ids(client, name, "true") == {"v1": ["ACSPrevious"], "v2": ["ACSNext"],
-                                                 "v3": ["ACSCurrent", "Custom"]}
+    assert version_ids(client, name, "true") == {
+        "v1": ["ACSPrevious"],
+        "v2": ["ACSNext"],
+        "v3": ["ACSCurrent", "Custom"],
+    }
     # Move a custom label, then remove it
-    client.update_secret_version_stage(M.UpdateSecretVersionStageRequest(
-        secret_name=name, version_stage="ACSNext", move_to_version="v1"))
+    client.update_secret_version_stage(
+        M.UpdateSecretVersionStageRequest(secret_name=name, version_stage="ACSNext", move_to_version="v1")
+    )
     assert get(client, name, version_stage="ACSNext").version_id == "v1"
-    client.update_secret_version_stage(M.UpdateSecretVersionStageRequest(
-        secret_name=name, version_stage="ACSNext", remove_from_version="v1"))
-    assert fails(lambda: get(client, name, version_stage="ACSNext")) == (
-        "Forbidden.ResourceNotFound", 404)
+    client.update_secret_version_stage(
+        M.UpdateSecretVersionStageRequest(secret_name=name, version_stage="ACSNext", remove_from_version="v1")
+    )
+    assert fails(lambda: get(client, name, version_stage="ACSNext")) == ("Forbidden.ResourceNotFound", 404)
     # A stage that is not on the given version
     assert fails(lambda: get(client, name, version_id="v1", version_stage="ACSCurrent")) == (
-        "Forbidden.ResourceNotFound", 404)
+        "Forbidden.ResourceNotFound",
+        404,
+    )
 
     def stage(**kw):
-        return fails(lambda: client.update_secret_version_stage(
-            M.UpdateSecretVersionStageRequest(secret_name=name, **kw)))
+        return fails(
+            lambda: client.update_secret_version_stage(M.UpdateSecretVersionStageRequest(secret_name=name, **kw))
+        )
 
     assert stage(version_stage="Custom") == ("MissingParameter", 400)
     assert stage(version_stage="ACSCurrent", remove_from_version="v3") == ("MissingParameter", 400)
     assert stage(version_stage="Custom", remove_from_version="v1") == ("InvalidParameter", 400)
-    assert stage(version_stage="Custom", move_to_version="nope") == (
-        "Forbidden.ResourceNotFound", 404)
+    assert stage(version_stage="Custom", move_to_version="nope") == ("Forbidden.ResourceNotFound", 404)
 
 
 # -- §14.13 item 6: V1 (everything in the query), Alibaba SDK call shapes (§14.10) --------
+
 
 def test_secret_lifecycle_v1(kms, cmk):
     name = unique("v1")
@@ -235,7 +262,9 @@ def test_secret_lifecycle_v1(kms, cmk):
     listed.set_SecretName(name)
     versions = legacy_call(kms, listed)["VersionIds"]["VersionId"]
     assert {v["VersionId"]: v["VersionStages"]["VersionStage"] for v in versions} == {
-        created["VersionId"]: ["ACSCurrent"], "two": ["ACSPrevious"]}
+        created["VersionId"]: ["ACSCurrent"],
+        "two": ["ACSPrevious"],
+    }
     described = DescribeSecretRequest.DescribeSecretRequest()
     described.set_SecretName(name)
     assert legacy_call(kms, described)["EncryptionKeyId"] == cmk.rsplit("/", 1)[1]
@@ -259,6 +288,7 @@ def test_secret_lifecycle_v1(kms, cmk):
 
 
 # -- §14.13 item 7: sizes and duplicates --------------------------------------------------
+
 
 def test_create_duplicate(client):
     name = unique()
@@ -296,26 +326,28 @@ def test_secret_data_size_v1_query(kms):
 
 # -- §14.13 item 8: binary, JSON parameters, tags, listing --------------------------------
 
+
 def test_binary_secret_round_trips_the_exact_string(client):
     name = unique()
     data = "not base64 at all: ✓ \x01"  # stored verbatim, not decoded
     create(client, name, data=data, secret_data_type="binary")
     body = get(client, name)
     assert (body.secret_data, body.secret_data_type) == (data, "binary")
-    assert fails(lambda: create(client, unique(), secret_data_type="hex")) == (
-        "InvalidParameter", 400)
+    assert fails(lambda: create(client, unique(), secret_data_type="hex")) == ("InvalidParameter", 400)
 
 
 def test_invalid_json_parameters(client):
     name = unique()
     create(client, name)
     assert fails(lambda: create(client, unique(), tags="[{bad json")) == ("InvalidParameter", 400)
-    assert fails(lambda: create(client, unique(), tags=json.dumps(
-        [{"TagKey": "aliyun-x", "TagValue": "v"}]))) == ("InvalidParameter", 400)
-    assert fails(lambda: client.list_secrets(M.ListSecretsRequest(filters="not json"))) == (
-        "InvalidParameter", 400)
-    assert fails(lambda: client.list_secrets(M.ListSecretsRequest(filters=json.dumps(
-        [{"Key": "Nope", "Values": ["x"]}])))) == ("InvalidParameter", 400)
+    assert fails(lambda: create(client, unique(), tags=json.dumps([{"TagKey": "aliyun-x", "TagValue": "v"}]))) == (
+        "InvalidParameter",
+        400,
+    )
+    assert fails(lambda: client.list_secrets(M.ListSecretsRequest(filters="not json"))) == ("InvalidParameter", 400)
+    assert fails(
+        lambda: client.list_secrets(M.ListSecretsRequest(filters=json.dumps([{"Key": "Nope", "Values": ["x"]}])))
+    ) == ("InvalidParameter", 400)
     assert fails(lambda: put(client, name, "d", "v2", "ACSCurrent")) == ("InvalidParameter", 400)
     assert fails(lambda: put(client, name, "d", "v2", "{}")) == ("InvalidParameter", 400)
 
@@ -324,65 +356,57 @@ def test_tags_and_list_secrets(kms, client):
     tag = uuid.uuid4().hex[:8]
     names = [unique("tagged") for _ in range(3)]
     for i, name in enumerate(names):
-        create(client, name, tags=json.dumps([{"TagKey": "team", "TagValue": f"{tag}-{i % 2}"}]),
-               description=f"d{i}")
-    described = client.describe_secret(M.DescribeSecretRequest(secret_name=names[0],
-                                                               fetch_tags="true")).body
+        create(client, name, tags=json.dumps([{"TagKey": "team", "TagValue": f"{tag}-{i % 2}"}]), description=f"d{i}")
+    described = client.describe_secret(M.DescribeSecretRequest(secret_name=names[0], fetch_tags="true")).body
     assert [(t.tag_key, t.tag_value) for t in described.tags.tag] == [("team", f"{tag}-0")]
     assert described.description == "d0" and described.secret_type == "Generic"
-    assert client.describe_secret(M.DescribeSecretRequest(secret_name=names[0])
-                                  ).body.tags is None  # only on request
+    assert client.describe_secret(M.DescribeSecretRequest(secret_name=names[0])).body.tags is None  # only on request
     filters = json.dumps([{"Key": "TagValue", "Values": [f"{tag}-0", "other"]}])
     body = client.list_secrets(M.ListSecretsRequest(filters=filters, fetch_tags="true")).body
     assert [s.secret_name for s in body.secret_list.secret] == [names[0], names[2]]
     assert body.total_count == 2
     assert body.secret_list.secret[0].tags.tag[0].tag_key == "team"
-    filters = json.dumps([{"Key": "TagValue", "Values": [f"{tag}-0"]},
-                          {"Key": "SecretName", "Values": [names[2]]}])
+    filters = json.dumps([{"Key": "TagValue", "Values": [f"{tag}-0"]}, {"Key": "SecretName", "Values": [names[2]]}])
     one = client.list_secrets(M.ListSecretsRequest(filters=filters)).body
     assert [s.secret_name for s in one.secret_list.secret] == [names[2]]
     assert isinstance(one.secret_list.secret, list)
     # Paging: a page past the end is empty with the real total
     filters = json.dumps([{"Key": "TagKey", "Values": ["team"]}])
-    page = client.list_secrets(M.ListSecretsRequest(filters=filters, page_size=2,
-                                                    page_number=50)).body
+    page = client.list_secrets(M.ListSecretsRequest(filters=filters, page_size=2, page_number=50)).body
     assert page.secret_list.secret == [] and page.total_count >= 3
     # V1
     req = ListSecretsRequest.ListSecretsRequest()
     req.set_Filters(json.dumps([{"Key": "SecretName", "Values": [names[1]]}]))
     req.set_FetchTags("true")
     listed = legacy_call(kms, req)
-    assert listed["SecretList"]["Secret"][0]["Tags"]["Tag"] == [
-        {"TagKey": "team", "TagValue": f"{tag}-1"}]
+    assert listed["SecretList"]["Secret"][0]["Tags"]["Tag"] == [{"TagKey": "team", "TagValue": f"{tag}-1"}]
 
 
 # -- encryption keys and errors ----------------------------------------------------------
 
+
 def test_encryption_key_checks(kms, client):
-    assert fails(lambda: create(client, unique(), encryption_key_id="alias/none")) == (
-        "Forbidden.AliasNotFound", 404)
-    assert fails(lambda: create(client, unique(),
-                                encryption_key_id=str(uuid.uuid4()))) == (
-        "Forbidden.KeyNotFound", 404)
+    assert fails(lambda: create(client, unique(), encryption_key_id="alias/none")) == ("Forbidden.AliasNotFound", 404)
+    assert fails(lambda: create(client, unique(), encryption_key_id=str(uuid.uuid4()))) == (
+        "Forbidden.KeyNotFound",
+        404,
+    )
     asym = kms.create_key(R1, "RSA_2048", key_usage="ENCRYPT/DECRYPT")
-    assert fails(lambda: create(client, unique(), encryption_key_id=asym)) == (
-        "Rejected.UnsupportedOperation", 400)
+    assert fails(lambda: create(client, unique(), encryption_key_id=asym)) == ("Rejected.UnsupportedOperation", 400)
     cmk = kms.create_key(R1)
     name = unique()
     create(client, name, encryption_key_id=cmk)
     kms.disable_key(cmk)
     try:
         assert fails(lambda: get(client, name)) == ("Rejected.Disabled", 409)
-        assert fails(lambda: create(client, unique(), encryption_key_id=cmk)) == (
-            "Rejected.Disabled", 409)
+        assert fails(lambda: create(client, unique(), encryption_key_id=cmk)) == ("Rejected.Disabled", 409)
     finally:
         kms.enable_key(cmk)
     assert get(client, name).secret_data == "v1-data"
 
 
 def test_parameter_errors(kms, client):
-    assert fails(lambda: client.get_secret_value(M.GetSecretValueRequest())) == (
-        "MissingParameter", 400)
+    assert fails(lambda: client.get_secret_value(M.GetSecretValueRequest())) == ("MissingParameter", 400)
     assert fails(lambda: create(client, unique(), data="")) == ("MissingParameter", 400)
     assert fails(lambda: create(client, "acs/reserved")) == ("InvalidParameter", 400)
     assert fails(lambda: create(client, "bad name!")) == ("InvalidParameter", 400)
@@ -391,18 +415,22 @@ def test_parameter_errors(kms, client):
     name = unique()
     create(client, name)
     for window in ("6", "31", "seven"):
-        assert fails(lambda: client.delete_secret(M.DeleteSecretRequest(
-            secret_name=name, recovery_window_in_days=window))) == ("InvalidParameter", 400)
-    assert fails(lambda: client.list_secret_version_ids(M.ListSecretVersionIdsRequest(
-        secret_name=name, include_deprecated="maybe"))) == ("InvalidParameter", 400)
-    assert fails(lambda: get(client, f"acs:kms:{R2}:1:secret/{name}")) == (
-        "Forbidden.ResourceNotFound", 404)
+        assert fails(
+            lambda: client.delete_secret(M.DeleteSecretRequest(secret_name=name, recovery_window_in_days=window))
+        ) == ("InvalidParameter", 400)
+    assert fails(
+        lambda: client.list_secret_version_ids(
+            M.ListSecretVersionIdsRequest(secret_name=name, include_deprecated="maybe")
+        )
+    ) == ("InvalidParameter", 400)
+    assert fails(lambda: get(client, f"acs:kms:{R2}:1:secret/{name}")) == ("Forbidden.ResourceNotFound", 404)
     assert fails(lambda: get(client, name, dry_run="true")) == ("DryRunOperation", 400)
     # Secrets are per region
     assert fails(lambda: get(new_client(kms, R2), name)) == ("Forbidden.ResourceNotFound", 404)
 
 
 # -- at rest ---------------------------------------------------------------------------
+
 
 def test_secret_values_encrypted_at_rest_and_persistent(tmp_path):
     state = str(tmp_path / "state")
@@ -427,10 +455,12 @@ def test_secret_values_encrypted_at_rest_and_persistent(tmp_path):
 
 # -- recovery window, quota, UpdateSecret --------------------------------------------------
 
+
 def _region_actions():
     from kmsenv.localkms.actions import RegionActions
     from kmsenv.localkms.errors import KmsError
     from kmsenv.localkms.keystore import KeyStore
+
     return RegionActions(R1, "1234567890123456", KeyStore(), lambda: [R1]), KmsError
 
 
@@ -464,7 +494,10 @@ def test_secret_quota():
     with pytest.raises(KmsError) as e:
         h["CreateSecret"]({"SecretName": "c", "SecretData": "x", "VersionId": "v1"})
     assert (e.value.code, e.value.status, e.value.message) == (
-        "Rejected.LimitExceeded", 400, "The secret quota is exceeded.")
+        "Rejected.LimitExceeded",
+        400,
+        "The secret quota is exceeded.",
+    )
     h["DeleteSecret"]({"SecretName": "a", "ForceDeleteWithoutRecovery": "TRUE"})
     h["CreateSecret"]({"SecretName": "c", "SecretData": "x", "VersionId": "v1"})
 
@@ -473,11 +506,17 @@ def test_update_secret(client):
     name = unique()
     create(client, name, description="before")
     before = client.describe_secret(M.DescribeSecretRequest(secret_name=name)).body
-    client.update_secret(M.UpdateSecretRequest(
-        secret_name=name, description="after",
-        extended_config=M.UpdateSecretRequestExtendedConfig(custom_data={"k": "v"})))
+    client.update_secret(
+        M.UpdateSecretRequest(
+            secret_name=name,
+            description="after",
+            extended_config=M.UpdateSecretRequestExtendedConfig(custom_data={"k": "v"}),
+        )
+    )
     after = client.describe_secret(M.DescribeSecretRequest(secret_name=name)).body
     assert (before.description, after.description) == ("before", "after")
     assert after.update_time >= before.update_time
     assert fails(lambda: client.update_secret(M.UpdateSecretRequest(secret_name=unique()))) == (
-        "Forbidden.ResourceNotFound", 404)
+        "Forbidden.ResourceNotFound",
+        404,
+    )

@@ -13,7 +13,7 @@ from helpers import ARN_BJ, FakeKmsProvider
 
 def test_context_bytes_spec_example():
     got = codec.context_bytes({"b": "x", "a": "yy"})
-    assert got.hex() == "00000002" "00000001" "61" "00000002" "7979" "00000001" "62" "00000001" "78"
+    assert got.hex() == "00000002000000016100000002797900000001620000000178"
 
 
 def test_context_sorted_by_utf8_bytes_not_utf16():
@@ -36,8 +36,14 @@ def test_auth_fields_spec_example():
         bytes.fromhex("00000001 00000002 00000002")
         + bytes.fromhex("00000002 00000001 61 00000002 7979 00000001 62 00000001 78")
         + bytes.fromhex("00000002")
-        + bytes.fromhex("0000001b") + b"acs:kms:cn-beijing:1:key/k1" + bytes.fromhex("00000004") + b"AQID"
-        + bytes.fromhex("0000001c") + b"acs:kms:cn-hangzhou:1:key/k2" + bytes.fromhex("00000004") + b"qrs="
+        + bytes.fromhex("0000001b")
+        + b"acs:kms:cn-beijing:1:key/k1"
+        + bytes.fromhex("00000004")
+        + b"AQID"
+        + bytes.fromhex("0000001c")
+        + b"acs:kms:cn-hangzhou:1:key/k2"
+        + bytes.fromhex("00000004")
+        + b"qrs="
     )
     assert got == expected
     assert len(got) == 120
@@ -45,7 +51,9 @@ def test_auth_fields_spec_example():
 
 def test_der_set_orders_shorter_entries_first():
     ctx = {"a": "v" * 50, "b": "x", "tenant": "acme"}
-    header = codec.MessageHeader(1, kmsenv.Algorithm.AES_GCM_NOPADDING_256, (EncryptedDataKey(ARN_BJ, b"k"),), ctx, bytes(12), bytes(16))
+    header = codec.MessageHeader(
+        1, kmsenv.Algorithm.AES_GCM_NOPADDING_256, (EncryptedDataKey(ARN_BJ, b"k"),), ctx, bytes(12), bytes(16)
+    )
     encoded = codec.encode_header(header)
     assert encoded.index(b"\x04\x01b") < encoded.index(b"tenant") < encoded.index(b"\x04\x01a")
 
@@ -122,13 +130,21 @@ def _edk(arn=ARN_BJ, blob=b"blob"):
         (der.integer(1) + der.integer(2) + der.tlv(der.SET, b"") + der.tlv(der.SET, b""), "no encrypted data key"),
         (der.integer(1) + der.integer(2) + der.tlv(der.SET, _edk() + _edk()) + der.tlv(der.SET, b""), "same CMK"),
         (der.integer(1) + der.integer(99) + der.tlv(der.SET, _edk()) + der.tlv(der.SET, b""), "unknown algorithm"),
-        (der.integer(1) + der.integer(2) + der.tlv(der.SET, _edk(arn=b"acs:kms:\xff")) + der.tlv(der.SET, b""), "UTF-8"),
         (
-            der.integer(1) + der.integer(2) + der.tlv(der.SET, _edk())
+            der.integer(1) + der.integer(2) + der.tlv(der.SET, _edk(arn=b"acs:kms:\xff")) + der.tlv(der.SET, b""),
+            "UTF-8",
+        ),
+        (
+            der.integer(1)
+            + der.integer(2)
+            + der.tlv(der.SET, _edk())
             + der.tlv(der.SET, 2 * der.tlv(der.SEQUENCE, der.octet_string(b"k") + der.octet_string(b"v"))),
             "repeats a key",
         ),
-        (b"\x02\x02\x00\x01" + der.integer(2) + der.tlv(der.SET, _edk()) + der.tlv(der.SET, b""), "non-minimal INTEGER"),
+        (
+            b"\x02\x02\x00\x01" + der.integer(2) + der.tlv(der.SET, _edk()) + der.tlv(der.SET, b""),
+            "non-minimal INTEGER",
+        ),
         (b"\x02\x01\xff" + der.integer(2) + der.tlv(der.SET, _edk()) + der.tlv(der.SET, b""), "negative"),
     ],
 )

@@ -216,8 +216,18 @@ def test_batch_seal_open(cipher, keylen):
     out_offsets = ffi.new("size_t[]", n + 1)
 
     rc = lib.kmsenv_gcm_seal_messages(
-        k, header, len(header), _buf(aad), len(aad), n, _buf(joined), in_offsets, ffi.NULL,
-        out, total, out_offsets,
+        k,
+        header,
+        len(header),
+        _buf(aad),
+        len(aad),
+        n,
+        _buf(joined),
+        in_offsets,
+        ffi.NULL,
+        out,
+        total,
+        out_offsets,
     )
     assert rc == lib.KMSENV_OK and out_offsets[n] == total
     blob = bytes(ffi.buffer(out, total))
@@ -244,8 +254,18 @@ def test_batch_seal_open(cipher, keylen):
     back_offsets = ffi.new("size_t[]", n + 1)
     status = ffi.new("int[]", n)
     rc = lib.kmsenv_gcm_open_messages(
-        k, header, len(header), _buf(aad), len(aad), n, out, out_offsets, back, total,
-        back_offsets, status,
+        k,
+        header,
+        len(header),
+        _buf(aad),
+        len(aad),
+        n,
+        out,
+        out_offsets,
+        back,
+        total,
+        back_offsets,
+        status,
     )
     assert rc == lib.KMSENV_OK and list(status) == [0] * n
     assert bytes(ffi.buffer(back, back_offsets[n])) == joined
@@ -257,8 +277,18 @@ def test_batch_seal_open(cipher, keylen):
     damaged = damaged[: offsets[6] - 1] + damaged[offsets[6] :]
     offsets = offsets[:6] + [o - 1 for o in offsets[6:]]
     rc = lib.kmsenv_gcm_open_messages(
-        k, header, len(header), _buf(aad), len(aad), n, _buf(bytes(damaged)),
-        ffi.new("size_t[]", offsets), back, total, back_offsets, status,
+        k,
+        header,
+        len(header),
+        _buf(aad),
+        len(aad),
+        n,
+        _buf(bytes(damaged)),
+        ffi.new("size_t[]", offsets),
+        back,
+        total,
+        back_offsets,
+        status,
     )
     assert rc == lib.KMSENV_E_AUTH
     want = [0] * n

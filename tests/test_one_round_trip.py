@@ -213,8 +213,12 @@ def failure_of(provider) -> tuple[type, str, str, bool]:
 
 @pytest.mark.parametrize(
     "region, fault",
-    [(SH, dict(down=True)), (BJ, dict(error_rate=1.0, error_code="InternalFailure")),
-     (HZ, dict(error_rate=1.0, error_code="InternalFailure")), (HZ, dict(throttle_rate=1.0))],
+    [
+        (SH, dict(down=True)),
+        (BJ, dict(error_rate=1.0, error_code="InternalFailure")),
+        (HZ, dict(error_rate=1.0, error_code="InternalFailure")),
+        (HZ, dict(throttle_rate=1.0)),
+    ],
     ids=["secondary-down", "secondary-5xx", "primary-5xx", "primary-throttled"],
 )
 def test_a_failing_region_fails_the_encrypt_as_today_and_wipes(local_kms, cmks, recording, region, fault):

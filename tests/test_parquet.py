@@ -46,8 +46,13 @@ def aliases(local_kms):
 @pytest.fixture(scope="module")
 def env(local_kms):
     """Credentials in os.environ (as workers get them); restored afterwards."""
-    names = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_SECURITY_TOKEN",
-             "KMSENV_PREFER_REGIONS", "KMSENV_KMS_ENDPOINTS")
+    names = (
+        "ALIBABA_CLOUD_ACCESS_KEY_ID",
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+        "ALIBABA_CLOUD_SECURITY_TOKEN",
+        "KMSENV_PREFER_REGIONS",
+        "KMSENV_KMS_ENDPOINTS",
+    )
     saved = {n: os.environ.get(n) for n in names}
     for n in names:
         os.environ.pop(n, None)
@@ -62,8 +67,14 @@ def env(local_kms):
 
 
 def make_spec(local_kms, prefer=(HZ, BJ, SH), **kw) -> kp.ParquetKmsSpec:
-    kms = KmsSpec(endpoints=local_kms.endpoints, prefer_regions=prefer, backoff_base=0.001, backoff_max=0.005,
-                  connect_timeout=2.0, read_timeout=5.0)
+    kms = KmsSpec(
+        endpoints=local_kms.endpoints,
+        prefer_regions=prefer,
+        backoff_base=0.001,
+        backoff_max=0.005,
+        connect_timeout=2.0,
+        read_timeout=5.0,
+    )
     return kp.ParquetKmsSpec(regions=REGIONS, kms=kms, **kw)
 
 
@@ -78,12 +89,14 @@ def fresh(aliases, env, clean_faults):
 
 
 def table(n: int = N_ROWS) -> pa.Table:
-    return pa.table({
-        "id": pa.array(range(n), pa.int64()),
-        "email": [f"user{i:07d}@example.com" for i in range(n)],
-        "phone": [f"+86-{i * 7919 % 10**8:08d}" for i in range(n)],
-        "amount": [i * 0.5 for i in range(n)],
-    })
+    return pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "email": [f"user{i:07d}@example.com" for i in range(n)],
+            "phone": [f"+86-{i * 7919 % 10**8:08d}" for i in range(n)],
+            "amount": [i * 0.5 for i in range(n)],
+        }
+    )
 
 
 def calls(local_kms, action: str) -> dict[str, int]:
@@ -277,25 +290,28 @@ def test_tampered_blob_is_refused(fresh):
         client.unwrap_key(tampered, PII)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "does not start with"),
-    ("aws1|cn-hangzhou=QUJD", "does not start with"),
-    ("kmsenv2|cn-hangzhou=QUJD", "unsupported format version 'kmsenv2'"),
-    ("kmsenv1", "no region entries"),
-    ("kmsenv1|", "entry 1 is not of the form"),
-    ("kmsenv1|cn-hangzhou", "entry 1 is not of the form"),
-    ("kmsenv1|cn hangzhou=QUJD", "invalid region name"),
-    ("kmsenv1|=QUJD", "invalid region name"),
-    ("kmsenv1|cn-hangzhou=QUJD|cn-hangzhou=QUJD", "appears twice"),
-    ("kmsenv1|cn-hangzhou=QUJ", "not valid base64"),
-    ("kmsenv1|cn-hangzhou=QU!D", "not valid base64"),
-    ("kmsenv1|cn-hangzhou=", "not valid base64"),
-    ("kmsenv1|cn-hangzhou=" + "A" * (kp.MAX_BLOB_CHARS + 4), "not valid base64"),
-    ("kmsenv1|cn-hangzhou=QUJD" + "|r=QUJD" * 40, "more than 32 region entries"),
-    ("kmsenv1|" + "x" * kp.MAX_WRAPPED_KEY_CHARS, "more than the limit"),
-    ("kmsenv1|cn-hangzhou=QUJD\u00e9", "non-ASCII"),
-    ("kmsenv1|cn-hangzhou=QUJD\n", "non-printable"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "does not start with"),
+        ("aws1|cn-hangzhou=QUJD", "does not start with"),
+        ("kmsenv2|cn-hangzhou=QUJD", "unsupported format version 'kmsenv2'"),
+        ("kmsenv1", "no region entries"),
+        ("kmsenv1|", "entry 1 is not of the form"),
+        ("kmsenv1|cn-hangzhou", "entry 1 is not of the form"),
+        ("kmsenv1|cn hangzhou=QUJD", "invalid region name"),
+        ("kmsenv1|=QUJD", "invalid region name"),
+        ("kmsenv1|cn-hangzhou=QUJD|cn-hangzhou=QUJD", "appears twice"),
+        ("kmsenv1|cn-hangzhou=QUJ", "not valid base64"),
+        ("kmsenv1|cn-hangzhou=QU!D", "not valid base64"),
+        ("kmsenv1|cn-hangzhou=", "not valid base64"),
+        ("kmsenv1|cn-hangzhou=" + "A" * (kp.MAX_BLOB_CHARS + 4), "not valid base64"),
+        ("kmsenv1|cn-hangzhou=QUJD" + "|r=QUJD" * 40, "more than 32 region entries"),
+        ("kmsenv1|" + "x" * kp.MAX_WRAPPED_KEY_CHARS, "more than the limit"),
+        ("kmsenv1|cn-hangzhou=QUJD\u00e9", "non-ASCII"),
+        ("kmsenv1|cn-hangzhou=QUJD\n", "non-printable"),
+    ],
+)
 def test_malformed_wrapped_keys(fresh, text, message):
     client = kp.KmsClient(make_spec(fresh))
     with pytest.raises(MessageFormatError, match=re.escape(message)) as info:
@@ -317,8 +333,14 @@ def test_master_key_ids_and_columns_are_validated(fresh, tmp_path):
     with pytest.raises(ConfigurationError, match="more than one master key"):
         kp.encryption_properties(spec, column_keys={PII: ["a"], FOOTER: ["a"]}, footer_key=FOOTER)
     with pytest.raises(ConfigurationError):
-        kp.write_table(table(), str(tmp_path / "x.parquet"), spec=spec, column_keys=COLUMN_KEYS,
-                       footer_key=FOOTER, encryption_properties=None)
+        kp.write_table(
+            table(),
+            str(tmp_path / "x.parquet"),
+            spec=spec,
+            column_keys=COLUMN_KEYS,
+            footer_key=FOOTER,
+            encryption_properties=None,
+        )
     assert sum(calls(fresh, "Encrypt").values()) == 0
 
 
@@ -363,28 +385,34 @@ def test_spec_pickles_and_round_trips_through_custom_kms_conf(fresh):
     assert kp.crypto_factory(spec) is not kp.crypto_factory(env_spec)
 
 
-@pytest.mark.parametrize("conf, message", [
-    ({}, "has no 'kmsenv.parquet.spec' entry"),
-    ({kp.CONF_KEY: "not json"}, "malformed"),
-    ({kp.CONF_KEY: '{"v": 2}'}, "malformed"),
-    ({kp.CONF_KEY: "x" * 70000}, "longer than"),
-])
+@pytest.mark.parametrize(
+    "conf, message",
+    [
+        ({}, "has no 'kmsenv.parquet.spec' entry"),
+        ({kp.CONF_KEY: "not json"}, "malformed"),
+        ({kp.CONF_KEY: '{"v": 2}'}, "malformed"),
+        ({kp.CONF_KEY: "x" * 70000}, "longer than"),
+    ],
+)
 def test_bad_conf(conf, message):
     with pytest.raises(ConfigurationError, match=message):
         kp.ParquetKmsSpec.from_conf(conf)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(regions="cn-hangzhou"), "not one string"),
-    (dict(regions=()), "at least one region"),
-    (dict(regions=(HZ, HZ)), "twice"),
-    (dict(regions=("bad region",)), "invalid region"),
-    (dict(regions=(HZ,), cache_lifetime=0), "cache_lifetime"),
-    (dict(regions=(HZ,), data_key_length_bits=512), "data_key_length_bits"),
-    (dict(regions=(HZ,), double_wrapping="yes"), "double_wrapping"),
-    (dict(regions=(HZ,), encryption_algorithm="AES_CBC"), "encryption_algorithm"),
-    (dict(regions=(HZ,), kms={"endpoints": None}), "KmsSpec"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(regions="cn-hangzhou"), "not one string"),
+        (dict(regions=()), "at least one region"),
+        (dict(regions=(HZ, HZ)), "twice"),
+        (dict(regions=("bad region",)), "invalid region"),
+        (dict(regions=(HZ,), cache_lifetime=0), "cache_lifetime"),
+        (dict(regions=(HZ,), data_key_length_bits=512), "data_key_length_bits"),
+        (dict(regions=(HZ,), double_wrapping="yes"), "double_wrapping"),
+        (dict(regions=(HZ,), encryption_algorithm="AES_CBC"), "encryption_algorithm"),
+        (dict(regions=(HZ,), kms={"endpoints": None}), "KmsSpec"),
+    ],
+)
 def test_spec_validation(kwargs, message):
     with pytest.raises(ConfigurationError, match=message):
         kp.ParquetKmsSpec(**kwargs)
@@ -396,8 +424,10 @@ def test_import_hygiene():
     code = "import sys, kmsenv; assert 'pyarrow' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
-    code = ("import sys; sys.modules['pyarrow'] = None\n"
-            "try:\n    import kmsenv.parquet\nexcept ImportError as e:\n    print(e)\n")
+    code = (
+        "import sys; sys.modules['pyarrow'] = None\n"
+        "try:\n    import kmsenv.parquet\nexcept ImportError as e:\n    print(e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == 'kmsenv.parquet needs pyarrow: pip install "kmsenv[parquet]"', out.stderr
 
@@ -433,16 +463,22 @@ def test_dask_round_trip_per_process_counts(fresh, tmp_path):
 
     spec = make_spec(fresh)
     n = 50_000
-    df = pd.DataFrame({
-        "id": range(n),
-        "email": [f"user{i:07d}@example.com" for i in range(n)],
-        "phone": [f"+86-{i * 7919 % 10**8:08d}" for i in range(n)],
-        "amount": [i * 0.25 for i in range(n)],
-    })
+    df = pd.DataFrame(
+        {
+            "id": range(n),
+            "email": [f"user{i:07d}@example.com" for i in range(n)],
+            "phone": [f"+86-{i * 7919 % 10**8:08d}" for i in range(n)],
+            "amount": [i * 0.25 for i in range(n)],
+        }
+    )
     ddf = dd.from_pandas(df, npartitions=4)
     out = tmp_path / "ds"
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", worker_dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         paths = kp.to_parquet(ddf, str(out), spec=spec, column_keys=COLUMN_KEYS, footer_key=FOOTER)
         assert paths == [str(out / f"part.{i}.parquet") for i in range(4)]
         writers = client.run(kp.kms_stats)

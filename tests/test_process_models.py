@@ -176,7 +176,10 @@ def setup(local_kms, cmks, backend):
     arns = [cmks.hz, cmks.bj]
     inner = KmsKeyProvider(*arns, kms=kmsenv.Kms(**opts))
     job = kmsenv.JobKey.create(
-        inner, encryption_context={"table": "t"}, rows=4 * 1000, max_messages_per_key=1000,
+        inner,
+        encryption_context={"table": "t"},
+        rows=4 * 1000,
+        max_messages_per_key=1000,
         spec=kmsenv.WorkerSpec.from_provider(inner, cache_max_keys=1),
     )
     return opts, arns, job, backend
@@ -221,9 +224,7 @@ def test_prefork_server(setup):
     opts, arns, job, _ = setup
     provider = _provider(opts, arns)
     pending = _warm(provider, job)
-    children = [
-        start_in_fork(lambda i=i: produce(f"prefork-{i}", provider, job, pending)) for i in range(3)
-    ]
+    children = [start_in_fork(lambda i=i: produce(f"prefork-{i}", provider, job, pending)) for i in range(3)]
     outputs = [produce("prefork-parent", provider, job)]
     outputs += [join_fork(child) for child in children]
     summary = check(outputs, arns, opts, job)

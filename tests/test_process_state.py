@@ -51,9 +51,25 @@ SHARED_ON_PURPOSE = {
 }
 
 MUTABLE_CALLS = {
-    "Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "Event", "local", "OrderedDict", "dict",
-    "list", "set", "defaultdict", "deque", "_Memo", "ThreadPoolExecutor", "count", "WeakSet",
-    "WeakValueDictionary", "WeakKeyDictionary",
+    "Lock",
+    "RLock",
+    "Condition",
+    "Semaphore",
+    "BoundedSemaphore",
+    "Event",
+    "local",
+    "OrderedDict",
+    "dict",
+    "list",
+    "set",
+    "defaultdict",
+    "deque",
+    "_Memo",
+    "ThreadPoolExecutor",
+    "count",
+    "WeakSet",
+    "WeakValueDictionary",
+    "WeakKeyDictionary",
 }
 
 
@@ -112,7 +128,8 @@ def _import_everything() -> None:
 
 def test_only_the_process_module_registers_at_fork_handlers():
     offenders = [
-        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
         if "register_at_fork" in p.read_text(encoding="utf-8") and p.name != "_process.py"
     ]
     assert offenders == []
@@ -141,9 +158,13 @@ def _classes_with_locks() -> dict[str, set[str]]:
         for cls in (n for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(n, ast.ClassDef)):
             methods = {f.name for f in cls.body if isinstance(f, ast.FunctionDef)}
             for node in ast.walk(cls):
-                if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
-                        and isinstance(node.value.func, ast.Attribute) and node.value.func.attr in ("Lock", "RLock")
-                        and any(isinstance(t, ast.Attribute) for t in node.targets)):
+                if (
+                    isinstance(node, ast.Assign)
+                    and isinstance(node.value, ast.Call)
+                    and isinstance(node.value.func, ast.Attribute)
+                    and node.value.func.attr in ("Lock", "RLock")
+                    and any(isinstance(t, ast.Attribute) for t in node.targets)
+                ):
                     found[f"{_module_name(path)}.{cls.name}"] = methods
     return found
 
@@ -205,7 +226,8 @@ def test_a_forked_child_starts_with_fresh_state(local_kms, cmks, worker_env):
             "decrypt_entries": sum(e.edks is None for e in entries),
             "jobkey_keys": jobkey.stats()["keys"],
             "kms_clients": clients,
-            "iv_reused": (header.header_iv + body.iv) in parent_pool or header.header_iv in {p[:12] for p in parent_pool},
+            "iv_reused": (header.header_iv + body.iv) in parent_pool
+            or header.header_iv in {p[:12] for p in parent_pool},
             "decrypts": kmsenv.decrypt(message, provider).plaintext.decode(),
             "buffers": len(_buffers._free),
         }

@@ -52,8 +52,9 @@ TARGETS = {
 NEEDS_NATIVE = {"decrypt", "decrypt_many", "native_open_messages", "decrypt_stream", "open_columns"}
 NATIVE = kmsenv.native_available()
 needs_native = pytest.mark.skipif(not NATIVE, reason="the native core is not built (the backends cannot be compared)")
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                         HealthCheck.data_too_large])
+FAST = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 MESSAGES = make_corpus.all_messages()
 PROVIDER = common.FixedKeyProvider()
@@ -110,10 +111,14 @@ def test_decrypt_on_mutated_messages_both_backends_agree(flag, msg):
 
 
 @needs_native
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.data_too_large])
-@given(flag=st.integers(0, 3), picks=st.lists(st.one_of(st.sampled_from([m for b in make_corpus._batches() for m in b]),
-                                                        mutated(), st.binary(max_size=40)), max_size=6))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    flag=st.integers(0, 3),
+    picks=st.lists(
+        st.one_of(st.sampled_from([m for b in make_corpus._batches() for m in b]), mutated(), st.binary(max_size=40)),
+        max_size=6,
+    ),
+)
 def test_decrypt_many_equals_one_by_one(flag, picks):
     picks = [p for p in picks if len(p) <= 0xFFFF]
     fuzz_decrypt_many.target(bytes((flag,)) + common.join_items(picks))
@@ -163,8 +168,15 @@ def with_length(msg: bytes, pos: int, length_octets: bytes) -> bytes:
     return msg[: pos + 1] + length_octets + msg[r.pos :]
 
 
-BOMBS = [b"\x84\xff\xff\xff\xff", b"\x84\x7f\xff\xff\xff", b"\x84\x00\x00\x01\x00", b"\x85\x01\x00\x00\x00\x00",
-         b"\x88\xff\xff\xff\xff\xff\xff\xff\xff", b"\x80", b"\x81\x05"]
+BOMBS = [
+    b"\x84\xff\xff\xff\xff",
+    b"\x84\x7f\xff\xff\xff",
+    b"\x84\x00\x00\x01\x00",
+    b"\x85\x01\x00\x00\x00\x00",
+    b"\x88\xff\xff\xff\xff\xff\xff\xff\xff",
+    b"\x80",
+    b"\x81\x05",
+]
 BOMB_MESSAGE = kmsenv.encrypt(b"bomb", PROVIDER, encryption_context=common.FIXED_CONTEXT).ciphertext
 
 
@@ -192,15 +204,16 @@ def test_hostile_lengths_fail_at_once_with_bounded_memory(pos, bomb):
             continue
         with capped_address_space():
             target(data)
-            check_bounded(lambda: target(data), len(data),
-                          getattr(target, "allocation_budget", common.allocation_budget))
+            check_bounded(
+                lambda: target(data), len(data), getattr(target, "allocation_budget", common.allocation_budget)
+            )
 
 
 def test_a_hundred_bytes_claiming_four_gib():
     big = b"\x84\xff\xff\xff\xff"
     cases = [
-        b"\x30" + big + bytes(94),                                  # the message claims 4 GiB
-        b"\x30\x62" + b"\x30" + big + bytes(92),                    # its header does
+        b"\x30" + big + bytes(94),  # the message claims 4 GiB
+        b"\x30\x62" + b"\x30" + big + bytes(92),  # its header does
         b"\x30\x62\x30\x60\x02\x01\x01\x02\x01\x02\x31" + big + bytes(84),  # the EDK set does
     ]
     for data in cases:
@@ -219,8 +232,13 @@ contexts = st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=12)
 
 
 @FAST
-@given(alg=st.sampled_from([a for a in Algorithm if a.authenticated]), ctx=contexts,
-       pt=st.binary(max_size=200), where=st.integers(min_value=0), bit=st.integers(0, 7))
+@given(
+    alg=st.sampled_from([a for a in Algorithm if a.authenticated]),
+    ctx=contexts,
+    pt=st.binary(max_size=200),
+    where=st.integers(min_value=0),
+    bit=st.integers(0, 7),
+)
 def test_round_trip_and_every_bit_flip_is_rejected(alg, ctx, pt, where, bit):
     msg = kmsenv.encrypt(pt, PROVIDER, encryption_context=ctx, algorithm=alg).ciphertext
     result = kmsenv.decrypt(msg, PROVIDER, expected_encryption_context=ctx)
@@ -265,10 +283,15 @@ def test_encrypted_data_key_count_limit():
         kmsenv.parse_header(header_bytes([edk(i) for i in range(3)]), max_encrypted_data_keys=2)
 
 
-@pytest.mark.parametrize("arn_len, blob_len, ok", [
-    (codec.MAX_ARN_BYTES, 8, True), (codec.MAX_ARN_BYTES + 1, 8, False),
-    (60, codec.MAX_EDK_BYTES, True), (60, codec.MAX_EDK_BYTES + 1, False),
-])
+@pytest.mark.parametrize(
+    "arn_len, blob_len, ok",
+    [
+        (codec.MAX_ARN_BYTES, 8, True),
+        (codec.MAX_ARN_BYTES + 1, 8, False),
+        (60, codec.MAX_EDK_BYTES, True),
+        (60, codec.MAX_EDK_BYTES + 1, False),
+    ],
+)
 def test_arn_and_edk_size_limits(arn_len, blob_len, ok):
     msg = header_bytes([edk(0, arn_len, blob_len)])
     if ok:
@@ -306,8 +329,7 @@ STREAM_SEEDS = make_corpus.seeds_decrypt_stream()
 
 
 @needs_native
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.data_too_large])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(seed=st.sampled_from(STREAM_SEEDS), data=st.data())
 def test_decrypt_stream_on_mutated_streams(seed, data):
     msg = data.draw(mutated(st.just(seed[1:])))
@@ -342,8 +364,11 @@ def regression_params():
     for param in REGRESSIONS:
         target, path = param.values
         key = f"{target}/{os.path.basename(path)}"
-        marks = [pytest.mark.xfail(strict=True, raises=MemoryError, reason=KNOWN_FINDINGS[key])] \
-            if key in KNOWN_FINDINGS else []
+        marks = (
+            [pytest.mark.xfail(strict=True, raises=MemoryError, reason=KNOWN_FINDINGS[key])]
+            if key in KNOWN_FINDINGS
+            else []
+        )
         yield pytest.param(target, path, id=key, marks=marks)
 
 

@@ -228,11 +228,9 @@ class TestConcurrency:
             t.join()
         assert not errors
 
-
-# ---------------------------------------------------------------------------
-# Failures
-# ---------------------------------------------------------------------------
-
+    # ---------------------------------------------------------------------------
+    # Failures
+    # ---------------------------------------------------------------------------
 
     def test_called_from_the_shared_pool(self, kms, cmks):
         from kmsenv.providers import _shared_pool
@@ -245,8 +243,14 @@ class TestConcurrency:
 
 class TestEncryptFailures:
     def test_secondary_region_down_fails_and_wipes(self, make_kms, local_kms, cmks):
-        k = RecordingKms(access_key_id=local_kms.access_key_id, access_key_secret=local_kms.access_key_secret,
-                         endpoints=local_kms.endpoints, backoff_base=0.001, backoff_max=0.002, max_attempts=2)
+        k = RecordingKms(
+            access_key_id=local_kms.access_key_id,
+            access_key_secret=local_kms.access_key_secret,
+            endpoints=local_kms.endpoints,
+            backoff_base=0.001,
+            backoff_max=0.002,
+            max_attempts=2,
+        )
         p = KmsKeyProvider(cmks.hz, cmks.bj, cmks.sh, kms=k)
         local_kms.set_fault(SH, down=True)
         with pytest.raises(KmsError) as info:
@@ -256,8 +260,11 @@ class TestEncryptFailures:
         assert len(k.handed_out) == 1 and k.handed_out[0] == bytearray(32)  # wiped
 
     def test_success_wipes_the_working_copy(self, local_kms, cmks, clean_faults):
-        k = RecordingKms(access_key_id=local_kms.access_key_id, access_key_secret=local_kms.access_key_secret,
-                         endpoints=local_kms.endpoints)
+        k = RecordingKms(
+            access_key_id=local_kms.access_key_id,
+            access_key_secret=local_kms.access_key_secret,
+            endpoints=local_kms.endpoints,
+        )
         dk = KmsKeyProvider(cmks.hz, cmks.bj, kms=k).generate_data_key(AES256, {})
         assert dk.plaintext != bytearray(32)
         assert k.handed_out[0] == bytearray(32)

@@ -36,8 +36,11 @@ def env():
     with LocalKms(regions=list(REGIONS)) as server, worker_environment(server) as env_vars:
         arns = [server.create_key(r) for r in REGIONS]
         kms = Kms(
-            access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
-            endpoints=server.endpoints, backoff_base=0.001, backoff_max=0.005,
+            access_key_id=server.access_key_id,
+            access_key_secret=server.access_key_secret,
+            endpoints=server.endpoints,
+            backoff_base=0.001,
+            backoff_max=0.005,
         )
         provider = kmsenv.KmsKeyProvider(*arns, kms=kms)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env_vars})
@@ -57,10 +60,12 @@ calls = kms_calls
 
 @pytest.fixture(scope="module")
 def table():
-    return pa.table({
-        "id": pa.array(range(ROWS), pa.int64()),
-        "email": pa.array([f"user{i:07d}.{(i * 2654435761) % 100000:05d}@example.com" for i in range(ROWS)]),
-    })
+    return pa.table(
+        {
+            "id": pa.array(range(ROWS), pa.int64()),
+            "email": pa.array([f"user{i:07d}.{(i * 2654435761) % 100000:05d}@example.com" for i in range(ROWS)]),
+        }
+    )
 
 
 def blocks(table: pa.Table, n: int = 8):
@@ -81,14 +86,22 @@ def test_one_decrypt_per_actor(env, table):
     server.reset_stats()
     ds = blocks(table)
     enc = ds.map_batches(
-        kr.Encryptor, fn_constructor_args=(job, "email"), fn_constructor_kwargs={"output": "enc", "share": ACTORS},
-        concurrency=ACTORS, num_cpus=0.5, batch_format="pyarrow", batch_size=5_000,
+        kr.Encryptor,
+        fn_constructor_args=(job, "email"),
+        fn_constructor_kwargs={"output": "enc", "share": ACTORS},
+        concurrency=ACTORS,
+        num_cpus=0.5,
+        batch_format="pyarrow",
+        batch_size=5_000,
     ).materialize()
     # 16 batches over 2 actors: one Decrypt per actor, in __init__.
     assert calls(server) == {(HZ, "Decrypt"): ACTORS}
     got = to_table(enc)
     assert got.column("enc").type == pa.binary()
-    assert kmsenv.decrypt(got.column("enc")[123].as_py(), provider).plaintext == table.column("email")[123].as_py().encode()
+    assert (
+        kmsenv.decrypt(got.column("enc")[123].as_py(), provider).plaintext
+        == table.column("email")[123].as_py().encode()
+    )
     server.reset_stats()
     dec = to_table(kr.decrypt_dataset(enc, "enc", job, concurrency=ACTORS, num_cpus=0.5))
     # New actors (new processes): one Decrypt each again (+1 for the check above).
@@ -102,7 +115,13 @@ def test_compact_row_binding(env, table):
     store = kmsenv.DictKeyHeaderStore(job.headers)
     server.reset_stats()
     enc = kr.encrypt_dataset(
-        blocks(table), "email", job, concurrency=ACTORS, num_cpus=0.5, format="compact", aad_column="id",
+        blocks(table),
+        "email",
+        job,
+        concurrency=ACTORS,
+        num_cpus=0.5,
+        format="compact",
+        aad_column="id",
     ).materialize()
     assert calls(server) == {(HZ, "Decrypt"): ACTORS}
     got = to_table(enc)
@@ -110,7 +129,9 @@ def test_compact_row_binding(env, table):
     assert [len(v) for v in got.column("email").to_pylist()] == [len(v) + 45 for v in table.column("email").to_pylist()]
     # A reader with only a WorkerSpec and the key headers' store.
     reader = kmsenv.WorkerSpec.from_provider(provider)
-    dec = to_table(kr.decrypt_dataset(enc, "email", reader, key_store=store, aad_column="id", concurrency=1, num_cpus=0.5))
+    dec = to_table(
+        kr.decrypt_dataset(enc, "email", reader, key_store=store, aad_column="id", concurrency=1, num_cpus=0.5)
+    )
     assert dec.column("email").to_pylist() == table.column("email").to_pylist()
     # Swapped between rows: fails, naming the value.
     values = got.column("email").to_pylist()

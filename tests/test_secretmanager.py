@@ -45,8 +45,9 @@ from kmsenv.secretmanager import (
     encrypt_stream,
 )
 
-JAVA = json.loads((Path(__file__).parent / "vectors" / "alibaba-official-java-secretmanager.json")
-                  .read_text(encoding="utf-8"))
+JAVA = json.loads(
+    (Path(__file__).parent / "vectors" / "alibaba-official-java-secretmanager.json").read_text(encoding="utf-8")
+)
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 CTX = {"tenant": "t-1", "租户": "ｆ😀"}
 
@@ -58,9 +59,17 @@ def _no_proxy(monkeypatch):
 
 
 def official_client(server, region: str = HZ) -> Client:
-    return Client(Config(access_key_id=server.access_key_id, access_key_secret=server.access_key_secret,
-                         endpoint=server.hosts[region], protocol="http", region_id=region,
-                         read_timeout=30000, connect_timeout=2000))
+    return Client(
+        Config(
+            access_key_id=server.access_key_id,
+            access_key_secret=server.access_key_secret,
+            endpoint=server.hosts[region],
+            protocol="http",
+            region_id=region,
+            read_timeout=30000,
+            connect_timeout=2000,
+        )
+    )
 
 
 def key_provider(local_kms, cmks, **kw) -> KmsKeyProvider:
@@ -77,6 +86,7 @@ def unique() -> str:
 
 # -- an independent reading of what the secret holds ------------------------------------------
 
+
 def der_walk(buf: bytes, pos: int = 0, end: int | None = None) -> list:
     """A nested [tag, content-or-children] list (SEQUENCE/SET walked), strict about lengths."""
     end = len(buf) if end is None else end
@@ -87,10 +97,10 @@ def der_walk(buf: bytes, pos: int = 0, end: int | None = None) -> list:
         length = first
         if first & 0x80:
             n = first & 0x7F
-            length = int.from_bytes(buf[pos:pos + n], "big")
+            length = int.from_bytes(buf[pos : pos + n], "big")
             pos += n
         assert pos + length <= end
-        content = buf[pos:pos + length]
+        content = buf[pos : pos + length]
         out.append([tag, der_walk(buf, pos, pos + length) if tag in (0x30, 0x31) else content])
         pos += length
     return out
@@ -131,8 +141,11 @@ def test_round_trip_and_the_stored_form_is_the_java_layout(backend, local_kms, c
     raw = base64.b64decode(stored.secret_data, validate=True)
     assert base64.b64encode(raw).decode() == stored.secret_data  # standard, padded, one line
     (header,) = der_walk(raw)
-    java = der_walk(base64.b64decode(next(r for r in JAVA if r["encryption_context"]
-                                          and r["category"] == "positive")["secret_value"]))[0]
+    java = der_walk(
+        base64.b64decode(
+            next(r for r in JAVA if r["encryption_context"] and r["category"] == "positive")["secret_value"]
+        )
+    )[0]
     # Same nesting as the Java SDK's header, but with three EDKs (one per region).
     assert shape([header])[0][0] == shape([java])[0][0] == 0x30
     fields = header[1]
@@ -214,10 +227,12 @@ def test_rotation_keeps_old_messages_readable(local_kms, cmks):
     m2 = encrypt(b"two", provider, encryption_context=CTX)
     assert v2 != v1
     # Stages moved as Secrets Manager moves them.
-    versions = official_client(local_kms).list_secret_version_ids(
-        M.ListSecretVersionIdsRequest(secret_name=name, include_deprecated="true")).body.version_ids.version_id
-    assert {v.version_id: v.version_stages.version_stage for v in versions} == {
-        v1: ["ACSPrevious"], v2: ["ACSCurrent"]}
+    versions = (
+        official_client(local_kms)
+        .list_secret_version_ids(M.ListSecretVersionIdsRequest(secret_name=name, include_deprecated="true"))
+        .body.version_ids.version_id
+    )
+    assert {v.version_id: v.version_stages.version_stage for v in versions} == {v1: ["ACSPrevious"], v2: ["ACSCurrent"]}
     # m2 is under the new key: the old version cannot open it, and vice versa.
     only_current = sm(local_kms, cmks, name, max_versions=1)
     assert decrypt(m2, only_current) == b"two"
@@ -331,17 +346,18 @@ def test_tampered_secret_is_refused(local_kms, cmks):
     provider = sm(local_kms, cmks, name)
     message = encrypt(b"data", provider)
     client = official_client(local_kms)
-    raw = bytearray(base64.b64decode(client.get_secret_value(M.GetSecretValueRequest(secret_name=name))
-                                     .body.secret_data))
+    raw = bytearray(
+        base64.b64decode(client.get_secret_value(M.GetSecretValueRequest(secret_name=name)).body.secret_data)
+    )
     raw[-1] ^= 1  # the header tag's last byte
-    client.put_secret_value(M.PutSecretValueRequest(secret_name=name, version_id="tampered",
-                                                    secret_data=base64.b64encode(raw).decode()))
+    client.put_secret_value(
+        M.PutSecretValueRequest(secret_name=name, version_id="tampered", secret_data=base64.b64encode(raw).decode())
+    )
     fresh = sm(local_kms, cmks, name, max_versions=1)
     with pytest.raises(HeaderAuthenticationError):
         decrypt(message, fresh)
     with pytest.raises(HeaderAuthenticationError):
         encrypt(b"x", fresh)
-
 
 
 def test_an_altered_older_version_is_skipped(local_kms, cmks):
@@ -350,13 +366,18 @@ def test_an_altered_older_version_is_skipped(local_kms, cmks):
     m1 = encrypt(b"under v1", provider)
     v2 = provider.rotate()
     client = official_client(local_kms)
-    raw = bytearray(base64.b64decode(client.get_secret_value(M.GetSecretValueRequest(secret_name=name))
-                                     .body.secret_data))
+    raw = bytearray(
+        base64.b64decode(client.get_secret_value(M.GetSecretValueRequest(secret_name=name)).body.secret_data)
+    )
     raw[-1] ^= 1
-    client.put_secret_value(M.PutSecretValueRequest(secret_name=name, version_id="tampered",
-                                                    secret_data=base64.b64encode(raw).decode()))
-    client.update_secret_version_stage(M.UpdateSecretVersionStageRequest(
-        secret_name=name, version_stage="ACSCurrent", move_to_version=v2, remove_from_version="tampered"))
+    client.put_secret_value(
+        M.PutSecretValueRequest(secret_name=name, version_id="tampered", secret_data=base64.b64encode(raw).decode())
+    )
+    client.update_secret_version_stage(
+        M.UpdateSecretVersionStageRequest(
+            secret_name=name, version_stage="ACSCurrent", move_to_version=v2, remove_from_version="tampered"
+        )
+    )
     # v2 current, the altered copy ACSPrevious, v1 older: v1 is still reached.
     fresh = sm(local_kms, cmks, name, max_versions=3)
     assert decrypt(m1, fresh) == b"under v1"

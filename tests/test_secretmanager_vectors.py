@@ -46,8 +46,12 @@ IDS = [r["description"] for r in RECORDS]
 
 
 def fakekms_blob(arn: str, ctx: dict, key: bytes) -> bytes:
-    return json.dumps({"arn": arn, "ctx": ctx, "dk": base64.b64encode(key).decode(), "fakekms": 1},
-                      sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return json.dumps(
+        {"arn": arn, "ctx": ctx, "dk": base64.b64encode(key).decode(), "fakekms": 1},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    ).encode()
 
 
 class FakeKmsProvider:
@@ -60,7 +64,9 @@ class FakeKmsProvider:
 
     def generate_data_key(self, algorithm: Algorithm, encryption_context: dict) -> DataKey:
         key = os.urandom(algorithm.key_len)
-        return DataKey(key, [EncryptedDataKey(self.key_arns[0], fakekms_blob(self.key_arns[0], encryption_context, key))])
+        return DataKey(
+            key, [EncryptedDataKey(self.key_arns[0], fakekms_blob(self.key_arns[0], encryption_context, key))]
+        )
 
     def decrypt_data_key(self, encrypted_data_keys, algorithm, encryption_context) -> bytearray:
         for edk in encrypted_data_keys:
@@ -119,7 +125,9 @@ def provider_for(record: dict, **kw) -> SecretManagerDataKeyProvider:
     return SecretManagerDataKeyProvider(FakeKmsProvider(record["cmk_arn"]), record["secret_name"], secrets=store, **kw)
 
 
-def open_record(record: dict, provider, allow_unauthenticated: bool) -> tuple[bytes | None, BaseException | None, bytes]:
+def open_record(
+    record: dict, provider, allow_unauthenticated: bool
+) -> tuple[bytes | None, BaseException | None, bytes]:
     """(plaintext, error, bytes written before the error) for a message or stream record."""
     message = base64.b64decode(record["message_b64"])
     out = io.BytesIO()
@@ -135,8 +143,12 @@ def open_record(record: dict, provider, allow_unauthenticated: bool) -> tuple[by
 def test_vector_file_is_the_public_set():
     assert len(RECORDS) == 80
     kinds = {(r["kind"], r["kmsenv_expect"]) for r in RECORDS}
-    assert kinds >= {("secret-manager-message", "ok"), ("secret-manager-stream", "ok-unauthenticated"),
-                     ("secret-manager-message", "error:format"), ("secret-manager-stream", "error:authentication")}
+    assert kinds >= {
+        ("secret-manager-message", "ok"),
+        ("secret-manager-stream", "ok-unauthenticated"),
+        ("secret-manager-message", "error:format"),
+        ("secret-manager-stream", "error:authentication"),
+    }
 
 
 @pytest.mark.parametrize("record", RECORDS, ids=IDS)
@@ -177,12 +189,13 @@ def _independent_ctx_bytes(ctx: dict) -> bytes:
 
 def _der_body(message: bytes) -> tuple[bytes, bytes, bytes]:
     """A hand-rolled reader for the Body SEQUENCE (short and long DER lengths)."""
+
     def tl(buf, pos):
         tag, first = buf[pos], buf[pos + 1]
         pos += 2
         if first & 0x80:
             n = first & 0x7F
-            length = int.from_bytes(buf[pos:pos + n], "big")
+            length = int.from_bytes(buf[pos : pos + n], "big")
             pos += n
         else:
             length = first
@@ -194,13 +207,15 @@ def _der_body(message: bytes) -> tuple[bytes, bytes, bytes]:
     for _ in range(3):
         tag, length, pos = tl(message, pos)
         assert tag == 0x04
-        fields.append(message[pos:pos + length])
+        fields.append(message[pos : pos + length])
         pos += length
     return fields[0], fields[1], fields[2]
 
 
-GCM_AES = sorted({r["secret_name"]: r for r in RECORDS if r["category"] == "positive"
-                  and r["algorithm"]["id"] in (1, 2)}.values(), key=lambda r: r["secret_name"])
+GCM_AES = sorted(
+    {r["secret_name"]: r for r in RECORDS if r["category"] == "positive" and r["algorithm"]["id"] in (1, 2)}.values(),
+    key=lambda r: r["secret_name"],
+)
 
 
 @pytest.mark.parametrize("record", GCM_AES, ids=[r["secret_name"] for r in GCM_AES])

@@ -32,8 +32,17 @@ from kms_fixtures import *  # noqa: F401,F403
 from kms_fixtures import BJ, HZ, REGIONS, SH
 
 PLAINTEXT = b"TOP-SECRET-PLAINTEXT-0123456789"
-SDK_LOGGERS = ("kmsenv", "kmsenv.localkms", "alibabacloud_credentials", "alibabacloud_tea_openapi",
-               "alibabacloud_kms20160120", "darabonba-core", "darabonba", "Tea", "aliyunsdkcore")
+SDK_LOGGERS = (
+    "kmsenv",
+    "kmsenv.localkms",
+    "alibabacloud_credentials",
+    "alibabacloud_tea_openapi",
+    "alibabacloud_kms20160120",
+    "darabonba-core",
+    "darabonba",
+    "Tea",
+    "aliyunsdkcore",
+)
 
 
 # ---------------------------------------------------------------- helpers
@@ -45,8 +54,14 @@ def forms(secret: bytes | str) -> list[bytes]:
     out = {raw}
     if isinstance(secret, bytes | bytearray):
         b64 = base64.b64encode(raw)
-        out |= {raw.hex().encode(), raw.hex().upper().encode(), b64, base64.urlsafe_b64encode(raw),
-                urllib.parse.quote(b64.decode(), safe="").encode(), b64.rstrip(b"=")}
+        out |= {
+            raw.hex().encode(),
+            raw.hex().upper().encode(),
+            b64,
+            base64.urlsafe_b64encode(raw),
+            urllib.parse.quote(b64.decode(), safe="").encode(),
+            b64.rstrip(b"="),
+        }
         escaped = repr(raw)[2:-1].encode()
         if len(escaped) >= 8:
             out.add(escaped)
@@ -108,9 +123,15 @@ class RecordingKms(Kms):
 @pytest.fixture
 def rkms(local_kms, clean_faults):
     def factory(**overrides) -> RecordingKms:
-        options = dict(access_key_id=local_kms.access_key_id, access_key_secret=local_kms.access_key_secret,
-                       endpoints=local_kms.endpoints, backoff_base=0.001, backoff_max=0.005,
-                       connect_timeout=2.0, read_timeout=5.0)
+        options = dict(
+            access_key_id=local_kms.access_key_id,
+            access_key_secret=local_kms.access_key_secret,
+            endpoints=local_kms.endpoints,
+            backoff_base=0.001,
+            backoff_max=0.005,
+            connect_timeout=2.0,
+            read_timeout=5.0,
+        )
         options.update(overrides)
         return RecordingKms(**options)
 
@@ -183,17 +204,27 @@ def exercise(local_kms, cmks, kms: Kms) -> list[BaseException]:
     for region in REGIONS:
         local_kms.set_fault(region)
     # secondary region too slow: encrypt fails after GenerateDataKey ran
-    slow = type(kms)(access_key_id=local_kms.access_key_id, access_key_secret=local_kms.access_key_secret,
-                     endpoints=local_kms.endpoints, backoff_base=0.001, backoff_max=0.002, read_timeout=0.2,
-                     max_attempts=1)
+    slow = type(kms)(
+        access_key_id=local_kms.access_key_id,
+        access_key_secret=local_kms.access_key_secret,
+        endpoints=local_kms.endpoints,
+        backoff_base=0.001,
+        backoff_max=0.002,
+        read_timeout=0.2,
+        max_attempts=1,
+    )
     slow.copies, slow.buffers = kms.copies, kms.buffers  # share the recording
     local_kms.set_fault(BJ, latency_ms=800)
     expect_error(lambda: kmsenv.encrypt(PLAINTEXT, KmsKeyProvider(cmks.hz, cmks.bj, kms=slow)))
     local_kms.set_fault(BJ)
     # a wrong access key secret: the signature error must not echo the query
     # (Encrypt's query carries the data key)
-    bad = Kms(access_key_id=local_kms.access_key_id, access_key_secret="WRONG-" + "s" * 24,
-              endpoints=local_kms.endpoints, max_attempts=1)
+    bad = Kms(
+        access_key_id=local_kms.access_key_id,
+        access_key_secret="WRONG-" + "s" * 24,
+        endpoints=local_kms.endpoints,
+        max_attempts=1,
+    )
     expect_error(lambda: bad.encrypt(cmks.hz, kms.copies[0]))
     expect_error(lambda: kmsenv.decrypt(msg, KmsKeyProvider(cmks.hz, kms=bad)))
     # tampering, wrong context, no usable key, disabled key
@@ -309,9 +340,15 @@ def test_no_secret_in_debug_logs_reprs_or_errors(local_kms, cmks, rkms, debug_lo
         assert find_secrets(text, secrets) == [], f"{type(exc).__name__}: {exc}"
     provider = KmsKeyProvider(cmks.hz, cmks.bj, kms=kms)
     result = kmsenv.encrypt(PLAINTEXT, provider)
-    reprs = [repr(kms), repr(provider), repr(local_kms), repr(result), repr(result.header),
-             repr(kmsenv.decrypt(result.ciphertext, provider)),
-             repr(kmsenv.message.codec.decode_message(result.ciphertext)[1])]
+    reprs = [
+        repr(kms),
+        repr(provider),
+        repr(local_kms),
+        repr(result),
+        repr(result.header),
+        repr(kmsenv.decrypt(result.ciphertext, provider)),
+        repr(kmsenv.message.codec.decode_message(result.ciphertext)[1]),
+    ]
     secrets.update({f"data key {i}": k for i, k in enumerate(kms.copies)})
     assert find_secrets("\n".join(reprs), secrets) == []
     assert all(not any(b) for b in kms.buffers)
@@ -349,8 +386,10 @@ def test_local_kms_server_logs_hold_no_secret(local_kms, cmks, rkms):
         import socket
 
         host, port = local_kms.hosts[HZ].split(":")
-        for raw in (b"GARBAGE /?Plaintext=AAAA HTTP/9\r\n\r\n",
-                    b"POST /?Action=Encrypt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"):
+        for raw in (
+            b"GARBAGE /?Plaintext=AAAA HTTP/9\r\n\r\n",
+            b"POST /?Action=Encrypt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        ):
             with socket.create_connection((host, int(port)), timeout=5) as s:
                 s.sendall(raw)
                 s.recv(4096)
@@ -366,9 +405,24 @@ def test_local_kms_server_logs_hold_no_secret(local_kms, cmks, rkms):
 def test_kms_serve_prints_the_secret_only_on_its_credentials_line(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    proc = subprocess.Popen([sys.executable, "-m", "kmsenv.localkms", "serve", "--region", "cn-hangzhou",
-                             "--region", "cn-beijing", "--state", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kmsenv.localkms",
+            "serve",
+            "--region",
+            "cn-hangzhou",
+            "--region",
+            "cn-beijing",
+            "--state",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     lines = []
     try:
         for line in proc.stdout:
@@ -379,14 +433,21 @@ def test_kms_serve_prints_the_secret_only_on_its_credentials_line(tmp_path):
         secret = exports["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
         endpoints = dict(e.split("=", 1) for e in exports["KMSENV_KMS_ENDPOINTS"].split(","))
         # use it (good and bad signatures) so the server has something to log
-        kms = Kms(access_key_id=exports["ALIBABA_CLOUD_ACCESS_KEY_ID"], access_key_secret=secret,
-                  endpoints=endpoints, max_attempts=1)
+        kms = Kms(
+            access_key_id=exports["ALIBABA_CLOUD_ACCESS_KEY_ID"],
+            access_key_secret=secret,
+            endpoints=endpoints,
+            max_attempts=1,
+        )
         with pytest.raises(KmsError):
             kms.generate_data_key("acs:kms:cn-hangzhou:1234567890123456:key/nope", key_spec="AES_256")
         with pytest.raises(KmsError):
-            Kms(access_key_id=exports["ALIBABA_CLOUD_ACCESS_KEY_ID"], access_key_secret="x" * 30,
-                endpoints=endpoints, max_attempts=1).decrypt(
-                "acs:kms:cn-hangzhou:1234567890123456:key/nope", b"blob")
+            Kms(
+                access_key_id=exports["ALIBABA_CLOUD_ACCESS_KEY_ID"],
+                access_key_secret="x" * 30,
+                endpoints=endpoints,
+                max_attempts=1,
+            ).decrypt("acs:kms:cn-hangzhou:1234567890123456:key/nope", b"blob")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)

@@ -88,8 +88,12 @@ def _run(disable: bool = False, extra: dict[str, str] | None = None) -> dict:
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))
     env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run(
-        [sys.executable, "-W", "always::RuntimeWarning", "-c", _CHILD], env=env, capture_output=True,
-        text=True, timeout=300, check=True
+        [sys.executable, "-W", "always::RuntimeWarning", "-c", _CHILD],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["stderr"] = out.stderr
@@ -126,8 +130,10 @@ def test_every_kernel_matches_openssl(run: str, both: tuple[dict, dict]) -> None
         assert "lacks its instructions" in got.get("warning", ""), got
     assert forced["digest"] == evp["digest"]
     if not ran:
-        pytest.skip(f"this CPU runs none of {sorted(_FORCED[run].values())} (flags lack "
-                    f"{sorted(set().union(*(_NEEDS[k] for k in _FORCED[run].values())) - flags)})")
+        pytest.skip(
+            f"this CPU runs none of {sorted(_FORCED[run].values())} (flags lack "
+            f"{sorted(set().union(*(_NEEDS[k] for k in _FORCED[run].values())) - flags)})"
+        )
 
 
 @pytest.mark.parametrize("kernel", ["vaes512", "vaes256", "gfni512", "gfni256", "aesni-avx2"])
@@ -181,8 +187,12 @@ def test_default_reports_what_the_cpu_has(both: tuple[dict, dict]) -> None:
     flags = _cpu_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo")
-    for bit, kernel in (("AES_VAES", "vaes256"), ("AES_VAES512", "vaes512"), ("SM4_GFNI", "gfni512"),
-                        ("SM4_GFNI256", "gfni256")):
+    for bit, kernel in (
+        ("AES_VAES", "vaes256"),
+        ("AES_VAES512", "vaes512"),
+        ("SM4_GFNI", "gfni512"),
+        ("SM4_GFNI256", "gfni256"),
+    ):
         assert simd["features"][bit] is (_NEEDS[kernel] <= flags), bit
     assert bool(simd["raw"] & FEATURE_SM4_AVX2) is ({"aes", "avx2", "vaes"} <= flags)
 

@@ -180,7 +180,9 @@ def test_compact_values_are_45_bytes_longer(spark, provider):
     overhead = enc.select((F.length("sealed") - F.length("email")).alias("d")).agg(F.min("d"), F.max("d")).first()
     assert tuple(overhead) == (45, 45)
     # A reader with only the store and a WorkerSpec (no JobKey) reads it back.
-    dec = kmsenv.spark.decrypt_column(enc, "sealed", WorkerSpec.from_provider(provider), key_store=store, output="plain")
+    dec = kmsenv.spark.decrypt_column(
+        enc, "sealed", WorkerSpec.from_provider(provider), key_store=store, output="plain"
+    )
     assert mismatches(dec, "plain") == (50_000, 0)
 
 
@@ -213,7 +215,8 @@ def test_compact_row_binding_and_a_swapped_value(spark, provider):
     with pytest.raises(Exception) as info:
         kmsenv.spark.decrypt_column(swapped, "email", job, aad_column="id").collect()
     assert "authentication failed (altered, moved to another row or column, or not sealed under this key header" in str(
-        info.value)
+        info.value
+    )
 
     # Bound values without their row ids are refused, and say why.
     with pytest.raises(Exception) as info:
@@ -247,8 +250,15 @@ def _driver_sealed(spark, provider, rows=20_000):
 def test_reader_prefers_its_region_and_fails_over(spark, local_kms, provider):
     spec = WorkerSpec.from_provider(
         provider,
-        kms=KmsSpec(endpoints=local_kms.endpoints, prefer_regions=(HZ, BJ, SH), max_attempts=2,
-                    backoff_base=0.001, backoff_max=0.005, connect_timeout=2.0, read_timeout=5.0),
+        kms=KmsSpec(
+            endpoints=local_kms.endpoints,
+            prefer_regions=(HZ, BJ, SH),
+            max_attempts=2,
+            backoff_base=0.001,
+            backoff_max=0.005,
+            connect_timeout=2.0,
+            read_timeout=5.0,
+        ),
     )
     _, df = _driver_sealed(spark, provider)
     before = local_kms.stats()
@@ -318,8 +328,9 @@ def test_encrypt_udf(spark, provider):
     dec = kmsenv.spark.decrypt_column(enc, "email", job)
     assert mismatches(dec) == (20_000, 0)
 
-    bound = src.select("id", kmsenv.spark.encrypt_udf(job, format="compact", aad_name="email")("email", "id")
-                       .alias("email"))
+    bound = src.select(
+        "id", kmsenv.spark.encrypt_udf(job, format="compact", aad_name="email")("email", "id").alias("email")
+    )
     dec = kmsenv.spark.decrypt_column(bound, "email", job, aad_column="id")
     assert mismatches(dec) == (20_000, 0)
     # The UDF cannot see its alias: the compact format needs the column name.

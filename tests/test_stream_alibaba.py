@@ -94,8 +94,14 @@ def test_java_reads_what_we_write(backend, alg):
     key = os.urandom(32)
     data = os.urandom(300_001)
     out = io.BytesIO()
-    r = encrypt_stream(io.BytesIO(data), out, FixedKeyProvider(key, ARN_BJ, ARN_HZ), algorithm=alg,
-                       encryption_context=CTX, format="alibaba-stream")
+    r = encrypt_stream(
+        io.BytesIO(data),
+        out,
+        FixedKeyProvider(key, ARN_BJ, ARN_HZ),
+        algorithm=alg,
+        encryption_context=CTX,
+        format="alibaba-stream",
+    )
     message = out.getvalue()
     assert message[:4] == b"\x00\x00\x00\x01" and r.bytes_out == len(message)
     edks, plain = java_read(alg, key[: alg.key_len], message)

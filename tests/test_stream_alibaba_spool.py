@@ -75,8 +75,9 @@ def _check_private_spool(directory: str) -> None:
 
 
 @pytest.mark.parametrize("spot", ["first chunk", "last chunk"])
-def test_open_reads_what_was_verified_when_the_file_changes_after_open(backend, provider, tmp_path, temp_dir,
-                                                                       spool, spot):
+def test_open_reads_what_was_verified_when_the_file_changes_after_open(
+    backend, provider, tmp_path, temp_dir, spool, spot
+):
     data = os.urandom(3 * CHUNK + 123 if spool == "file" else 100_000)
     message = _encrypt(provider, data)
     path = tmp_path / "msg.kms"
@@ -93,8 +94,9 @@ def test_open_reads_what_was_verified_when_the_file_changes_after_open(backend, 
         assert first + r.read() == data
 
 
-def test_decrypt_stream_writes_what_was_verified_when_the_file_changes_between_passes(backend, provider, tmp_path,
-                                                                                      temp_dir, spool):
+def test_decrypt_stream_writes_what_was_verified_when_the_file_changes_between_passes(
+    backend, provider, tmp_path, temp_dir, spool
+):
     data = os.urandom(3 * CHUNK + 123 if spool == "file" else 100_000)
     message = _encrypt(provider, data)
     path = tmp_path / "msg.kms"
@@ -147,8 +149,9 @@ def test_spool_is_private_and_named_nowhere_while_reading(backend, provider, tmp
 
 
 @needs_proc
-def test_decrypt_stream_spools_privately_next_to_a_named_destination(backend, provider, tmp_path, temp_dir,
-                                                                     monkeypatch):
+def test_decrypt_stream_spools_privately_next_to_a_named_destination(
+    backend, provider, tmp_path, temp_dir, monkeypatch
+):
     monkeypatch.setattr(alibaba_stream, "SPOOL_MEMORY", 64 * 1024)
     data = os.urandom(2 * CHUNK + 77)
     path = tmp_path / "msg.kms"
@@ -174,8 +177,9 @@ def test_decrypt_stream_spools_privately_next_to_a_named_destination(backend, pr
 
 @needs_proc
 @pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
-def test_a_destination_that_is_no_regular_file_spools_in_the_temp_dir(backend, provider, tmp_path, temp_dir,
-                                                                       monkeypatch):
+def test_a_destination_that_is_no_regular_file_spools_in_the_temp_dir(
+    backend, provider, tmp_path, temp_dir, monkeypatch
+):
     monkeypatch.setattr(alibaba_stream, "SPOOL_MEMORY", 64 * 1024)
     data = os.urandom(2 * CHUNK)
     message = _encrypt(provider, data)
@@ -232,8 +236,9 @@ def test_spool_gone_after_a_body_that_fails_its_tag(backend, provider, tmp_path,
 
 
 @needs_proc
-def test_tag_rechecked_at_the_end_and_spool_gone_if_the_spool_itself_changes(backend, provider, tmp_path,
-                                                                             temp_dir, monkeypatch):
+def test_tag_rechecked_at_the_end_and_spool_gone_if_the_spool_itself_changes(
+    backend, provider, tmp_path, temp_dir, monkeypatch
+):
     """Defence in depth: the spool is out of every other user's reach, but a
     change to it (here: by this process, through /proc) still fails the
     end-of-stream tag check, and the spool is closed on that path too."""

@@ -26,8 +26,9 @@ def test_files_round_trip(backend, tmp_path, fmt, alg):
     provider = FakeKmsProvider()
     data = os.urandom(200_003)
     path = tmp_path / "msg.bin"
-    with kopen(path, "wb", provider=provider, format=fmt, algorithm=alg, frame_size=4096,
-               encryption_context={"k": "v"}) as w:
+    with kopen(
+        path, "wb", provider=provider, format=fmt, algorithm=alg, frame_size=4096, encryption_context={"k": "v"}
+    ) as w:
         for i in range(0, len(data), 7777):
             assert w.write(data[i : i + 7777]) == len(data[i : i + 7777])
     assert w.result.format == fmt and w.result.bytes_in == len(data)

@@ -144,8 +144,9 @@ def test_stream_encrypted_message_is_read_by_kmsenv_decrypt(backend, provider, t
     assert os.listdir(temp_dir) == []  # any spool is gone
 
 
-@pytest.mark.parametrize("alg", [kmsenv.Algorithm.AES_GCM_NOPADDING_128, kmsenv.Algorithm.SM4_GCM_NOPADDING_128],
-                         ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    "alg", [kmsenv.Algorithm.AES_GCM_NOPADDING_128, kmsenv.Algorithm.SM4_GCM_NOPADDING_128], ids=lambda a: a.name
+)
 def test_other_gcm_algorithms(backend, kms, cmks, tmp_path, alg):
     cmk = cmks.sm4 if alg.info.cipher == "SM4" else cmks.hz
     provider = kmsenv.KmsKeyProvider(cmk, kms=kms, algorithm=alg)
@@ -191,8 +192,9 @@ def test_legacy_algorithms(backend, provider, tmp_path):
     with pytest.raises(ConfigurationError):
         _stream_encrypt("bytesio", b"x", provider, tmp_path, algorithm=kmsenv.Algorithm.AES_CBC_PKCS5_256)
     data = os.urandom(50_000)
-    message = kmsenv.encrypt(data, provider, algorithm=kmsenv.Algorithm.AES_CTR_NOPADDING_256,
-                             allow_unauthenticated=True).ciphertext
+    message = kmsenv.encrypt(
+        data, provider, algorithm=kmsenv.Algorithm.AES_CTR_NOPADDING_256, allow_unauthenticated=True
+    ).ciphertext
     for kind in ("bytesio", "pipe"):
         assert _refused(message, provider) is UnauthenticatedAlgorithmError
         assert _stream_decrypt(kind, message, provider, tmp_path, allow_unauthenticated=True)[0] == data
@@ -205,8 +207,11 @@ def test_official_vectors_through_the_stream(v, backend):
     (in memory and from a reader) as kmsenv_expect says of kmsenv.decrypt."""
     expect = v["kmsenv_expect"]
     arns = [v["decrypt_with_arn"]] if v.get("decrypt_with_arn") else v["cmk_arns"]
-    errors = {"error:authentication": AuthenticationError, "error:format": MessageFormatError,
-              "error:no-usable-key": kmsenv.NoUsableKeyError}
+    errors = {
+        "error:authentication": AuthenticationError,
+        "error:format": MessageFormatError,
+        "error:no-usable-key": kmsenv.NoUsableKeyError,
+    }
     for kind in ("bytesio", "readonly"):
         provider = FakeKmsProvider(*arns)  # the vectors' EDKs are wrapped the FakeKms way
         src = io.BytesIO(v["message"]) if kind == "bytesio" else ReadOnly(v["message"], step=7)
@@ -237,8 +242,7 @@ def test_truncated_or_extended_large_message(backend, provider, temp_dir, spool,
     data = os.urandom(3 * CHUNK + 7)
     message = kmsenv.encrypt(data, provider).ciphertext
     ct_start = len(message) - TAG_TLV - len(data)
-    for cut in (ct_start + 1, ct_start + CHUNK, ct_start + len(data) - 1, len(message) - TAG_TLV,
-                len(message) - 1):
+    for cut in (ct_start + 1, ct_start + CHUNK, ct_start + len(data) - 1, len(message) - TAG_TLV, len(message) - 1):
         assert _refused(message[:cut], provider, kind) is MessageFormatError
     assert _refused(message + b"\x00", provider, kind) is MessageFormatError  # trailing data
     assert os.listdir(temp_dir) == []
@@ -299,8 +303,9 @@ def test_header_larger_than_the_edk_limit_allows(provider):
 
 
 @pytest.mark.parametrize("opened", ["decrypt_stream", "open"])
-def test_a_file_changed_between_the_passes_releases_only_what_was_verified(backend, provider, tmp_path, temp_dir,
-                                                                         spool, opened):
+def test_a_file_changed_between_the_passes_releases_only_what_was_verified(
+    backend, provider, tmp_path, temp_dir, spool, opened
+):
     data = os.urandom(3 * CHUNK + 123)
     message = kmsenv.encrypt(data, provider).ciphertext
     path = tmp_path / "msg.kms"
@@ -322,6 +327,7 @@ def test_a_file_changed_between_the_passes_releases_only_what_was_verified(backe
             another_writer()
             assert r.read() == data
     else:
+
         def progress(consumed: int) -> None:
             if consumed == len(message):  # pass 1 has read everything
                 another_writer()
@@ -362,8 +368,10 @@ def test_an_input_file_that_changes_size_while_encrypted_is_refused(backend, pro
     prefix, announced = _body_prefix_len(partial)
     assert announced == size
     assert len(partial) == prefix + (size if change == "grows" else 2 * CHUNK)
-    for reader in (lambda m: kmsenv.decrypt(m, provider),
-                   lambda m: decrypt_stream(io.BytesIO(m), WriteOnly(), provider)):
+    for reader in (
+        lambda m: kmsenv.decrypt(m, provider),
+        lambda m: decrypt_stream(io.BytesIO(m), WriteOnly(), provider),
+    ):
         with pytest.raises(MessageFormatError):
             reader(partial)
 
@@ -415,8 +423,13 @@ def test_a_pipe_is_spooled_and_said_so_in_one_line(backend, provider, tmp_path, 
     src, t = _feed_pipe(data)
     out = io.BytesIO()
     with src:
-        encrypt_stream(src, out, provider, format="alibaba",
-                       progress=lambda n: listings.append(os.listdir(temp_dir)) if n > CHUNK else None)
+        encrypt_stream(
+            src,
+            out,
+            provider,
+            format="alibaba",
+            progress=lambda n: listings.append(os.listdir(temp_dir)) if n > CHUNK else None,
+        )
     t.join()
     notes = [r for r in caplog.records if r.name == "kmsenv" and r.levelno == logging.INFO]
     assert [r.getMessage() for r in notes] == [UNKNOWN_LENGTH_NOTE]
@@ -515,16 +528,28 @@ def test_512_mib_in_bounded_memory(local_kms, cmks, tmp_path):
                 block[:4] = i.to_bytes(4, "little")
                 f.write(block)
                 sha.update(block)
-        env = dict(os.environ, DER_TEST_KMS=json.dumps({
-            "id": local_kms.access_key_id, "secret": local_kms.access_key_secret,
-            "endpoints": local_kms.endpoints, "arn": cmks.hz,
-        }))
+        env = dict(
+            os.environ,
+            DER_TEST_KMS=json.dumps(
+                {
+                    "id": local_kms.access_key_id,
+                    "secret": local_kms.access_key_secret,
+                    "endpoints": local_kms.endpoints,
+                    "arn": cmks.hz,
+                }
+            ),
+        )
         root = kmsenv_import_root()
         if root:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         env["TMPDIR"] = str(tmp_path)  # the pipe's ciphertext spool
-        proc = subprocess.run([sys.executable, "-c", _CHILD, str(plain), str(message), str(out)], env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(plain), str(message), str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr
         peaks = json.loads(proc.stdout)
         assert set(peaks) == {"encrypt file", "encrypt pipe", "decrypt file"}

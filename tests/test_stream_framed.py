@@ -284,7 +284,9 @@ def test_key_commitment_rejects_other_data_key(backend, monkeypatch):
     calls = []
     real_new_key, real_open = be.new_key, be.frames_open
     monkeypatch.setattr(be, "new_key", lambda *a, **k: calls.append("new_key") or real_new_key(*a, **k), raising=False)
-    monkeypatch.setattr(be, "frames_open", lambda *a, **k: calls.append("frames_open") or real_open(*a, **k), raising=False)
+    monkeypatch.setattr(
+        be, "frames_open", lambda *a, **k: calls.append("frames_open") or real_open(*a, **k), raising=False
+    )
     out = io.BytesIO()
     with pytest.raises(AuthenticationError, match="commitment"):
         decrypt_stream(source(forged), out, provider)
@@ -317,7 +319,9 @@ def test_backends_agree_byte_for_byte(alg, fmt, monkeypatch):
         for name, threads in (("native", 1), ("native", 2), ("pure", 1)):
             crypto.set_backend(name)
             monkeypatch.setattr(_rand, "random_bytes", counter_random())
-            outputs[(name, threads)] = enc(data, FixedKeyProvider(key), algorithm=alg, format=fmt, frame_size=FS, threads=threads)[0]
+            outputs[(name, threads)] = enc(
+                data, FixedKeyProvider(key), algorithm=alg, format=fmt, frame_size=FS, threads=threads
+            )[0]
     finally:
         crypto.set_backend(previous)
     assert len(set(outputs.values())) == 1

@@ -128,8 +128,9 @@ def test_buffers_are_reused_and_bounded(backend, small_batches):
     provider = FakeKmsProvider()
     for _ in range(6):
         out = io.BytesIO()
-        encrypt_stream(io.BufferedReader(io.BytesIO(os.urandom(6 * FS))), out, provider,
-                       encryption_context=CTX, frame_size=FS)
+        encrypt_stream(
+            io.BufferedReader(io.BytesIO(os.urandom(6 * FS))), out, provider, encryption_context=CTX, frame_size=FS
+        )
         decrypt_stream(io.BufferedReader(io.BytesIO(out.getvalue())), io.BytesIO(), provider)
     kept = _kept_buffers()
     assert 0 < len(kept) <= _buffers.MAX_KEPT_BUFFERS
@@ -195,8 +196,9 @@ def test_write_errors_surface_and_order_is_kept(backend, small_batches, threads,
 
     for ok in (0, 1, 3, 6):
         with pytest.raises(OSError, match="No space"):
-            encrypt_stream(wrap(data), FailingSink(ok), provider, encryption_context=CTX, frame_size=FS,
-                           threads=threads)
+            encrypt_stream(
+                wrap(data), FailingSink(ok), provider, encryption_context=CTX, frame_size=FS, threads=threads
+            )
     for ok in (0, 2, 5):
         short = FailingSink(ok)
         with pytest.raises(OSError, match="No space"):
@@ -241,8 +243,9 @@ def test_helper_thread_only_for_os_level_sinks(backend, tmp_path):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_child_starts_with_a_fresh_pool(backend, small_batches):
     provider = FakeKmsProvider()
-    encrypt_stream(io.BufferedReader(io.BytesIO(os.urandom(6 * FS))), io.BytesIO(), provider,
-                   encryption_context=CTX, frame_size=FS)
+    encrypt_stream(
+        io.BufferedReader(io.BytesIO(os.urandom(6 * FS))), io.BytesIO(), provider, encryption_context=CTX, frame_size=FS
+    )
     assert _buffers.held() > 0
     with _buffers._lock:  # as if another thread were inside take() when fork() ran
         pid = os.fork()

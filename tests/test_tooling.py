@@ -83,10 +83,20 @@ def _lint_imports(src: pathlib.Path, cwd: pathlib.Path) -> tuple[int, dict[str, 
     ``src``; (exit code, {contract name: KEPT or BROKEN})."""
     shutil.copy(PYPROJECT, cwd / "pyproject.toml")
     out = subprocess.run(
-        [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())",
-         "--config", str(cwd / "pyproject.toml"), "--no-cache"],
-        cwd=str(cwd), env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, check=False, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())",
+            "--config",
+            str(cwd / "pyproject.toml"),
+            "--no-cache",
+        ],
+        cwd=str(cwd),
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
     found = dict(re.findall(r"^(.+?) ?(KEPT|BROKEN)\b", out.stdout, re.M))
     return out.returncode, {name.strip(): status for name, status in found.items()}

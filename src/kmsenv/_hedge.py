@@ -59,8 +59,19 @@ from typing import Mapping
 
 from kmsenv import _process
 
-__all__ = ["HedgeStats", "Hedging", "FLOOR", "CAP", "INITIAL", "WINDOW", "MIN_SAMPLES", "PERCENTILE", "HEADROOM",
-           "BUDGET_RATIO", "BUDGET_BURST"]
+__all__ = [
+    "HedgeStats",
+    "Hedging",
+    "FLOOR",
+    "CAP",
+    "INITIAL",
+    "WINDOW",
+    "MIN_SAMPLES",
+    "PERCENTILE",
+    "HEADROOM",
+    "BUDGET_RATIO",
+    "BUDGET_BURST",
+]
 
 FLOOR = 0.020  # seconds
 CAP = 0.5

@@ -82,9 +82,7 @@ class Arn:
         if isinstance(text, Arn):
             return text
         if not isinstance(text, str):
-            raise ConfigurationError(
-                f"a KMS key ARN must be a str, not {type(text).__name__}"
-            )
+            raise ConfigurationError(f"a KMS key ARN must be a str, not {type(text).__name__}")
         if text == "":
             raise ConfigurationError("empty KMS key ARN")
         if text != text.strip():
@@ -126,8 +124,7 @@ class Arn:
         rtype, sep, key_id = resource.partition("/")
         if rtype == "alias":
             raise ConfigurationError(
-                f"{_describe(text)} is an alias ARN; a key ARN "
-                "'acs:kms:<region>:<account-id>:key/<key-id>' is required"
+                f"{_describe(text)} is an alias ARN; a key ARN 'acs:kms:<region>:<account-id>:key/<key-id>' is required"
             )
         if rtype != "key" or not sep:
             raise ConfigurationError(

@@ -72,7 +72,12 @@ def _rows_array(rows: Any, length: int) -> pa.Array:
     t = rows.type
     if t in _BINARY_TYPES:
         return rows
-    if pa.types.is_integer(t) or pa.types.is_string_view(t) or pa.types.is_binary_view(t) or pa.types.is_fixed_size_binary(t):
+    if (
+        pa.types.is_integer(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_binary_view(t)
+        or pa.types.is_fixed_size_binary(t)
+    ):
         return rows.cast(pa.string()) if pa.types.is_integer(t) else rows.cast(pa.binary())
     raise ConfigurationError(f"row ids must be integers, strings or binary, not {t}")
 
@@ -81,7 +86,11 @@ def _column(array: pa.Array) -> Column:
     width = _BINARY_TYPES[array.type]
     validity, offsets, data = array.buffers()
     n = len(array)
-    offs = memoryview(offsets)[array.offset * width : (array.offset + n + 1) * width] if offsets is not None else bytes(width)
+    offs = (
+        memoryview(offsets)[array.offset * width : (array.offset + n + 1) * width]
+        if offsets is not None
+        else bytes(width)
+    )
     return Column(
         n,
         # pyarrow exports signed bytes ("b"); readers index them as unsigned.
@@ -135,8 +144,16 @@ def encrypt_array(
     _check_column(column, format)
     chunks, chunked = _chunks(array)
     out, _ = _encrypt_chunks(
-        chunks, rows, KeySource(key), "array", format=format, encryption_context=encryption_context,
-        algorithm=algorithm, key_store=key_store, partition=partition, column=column,
+        chunks,
+        rows,
+        KeySource(key),
+        "array",
+        format=format,
+        encryption_context=encryption_context,
+        algorithm=algorithm,
+        key_store=key_store,
+        partition=partition,
+        column=column,
     )
     return _chunked(out) if chunked else out[0]
 
@@ -214,8 +231,15 @@ def decrypt_array(
         col = _column(arr)
         row_col = _column(_rows_array(row, len(arr))) if row is not None else None
         opened = decrypt_with(
-            source, col, format=format, rows=row_col, key_store=key_store, headers=headers,
-            expected_context=expected_encryption_context, column=column, allow_uncommitted=allow_uncommitted,
+            source,
+            col,
+            format=format,
+            rows=row_col,
+            key_store=key_store,
+            headers=headers,
+            expected_context=expected_encryption_context,
+            column=column,
+            allow_uncommitted=allow_uncommitted,
         )
         result = _to_arrow(opened, arr)
         if as_string:
@@ -223,7 +247,9 @@ def decrypt_array(
                 result = result.cast(pa.large_string() if opened.width == 8 else pa.string())
             except pa.ArrowInvalid:
                 opened.wipe()
-                raise MessageFormatError("a decrypted value is not valid UTF-8 (decrypt with as_string=False)") from None
+                raise MessageFormatError(
+                    "a decrypted value is not valid UTF-8 (decrypt with as_string=False)"
+                ) from None
         out.append(result)
     return _chunked(out, as_string) if chunked else out[0]
 
@@ -294,14 +320,20 @@ def encrypt_column(
     rows = table.column(_index(table, aad_column)) if aad_column else None
     chunks = table.column(i).chunks or [pa.array([], table.schema.field(i).type)]
     out, headers = _encrypt_chunks(
-        chunks, rows, KeySource(key), f"column {column!r}", format=format,
-        encryption_context=encryption_context, algorithm=algorithm,
+        chunks,
+        rows,
+        KeySource(key),
+        f"column {column!r}",
+        format=format,
+        encryption_context=encryption_context,
+        algorithm=algorithm,
         key_store=key_store if key_store is not None else _NullStore(),
         column=bound_name(output or column, aad_name, format),
     )
     result = _chunked(out)
-    field = _with_headers(pa.field(output or column, result.type, nullable=True), list(headers.values()), format,
-                          aad_column)
+    field = _with_headers(
+        pa.field(output or column, result.type, nullable=True), list(headers.values()), format, aad_column
+    )
     if output is None or output == column:
         return table.set_column(i, field, result)
     return table.append_column(field, result)
@@ -358,9 +390,16 @@ def decrypt_column(
         format = meta[FORMAT_KEY].decode("ascii", "replace")
     rows = table.column(_index(table, aad_column)) if aad_column else None
     result = decrypt_array(
-        table.column(i), key, format=format, rows=rows, key_store=key_store, headers=key_headers(field),
-        expected_encryption_context=expected_encryption_context, as_string=as_string,
-        column=args.aad_name, allow_uncommitted=args.allow_uncommitted,
+        table.column(i),
+        key,
+        format=format,
+        rows=rows,
+        key_store=key_store,
+        headers=key_headers(field),
+        expected_encryption_context=expected_encryption_context,
+        as_string=as_string,
+        column=args.aad_name,
+        allow_uncommitted=args.allow_uncommitted,
     )
     clean = {k: v for k, v in meta.items() if k not in (METADATA_KEY, FORMAT_KEY, AAD_KEY)}
     out_field = pa.field(output or column, result.type, nullable=True, metadata=clean or None)

@@ -75,8 +75,14 @@ class _Entry:
 
     __slots__ = ("key", "edks", "created", "messages", "bytes")
 
-    def __init__(self, key: bytes | bytearray, edks: tuple[EncryptedDataKey, ...] | None, created: float,
-                 messages: int = 0, nbytes: int = 0):
+    def __init__(
+        self,
+        key: bytes | bytearray,
+        edks: tuple[EncryptedDataKey, ...] | None,
+        created: float,
+        messages: int = 0,
+        nbytes: int = 0,
+    ):
         self.key = KeyCell(key)
         self.edks = edks
         self.created = created
@@ -160,8 +166,10 @@ class DataKeyCache:
 
     def __repr__(self) -> str:
         s = self.stats()
-        return (f"DataKeyCache(capacity={self.capacity}, max_age={self.max_age}, max_messages={self.max_messages}, "
-                f"max_bytes={self.max_bytes}, entries={s.entries}, hits={s.hits}, misses={s.misses})")
+        return (
+            f"DataKeyCache(capacity={self.capacity}, max_age={self.max_age}, max_messages={self.max_messages}, "
+            f"max_bytes={self.max_bytes}, entries={s.entries}, hits={s.hits}, misses={s.misses})"
+        )
 
     def __del__(self) -> None:
         try:
@@ -260,7 +268,9 @@ def _context_part(ctx: Mapping[str, str]) -> bytes:
     memo_key = tuple(ctx.items())
     part: bytes | None = _CONTEXT_MEMO.get(memo_key)
     if part is None:
-        items = sorted((_utf8(k, "encryption context key"), _utf8(v, "encryption context value")) for k, v in ctx.items())
+        items = sorted(
+            (_utf8(k, "encryption context key"), _utf8(v, "encryption context value")) for k, v in ctx.items()
+        )
         part = _u32(len(items)) + b"".join(_lp(k) + _lp(v) for k, v in items)
         _CONTEXT_MEMO.put(memo_key, part)
     return part
@@ -332,7 +342,8 @@ def _reset_after_fork() -> None:
 
 # Object tokens stay: the objects (and their ids) are the same in the child.
 _process.register(
-    __name__, ("_CONTEXT_MEMO", "_EDKS_MEMO", "_LAST_EDKS", "_object_tokens_lock", "_tokens", "_object_tokens"),
+    __name__,
+    ("_CONTEXT_MEMO", "_EDKS_MEMO", "_LAST_EDKS", "_object_tokens_lock", "_tokens", "_object_tokens"),
     _reset_after_fork,
 )
 
@@ -443,8 +454,10 @@ class CachingProvider:
         alg = _algorithm(algorithm)
         ctx = _context(encryption_context)
         # type() is int first: the engine's common case skips the bool checks.
-        if plaintext_size is not None and not (type(plaintext_size) is int and plaintext_size >= 0) and (
-            isinstance(plaintext_size, bool) or not isinstance(plaintext_size, int) or plaintext_size < 0
+        if (
+            plaintext_size is not None
+            and not (type(plaintext_size) is int and plaintext_size >= 0)
+            and (isinstance(plaintext_size, bool) or not isinstance(plaintext_size, int) or plaintext_size < 0)
         ):
             raise ConfigurationError("plaintext_size must be an int >= 0 or None")
         if not (type(message_count) is int and message_count >= 1) and (
@@ -465,8 +478,9 @@ class CachingProvider:
         if not isinstance(data_key, DataKey):
             return data_key  # the engine reports the provider's mistake
         if limits.max_age > 0 and len(data_key.plaintext) == alg.key_len:
-            entry = _Entry(data_key.plaintext, tuple(data_key.encrypted_data_keys), self.cache._now(),
-                           message_count, size)
+            entry = _Entry(
+                data_key.plaintext, tuple(data_key.encrypted_data_keys), self.cache._now(), message_count, size
+            )
             self.cache._put(cache_key, entry)
         return data_key
 
@@ -516,4 +530,3 @@ def _context(encryption_context: object) -> dict[str, str]:
     if not isinstance(encryption_context, Mapping):
         raise ConfigurationError("encryption_context must be a mapping of str to str")
     return dict(encryption_context)
-

@@ -480,8 +480,9 @@ def _refuse_link(dir_fd: int, name: str, shown: str) -> None:
     if stat.S_ISLNK(mode):
         raise UnsafePathError(f"refusing to replace {shown}: it is a symbolic link (remove it or name its target)")
     if not stat.S_ISREG(mode):
-        raise UnsafePathError(f"refusing to replace {shown}: it is not a regular file (a directory, FIFO, socket or "
-                              "device)")
+        raise UnsafePathError(
+            f"refusing to replace {shown}: it is not a regular file (a directory, FIFO, socket or device)"
+        )
 
 
 def _create_temp(dir_fd: int, name: str) -> tuple[int, str]:
@@ -496,8 +497,7 @@ def _create_temp(dir_fd: int, name: str) -> tuple[int, str]:
         with _TEMPS_LOCK:
             _TEMPS.add((dir_fd, tmp))
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600,
-                             dir_fd=dir_fd)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600, dir_fd=dir_fd)
             except FileExistsError:
                 _TEMPS.discard((dir_fd, tmp))
                 continue
@@ -781,8 +781,9 @@ class _TreeWalk:
             except OSError as exc:
                 self.outcome.fail(f"{path}: {exc.strerror or exc}")
 
-    def _enter(self, fd: int, name: str, path: str, rel: tuple[str, ...],
-               ancestors: frozenset[tuple[int, int]]) -> Iterator[Job]:
+    def _enter(
+        self, fd: int, name: str, path: str, rel: tuple[str, ...], ancestors: frozenset[tuple[int, int]]
+    ) -> Iterator[Job]:
         flags = _DIR_FLAGS | (0 if self.follow else _O_NOFOLLOW)
         try:
             sub = os.open(name, flags, dir_fd=fd)
@@ -807,9 +808,11 @@ class _TreeWalk:
         # The job runs while this generator is suspended at its yield, so ``fd``
         # is still open when open_src is called.
         return Job(
-            path, os.path.join(self.dst, *parts),
+            path,
+            os.path.join(self.dst, *parts),
             open_src=lambda: _open_regular(fd, name, self.follow, path),
-            out_root=self.out_root, out_parts=parts,
+            out_root=self.out_root,
+            out_parts=parts,
         )
 
 
@@ -823,8 +826,9 @@ def _jobs(args: argparse.Namespace, encrypting: bool, outcome: _Outcome) -> Iter
     # Real paths: a link (or a path through one) to somewhere under the input is
     # still under the input.
     if _inside(os.path.realpath(dst), os.path.realpath(src)):
-        raise UsageError("with -r the output directory must not be inside the input directory "
-                         "(symbolic links resolved)")
+        raise UsageError(
+            "with -r the output directory must not be inside the input directory (symbolic links resolved)"
+        )
     try:
         os.makedirs(dst, exist_ok=True)  # -r creates the output tree, its parents included
         out_root = _open_dir(dst)
@@ -881,8 +885,10 @@ def _single_job(src: str, dst: str) -> Iterator[Job]:
     target = os.path.abspath(dst)
     directory = os.path.dirname(target)
     if not os.path.isdir(directory):
-        raise UsageError(f"cannot write {dst}: the directory {os.path.dirname(dst)} does not exist "
-                         "(kmsenv creates directories only with -r)")
+        raise UsageError(
+            f"cannot write {dst}: the directory {os.path.dirname(dst)} does not exist "
+            "(kmsenv creates directories only with -r)"
+        )
     try:
         out_root = _open_dir(directory)
     except OSError as exc:
@@ -1014,9 +1020,7 @@ def _exit_code(exc: BaseException) -> int:
 
 
 def _is_broken_pipe(exc: BaseException) -> bool:
-    return isinstance(exc, BrokenPipeError | _BrokenPipe) or (
-        isinstance(exc, OutputError) and exc.errno == errno.EPIPE
-    )
+    return isinstance(exc, BrokenPipeError | _BrokenPipe) or (isinstance(exc, OutputError) and exc.errno == errno.EPIPE)
 
 
 def _stops_the_tree(exc: BaseException) -> bool:
@@ -1029,13 +1033,19 @@ def _stops_the_tree(exc: BaseException) -> bool:
 
 
 _CREDENTIALS_VARS = "ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET"
-_CREDENTIAL_CODES = frozenset({
-    "SignatureDoesNotMatch", "InvalidAccessKeyId.NotFound", "InvalidAccessKeyId.Inactive", "InvalidAccessKeyId",
-    "IncompleteSignature",
-})
+_CREDENTIAL_CODES = frozenset(
+    {
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId.NotFound",
+        "InvalidAccessKeyId.Inactive",
+        "InvalidAccessKeyId",
+        "IncompleteSignature",
+    }
+)
 # Kms's codes for a request that never got a KMS answer (kmsenv.kms._translate).
-_CONNECTION_CODES = frozenset({"ConnectionError", "ConnectTimeout", "ReadTimeout", "SSLError", "ProxyError",
-                               "InvalidResponse"})
+_CONNECTION_CODES = frozenset(
+    {"ConnectionError", "ConnectTimeout", "ReadTimeout", "SSLError", "ProxyError", "InvalidResponse"}
+)
 _BUSY_CODES = frozenset({"Rejected.Throttling", "Throttling", "ServiceUnavailableTemporary", "InternalFailure"})
 
 
@@ -1044,8 +1054,10 @@ def _credentials_text(exc: Any) -> str:
     library's text speaks of kmsenv.Kms arguments)."""
     if getattr(exc, "missing", None):
         return f"{exc.missing} is not set: set both {_CREDENTIALS_VARS}"
-    return (f"no Alibaba Cloud credentials: set {_CREDENTIALS_VARS} (and ALIBABA_CLOUD_SECURITY_TOKEN for STS), "
-            "or ALIBABA_CLOUD_PROFILE to use a profile of ~/.aliyun/config.json, or run on ECS with a RAM role")
+    return (
+        f"no Alibaba Cloud credentials: set {_CREDENTIALS_VARS} (and ALIBABA_CLOUD_SECURITY_TOKEN for STS), "
+        "or ALIBABA_CLOUD_PROFILE to use a profile of ~/.aliyun/config.json, or run on ECS with a RAM role"
+    )
 
 
 def _kms_hint(err: Any, endpoints: dict[str, str] | None) -> str:
@@ -1140,8 +1152,13 @@ def _encrypt(args: argparse.Namespace) -> int:
 
     def action(src: Any, dst: Any, progress: Callable[[int], None]) -> Any:
         return encrypt_stream(
-            src, dst, provider, encryption_context=context, algorithm=algorithm,
-            format=args.format, progress=progress,
+            src,
+            dst,
+            provider,
+            encryption_context=context,
+            algorithm=algorithm,
+            format=args.format,
+            progress=progress,
         )
 
     return _each(args, True, action)
@@ -1161,8 +1178,12 @@ def _decrypt(args: argparse.Namespace) -> int:
 
     def action(src: Any, dst: Any, progress: Callable[[int], None]) -> Any:
         return decrypt_stream(
-            src, dst, provider, expected_encryption_context=context or None,
-            allow_unauthenticated=args.allow_unauthenticated, progress=progress,
+            src,
+            dst,
+            provider,
+            expected_encryption_context=context or None,
+            allow_unauthenticated=args.allow_unauthenticated,
+            progress=progress,
         )
 
     return _each(args, False, action)
@@ -1253,23 +1274,44 @@ class _Paragraphs(argparse.HelpFormatter):
 
 def _add_io(p: argparse.ArgumentParser, encrypting: bool) -> None:
     p.add_argument("-i", "--input", required=True, metavar="IN", help="input file, directory (-r) or - for stdin")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file, directory (-r) or - for stdout (see below)")
-    p.add_argument("-r", "--recursive", action="store_true",
-                   help="process a directory tree, mirrored into OUT (created, with its parents, if missing)")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output file, directory (-r) or - for stdout (see below)"
+    )
+    p.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="process a directory tree, mirrored into OUT (created, with its parents, if missing)",
+    )
     if encrypting:
-        p.add_argument("-c", "--context", action="append", metavar="KEY=VALUE",
-                       help="an encryption context entry, bound to the message (repeatable)")
+        p.add_argument(
+            "-c",
+            "--context",
+            action="append",
+            metavar="KEY=VALUE",
+            help="an encryption context entry, bound to the message (repeatable)",
+        )
     else:
-        p.add_argument("-c", "--context", action="append", metavar="KEY=VALUE",
-                       help="check that the message's encryption context has this entry (repeatable; entries not "
-                       "named are not checked); a missing or different value fails with exit 4, nothing written")
-    p.add_argument("--endpoint", action="append", metavar="REGION=URL",
-                   help="KMS endpoint for a region (repeatable); merged over KMSENV_KMS_ENDPOINTS, this wins "
-                   "for its region")
+        p.add_argument(
+            "-c",
+            "--context",
+            action="append",
+            metavar="KEY=VALUE",
+            help="check that the message's encryption context has this entry (repeatable; entries not "
+            "named are not checked); a missing or different value fails with exit 4, nothing written",
+        )
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="REGION=URL",
+        help="KMS endpoint for a region (repeatable); merged over KMSENV_KMS_ENDPOINTS, this wins for its region",
+    )
     p.add_argument("--metadata-output", metavar="FILE", help="append one JSON line per file to FILE")
-    p.add_argument("--follow-symlinks", action="store_true",
-                   help="with -r, follow symbolic links in the input tree (default: skip them with a warning)")
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="with -r, follow symbolic links in the input tree (default: skip them with a warning)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1285,22 +1327,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     enc = sub.add_parser(
-        "encrypt", formatter_class=_Paragraphs, help="encrypt files under one or more CMKs",
+        "encrypt",
+        formatter_class=_Paragraphs,
+        help="encrypt files under one or more CMKs",
         description="Encrypt IN under every CMK given with -k (one encrypted data key per CMK; any one of them "
         "decrypts it). The first -k is the primary: it makes the data key.",
         epilog=f"{_OUTPUT_NOTE}\n\n{_ENVIRONMENT}\n\n{_EXIT_CODES}",
     )
-    enc.add_argument("-k", "--key", action="append", metavar="ARN", required=True,
-                     help="CMK ARN, acs:kms:REGION:ACCOUNT:key/ID (required; repeatable; the first is the primary)")
-    enc.add_argument("--format", default="framed", choices=["framed", "alibaba", "alibaba-stream"],
-                     help="framed (default; bounded memory), alibaba (one DER message, interop), "
-                     "alibaba-stream (the Java SDK's stream layout)")
-    enc.add_argument("-a", "--algorithm", metavar="ALG", help="e.g. AES_GCM_NOPADDING_256 (default), SM4_GCM_NOPADDING_128")
+    enc.add_argument(
+        "-k",
+        "--key",
+        action="append",
+        metavar="ARN",
+        required=True,
+        help="CMK ARN, acs:kms:REGION:ACCOUNT:key/ID (required; repeatable; the first is the primary)",
+    )
+    enc.add_argument(
+        "--format",
+        default="framed",
+        choices=["framed", "alibaba", "alibaba-stream"],
+        help="framed (default; bounded memory), alibaba (one DER message, interop), "
+        "alibaba-stream (the Java SDK's stream layout)",
+    )
+    enc.add_argument(
+        "-a", "--algorithm", metavar="ALG", help="e.g. AES_GCM_NOPADDING_256 (default), SM4_GCM_NOPADDING_128"
+    )
     _add_io(enc, encrypting=True)
     enc.set_defaults(func=_encrypt)
 
     dec = sub.add_parser(
-        "decrypt", formatter_class=_Paragraphs, help="decrypt files (any kmsenv or Alibaba format)",
+        "decrypt",
+        formatter_class=_Paragraphs,
+        help="decrypt files (any kmsenv or Alibaba format)",
         description="Decrypt IN (framed, alibaba or alibaba-stream, told apart from its first bytes) through one of "
         "its CMKs: those given with -k, tried in order, or with --discovery any CMK the message names. Only "
         "verified plaintext is ever written.",
@@ -1309,13 +1367,18 @@ def build_parser() -> argparse.ArgumentParser:
     keys = dec.add_mutually_exclusive_group(required=True)
     keys.add_argument("-k", "--key", action="append", metavar="ARN", help="CMK ARN to try (repeatable, in order)")
     keys.add_argument("--discovery", action="store_true", help="use any CMK the message names")
-    dec.add_argument("--allow-unauthenticated", action="store_true",
-                     help="accept legacy CBC/CTR messages, whose body nothing authenticates")
+    dec.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="accept legacy CBC/CTR messages, whose body nothing authenticates",
+    )
     _add_io(dec, encrypting=False)
     dec.set_defaults(func=_decrypt)
 
     ins = sub.add_parser(
-        "inspect", formatter_class=_Paragraphs, help="print a message's header as JSON (no KMS call, nothing verified)",
+        "inspect",
+        formatter_class=_Paragraphs,
+        help="print a message's header as JSON (no KMS call, nothing verified)",
         description="Print the header of a message (format, algorithm, CMK ARNs, encryption context) as JSON. "
         "No KMS call is made and nothing is verified: the header may have been altered. Control characters "
         "are printed as \\uXXXX escapes.",
@@ -1324,17 +1387,27 @@ def build_parser() -> argparse.ArgumentParser:
     ins.set_defaults(func=_inspect)
 
     demo = sub.add_parser(
-        "demo", formatter_class=_Paragraphs, help="run the multi-region demo on an embedded local KMS",
+        "demo",
+        formatter_class=_Paragraphs,
+        help="run the multi-region demo on an embedded local KMS",
         description="Start a local KMS with two regions, encrypt under a CMK in each, decrypt through each alone, "
         "take one region down and decrypt again, tamper with the message. Needs no credentials or network.",
     )
     demo.set_defaults(func=_demo)
-    info = sub.add_parser("info", formatter_class=_Paragraphs, help="show the active crypto backend, OpenSSL and CPU features",
-                          description="Print kmsenv's version, crypto backend, OpenSSL and CPU features as JSON.")
+    info = sub.add_parser(
+        "info",
+        formatter_class=_Paragraphs,
+        help="show the active crypto backend, OpenSSL and CPU features",
+        description="Print kmsenv's version, crypto backend, OpenSSL and CPU features as JSON.",
+    )
     info.set_defaults(func=_info)
-    kms = sub.add_parser("kms", formatter_class=_Paragraphs, help="the local KMS server for development and tests",
-                         description="A local KMS (the KMS 2016-01-20 API on loopback ports) for development and "
-                         "tests: never for real keys.")
+    kms = sub.add_parser(
+        "kms",
+        formatter_class=_Paragraphs,
+        help="the local KMS server for development and tests",
+        description="A local KMS (the KMS 2016-01-20 API on loopback ports) for development and "
+        "tests: never for real keys.",
+    )
     kms_sub = kms.add_subparsers(dest="kms_command", metavar="KMS_COMMAND")
     from .localkms.cli import add_subcommands
 

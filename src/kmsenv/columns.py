@@ -71,6 +71,8 @@ SUBKEY_INFO_V1 = _spec.COMPACT_SUBKEY_INFO_V1
 #: The column name's length field in the AAD is 4 bytes.
 MAX_COLUMN_NAME = 2**32 - 1
 _INT32_MAX = 2**31 - 1
+
+
 def _backend() -> _spec.FullBackend:
     """The backend with its column calls (both backends implement them)."""
     return cast(_spec.FullBackend, get_backend())
@@ -371,11 +373,13 @@ def open_compact(
                 if start >= col.length:
                     _fill_offsets(out, col.length)
                     break
-                current = _compact_key(col, start, headers, key_for, keys, expected_context, rows is not None,
-                                       allow_uncommitted)
+                current = _compact_key(
+                    col, start, headers, key_for, keys, expected_context, rows is not None, allow_uncommitted
+                )
             header, data_key = current
-            status, stopped = backend.compact_open(header.version, _cipher(header.algorithm), data_key, header.digest,
-                                                   name, col, rows, start, out)
+            status, stopped = backend.compact_open(
+                header.version, _cipher(header.algorithm), data_key, header.digest, name, col, rows, start, out
+            )
             if status == _OK:
                 break
             if status == _OTHER_KEY:
@@ -570,7 +574,9 @@ class KeySource:
         from .jobkey import JobKey, WorkerSpec
 
         self.job: JobKey | None = key if isinstance(key, JobKey) else None
-        self.spec: WorkerSpec | None = key.spec if isinstance(key, JobKey) else key if isinstance(key, WorkerSpec) else None
+        self.spec: WorkerSpec | None = (
+            key.spec if isinstance(key, JobKey) else key if isinstance(key, WorkerSpec) else None
+        )
         self.provider: Any = None
         if self.spec is None:
             if not hasattr(key, "decrypt_data_key"):
@@ -656,7 +662,9 @@ def encrypt_with(
     check_new_algorithm(alg)
     present = col.present()
     if format == "alibaba" and present > 2**28:
-        raise ConfigurationError("more than 2^28 values under one data key: split the column, or use the compact format")
+        raise ConfigurationError(
+            "more than 2^28 values under one data key: split the column, or use the compact format"
+        )
     fresh = generate(source.provider, alg, ctx, col.span(), max(1, present))
     try:
         header = KeyHeader.for_data_key(alg, ctx, tuple(fresh.encrypted_data_keys), fresh.plaintext)
@@ -699,8 +707,15 @@ def decrypt_with(
             raise ConfigurationError("row ids apply to the compact format only")
         return open_alibaba(col, source.key_for, expected_context)
     extra = {h.ref: h for h in headers}
-    return open_compact(col, lambda ref: source.headers(ref, key_store, extra), source.key_for, rows, expected_context,
-                        column=column, allow_uncommitted=allow_uncommitted)
+    return open_compact(
+        col,
+        lambda ref: source.headers(ref, key_store, extra),
+        source.key_for,
+        rows,
+        expected_context,
+        column=column,
+        allow_uncommitted=allow_uncommitted,
+    )
 
 
 # ---------------------------------------------------------------- lists
@@ -730,8 +745,14 @@ def encrypt_values(
     col = Column.from_values(list(values))
     row_col = Column.from_values(list(rows), "rows") if rows is not None else None
     sealed, _ = encrypt_with(
-        KeySource(key), col, format=format, encryption_context=encryption_context,
-        algorithm=algorithm, rows=row_col, key_store=key_store, column=column,
+        KeySource(key),
+        col,
+        format=format,
+        encryption_context=encryption_context,
+        algorithm=algorithm,
+        rows=row_col,
+        key_store=key_store,
+        column=column,
     )
     return sealed.values(col)
 
@@ -756,8 +777,14 @@ def decrypt_values(
     col = Column.from_values(list(values))
     row_col = Column.from_values(list(rows), "rows") if rows is not None else None
     opened = decrypt_with(
-        KeySource(key), col, format=format, rows=row_col, key_store=key_store,
-        expected_context=expected_encryption_context, column=column, allow_uncommitted=allow_uncommitted,
+        KeySource(key),
+        col,
+        format=format,
+        rows=row_col,
+        key_store=key_store,
+        expected_context=expected_encryption_context,
+        column=column,
+        allow_uncommitted=allow_uncommitted,
     )
     try:
         return opened.values(col)

@@ -27,7 +27,9 @@ try:
     import pandas as pd
     import pyarrow as pa
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(f'kmsenv.dask needs dask, distributed, pandas and pyarrow ({exc}): pip install "kmsenv[dask]"') from exc
+    raise ImportError(
+        f'kmsenv.dask needs dask, distributed, pandas and pyarrow ({exc}): pip install "kmsenv[dask]"'
+    ) from exc
 
 from . import arrow as _arrow
 from . import jobkey as _jobkey
@@ -67,8 +69,9 @@ def _encrypt_partition(
     """Worker side of :func:`encrypt_column`: one partition."""
     partition = (partition_info["number"], npartitions) if partition_info is not None else None
     rows = pa.array(df[aad_column]) if aad_column else None
-    out = _arrow.encrypt_array(pa.array(df[column]), key, format=format, rows=rows, partition=partition,
-                               column=aad_name)
+    out = _arrow.encrypt_array(
+        pa.array(df[column]), key, format=format, rows=rows, partition=partition, column=aad_name
+    )
     return df.assign(**{output: _series(out, df[column], output)})
 
 
@@ -87,8 +90,14 @@ def _decrypt_partition(
     """Worker side of :func:`decrypt_column`: one partition."""
     rows = pa.array(df[aad_column]) if aad_column else None
     out = _arrow.decrypt_array(
-        pa.array(df[column]), key, format=format, rows=rows, key_store=key_store, as_string=as_string,
-        column=aad_name, allow_uncommitted=allow_uncommitted,
+        pa.array(df[column]),
+        key,
+        format=format,
+        rows=rows,
+        key_store=key_store,
+        as_string=as_string,
+        column=aad_name,
+        allow_uncommitted=allow_uncommitted,
     )
     return df.assign(**{output: _series(out, df[column], output)})
 
@@ -145,9 +154,16 @@ def encrypt_column(
     job = job_key_for(key, format=format, encryption_context=encryption_context, rows=rows, key_store=key_store)
     output = output or column
     encrypted: dd.DataFrame = ddf.map_partitions(  # untyped in dask
-        _encrypt_partition, column, job, output, format, aad_column, ddf.npartitions,
+        _encrypt_partition,
+        column,
+        job,
+        output,
+        format,
+        aad_column,
+        ddf.npartitions,
         _arrow.bound_name(output, aad_name, format),
-        meta=_meta(ddf, output, BINARY), align_dataframes=False,
+        meta=_meta(ddf, output, BINARY),
+        align_dataframes=False,
     )
     return encrypted
 
@@ -187,9 +203,18 @@ def decrypt_column(
     output = output or column
     dtype = pd.Series([], dtype="str").dtype if as_string else BINARY
     decrypted: dd.DataFrame = ddf.map_partitions(  # untyped in dask
-        _decrypt_partition, column, args.key, output, args.format, aad_column, key_store, as_string,
-        args.aad_name, args.allow_uncommitted,
-        meta=_meta(ddf, output, dtype), align_dataframes=False,
+        _decrypt_partition,
+        column,
+        args.key,
+        output,
+        args.format,
+        aad_column,
+        key_store,
+        as_string,
+        args.aad_name,
+        args.allow_uncommitted,
+        meta=_meta(ddf, output, dtype),
+        align_dataframes=False,
     )
     return decrypted
 

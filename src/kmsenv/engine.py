@@ -362,8 +362,14 @@ def decrypt_many(
     try:
         if items:
             leftover = _decrypt_group(
-                items, list(range(len(items))), provider, keys, results,
-                expected_encryption_context, allow_unauthenticated, max_encrypted_data_keys,
+                items,
+                list(range(len(items))),
+                provider,
+                keys,
+                results,
+                expected_encryption_context,
+                allow_unauthenticated,
+                max_encrypted_data_keys,
             )
             groups: dict[bytes, list[int]] = {}
             for i in leftover:
@@ -373,8 +379,14 @@ def decrypt_many(
                     raise MessageFormatError(f"message {i}: {exc}") from None
             for indices in groups.values():
                 rest = _decrypt_group(
-                    items, indices, provider, keys, results,
-                    expected_encryption_context, allow_unauthenticated, max_encrypted_data_keys,
+                    items,
+                    indices,
+                    provider,
+                    keys,
+                    results,
+                    expected_encryption_context,
+                    allow_unauthenticated,
+                    max_encrypted_data_keys,
                 )
                 if rest:
                     raise MessageFormatError(f"message {rest[0]}: malformed message")

@@ -35,7 +35,17 @@ from .exceptions import ConfigurationError
 from .keyheader import KeyHeader, KeyHeaderStore
 from .kmsspec import KmsSpec
 
-__all__ = ["JobKey", "WorkerSpec", "job_key_for", "reader_key", "reader", "Reader", "stats", "clear_cache", "DEFAULT_MAX_MESSAGES_PER_KEY"]
+__all__ = [
+    "JobKey",
+    "WorkerSpec",
+    "job_key_for",
+    "reader_key",
+    "reader",
+    "Reader",
+    "stats",
+    "clear_cache",
+    "DEFAULT_MAX_MESSAGES_PER_KEY",
+]
 
 #: Messages one data key may seal in the Alibaba (DER) format, where every
 #: message uses the data key directly with two random 96-bit IVs: 2^28 messages
@@ -172,8 +182,10 @@ class JobKey:
         made and each process enforces the budget on its own use. ``spec``
         defaults to ``WorkerSpec.from_provider(provider)``. ``key_store``, when
         given, receives every header (the compact format needs them to read)."""
-        if isinstance(max_messages_per_key, bool) or not isinstance(max_messages_per_key, int) or not (
-            1 <= max_messages_per_key <= DEFAULT_MAX_MESSAGES_PER_KEY
+        if (
+            isinstance(max_messages_per_key, bool)
+            or not isinstance(max_messages_per_key, int)
+            or not (1 <= max_messages_per_key <= DEFAULT_MAX_MESSAGES_PER_KEY)
         ):
             raise ConfigurationError(f"max_messages_per_key must be an int in 1..{DEFAULT_MAX_MESSAGES_PER_KEY}")
         if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 0):
@@ -195,8 +207,9 @@ class JobKey:
             data_key = generate(provider, alg, ctx)
             try:
                 # The header commits to the key (compact format v2, docs/format.md §4).
-                headers.append(KeyHeader.for_data_key(alg, ctx, tuple(data_key.encrypted_data_keys),
-                                                      data_key.plaintext))
+                headers.append(
+                    KeyHeader.for_data_key(alg, ctx, tuple(data_key.encrypted_data_keys), data_key.plaintext)
+                )
             finally:
                 data_key.wipe()  # the driver keeps EDKs only
         job = cls(tuple(headers), spec, max_messages_per_key, rows)

@@ -126,8 +126,9 @@ class KeyHeader:
         plain = cls(Algorithm(algorithm), encryption_context, tuple(encrypted_data_keys))  # validates the fields
         if len(data_key) != plain.algorithm.key_len:
             raise ConfigurationError(f"the data key does not fit {plain.algorithm.name}")
-        fields = encode_header_fields(KEY_HEADER_VERSION, plain.algorithm, plain.encrypted_data_keys,
-                                      plain.encryption_context)
+        fields = encode_header_fields(
+            KEY_HEADER_VERSION, plain.algorithm, plain.encrypted_data_keys, plain.encryption_context
+        )
         commitment = key_commitment(plain.algorithm, data_key, hashlib.sha256(fields).digest())
         return cls(plain.algorithm, plain.encryption_context, plain.encrypted_data_keys, commitment=commitment)
 
@@ -157,8 +158,9 @@ class KeyHeader:
         context SET: what the commitment covers besides the data key."""
         cached = self.__dict__.get("_fields_digest")
         if cached is None:
-            fields = encode_header_fields(self.version, self.algorithm, self.encrypted_data_keys,
-                                          self.encryption_context)
+            fields = encode_header_fields(
+                self.version, self.algorithm, self.encrypted_data_keys, self.encryption_context
+            )
             cached = hashlib.sha256(fields).digest()
             object.__setattr__(self, "_fields_digest", cached)
         return cached
@@ -177,7 +179,9 @@ class KeyHeader:
         if self.commitment is None:
             raise ConfigurationError("a version 1 key header has no key commitment to check")
         if len(data_key) != self.algorithm.key_len:
-            raise HeaderAuthenticationError(f"key header {self.ref.hex()}: the data key does not fit {self.algorithm.name}")
+            raise HeaderAuthenticationError(
+                f"key header {self.ref.hex()}: the data key does not fit {self.algorithm.name}"
+            )
         ok = hmac.compare_digest(key_commitment(self.algorithm, data_key, self.fields_digest), self.commitment)
         if not ok:
             raise HeaderAuthenticationError(
@@ -197,8 +201,9 @@ class KeyHeader:
         return cached
 
     @classmethod
-    def decode(cls, data: bytes | bytearray | memoryview,
-               max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS) -> KeyHeader:
+    def decode(
+        cls, data: bytes | bytearray | memoryview, max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTED_DATA_KEYS
+    ) -> KeyHeader:
         """Strictly parse an encoded key header, version 2 or 1 (MessageFormatError on any deviation)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ConfigurationError(f"a key header must be bytes-like, not {type(data).__name__}")
@@ -318,7 +323,9 @@ class SqliteKeyHeaderStore:
         if not isinstance(header, KeyHeader):
             raise ConfigurationError("put() takes a KeyHeader")
         with self._connect() as conn:
-            conn.execute(f"INSERT OR IGNORE INTO {self.TABLE} (ref, header) VALUES (?, ?)", (header.ref, header.encoded))
+            conn.execute(
+                f"INSERT OR IGNORE INTO {self.TABLE} (ref, header) VALUES (?, ?)", (header.ref, header.encoded)
+            )
             row = conn.execute(f"SELECT header FROM {self.TABLE} WHERE ref = ?", (header.ref,)).fetchone()
         if row is None or bytes(row[0]) != header.encoded:
             raise ConfigurationError(f"another key header is stored under reference {header.ref.hex()}")

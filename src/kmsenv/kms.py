@@ -65,9 +65,7 @@ ENDPOINTS_ENV = "KMSENV_KMS_ENDPOINTS"
 
 #: KMS error codes worth retrying (Alibaba's own tools retry exactly the first
 #: three; ``Throttling`` is the older spelling on some API pages).
-RETRYABLE_CODES = frozenset(
-    {"Rejected.Throttling", "Throttling", "ServiceUnavailableTemporary", "InternalFailure"}
-)
+RETRYABLE_CODES = frozenset({"Rejected.Throttling", "Throttling", "ServiceUnavailableTemporary", "InternalFailure"})
 
 _CREDENTIALS_HELP = (
     "pass access_key_id/access_key_secret (plus security_token for STS) or credential= to kmsenv.Kms, "
@@ -75,7 +73,6 @@ _CREDENTIALS_HELP = (
     "(and ALIBABA_CLOUD_SECURITY_TOKEN for STS credentials), or configure a credentials profile, "
     "OIDC or an ECS RAM role"
 )
-
 
 
 # alibabacloud_credentials logs on this logger, and its modules each attach a
@@ -173,9 +170,7 @@ def _parse_endpoint(url: object, where: str) -> _Endpoint:
     if parts.username is not None or parts.password is not None:
         raise ConfigurationError(f"{where}: endpoint {url!r} must not contain user information")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigurationError(
-            f"{where}: endpoint {url!r} must be scheme://host[:port] without a path or query"
-        )
+        raise ConfigurationError(f"{where}: endpoint {url!r} must be scheme://host[:port] without a path or query")
     if port == 0:
         raise ConfigurationError(f"{where}: endpoint {url!r} has port 0")
     return _Endpoint(scheme, parts.netloc)
@@ -255,8 +250,15 @@ def _direct_adapter_class() -> type:
         """Never sends through a proxy: darabonba passes HTTP(S)_PROXY from the
         environment to ``Session.send`` itself, ignoring NO_PROXY."""
 
-        def send(self, request: Any, stream: Any = False, timeout: Any = None, verify: Any = True,
-                 cert: Any = None, proxies: Any = None) -> Any:
+        def send(
+            self,
+            request: Any,
+            stream: Any = False,
+            timeout: Any = None,
+            verify: Any = True,
+            cert: Any = None,
+            proxies: Any = None,
+        ) -> Any:
             return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=None)
 
     return _DirectAdapter
@@ -283,9 +285,7 @@ def _install_proxy_bypass(endpoint: _Endpoint, max_idle_conns: int) -> None:
                 _DirectAdapter = _direct_adapter_class()
             pool = DaraCore._resolve_pool_maxsize({"maxIdleConns": max_idle_conns})
             key = f"{endpoint.protocol}://{endpoint.host}:80:pool={pool}"
-            session = DaraCore._get_session(
-                session_key=key, protocol=endpoint.protocol, verify=True, pool_size=pool
-            )
+            session = DaraCore._get_session(session_key=key, protocol=endpoint.protocol, verify=True, pool_size=pool)
             prefix = f"{endpoint.protocol}://{endpoint.host}/"
             if not isinstance(session.adapters.get(prefix), _DirectAdapter):
                 session.mount(prefix, _DirectAdapter(pool_connections=1, pool_maxsize=pool))
@@ -403,8 +403,11 @@ class Kms:
             raise ConfigurationError("access_key_id and access_key_secret must be given together")
         if security_token and not access_key_id:
             raise ConfigurationError("security_token needs access_key_id and access_key_secret")
-        for name, value in (("access_key_id", access_key_id), ("access_key_secret", access_key_secret),
-                            ("security_token", security_token)):
+        for name, value in (
+            ("access_key_id", access_key_id),
+            ("access_key_secret", access_key_secret),
+            ("security_token", security_token),
+        ):
             if value is not None and not isinstance(value, str):
                 raise ConfigurationError(f"{name} must be a str")
         if credential is not None and not hasattr(credential, "get_credential"):
@@ -577,7 +580,9 @@ class Kms:
                 if body is None:
                     raise KmsError(
                         f"KMS {action} {what} returned an empty response",
-                        code="InvalidResponse", region=region, retryable=False,
+                        code="InvalidResponse",
+                        region=region,
+                        retryable=False,
                     )
                 return body
             assert error is not None
@@ -590,7 +595,12 @@ class Kms:
                 delay = max(delay, min(self.backoff_max, retry_after))
             logger.debug(
                 "kmsenv: KMS %s in %s failed with %s (attempt %d/%d); retrying in %.3fs",
-                action, region, error.code, attempt, limit, delay,
+                action,
+                region,
+                error.code,
+                attempt,
+                limit,
+                delay,
             )
             if delay > 0:
                 self._sleep(delay)
@@ -657,18 +667,24 @@ class Kms:
             if region not in self._endpoints:
                 # Often the real cause: an endpoint the caller meant to set for this region.
                 url += f", the default endpoint for {region} (none was configured for it)"
-            return KmsError(f"{prefix} failed: cannot reach {url} ({kind})", code=code, region=region,
-                            retryable=retryable), None
+            return KmsError(
+                f"{prefix} failed: cannot reach {url} ({kind})", code=code, region=region, retryable=retryable
+            ), None
 
         if isinstance(inner, (ValueError, UnicodeDecodeError)) or (
             isinstance(inner, RuntimeError) and str(inner).startswith("Failed to parse the value as json")
         ):
             # e.g. a non-JSON error page from a load balancer or proxy
-            return KmsError(f"{prefix} failed: the endpoint returned a response that is not KMS JSON",
-                            code="InvalidResponse", region=region, retryable=True), None
+            return KmsError(
+                f"{prefix} failed: the endpoint returned a response that is not KMS JSON",
+                code="InvalidResponse",
+                region=region,
+                retryable=True,
+            ), None
 
-        return KmsError(f"{prefix} failed: {type(inner).__name__}", code="ClientError", region=region,
-                        retryable=False), None
+        return KmsError(
+            f"{prefix} failed: {type(inner).__name__}", code="ClientError", region=region, retryable=False
+        ), None
 
     # -- operations ---------------------------------------------------------
 
@@ -696,22 +712,27 @@ class Kms:
         if key_spec is not None and key_spec not in ("AES_128", "AES_256"):
             raise ConfigurationError(f"key_spec must be 'AES_128' or 'AES_256', not {key_spec!r}")
         if number_of_bytes is not None and (
-            isinstance(number_of_bytes, bool) or not isinstance(number_of_bytes, int)
+            isinstance(number_of_bytes, bool)
+            or not isinstance(number_of_bytes, int)
             or not 1 <= number_of_bytes <= 1024
         ):
             raise ConfigurationError("number_of_bytes must be an int between 1 and 1024")
         request = models.GenerateDataKeyRequest(
             key_id=arn.key_id, key_spec=key_spec, number_of_bytes=number_of_bytes, encryption_context=ctx
         )
-        body = self._call(arn.region, "GenerateDataKey", f"under {arn}",
-                          lambda c, rt: c.generate_data_key_with_options(request, rt))
+        body = self._call(
+            arn.region, "GenerateDataKey", f"under {arn}", lambda c, rt: c.generate_data_key_with_options(request, rt)
+        )
         try:
             plaintext = bytearray(_b64decode(body.plaintext))
             blob = _b64decode(body.ciphertext_blob)
         except (ValueError, binascii.Error):
-            raise KmsError(f"KMS GenerateDataKey under {arn} returned a malformed Plaintext or CiphertextBlob",
-                           code="InvalidResponse", region=arn.region,
-                           request_id=_none_if_null(body.request_id)) from None
+            raise KmsError(
+                f"KMS GenerateDataKey under {arn} returned a malformed Plaintext or CiphertextBlob",
+                code="InvalidResponse",
+                region=arn.region,
+                request_id=_none_if_null(body.request_id),
+            ) from None
         return plaintext, blob
 
     def encrypt(
@@ -753,8 +774,12 @@ class Kms:
         try:
             return _b64decode(body.ciphertext_blob)
         except (ValueError, binascii.Error):
-            raise KmsError(f"KMS Encrypt {what} returned a malformed CiphertextBlob", code="InvalidResponse",
-                           region=region, request_id=_none_if_null(body.request_id)) from None
+            raise KmsError(
+                f"KMS Encrypt {what} returned a malformed CiphertextBlob",
+                code="InvalidResponse",
+                region=region,
+                request_id=_none_if_null(body.request_id),
+            ) from None
 
     def re_encrypt(
         self,
@@ -777,9 +802,7 @@ class Kms:
             region = arn.region
         _check_region(region, "region")
         if region != arn.region:
-            raise ConfigurationError(
-                f"ReEncrypt runs in one region: destination key {arn} is not in region {region!r}"
-            )
+            raise ConfigurationError(f"ReEncrypt runs in one region: destination key {arn} is not in region {region!r}")
         if not isinstance(ciphertext_blob, (bytes, bytearray, memoryview)) or not len(ciphertext_blob):
             raise ConfigurationError("ciphertext_blob must be non-empty bytes")
         request = models.ReEncryptRequest(
@@ -794,8 +817,12 @@ class Kms:
         try:
             return _b64decode(body.ciphertext_blob)
         except (ValueError, binascii.Error):
-            raise KmsError(f"KMS ReEncrypt to {arn} returned a malformed CiphertextBlob", code="InvalidResponse",
-                           region=region, request_id=_none_if_null(body.request_id)) from None
+            raise KmsError(
+                f"KMS ReEncrypt to {arn} returned a malformed CiphertextBlob",
+                code="InvalidResponse",
+                region=region,
+                request_id=_none_if_null(body.request_id),
+            ) from None
 
     def decrypt(
         self,
@@ -813,8 +840,9 @@ class Kms:
         this catches a blob wrapped under a different key than its ARN claims).
         """
         arn = self._arn(key_arn)
-        return self.decrypt_in_region(arn.region, ciphertext_blob, encryption_context, max_attempts=max_attempts,
-                                      expect_key=arn)
+        return self.decrypt_in_region(
+            arn.region, ciphertext_blob, encryption_context, max_attempts=max_attempts, expect_key=arn
+        )
 
     def decrypt_in_region(
         self,
@@ -838,21 +866,26 @@ class Kms:
         request = models.DecryptRequest(
             ciphertext_blob=base64.b64encode(ciphertext_blob).decode("ascii"), encryption_context=ctx
         )
-        body = self._call(
-            region, "Decrypt", what, lambda c, rt: c.decrypt_with_options(request, rt), max_attempts
-        )
+        body = self._call(region, "Decrypt", what, lambda c, rt: c.decrypt_with_options(request, rt), max_attempts)
         request_id = _none_if_null(body.request_id)
         key_id = _none_if_null(body.key_id)
         if expect_key is not None and key_id is not None and key_id not in (expect_key.key_id, str(expect_key)):
             raise KmsError(
                 f"KMS Decrypt {what}: the ciphertext blob belongs to key {key_id!r}, not to {expect_key.key_id!r}",
-                code="KeyIdMismatch", region=region, request_id=request_id, retryable=False,
+                code="KeyIdMismatch",
+                region=region,
+                request_id=request_id,
+                retryable=False,
             )
         try:
             return bytearray(_b64decode(body.plaintext))
         except (ValueError, binascii.Error):
-            raise KmsError(f"KMS Decrypt {what} returned a malformed Plaintext", code="InvalidResponse",
-                           region=region, request_id=request_id) from None
+            raise KmsError(
+                f"KMS Decrypt {what} returned a malformed Plaintext",
+                code="InvalidResponse",
+                region=region,
+                request_id=request_id,
+            ) from None
 
     # -- asymmetric keys (kms-local-server.md section 14.3-14.5) -------------
 
@@ -886,17 +919,24 @@ class Kms:
 
         arn = self._arn(key_arn)
         request = models.AsymmetricSignRequest(
-            key_id=arn.key_id, key_version_id=self._version_id(key_version_id), algorithm=str(algorithm),
+            key_id=arn.key_id,
+            key_version_id=self._version_id(key_version_id),
+            algorithm=str(algorithm),
             digest=self._digest_b64(digest),
         )
         what = f"with {arn} version {key_version_id}"
-        body = self._call(arn.region, "AsymmetricSign", what,
-                          lambda c, rt: c.asymmetric_sign_with_options(request, rt), max_attempts)
+        body = self._call(
+            arn.region, "AsymmetricSign", what, lambda c, rt: c.asymmetric_sign_with_options(request, rt), max_attempts
+        )
         try:
             return _b64decode(body.value)
         except (ValueError, binascii.Error):
-            raise KmsError(f"KMS AsymmetricSign {what} returned a malformed Value", code="InvalidResponse",
-                           region=arn.region, request_id=_none_if_null(body.request_id)) from None
+            raise KmsError(
+                f"KMS AsymmetricSign {what} returned a malformed Value",
+                code="InvalidResponse",
+                region=arn.region,
+                request_id=_none_if_null(body.request_id),
+            ) from None
 
     def asymmetric_verify(
         self,
@@ -917,22 +957,32 @@ class Kms:
         if not isinstance(signature, (bytes, bytearray, memoryview)) or not len(signature):
             raise ConfigurationError("signature must be non-empty bytes")
         request = models.AsymmetricVerifyRequest(
-            key_id=arn.key_id, key_version_id=self._version_id(key_version_id), algorithm=str(algorithm),
-            digest=self._digest_b64(digest), value=base64.b64encode(signature).decode("ascii"),
+            key_id=arn.key_id,
+            key_version_id=self._version_id(key_version_id),
+            algorithm=str(algorithm),
+            digest=self._digest_b64(digest),
+            value=base64.b64encode(signature).decode("ascii"),
         )
         what = f"with {arn} version {key_version_id}"
-        body = self._call(arn.region, "AsymmetricVerify", what,
-                          lambda c, rt: c.asymmetric_verify_with_options(request, rt), max_attempts)
+        body = self._call(
+            arn.region,
+            "AsymmetricVerify",
+            what,
+            lambda c, rt: c.asymmetric_verify_with_options(request, rt),
+            max_attempts,
+        )
         # The official model copies Value without a type check: a string
         # "false" would be truthy (spec 14.1, item 7).
         if not isinstance(body.value, bool):
-            raise KmsError(f"KMS AsymmetricVerify {what} returned a Value that is not a boolean",
-                           code="InvalidResponse", region=arn.region, request_id=_none_if_null(body.request_id))
+            raise KmsError(
+                f"KMS AsymmetricVerify {what} returned a Value that is not a boolean",
+                code="InvalidResponse",
+                region=arn.region,
+                request_id=_none_if_null(body.request_id),
+            )
         return body.value
 
-    def get_public_key(
-        self, key_arn: str | Arn, key_version_id: str, *, max_attempts: int | None = None
-    ) -> str:
+    def get_public_key(self, key_arn: str | Arn, key_version_id: str, *, max_attempts: int | None = None) -> str:
         """GetPublicKey: the key version's public key as PEM SubjectPublicKeyInfo
         (SM2: id-ecPublicKey + sm2p256v1)."""
         from alibabacloud_kms20160120 import models
@@ -940,12 +990,17 @@ class Kms:
         arn = self._arn(key_arn)
         request = models.GetPublicKeyRequest(key_id=arn.key_id, key_version_id=self._version_id(key_version_id))
         what = f"of {arn} version {key_version_id}"
-        body = self._call(arn.region, "GetPublicKey", what,
-                          lambda c, rt: c.get_public_key_with_options(request, rt), max_attempts)
+        body = self._call(
+            arn.region, "GetPublicKey", what, lambda c, rt: c.get_public_key_with_options(request, rt), max_attempts
+        )
         pem = body.public_key
         if not isinstance(pem, str) or "-----BEGIN PUBLIC KEY-----" not in pem:
-            raise KmsError(f"KMS GetPublicKey {what} returned no PEM public key", code="InvalidResponse",
-                           region=arn.region, request_id=_none_if_null(body.request_id))
+            raise KmsError(
+                f"KMS GetPublicKey {what} returned no PEM public key",
+                code="InvalidResponse",
+                region=arn.region,
+                request_id=_none_if_null(body.request_id),
+            )
         return pem
 
     def list_key_versions(self, key_arn: str | Arn, *, max_attempts: int | None = None) -> list[KeyVersion]:
@@ -958,18 +1013,30 @@ class Kms:
         page = 1
         while True:
             request = models.ListKeyVersionsRequest(key_id=arn.key_id, page_number=page, page_size=100)
-            body = self._call(arn.region, "ListKeyVersions", f"of {arn}",
-                              lambda c, rt: c.list_key_versions_with_options(request, rt), max_attempts)
+            body = self._call(
+                arn.region,
+                "ListKeyVersions",
+                f"of {arn}",
+                lambda c, rt: c.list_key_versions_with_options(request, rt),
+                max_attempts,
+            )
             listed = getattr(body.key_versions, "key_version", None) or []
             for item in listed:
                 version_id = _none_if_null(getattr(item, "key_version_id", None))
                 if version_id is None:
-                    raise KmsError(f"KMS ListKeyVersions of {arn} returned a version without KeyVersionId",
-                                   code="InvalidResponse", region=arn.region,
-                                   request_id=_none_if_null(body.request_id))
-                versions.append(KeyVersion(key_id=_none_if_null(getattr(item, "key_id", None)) or arn.key_id,
-                                           key_version_id=version_id,
-                                           creation_date=_none_if_null(getattr(item, "creation_date", None))))
+                    raise KmsError(
+                        f"KMS ListKeyVersions of {arn} returned a version without KeyVersionId",
+                        code="InvalidResponse",
+                        region=arn.region,
+                        request_id=_none_if_null(body.request_id),
+                    )
+                versions.append(
+                    KeyVersion(
+                        key_id=_none_if_null(getattr(item, "key_id", None)) or arn.key_id,
+                        key_version_id=version_id,
+                        creation_date=_none_if_null(getattr(item, "creation_date", None)),
+                    )
+                )
             total = body.total_count
             if isinstance(total, str) and total.isdigit():  # the model does not type-check ints (spec 14.1)
                 total = int(total)

@@ -91,8 +91,14 @@ class KmsSpec:
 
     def kms(self) -> Kms:
         """This process's ``Kms`` for this spec (built once, rebuilt after a fork)."""
-        key = (self.endpoints, self.max_attempts, self.connect_timeout, self.read_timeout,
-               self.backoff_base, self.backoff_max)
+        key = (
+            self.endpoints,
+            self.max_attempts,
+            self.connect_timeout,
+            self.read_timeout,
+            self.backoff_base,
+            self.backoff_max,
+        )
         with _LOCK:
             kms = _CLIENTS.get(key)
             if kms is None:

@@ -268,7 +268,8 @@ class ParquetKmsSpec:
                 data_key_length_bits=doc["data_key_length_bits"],
                 encryption_algorithm=doc["encryption_algorithm"],
                 key_ids=_key_ids([(m, [tuple(p) for p in pairs]) for m, pairs in doc["key_ids"]])
-                if doc["key_ids"] else None,
+                if doc["key_ids"]
+                else None,
             )
         except ConfigurationError:
             raise
@@ -450,7 +451,10 @@ class KmsClient(pe.KmsClient):  # type: ignore[misc]  # pyarrow ships no type in
                 raise KmsError(
                     f"kmsenv.parquet: cannot wrap the Parquet key for master key {mkid!r} in region {region!r} "
                     f"(a file must be readable in every configured region): {e.args[0] if e.args else e}",
-                    code=e.code, region=region, request_id=e.request_id, retryable=e.retryable,
+                    code=e.code,
+                    region=region,
+                    request_id=e.request_id,
+                    retryable=e.retryable,
                 ) from None
             _count("encrypt")
             blobs.append((region, blob))
@@ -479,7 +483,10 @@ class KmsClient(pe.KmsClient):  # type: ignore[misc]  # pyarrow ships no type in
                 errors[region] = e
                 logger.warning(
                     "kmsenv.parquet: unwrapping a key for master key %r in %s failed (code=%s, request_id=%s)",
-                    mkid, region, e.code, e.request_id,
+                    mkid,
+                    region,
+                    e.code,
+                    e.request_id,
                 )
                 return None
             _count("decrypt")
@@ -487,7 +494,8 @@ class KmsClient(pe.KmsClient):  # type: ignore[misc]  # pyarrow ships no type in
                 if len(key) not in (16, 24, 32):
                     errors[region] = KmsError(
                         f"KMS Decrypt in {region} returned a {len(key)}-byte key; expected 16, 24 or 32",
-                        code="InvalidKeyLength", region=region,
+                        code="InvalidKeyLength",
+                        region=region,
                     )
                     return None
                 with _STATS_LOCK:
@@ -500,7 +508,10 @@ class KmsClient(pe.KmsClient):  # type: ignore[misc]  # pyarrow ships no type in
         # The providers' failover loop: one attempt per region while others
         # remain, then the transiently failing ones with the full retry budget.
         return fail_over(
-            candidates, lambda region: region, attempt, errors,
+            candidates,
+            lambda region: region,
+            attempt,
+            errors,
             failure=lambda tried, details: (
                 f"kmsenv.parquet: cannot unwrap the Parquet key for master key {mkid!r} in any of "
                 f"{len(candidates)} region(s): {details}"
@@ -552,9 +563,7 @@ def _forget_after_fork() -> None:
     _UNWRAPPED.clear()
 
 
-_process.register(
-    __name__, ("_FACTORY_LOCK", "_FACTORIES", "_STATS_LOCK", "_STATS", "_UNWRAPPED"), _forget_after_fork
-)
+_process.register(__name__, ("_FACTORY_LOCK", "_FACTORIES", "_STATS_LOCK", "_STATS", "_UNWRAPPED"), _forget_after_fork)
 
 
 def connection_config(spec: ParquetKmsSpec) -> Any:
@@ -629,13 +638,15 @@ def write_table(
     """``pyarrow.parquet.write_table`` with kmsenv encryption (fresh DEKs per file)."""
     if "encryption_properties" in write_kwargs:
         raise ConfigurationError("write_table builds encryption_properties itself; do not pass them")
-    props = encryption_properties(spec, column_keys=column_keys, footer_key=footer_key,
-                                  plaintext_footer=plaintext_footer)
+    props = encryption_properties(
+        spec, column_keys=column_keys, footer_key=footer_key, plaintext_footer=plaintext_footer
+    )
     pq.write_table(table, where, encryption_properties=props, **write_kwargs)
 
 
-def read_table(source: Any, *, spec: ParquetKmsSpec, columns: Sequence[str] | None = None,
-               **read_kwargs: Any) -> pa.Table:
+def read_table(
+    source: Any, *, spec: ParquetKmsSpec, columns: Sequence[str] | None = None, **read_kwargs: Any
+) -> pa.Table:
     """``pyarrow.parquet.read_table`` with kmsenv decryption."""
     if "decryption_properties" in read_kwargs:
         raise ConfigurationError("read_table builds decryption_properties itself; do not pass them")
@@ -648,16 +659,31 @@ def read_table(source: Any, *, spec: ParquetKmsSpec, columns: Sequence[str] | No
 # ---------------------------------------------------------------------------
 
 
-def _write_partition(df: Any, path: str, spec: ParquetKmsSpec, column_keys: dict[str, Any], footer_key: str,
-                     plaintext_footer: bool, index: bool | None, write_kwargs: dict[str, Any],
-                     partition_info: dict[str, Any] | None = None) -> Any:
+def _write_partition(
+    df: Any,
+    path: str,
+    spec: ParquetKmsSpec,
+    column_keys: dict[str, Any],
+    footer_key: str,
+    plaintext_footer: bool,
+    index: bool | None,
+    write_kwargs: dict[str, Any],
+    partition_info: dict[str, Any] | None = None,
+) -> Any:
     import pandas as pd
 
     number = partition_info["number"] if partition_info else 0
     where = f"{path.rstrip('/')}/part.{number}.parquet"
     table = pa.Table.from_pandas(df, preserve_index=index)
-    write_table(table, where, spec=spec, column_keys=column_keys, footer_key=footer_key,
-                plaintext_footer=plaintext_footer, **write_kwargs)
+    write_table(
+        table,
+        where,
+        spec=spec,
+        column_keys=column_keys,
+        footer_key=footer_key,
+        plaintext_footer=plaintext_footer,
+        **write_kwargs,
+    )
     return pd.Series([where], index=[number], name="path", dtype=object)
 
 
@@ -696,8 +722,17 @@ def to_parquet(
     if "://" not in path:
         os.makedirs(path, exist_ok=True)
     result = ddf.map_partitions(
-        _write_partition, path, spec, column_keys, footer_key, bool(plaintext_footer), index, dict(write_kwargs),
-        meta=pd.Series([], name="path", dtype=object), enforce_metadata=False, align_dataframes=False,
+        _write_partition,
+        path,
+        spec,
+        column_keys,
+        footer_key,
+        bool(plaintext_footer),
+        index,
+        dict(write_kwargs),
+        meta=pd.Series([], name="path", dtype=object),
+        enforce_metadata=False,
+        align_dataframes=False,
     )
     if not compute:
         return result
@@ -719,8 +754,9 @@ def _list_parts(paths_or_dir: Any) -> list[str]:
     return [os.fspath(p) for p in paths_or_dir]
 
 
-def read_parquet(paths_or_dir: Any, *, spec: ParquetKmsSpec, columns: Sequence[str] | None = None,
-                 meta: Any = None) -> Any:
+def read_parquet(
+    paths_or_dir: Any, *, spec: ParquetKmsSpec, columns: Sequence[str] | None = None, meta: Any = None
+) -> Any:
     """A Dask DataFrame over encrypted files (one partition per file, ``dd.from_map``).
 
     Every file is opened in the worker that reads it, with decryption properties
@@ -737,5 +773,12 @@ def read_parquet(paths_or_dir: Any, *, spec: ParquetKmsSpec, columns: Sequence[s
     cols = list(columns) if columns is not None else None
     if meta is None:
         meta = _read_partition(paths[0], spec, cols).iloc[:0]
-    return dd.from_map(_read_partition, paths, args=(spec,), columns=cols, meta=meta, label="kmsenv-read-parquet",
-                       enforce_metadata=False)
+    return dd.from_map(
+        _read_partition,
+        paths,
+        args=(spec,),
+        columns=cols,
+        meta=meta,
+        label="kmsenv-read-parquet",
+        enforce_metadata=False,
+    )

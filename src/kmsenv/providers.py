@@ -209,8 +209,12 @@ def _hedge_options(hedge: object, hedge_after: object) -> tuple[bool, float | No
         return hedge, None
     if not hedge:
         raise ConfigurationError("hedge_after sets the hedge delay: it cannot be combined with hedge=False")
-    if (isinstance(hedge_after, bool) or not isinstance(hedge_after, (int, float))
-            or not math.isfinite(hedge_after) or not 0 < hedge_after <= 60):
+    if (
+        isinstance(hedge_after, bool)
+        or not isinstance(hedge_after, (int, float))
+        or not math.isfinite(hedge_after)
+        or not 0 < hedge_after <= 60
+    ):
         raise ConfigurationError(f"hedge_after must be a number of seconds, > 0 and <= 60, not {hedge_after!r}")
     return True, float(hedge_after)
 
@@ -229,8 +233,10 @@ def _fresh_data_key(length: int) -> bytearray:
         raise
     if len(key) != length:
         _wipe(key)
-        raise KmsError(f"the crypto backend returned {len(key)} random bytes for a {length}-byte data key",
-                       code="InvalidDataKeyLength")
+        raise KmsError(
+            f"the crypto backend returned {len(key)} random bytes for a {length}-byte data key",
+            code="InvalidDataKeyLength",
+        )
     return key
 
 
@@ -301,8 +307,15 @@ class KmsKeyProvider:
                 raise ConfigurationError(f"CMK ARN {str(arn)!r} is listed twice")
             seen.add(str(arn))
             arns.append(arn)
-        self._setup(tuple(arns), kms, algorithm, discovery=None, data_key_source=data_key_source, hedge=hedge,
-                    hedge_after=hedge_after)
+        self._setup(
+            tuple(arns),
+            kms,
+            algorithm,
+            discovery=None,
+            data_key_source=data_key_source,
+            hedge=hedge,
+            hedge_after=hedge_after,
+        )
 
     @classmethod
     def discovery(
@@ -322,12 +335,28 @@ class KmsKeyProvider:
         region_filter = _string_list(regions, "regions", _valid_region)
         account_filter = _string_list(account_ids, "account_ids", _valid_account)
         self = cls.__new__(cls)
-        self._setup((), kms, algorithm, discovery=(region_filter, account_filter), data_key_source="kms",
-                    hedge=hedge, hedge_after=hedge_after)
+        self._setup(
+            (),
+            kms,
+            algorithm,
+            discovery=(region_filter, account_filter),
+            data_key_source="kms",
+            hedge=hedge,
+            hedge_after=hedge_after,
+        )
         return self
 
-    def _setup(self, arns: tuple[Arn, ...], kms: Any, algorithm: object, discovery: Any, *,
-               data_key_source: object, hedge: object, hedge_after: object) -> None:
+    def _setup(
+        self,
+        arns: tuple[Arn, ...],
+        kms: Any,
+        algorithm: object,
+        discovery: Any,
+        *,
+        data_key_source: object,
+        hedge: object,
+        hedge_after: object,
+    ) -> None:
         self.algorithm: Algorithm = algorithm_argument(algorithm)
         self.data_key_source: str = _data_key_source(data_key_source)
         enabled, after = _hedge_options(hedge, hedge_after)
@@ -403,7 +432,8 @@ class KmsKeyProvider:
                 raise KmsError(
                     f"KMS GenerateDataKey under {primary} returned a {len(plaintext)}-byte data key; "
                     f"{algorithm.name} needs {algorithm.key_len} bytes",
-                    code="InvalidDataKeyLength", region=primary.region,
+                    code="InvalidDataKeyLength",
+                    region=primary.region,
                 )
             edks = [EncryptedDataKey(str(primary), blob)]
             others = self._arns[1:]
@@ -413,8 +443,9 @@ class KmsKeyProvider:
                 edks.extend(self._wrap(primary, blob, plaintext, arn, ctx) for arn in others)
             elif others:
                 pool = _shared_pool()
-                edks.extend(self._collect([pool.submit(self._wrap, primary, blob, plaintext, arn, ctx)
-                                           for arn in others]))
+                edks.extend(
+                    self._collect([pool.submit(self._wrap, primary, blob, plaintext, arn, ctx) for arn in others])
+                )
             return DataKey(plaintext, edks)
         finally:
             _wipe(plaintext)
@@ -480,12 +511,16 @@ class KmsKeyProvider:
                 first.add_note(f"also failed: {exc}")
         return first
 
-    def _wrap(self, primary: Arn, primary_blob: bytes, plaintext: bytearray, arn: Arn,
-              ctx: dict[str, str]) -> EncryptedDataKey:
+    def _wrap(
+        self, primary: Arn, primary_blob: bytes, plaintext: bytearray, arn: Arn, ctx: dict[str, str]
+    ) -> EncryptedDataKey:
         if arn.region == primary.region:
             blob = self.kms.re_encrypt(
-                primary_blob, str(arn),
-                source_encryption_context=ctx, destination_encryption_context=ctx, region=arn.region,
+                primary_blob,
+                str(arn),
+                source_encryption_context=ctx,
+                destination_encryption_context=ctx,
+                region=arn.region,
             )
             return EncryptedDataKey(str(arn), blob)
         return self._encrypt_under(arn, plaintext, ctx)
@@ -557,7 +592,10 @@ class KmsKeyProvider:
         )
 
     def _hedged_pass(
-        self, candidates: list[EncryptedDataKey], ctx: dict[str, str], algorithm: Algorithm,
+        self,
+        candidates: list[EncryptedDataKey],
+        ctx: dict[str, str],
+        algorithm: Algorithm,
         errors: dict[str, BaseException],
     ) -> bytearray | None:
         """The first pass of :func:`fail_over` with hedging. At most two calls are in flight: when the
@@ -596,8 +634,15 @@ class KmsKeyProvider:
             for future, attempt in pending.items():
                 future.add_done_callback(functools.partial(self._abandoned, attempt))
 
-    def _send(self, edk: EncryptedDataKey, index: int, ctx: dict[str, str], pending: dict[Future[Any], _Attempt], *,
-              hedge: bool) -> bool:
+    def _send(
+        self,
+        edk: EncryptedDataKey,
+        index: int,
+        ctx: dict[str, str],
+        pending: dict[Future[Any], _Attempt],
+        *,
+        hedge: bool,
+    ) -> bool:
         """Start one Decrypt on a decrypt worker and add it to ``pending``. A hedge
         needs the budget's leave and a free worker, else it is refused (False);
         a plain call without a free worker runs here and now."""
@@ -621,8 +666,9 @@ class KmsKeyProvider:
         key = self.kms.decrypt(edk.key_arn, edk.ciphertext_blob, ctx, max_attempts=1)
         return key, time.perf_counter() - started
 
-    def _answer(self, future: Future[Any], attempt: _Attempt, algorithm: Algorithm,
-                errors: dict[str, BaseException]) -> bytearray | None:
+    def _answer(
+        self, future: Future[Any], attempt: _Attempt, algorithm: Algorithm, errors: dict[str, BaseException]
+    ) -> bytearray | None:
         """The key from a finished call, or None with its failure recorded. An
         error that is not a KmsError (local configuration) is raised."""
         arn = attempt.edk.key_arn
@@ -654,7 +700,10 @@ class KmsKeyProvider:
             logger.warning(
                 "kmsenv: decrypting the data key under %s failed after another CMK had answered "
                 "(code=%s, region=%s, request_id=%s)",
-                attempt.edk.key_arn, exc.code, exc.region, exc.request_id,
+                attempt.edk.key_arn,
+                exc.code,
+                exc.region,
+                exc.request_id,
             )
 
     def _decrypt_one(
@@ -681,8 +730,9 @@ class KmsKeyProvider:
             self._hedging.record(Arn.parse(edk.key_arn).region, elapsed)
         return key
 
-    def _usable_key(self, edk: EncryptedDataKey, key: bytearray, algorithm: Algorithm,
-                    errors: dict[str, BaseException], more: bool) -> bytearray | None:
+    def _usable_key(
+        self, edk: EncryptedDataKey, key: bytearray, algorithm: Algorithm, errors: dict[str, BaseException], more: bool
+    ) -> bytearray | None:
         if len(key) == algorithm.key_len:
             return key
         n = len(key)
@@ -690,7 +740,8 @@ class KmsKeyProvider:
         err = KmsError(
             f"KMS Decrypt under {edk.key_arn} returned a {n}-byte data key; "
             f"{algorithm.name} needs {algorithm.key_len} bytes",
-            code="InvalidDataKeyLength", region=Arn.parse(edk.key_arn).region,
+            code="InvalidDataKeyLength",
+            region=Arn.parse(edk.key_arn).region,
         )
         errors[edk.key_arn] = err
         self._log_failure(edk.key_arn, err, more)
@@ -700,7 +751,11 @@ class KmsKeyProvider:
     def _log_failure(arn: str, err: KmsError, more: bool) -> None:
         logger.warning(
             "kmsenv: decrypting the data key under %s failed (code=%s, region=%s, request_id=%s)%s",
-            arn, err.code, err.region, err.request_id, "; trying the next CMK" if more else "",
+            arn,
+            err.code,
+            err.region,
+            err.request_id,
+            "; trying the next CMK" if more else "",
         )
 
 

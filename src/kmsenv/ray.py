@@ -64,7 +64,9 @@ __all__ = ["Encryptor", "Decryptor", "encrypt_dataset", "decrypt_dataset"]
 
 def _column(batch: pa.Table, name: str) -> Any:
     if not isinstance(batch, pa.Table):
-        raise ConfigurationError(f"expected a pyarrow.Table batch (map_batches(..., batch_format='pyarrow')), not {type(batch).__name__}")
+        raise ConfigurationError(
+            f"expected a pyarrow.Table batch (map_batches(..., batch_format='pyarrow')), not {type(batch).__name__}"
+        )
     i = batch.schema.get_field_index(name)
     if i < 0:
         raise ConfigurationError(f"the batch has no column {name!r} (or has it twice)")
@@ -159,8 +161,9 @@ class Encryptor:
         values = _column(batch, self.column)
         rows = _column(batch, self.aad_column) if self.aad_column else None
         partition = self._partition(len(values) - values.null_count)
-        out = _arrow.encrypt_array(values, self.jobkey, format=self.format, rows=rows, partition=partition,
-                                   column=self.aad_name)
+        out = _arrow.encrypt_array(
+            values, self.jobkey, format=self.format, rows=rows, partition=partition, column=self.aad_name
+        )
         return _put(batch, self.column, self.output, out)
 
 
@@ -209,8 +212,14 @@ class Decryptor:
         values = _column(batch, self.column)
         rows = _column(batch, self.aad_column) if self.aad_column else None
         out = _arrow.decrypt_array(
-            values, self.key, format=self.format, rows=rows, key_store=self.key_store, as_string=self.as_string,
-            column=self.aad_name, allow_uncommitted=self.allow_uncommitted,
+            values,
+            self.key,
+            format=self.format,
+            rows=rows,
+            key_store=self.key_store,
+            as_string=self.as_string,
+            column=self.aad_name,
+            allow_uncommitted=self.allow_uncommitted,
         )
         return _put(batch, self.column, self.output, out)
 
@@ -249,7 +258,11 @@ def encrypt_dataset(
         compute=compute,
         fn_constructor_args=(jobkey, column),
         fn_constructor_kwargs={
-            "output": output, "format": format, "aad_column": aad_column, "share": concurrency, "aad_name": aad_name,
+            "output": output,
+            "format": format,
+            "aad_column": aad_column,
+            "share": concurrency,
+            "aad_name": aad_name,
         },
         batch_format="pyarrow",
         num_cpus=num_cpus,
@@ -282,8 +295,13 @@ def decrypt_dataset(
         compute=compute,
         fn_constructor_args=(key, column),
         fn_constructor_kwargs={
-            "output": output, "format": format, "aad_column": aad_column, "key_store": key_store, "as_string": as_string,
-            "aad_name": aad_name, "allow_uncommitted": allow_uncommitted,
+            "output": output,
+            "format": format,
+            "aad_column": aad_column,
+            "key_store": key_store,
+            "as_string": as_string,
+            "aad_name": aad_name,
+            "allow_uncommitted": allow_uncommitted,
         },
         batch_format="pyarrow",
         num_cpus=num_cpus,

@@ -215,12 +215,21 @@ class KmsSecretStore:
     @staticmethod
     def _translated(exc: KmsError) -> KmsError:
         kind: type[KmsError] | None = (
-            SecretNotFoundError if exc.code in NOT_FOUND_CODES else SecretExistsError if exc.code in EXISTS_CODES else None
+            SecretNotFoundError
+            if exc.code in NOT_FOUND_CODES
+            else SecretExistsError
+            if exc.code in EXISTS_CODES
+            else None
         )
         if kind is None:
             return exc
-        return kind(exc.args[0] if exc.args else str(exc), code=exc.code, region=exc.region,
-                    request_id=exc.request_id, retryable=False)
+        return kind(
+            exc.args[0] if exc.args else str(exc),
+            code=exc.code,
+            region=exc.region,
+            request_id=exc.request_id,
+            retryable=False,
+        )
 
     def _in(self, region: str, action: str, what: str, fn: Callable[[Any, Any], Any]) -> Any:
         try:
@@ -235,8 +244,9 @@ class KmsSecretStore:
             except KmsError as exc:
                 if not exc.retryable or i == len(self.regions) - 1:
                     raise
-                logger.warning("kmsenv: %s %s failed in %s (%s); trying %s",
-                               action, what, region, exc.code, self.regions[i + 1])
+                logger.warning(
+                    "kmsenv: %s %s failed in %s (%s); trying %s", action, what, region, exc.code, self.regions[i + 1]
+                )
         raise AssertionError("unreachable")  # pragma: no cover
 
     def get_secret_value(
@@ -245,19 +255,24 @@ class KmsSecretStore:
         from alibabacloud_kms20160120 import models
 
         request = models.GetSecretValueRequest(secret_name=name, version_id=version_id, version_stage=version_stage)
-        body = self._read("GetSecretValue", f"of secret {name!r}",
-                          lambda c, rt: c.get_secret_value_with_options(request, rt))
+        body = self._read(
+            "GetSecretValue", f"of secret {name!r}", lambda c, rt: c.get_secret_value_with_options(request, rt)
+        )
         stages = getattr(body.version_stages, "version_stage", None) or []
         if not isinstance(body.secret_data, str) or not isinstance(body.version_id, str):
-            raise KmsError(f"KMS GetSecretValue of secret {name!r} returned no SecretData or VersionId",
-                           code="InvalidResponse")
+            raise KmsError(
+                f"KMS GetSecretValue of secret {name!r} returned no SecretData or VersionId", code="InvalidResponse"
+            )
         return SecretValue(body.secret_data, body.version_id, tuple(stages), body.secret_data_type or "text")
 
     def _create_in(self, region: str, name: str, value: str, version_id: str) -> None:
         from alibabacloud_kms20160120 import models
 
         request = models.CreateSecretRequest(
-            secret_name=name, secret_data=value, secret_data_type="text", version_id=version_id,
+            secret_name=name,
+            secret_data=value,
+            secret_data_type="text",
+            version_id=version_id,
             encryption_key_id=self.encryption_key_ids.get(region),
         )
         self._in(region, "CreateSecret", f"{name!r}", lambda c, rt: c.create_secret_with_options(request, rt))
@@ -268,8 +283,9 @@ class KmsSecretStore:
         request = models.PutSecretValueRequest(
             secret_name=name, secret_data=value, secret_data_type="text", version_id=version_id
         )
-        self._in(region, "PutSecretValue", f"of secret {name!r}",
-                 lambda c, rt: c.put_secret_value_with_options(request, rt))
+        self._in(
+            region, "PutSecretValue", f"of secret {name!r}", lambda c, rt: c.put_secret_value_with_options(request, rt)
+        )
 
     def _replicate(self, name: str, value: str, version_id: str) -> None:
         for region in self.regions[1:]:
@@ -281,8 +297,14 @@ class KmsSecretStore:
             except KmsError as exc:
                 if _is_exists(exc):
                     continue
-                logger.warning("kmsenv: copying secret %r version %s to %s failed (%s); reads fail over "
-                               "to that region only once it holds the secret", name, version_id, region, exc.code)
+                logger.warning(
+                    "kmsenv: copying secret %r version %s to %s failed (%s); reads fail over "
+                    "to that region only once it holds the secret",
+                    name,
+                    version_id,
+                    region,
+                    exc.code,
+                )
 
     def create_secret(self, name: str, value: str, version_id: str) -> None:
         self._create_in(self.regions[0], name, value, version_id)
@@ -301,8 +323,11 @@ class KmsSecretStore:
             request = models.ListSecretVersionIdsRequest(
                 secret_name=name, include_deprecated="true", page_number=page, page_size=100
             )
-            body = self._read("ListSecretVersionIds", f"of secret {name!r}",
-                              lambda c, rt: c.list_secret_version_ids_with_options(request, rt))
+            body = self._read(
+                "ListSecretVersionIds",
+                f"of secret {name!r}",
+                lambda c, rt: c.list_secret_version_ids_with_options(request, rt),
+            )
             entries = getattr(getattr(body, "version_ids", None), "version_id", None) or []
             for v in entries:
                 stages = getattr(v.version_stages, "version_stage", None) or []
@@ -410,7 +435,8 @@ class SecretManagerDataKeyProvider:
         self.key_provider = key_provider
         self.secret_name = secret_name
         self.algorithm: Algorithm = (
-            algorithm_argument(algorithm) if algorithm is not None
+            algorithm_argument(algorithm)
+            if algorithm is not None
             else getattr(key_provider, "algorithm", None) or DEFAULT_ALGORITHM
         )
         self.secrets: SecretStore = secrets if secrets is not None else _default_store(key_provider)
@@ -557,8 +583,9 @@ class SecretManagerDataKeyProvider:
                 # Gone since the listing, wrapped under CMKs this provider cannot
                 # use, or altered: it opens nothing; the others may. (A KMS that
                 # cannot be reached is an error, not a failed tag.)
-                logger.warning("kmsenv: secret %r version %s skipped (%s)", self.secret_name, version_id,
-                               type(exc).__name__)
+                logger.warning(
+                    "kmsenv: secret %r version %s skipped (%s)", self.secret_name, version_id, type(exc).__name__
+                )
                 continue
             yield older
 
@@ -633,7 +660,8 @@ class SecretManagerDataKeyProvider:
         alg = requested or current.header.algorithm
         check(alg)
         ctx = (
-            context_argument(encryption_context) if encryption_context is not None
+            context_argument(encryption_context)
+            if encryption_context is not None
             else dict(current.header.encryption_context)
         )
         version_id = str(uuid.uuid4())
@@ -729,8 +757,9 @@ def _open_body(key: CipherKey, header: MessageHeader, body: MessageBody, ctx_byt
         try:
             return key.gcm_open(body.iv, ctx_bytes, body.ciphertext, body.auth_tag)
         except AuthenticationError:
-            raise AuthenticationError("message body authentication failed: the body was altered "
-                                      "or belongs to another secret version") from None
+            raise AuthenticationError(
+                "message body authentication failed: the body was altered or belongs to another secret version"
+            ) from None
     return key.legacy_decrypt(info.mode, body.iv, body.ciphertext)
 
 
@@ -970,4 +999,3 @@ def decrypt_stream(
                     decryptor.close()
         version = next(candidates, None) if seekable else None
     raise failure or AuthenticationError("message body authentication failed")
-

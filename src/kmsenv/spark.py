@@ -106,15 +106,23 @@ def encrypt_column(
     _arrow._check_column(aad_name, format)
     source = _field(df, column, "input")
     if not isinstance(source.dataType, (StringType, BinaryType)):
-        raise ConfigurationError(f"column {column!r} must be a string or binary column, not {source.dataType.simpleString()}")
+        raise ConfigurationError(
+            f"column {column!r} must be a string or binary column, not {source.dataType.simpleString()}"
+        )
     if aad_column is not None:
         _field(df, aad_column, "row id")
     job = job_key_for(key, format=format, encryption_context=encryption_context, rows=rows, key_store=key_store)
     schema = _output_schema(df, column, output, BinaryType())
     partitions = max(1, df.rdd.getNumPartitions())
     fn = functools.partial(
-        _encrypt_batches, column=column, output=output or column, key=job, format=format,
-        aad_column=aad_column, partitions=partitions, aad_name=_arrow.bound_name(output or column, aad_name, format),
+        _encrypt_batches,
+        column=column,
+        output=output or column,
+        key=job,
+        format=format,
+        aad_column=aad_column,
+        partitions=partitions,
+        aad_name=_arrow.bound_name(output or column, aad_name, format),
     )
     return df.mapInArrow(fn, schema)
 
@@ -154,10 +162,17 @@ def decrypt_column(
         _field(df, aad_column, "row id")
     schema = _output_schema(df, column, output, StringType() if as_string else BinaryType())
     fn = functools.partial(
-        _decrypt_batches, column=column, output=output or column, key=args.key, format=args.format,
-        aad_column=aad_column, key_store=key_store, as_string=as_string,
+        _decrypt_batches,
+        column=column,
+        output=output or column,
+        key=args.key,
+        format=args.format,
+        aad_column=aad_column,
+        key_store=key_store,
+        as_string=as_string,
         expected_encryption_context=dict(expected_encryption_context) if expected_encryption_context else None,
-        aad_name=args.aad_name, allow_uncommitted=args.allow_uncommitted,
+        aad_name=args.aad_name,
+        allow_uncommitted=args.allow_uncommitted,
     )
     return df.mapInArrow(fn, schema)
 
@@ -260,8 +275,15 @@ def _replace(batch: pa.RecordBatch, column: str, output: str, array: Any) -> pa.
 
 
 def _encrypt_batches(
-    batches: Iterable[pa.RecordBatch], *, column: str, output: str, key: JobKey, format: str,
-    aad_column: str | None, partitions: int, aad_name: str | None = None,
+    batches: Iterable[pa.RecordBatch],
+    *,
+    column: str,
+    output: str,
+    key: JobKey,
+    format: str,
+    aad_column: str | None,
+    partitions: int,
+    aad_name: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     part = _partition(partitions, format)
     budget = _Budget(key, partitions, format)
@@ -274,17 +296,31 @@ def _encrypt_batches(
 
 
 def _decrypt_batches(
-    batches: Iterable[pa.RecordBatch], *, column: str, output: str, key: Any, format: str | None,
-    aad_column: str | None, key_store: KeyHeaderStore | None, as_string: bool,
-    expected_encryption_context: Mapping[str, str] | None, aad_name: str | None = None,
+    batches: Iterable[pa.RecordBatch],
+    *,
+    column: str,
+    output: str,
+    key: Any,
+    format: str | None,
+    aad_column: str | None,
+    key_store: KeyHeaderStore | None,
+    as_string: bool,
+    expected_encryption_context: Mapping[str, str] | None,
+    aad_name: str | None = None,
     allow_uncommitted: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         values = batch.column(column)
         rows = batch.column(aad_column) if aad_column else None
         opened = _arrow.decrypt_array(
-            values, key, format=format, rows=rows, key_store=key_store, as_string=as_string,
-            expected_encryption_context=expected_encryption_context, column=aad_name,
+            values,
+            key,
+            format=format,
+            rows=rows,
+            key_store=key_store,
+            as_string=as_string,
+            expected_encryption_context=expected_encryption_context,
+            column=aad_name,
             allow_uncommitted=allow_uncommitted,
         )
         yield _replace(batch, column, output, _like(opened, values.type, as_string))

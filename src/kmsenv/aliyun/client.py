@@ -111,7 +111,10 @@ class AliyunCrypto:
         size = memoryview(plain_text).nbytes
         provider = self.crypto_key_manager.for_encrypt(key_provider.data_key_provider(self.kms), size)
         result = engine.encrypt(
-            plain_text, provider, encryption_context=ctx, algorithm=key_provider.algorithm,
+            plain_text,
+            provider,
+            encryption_context=ctx,
+            algorithm=key_provider.algorithm,
             allow_unauthenticated=self.allow_unauthenticated,
         )
         return result.ciphertext, CipherMaterial.from_message(result.ciphertext)

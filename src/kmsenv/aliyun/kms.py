@@ -101,5 +101,7 @@ class AliyunConfig:
         )
 
     def __repr__(self) -> str:  # never the secret
-        return (f"AliyunConfig(access_key_id={self.access_key_id!r}, access_key_secret=<redacted>, "
-                f"region={self.region!r}, max_retries={self.max_retries})")
+        return (
+            f"AliyunConfig(access_key_id={self.access_key_id!r}, access_key_secret=<redacted>, "
+            f"region={self.region!r}, max_retries={self.max_retries})"
+        )

@@ -88,7 +88,13 @@ class CipherMaterial:
             for e in header.encrypted_data_keys
         )
         return cls(
-            CipherHeader(header.algorithm, dict(header.encryption_context), edks, header.version,
-                         header.header_iv, header.header_auth_tag),
+            CipherHeader(
+                header.algorithm,
+                dict(header.encryption_context),
+                edks,
+                header.version,
+                header.header_iv,
+                header.header_auth_tag,
+            ),
             CipherBody(body.iv, body.ciphertext, body.auth_tag),
         )

@@ -94,7 +94,14 @@ class Backend(Protocol):
     name: str
 
     def seal_message(
-        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: BytesLike, ivs: bytes,
+        self,
+        cipher: str,
+        key: bytearray,
+        fields: bytes,
+        auth: bytes,
+        aad: bytes,
+        plaintext: BytesLike,
+        ivs: bytes,
         wipe_key: bool = False,
     ) -> bytes:
         """One complete GCM message: header tag over ``auth``, header = fields +
@@ -103,7 +110,13 @@ class Backend(Protocol):
         too before this returns or raises."""
 
     def open_message(
-        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes, wipe_key: bool = False,
+        self,
+        cipher: str,
+        key: bytearray,
+        auth: bytes,
+        aad: bytes,
+        message: bytes,
+        wipe_key: bool = False,
         parts: MessageParts | None = None,
     ) -> bytes:
         """Verify the header tag over ``auth`` then open the body (strict framing).
@@ -174,14 +187,31 @@ class StreamBackend(Protocol):
         """RFC 5869 HKDF with "SHA256" or "SM3"; the result is the caller's to wipe."""
 
     def frames_seal(
-        self, cipher: str, key: Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
-        final: bool, data: Any, out: bytearray, nthreads: int,
+        self,
+        cipher: str,
+        key: Any,
+        base_iv: bytes,
+        msgid: bytes,
+        first_seq: int,
+        frame_size: int,
+        final: bool,
+        data: Any,
+        out: bytearray,
+        nthreads: int,
     ) -> int:
         """Seal ``data`` as frames into ``out`` (sized by frames_sealed_size); return bytes written."""
 
     def frames_open(
-        self, cipher: str, key: Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
-        data: Any, out: bytearray, nthreads: int,
+        self,
+        cipher: str,
+        key: Any,
+        base_iv: bytes,
+        msgid: bytes,
+        first_seq: int,
+        frame_size: int,
+        data: Any,
+        out: bytearray,
+        nthreads: int,
     ) -> tuple[int, int, bool]:
         """Open whole frames into ``out``: (plaintext bytes, frames, final seen).
 
@@ -264,23 +294,45 @@ class ColumnBackend(Protocol):
         """The per-segment key of a compact value (len(key) bytes); the caller wipes it."""
 
     def compact_seal(
-        self, cipher: str, key: Any, header_hash: bytes, segment: bytes, name: bytes, col: ColumnView,
-        rows: ColumnView | None, start: int, stop: int, ivs: bytes | None, out: ColumnOutput,
+        self,
+        cipher: str,
+        key: Any,
+        header_hash: bytes,
+        segment: bytes,
+        name: bytes,
+        col: ColumnView,
+        rows: ColumnView | None,
+        start: int,
+        stop: int,
+        ivs: bytes | None,
+        out: ColumnOutput,
     ) -> None:
         """Seal values start..stop-1 of ``col`` (at most COMPACT_MAX_SEGMENT) as
         version 2 values of one segment bound to the column ``name`` (and to
         ``rows`` when given); ``ivs``: 12 bytes per value, for known answers."""
 
     def compact_open(
-        self, version: int, cipher: str, key: Any, header_hash: bytes, name: bytes, col: ColumnView,
-        rows: ColumnView | None, start: int, out: ColumnOutput,
+        self,
+        version: int,
+        cipher: str,
+        key: Any,
+        header_hash: bytes,
+        name: bytes,
+        col: ColumnView,
+        rows: ColumnView | None,
+        start: int,
+        out: ColumnOutput,
     ) -> tuple[int, int]:
         """Open values start.. under one key header (its commitment already
         checked): (status, index it stopped at). On AUTH or FORMAT the output
         this call wrote is wiped."""
 
     def alibaba_column_seal(
-        self, key: CipherKey, header: bytes, aad: bytes, col: ColumnView,
+        self,
+        key: CipherKey,
+        header: bytes,
+        aad: bytes,
+        col: ColumnView,
         new_output: Callable[[int], ColumnOutput],
     ) -> ColumnOutput:
         """Every present value as a complete message sharing the encoded

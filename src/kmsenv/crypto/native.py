@@ -212,9 +212,7 @@ class NativeKey:
         n = len(plaintext)
         out = bytearray(n + I.GCM_TAG_LEN)
         buf = ffi.from_buffer(out, require_writable=True)
-        status = lib.kmsenv_gcm_seal(
-            self._h(), iv, aad, len(aad), ffi.from_buffer(plaintext), n, buf, buf + n
-        )
+        status = lib.kmsenv_gcm_seal(self._h(), iv, aad, len(aad), ffi.from_buffer(plaintext), n, buf, buf + n)
         if status:
             _raise(status, "GCM seal")
         view = memoryview(out)
@@ -226,7 +224,13 @@ class NativeKey:
         n = len(ciphertext)
         out = bytearray(n)
         status = lib.kmsenv_gcm_open(
-            self._h(), iv, aad, len(aad), ffi.from_buffer(ciphertext), n, tag,
+            self._h(),
+            iv,
+            aad,
+            len(aad),
+            ffi.from_buffer(ciphertext),
+            n,
+            tag,
             ffi.from_buffer(out, require_writable=True),
         )
         if status:
@@ -239,8 +243,14 @@ class NativeKey:
         out = bytearray(cap)
         outlen = ffi.new("size_t *")
         status = fn(
-            self._h(), _MODES[mode], iv, ffi.from_buffer(data), len(data),
-            ffi.from_buffer(out, require_writable=True), cap, outlen,
+            self._h(),
+            _MODES[mode],
+            iv,
+            ffi.from_buffer(data),
+            len(data),
+            ffi.from_buffer(out, require_writable=True),
+            cap,
+            outlen,
         )
         if status:
             if status == lib.KMSENV_E_ARG and mode != I.CTR and len(data) % 16:
@@ -266,8 +276,18 @@ class NativeKey:
         offs[0] = 0
         offs[1] = n
         status = lib.kmsenv_gcm_seal_messages(
-            self._h(), header, hlen, aad, len(aad), 1, ffi.from_buffer(plaintext), offs, iv,
-            ffi.from_buffer(out, require_writable=True), size, offs + 2,
+            self._h(),
+            header,
+            hlen,
+            aad,
+            len(aad),
+            1,
+            ffi.from_buffer(plaintext),
+            offs,
+            iv,
+            ffi.from_buffer(out, require_writable=True),
+            size,
+            offs + 2,
         )
         if status:
             _raise(status, "GCM seal")
@@ -281,8 +301,18 @@ class NativeKey:
         offs[1] = n
         status = ffi.new("int *")
         lib.kmsenv_gcm_open_messages(
-            self._h(), header, len(header), aad, len(aad), 1, ffi.from_buffer(message), offs,
-            ffi.from_buffer(out, require_writable=True), len(out), offs + 2, status,
+            self._h(),
+            header,
+            len(header),
+            aad,
+            len(aad),
+            1,
+            ffi.from_buffer(message),
+            offs,
+            ffi.from_buffer(out, require_writable=True),
+            len(out),
+            offs + 2,
+            status,
         )
         if status[0]:
             _raise(status[0], "message body")
@@ -312,8 +342,18 @@ class NativeKey:
             result, out = _fresh_bytes(cap)
         out_offsets = ffi.new("size_t[]", n + 1)
         status = lib.kmsenv_gcm_seal_messages(
-            self._h(), header, hlen, aad, len(aad), n, _from_buffer(data), in_offsets,
-            ffi.NULL, out, cap, out_offsets,
+            self._h(),
+            header,
+            hlen,
+            aad,
+            len(aad),
+            n,
+            _from_buffer(data),
+            in_offsets,
+            ffi.NULL,
+            out,
+            cap,
+            out_offsets,
         )
         if status:
             _raise(status, "batch seal")
@@ -337,8 +377,18 @@ class NativeKey:
         out_offsets = ffi.new("size_t[]", n + 1)
         statuses = ffi.new("int[]", n)
         lib.kmsenv_gcm_open_messages(
-            self._h(), header, len(header), aad, len(aad), n, ffi.from_buffer(data), in_offsets,
-            ffi.from_buffer(out, require_writable=True), len(out), out_offsets, statuses,
+            self._h(),
+            header,
+            len(header),
+            aad,
+            len(aad),
+            n,
+            ffi.from_buffer(data),
+            in_offsets,
+            ffi.from_buffer(out, require_writable=True),
+            len(out),
+            out_offsets,
+            statuses,
         )
         view = memoryview(out)
         offs = ffi.unpack(out_offsets, n + 1)
@@ -435,8 +485,15 @@ def _frame_args(cipher: str, key: Any, base_iv: bytes, msgid: bytes) -> tuple[in
 def _native_hkdf(hash_name: str, ikm: Any, salt: bytes, info: bytes, length: int) -> bytearray:
     out = bytearray(length)
     status = lib.kmsenv_hkdf(
-        _HASHES[hash_name], ffi.from_buffer(ikm), len(ikm), salt, len(salt), info, len(info),
-        ffi.from_buffer(out, require_writable=True), length,
+        _HASHES[hash_name],
+        ffi.from_buffer(ikm),
+        len(ikm),
+        salt,
+        len(salt),
+        info,
+        len(info),
+        ffi.from_buffer(out, require_writable=True),
+        length,
     )
     if status:
         _raise(status, f"HKDF-{hash_name}")
@@ -444,8 +501,16 @@ def _native_hkdf(hash_name: str, ikm: Any, salt: bytes, info: bytes, length: int
 
 
 def _native_frames_seal(
-    cipher: str, key: Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
-    final: bool, data: Any, out: bytearray, nthreads: int,
+    cipher: str,
+    key: Any,
+    base_iv: bytes,
+    msgid: bytes,
+    first_seq: int,
+    frame_size: int,
+    final: bool,
+    data: Any,
+    out: bytearray,
+    nthreads: int,
 ) -> int:
     c, k, klen = _frame_args(cipher, key, base_iv, msgid)
     need = I.frames_sealed_size(frame_size, len(data), final)
@@ -455,8 +520,19 @@ def _native_frames_seal(
         return 0
     outlen = ffi.new("size_t *")
     status = lib.kmsenv_frames_seal(
-        c, k, klen, base_iv, msgid, first_seq, frame_size, int(final),
-        ffi.from_buffer(data), len(data), ffi.from_buffer(out, require_writable=True), len(out), outlen,
+        c,
+        k,
+        klen,
+        base_iv,
+        msgid,
+        first_seq,
+        frame_size,
+        int(final),
+        ffi.from_buffer(data),
+        len(data),
+        ffi.from_buffer(out, require_writable=True),
+        len(out),
+        outlen,
         nthreads,
     )
     if status:
@@ -465,8 +541,15 @@ def _native_frames_seal(
 
 
 def _native_frames_open(
-    cipher: str, key: Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
-    data: Any, out: bytearray, nthreads: int,
+    cipher: str,
+    key: Any,
+    base_iv: bytes,
+    msgid: bytes,
+    first_seq: int,
+    frame_size: int,
+    data: Any,
+    out: bytearray,
+    nthreads: int,
 ) -> tuple[int, int, bool]:
     c, k, klen = _frame_args(cipher, key, base_iv, msgid)
     if len(data) == 0:
@@ -476,8 +559,22 @@ def _native_frames_open(
     final = ffi.new("int *")
     failed = ffi.new("size_t *")
     status = lib.kmsenv_frames_open(
-        c, k, klen, base_iv, msgid, first_seq, frame_size, ffi.from_buffer(data), len(data),
-        ffi.from_buffer(out, require_writable=True), len(out), outlen, nframes, final, failed, nthreads,
+        c,
+        k,
+        klen,
+        base_iv,
+        msgid,
+        first_seq,
+        frame_size,
+        ffi.from_buffer(data),
+        len(data),
+        ffi.from_buffer(out, require_writable=True),
+        len(out),
+        outlen,
+        nframes,
+        final,
+        failed,
+        nthreads,
     )
     if status in (lib.KMSENV_E_AUTH, lib.KMSENV_E_FORMAT):
         raise I.FrameBatchError(status, int(failed[0]))
@@ -523,7 +620,12 @@ def _binout(out: I.ColumnOutput, keep: list[Any], start: int = 0) -> Any:
 def _native_compact_subkey(version: int, cipher: str, key: Any, header_hash: bytes, segment: bytes) -> bytearray:
     out = bytearray(len(key))
     status = lib.kmsenv_compact_subkey(
-        version, _CIPHERS[cipher], ffi.from_buffer(key), len(key), header_hash, segment,
+        version,
+        _CIPHERS[cipher],
+        ffi.from_buffer(key),
+        len(key),
+        header_hash,
+        segment,
         ffi.from_buffer(out, require_writable=True),
     )
     if status:
@@ -532,16 +634,34 @@ def _native_compact_subkey(version: int, cipher: str, key: Any, header_hash: byt
 
 
 def _native_compact_seal(
-    cipher: str, key: Any, header_hash: bytes, segment: bytes, name: bytes, col: I.ColumnView,
-    rows: I.ColumnView | None, start: int, stop: int, ivs: bytes | None, out: I.ColumnOutput,
+    cipher: str,
+    key: Any,
+    header_hash: bytes,
+    segment: bytes,
+    name: bytes,
+    col: I.ColumnView,
+    rows: I.ColumnView | None,
+    start: int,
+    stop: int,
+    ivs: bytes | None,
+    out: I.ColumnOutput,
 ) -> None:
     keep: list[Any] = []
     v = _binview(col, keep, start, stop)
     r = _binview(rows, keep, start, stop) if rows is not None else ffi.NULL
     o = _binout(out, keep, start)
     status = lib.kmsenv_compact_seal(
-        _CIPHERS[cipher], ffi.from_buffer(key), len(key), header_hash, segment, name, len(name), v, r,
-        ivs if ivs is not None else ffi.NULL, o,
+        _CIPHERS[cipher],
+        ffi.from_buffer(key),
+        len(key),
+        header_hash,
+        segment,
+        name,
+        len(name),
+        v,
+        r,
+        ivs if ivs is not None else ffi.NULL,
+        o,
     )
     del keep
     if status:
@@ -549,8 +669,15 @@ def _native_compact_seal(
 
 
 def _native_compact_open(
-    version: int, cipher: str, key: Any, header_hash: bytes, name: bytes, col: I.ColumnView,
-    rows: I.ColumnView | None, start: int, out: I.ColumnOutput,
+    version: int,
+    cipher: str,
+    key: Any,
+    header_hash: bytes,
+    name: bytes,
+    col: I.ColumnView,
+    rows: I.ColumnView | None,
+    start: int,
+    out: I.ColumnOutput,
 ) -> tuple[int, int]:
     keep: list[Any] = []
     v = _binview(col, keep)
@@ -558,8 +685,18 @@ def _native_compact_open(
     o = _binout(out, keep)
     stopped = ffi.new("size_t *")
     status = lib.kmsenv_compact_open(
-        version, _CIPHERS[cipher], ffi.from_buffer(key), len(key), header_hash, name, len(name), v, r, start,
-        stopped, o,
+        version,
+        _CIPHERS[cipher],
+        ffi.from_buffer(key),
+        len(key),
+        header_hash,
+        name,
+        len(name),
+        v,
+        r,
+        start,
+        stopped,
+        o,
     )
     del keep
     if status not in _COLUMN_STOPS and status != I.STATUS_FORMAT:
@@ -603,7 +740,14 @@ class NativeBackend:
     name = "native"
 
     def seal_message(
-        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: Any, ivs: bytes,
+        self,
+        cipher: str,
+        key: bytearray,
+        fields: bytes,
+        auth: bytes,
+        aad: bytes,
+        plaintext: Any,
+        ivs: bytes,
         wipe_key: bool = False,
     ) -> bytes:
         # Per message: each Python-level step here costs a fair share of the
@@ -617,9 +761,22 @@ class NativeBackend:
             else:
                 result, out = _fresh_bytes(size)
             status = _seal(
-                _CIPHERS[cipher], _from_buffer(key), len(key), fields, len(fields), auth, len(auth),
-                aad, len(aad), plaintext if type(plaintext) is bytes else _from_buffer(plaintext), n,
-                ivs, out, size, ffi.NULL, _WIPE_KEY if wipe_key else 0,
+                _CIPHERS[cipher],
+                _from_buffer(key),
+                len(key),
+                fields,
+                len(fields),
+                auth,
+                len(auth),
+                aad,
+                len(aad),
+                plaintext if type(plaintext) is bytes else _from_buffer(plaintext),
+                n,
+                ivs,
+                out,
+                size,
+                ffi.NULL,
+                _WIPE_KEY if wipe_key else 0,
             )
         except BaseException:
             if wipe_key:
@@ -630,7 +787,13 @@ class NativeBackend:
         return bytes(result) if type(result) is not bytes else result
 
     def open_message(
-        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: Any, wipe_key: bool = False,
+        self,
+        cipher: str,
+        key: bytearray,
+        auth: bytes,
+        aad: bytes,
+        message: Any,
+        wipe_key: bool = False,
         parts: I.MessageParts | None = None,
     ) -> bytes:
         # The plaintext goes straight into its final object, sized from the
@@ -644,8 +807,17 @@ class NativeBackend:
             else:
                 result, out = _fresh_bytes(size)
             got = _open(
-                _CIPHERS[cipher], _from_buffer(key), len(key), auth, len(auth), aad, len(aad),
-                message if type(message) is bytes else _from_buffer(message), len(message), out, size,
+                _CIPHERS[cipher],
+                _from_buffer(key),
+                len(key),
+                auth,
+                len(auth),
+                aad,
+                len(aad),
+                message if type(message) is bytes else _from_buffer(message),
+                len(message),
+                out,
+                size,
                 _WIPE_KEY if wipe_key else 0,
             )
         except BaseException:

@@ -55,7 +55,8 @@ def _body_parts(message: Any, parts: I.MessageParts) -> tuple[bytes, bytes, byte
     """(IV, ciphertext, tag) of a GCM message, where the caller's parse found them."""
     iv, ct, tag = parts.iv_start, parts.ct_start, parts.tag_start
     return (
-        bytes(message[iv : iv + parts.iv_len]), bytes(message[ct : ct + parts.ct_len]),
+        bytes(message[iv : iv + parts.iv_len]),
+        bytes(message[ct : ct + parts.ct_len]),
         bytes(message[tag : tag + parts.tag_len]),
     )
 
@@ -65,7 +66,9 @@ def _ends_with_iv_and_tag(message: Any, start: int, end: int) -> bool:
     C core checks (the engine's strict header parse already did)."""
     at = end - I.HEADER_IV_FROM_END
     return (
-        at - start >= 2 and message[at - 2] == der.OCTET_STRING and message[at - 1] == I.GCM_IV_LEN
+        at - start >= 2
+        and message[at - 2] == der.OCTET_STRING
+        and message[at - 1] == I.GCM_IV_LEN
         and message[end - I.HEADER_TAG_FROM_END - 2] == der.OCTET_STRING
         and message[end - I.HEADER_TAG_FROM_END - 1] == I.GCM_TAG_LEN
     )
@@ -214,8 +217,16 @@ def _frame_aad(msgid: bytes, seq: int, final: bool) -> bytes:
 
 
 def _pure_frames_seal(
-    cipher: str, key: _Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
-    final: bool, data: _Any, out: bytearray, nthreads: int,
+    cipher: str,
+    key: _Any,
+    base_iv: bytes,
+    msgid: bytes,
+    first_seq: int,
+    frame_size: int,
+    final: bool,
+    data: _Any,
+    out: bytearray,
+    nthreads: int,
 ) -> int:
     del nthreads  # one thread: this backend is the reference, not the fast path
     need = I.frames_sealed_size(frame_size, len(data), final)
@@ -234,7 +245,11 @@ def _pure_frames_seal(
             is_final = final and i == full
             pt = view[i * frame_size : i * frame_size + (rest if is_final else frame_size)]
             ct, tag = k.gcm_seal(_frame_iv(base_iv, seq), _frame_aad(msgid, seq, is_final), bytes(pt))
-            head = _be32.pack(I.FRAME_FINAL_MARKER) + _be32.pack(seq) + _be32.pack(len(pt)) if is_final else _be32.pack(seq)
+            head = (
+                _be32.pack(I.FRAME_FINAL_MARKER) + _be32.pack(seq) + _be32.pack(len(pt))
+                if is_final
+                else _be32.pack(seq)
+            )
             piece = head + ct + tag
             out[pos : pos + len(piece)] = piece
             pos += len(piece)
@@ -244,8 +259,15 @@ def _pure_frames_seal(
 
 
 def _pure_frames_open(
-    cipher: str, key: _Any, base_iv: bytes, msgid: bytes, first_seq: int, frame_size: int,
-    data: _Any, out: bytearray, nthreads: int,
+    cipher: str,
+    key: _Any,
+    base_iv: bytes,
+    msgid: bytes,
+    first_seq: int,
+    frame_size: int,
+    data: _Any,
+    out: bytearray,
+    nthreads: int,
 ) -> tuple[int, int, bool]:
     del nthreads
     view = memoryview(data)
@@ -279,8 +301,10 @@ def _pure_frames_open(
         for index, (s, start, n, is_final) in enumerate(frames):
             try:
                 pt = k.gcm_open(
-                    _frame_iv(base_iv, s), _frame_aad(msgid, s, is_final),
-                    bytes(view[start : start + n]), bytes(view[start + n : start + n + I.GCM_TAG_LEN]),
+                    _frame_iv(base_iv, s),
+                    _frame_aad(msgid, s, is_final),
+                    bytes(view[start : start + n]),
+                    bytes(view[start + n : start + n + I.GCM_TAG_LEN]),
                 )
             except AuthenticationError:
                 out[:] = bytes(len(out))  # all or nothing, as the native core
@@ -366,8 +390,17 @@ def _compact_aad(prefix: bytes, version: int, name: bytes, row: _Any) -> bytes:
 
 
 def _pure_compact_seal(
-    cipher: str, key: _Any, header_hash: bytes, segment: bytes, name: bytes, col: I.ColumnView,
-    rows: I.ColumnView | None, start: int, stop: int, ivs: bytes | None, out: I.ColumnOutput,
+    cipher: str,
+    key: _Any,
+    header_hash: bytes,
+    segment: bytes,
+    name: bytes,
+    col: I.ColumnView,
+    rows: I.ColumnView | None,
+    start: int,
+    stop: int,
+    ivs: bytes | None,
+    out: I.ColumnOutput,
 ) -> None:
     sub = _pure_compact_subkey(2, cipher, key, header_hash, segment)
     try:
@@ -396,8 +429,15 @@ def _pure_compact_seal(
 
 
 def _pure_compact_open(
-    version: int, cipher: str, key: _Any, header_hash: bytes, name: bytes, col: I.ColumnView,
-    rows: I.ColumnView | None, start: int, out: I.ColumnOutput,
+    version: int,
+    cipher: str,
+    key: _Any,
+    header_hash: bytes,
+    name: bytes,
+    col: I.ColumnView,
+    rows: I.ColumnView | None,
+    start: int,
+    out: I.ColumnOutput,
 ) -> tuple[int, int]:
     fmt = _offset_format(out.width)
     pos = first = _struct.unpack_from(fmt, out.offsets, start * out.width)[0]
@@ -408,7 +448,11 @@ def _pure_compact_open(
         for i in range(start, col.length):
             value = col.value(i)
             if value is not None:
-                got = I.COMPACT_VERSIONS.get(value[0] & ~I.COMPACT_ROW_BOUND & 0xFF) if len(value) >= I.COMPACT_OVERHEAD else None
+                got = (
+                    I.COMPACT_VERSIONS.get(value[0] & ~I.COMPACT_ROW_BOUND & 0xFF)
+                    if len(value) >= I.COMPACT_OVERHEAD
+                    else None
+                )
                 if got is None:
                     out.data[first:pos] = bytes(pos - first)
                     return I.STATUS_FORMAT, i
@@ -426,12 +470,14 @@ def _pure_compact_open(
                     _wipe(sub)
                     segment = seg
                 assert k is not None  # set with the first value's segment, just above
-                aad = _compact_aad(bytes(value[: I.COMPACT_PREFIX_LEN]), version, name,
-                                   rows.value(i) if rows is not None else None)
+                aad = _compact_aad(
+                    bytes(value[: I.COMPACT_PREFIX_LEN]), version, name, rows.value(i) if rows is not None else None
+                )
                 iv_end = I.COMPACT_PREFIX_LEN + I.GCM_IV_LEN
                 try:
-                    pt = k.gcm_open(bytes(value[I.COMPACT_PREFIX_LEN : iv_end]), aad, bytes(value[iv_end:-16]),
-                                    bytes(value[-16:]))
+                    pt = k.gcm_open(
+                        bytes(value[I.COMPACT_PREFIX_LEN : iv_end]), aad, bytes(value[iv_end:-16]), bytes(value[-16:])
+                    )
                 except AuthenticationError:
                     out.data[first:pos] = bytes(pos - first)
                     return I.STATUS_AUTH, i
@@ -490,7 +536,14 @@ class PureBackend:
     name = "pure"
 
     def seal_message(
-        self, cipher: str, key: bytearray, fields: bytes, auth: bytes, aad: bytes, plaintext: BytesLike, ivs: bytes,
+        self,
+        cipher: str,
+        key: bytearray,
+        fields: bytes,
+        auth: bytes,
+        aad: bytes,
+        plaintext: BytesLike,
+        ivs: bytes,
         wipe_key: bool = False,
     ) -> bytes:
         try:
@@ -505,7 +558,13 @@ class PureBackend:
             k.close()
 
     def open_message(
-        self, cipher: str, key: bytearray, auth: bytes, aad: bytes, message: bytes, wipe_key: bool = False,
+        self,
+        cipher: str,
+        key: bytearray,
+        auth: bytes,
+        aad: bytes,
+        message: bytes,
+        wipe_key: bool = False,
         parts: I.MessageParts | None = None,
     ) -> bytes:
         # The same order as the C core: the framing first (a malformed body is
@@ -515,8 +574,10 @@ class PureBackend:
             if parts is None:
                 parts = der.message_layout(message)
             end = parts.header_end
-            if parts.iv_len != I.GCM_IV_LEN or parts.tag_len != I.GCM_TAG_LEN or not _ends_with_iv_and_tag(
-                message, parts.header_start, end
+            if (
+                parts.iv_len != I.GCM_IV_LEN
+                or parts.tag_len != I.GCM_TAG_LEN
+                or not _ends_with_iv_and_tag(message, parts.header_start, end)
             ):
                 raise MessageFormatError("message: the IVs must be 12 bytes and the tags 16")
             header_iv = bytes(message[end - I.HEADER_IV_FROM_END : end - I.HEADER_IV_FROM_END + I.GCM_IV_LEN])

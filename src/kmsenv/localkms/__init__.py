@@ -1,9 +1,9 @@
 """A local Alibaba Cloud KMS server for tests, demos and benchmarks.
 
-    from kmsenv.localkms import LocalKms
-    with LocalKms(regions=["cn-hangzhou", "cn-shanghai"]) as kms:
-        arn = kms.create_key("cn-hangzhou")
-        kms.endpoints   # {"cn-hangzhou": "http://127.0.0.1:PORT", ...}
+from kmsenv.localkms import LocalKms
+with LocalKms(regions=["cn-hangzhou", "cn-shanghai"]) as kms:
+    arn = kms.create_key("cn-hangzhou")
+    kms.endpoints   # {"cn-hangzhou": "http://127.0.0.1:PORT", ...}
 """
 
 from .errors import KmsError

@@ -26,8 +26,13 @@ _MAX_KEY_VERSIONS = 50  # per key (KMS 1.0, §14.3)
 _VERSION_INTERVAL = 7 * 86400  # seconds between versions with strict_version_interval
 _DATA_KEY_SPECS = {"AES_256": 32, "AES_128": 16, "SM4_128": 16}
 _ALIAS_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-/:")
-_LIST_FILTER_FIELDS = {"KeyState": "state", "KeySpec": "key_spec", "KeyUsage": "key_usage",
-                       "ProtectionLevel": "protection_level", "CreatorType": None}
+_LIST_FILTER_FIELDS = {
+    "KeyState": "state",
+    "KeySpec": "key_spec",
+    "KeyUsage": "key_usage",
+    "ProtectionLevel": "protection_level",
+    "CreatorType": None,
+}
 
 
 def _required(params: Params, name: str) -> str:
@@ -97,15 +102,20 @@ def key_version_not_found() -> KmsError:
 
 def _dry_run(params: Params) -> None:
     if params.get("DryRun", "").lower() == "true":
-        raise KmsError(400, "DryRunOperation",
-                       "Request validation has been passed with DryRun flag set.")
+        raise KmsError(400, "DryRunOperation", "Request validation has been passed with DryRun flag set.")
 
 
 class RegionActions:
-    def __init__(self, region: str, account_uid: str, store: KeyStore,
-                 all_regions: Callable[[], list[str]], *,
-                 clock: Callable[[], float] = time.time,
-                 strict_version_interval: bool = False) -> None:
+    def __init__(
+        self,
+        region: str,
+        account_uid: str,
+        store: KeyStore,
+        all_regions: Callable[[], list[str]],
+        *,
+        clock: Callable[[], float] = time.time,
+        strict_version_interval: bool = False,
+    ) -> None:
         self.region = region
         self.account_uid = account_uid
         self.store = store
@@ -115,23 +125,31 @@ class RegionActions:
         # by default because tests rotate many times (§14.3).
         self.strict_version_interval = strict_version_interval
         self.handlers: dict[str, Callable[[Params], Response]] = {
-            "CreateKey": self.create_key, "DescribeKey": self.describe_key,
-            "ListKeys": self.list_keys, "CreateAlias": self.create_alias,
-            "ListAliases": self.list_aliases, "EnableKey": self.enable_key,
-            "DisableKey": self.disable_key, "GenerateDataKey": self.generate_data_key,
+            "CreateKey": self.create_key,
+            "DescribeKey": self.describe_key,
+            "ListKeys": self.list_keys,
+            "CreateAlias": self.create_alias,
+            "ListAliases": self.list_aliases,
+            "EnableKey": self.enable_key,
+            "DisableKey": self.disable_key,
+            "GenerateDataKey": self.generate_data_key,
             "GenerateDataKeyWithoutPlaintext": self.generate_data_key_without_plaintext,
-            "Encrypt": self.encrypt, "Decrypt": self.decrypt, "ReEncrypt": self.re_encrypt,
+            "Encrypt": self.encrypt,
+            "Decrypt": self.decrypt,
+            "ReEncrypt": self.re_encrypt,
             "DescribeRegions": self.describe_regions,
             "ListKeyVersions": self.list_key_versions,
             "DescribeKeyVersion": self.describe_key_version,
             "CreateKeyVersion": self.create_key_version,
-            "GetPublicKey": self.get_public_key, "AsymmetricSign": self.asymmetric_sign,
+            "GetPublicKey": self.get_public_key,
+            "AsymmetricSign": self.asymmetric_sign,
             "AsymmetricVerify": self.asymmetric_verify,
             "AsymmetricEncrypt": self.asymmetric_encrypt,
             "AsymmetricDecrypt": self.asymmetric_decrypt,
         }
         # Imported here: secrets builds on this class's key lookups.
         from .secrets import SecretActions
+
         self.secrets = SecretActions(self, clock=clock)
         self.handlers.update(self.secrets.handlers)
 
@@ -147,8 +165,7 @@ class RegionActions:
         """Key ID, ``alias/name``, key ARN or alias ARN, resolved in this region only."""
         if ref.startswith("acs:kms:"):
             parts = ref.split(":", 4)
-            if (len(parts) != 5 or parts[2] != self.region
-                    or parts[3] != self.account_uid):
+            if len(parts) != 5 or parts[2] != self.region or parts[3] != self.account_uid:
                 raise key_not_found()
             ref = parts[4]
             if ref.startswith("key/"):
@@ -179,8 +196,7 @@ class RegionActions:
         version = self.store.get_version(self.region, key.primary_version)
         if version is None:  # only possible with a hand-edited state database
             raise KmsError(500, "InternalFailure", "Internal Failure.")
-        return version.version_id, blob.seal(version.aead, version.version_id, key.key_id,
-                                             self.region, plaintext, ctx)
+        return version.version_id, blob.seal(version.aead, version.version_id, key.key_id, self.region, plaintext, ctx)
 
     def _unseal(self, ciphertext: str, ctx: bytes) -> tuple[Key, str, bytes]:
         try:
@@ -205,32 +221,49 @@ class RegionActions:
         if key.asymmetric:
             # No primary version and no rotation fields for asymmetric keys (§14.2).
             return {
-                "KeyId": key.key_id, "Arn": self.key_arn(key.key_id),
-                "CreationDate": key.creation_date, "Creator": self.account_uid,
-                "Description": key.description, "KeySpec": key.key_spec,
-                "KeyUsage": key.key_usage, "KeyState": key.state, "Origin": key.origin,
-                "ProtectionLevel": key.protection_level, "AutomaticRotation": "Disabled",
-                "LastRotationDate": last_rotation, "DeleteDate": "",
-                "MaterialExpireTime": "", "DeletionProtection": "Disabled",
+                "KeyId": key.key_id,
+                "Arn": self.key_arn(key.key_id),
+                "CreationDate": key.creation_date,
+                "Creator": self.account_uid,
+                "Description": key.description,
+                "KeySpec": key.key_spec,
+                "KeyUsage": key.key_usage,
+                "KeyState": key.state,
+                "Origin": key.origin,
+                "ProtectionLevel": key.protection_level,
+                "AutomaticRotation": "Disabled",
+                "LastRotationDate": last_rotation,
+                "DeleteDate": "",
+                "MaterialExpireTime": "",
+                "DeletionProtection": "Disabled",
             }
         return {
-            "KeyId": key.key_id, "Arn": self.key_arn(key.key_id),
-            "CreationDate": key.creation_date, "Creator": self.account_uid,
-            "Description": key.description, "KeySpec": key.key_spec,
-            "KeyState": key.state, "KeyUsage": key.key_usage, "Origin": key.origin,
+            "KeyId": key.key_id,
+            "Arn": self.key_arn(key.key_id),
+            "CreationDate": key.creation_date,
+            "Creator": self.account_uid,
+            "Description": key.description,
+            "KeySpec": key.key_spec,
+            "KeyState": key.state,
+            "KeyUsage": key.key_usage,
+            "Origin": key.origin,
             "PrimaryKeyVersion": key.primary_version,
-            "ProtectionLevel": key.protection_level, "AutomaticRotation": "Disabled",
-            "RotationInterval": "", "LastRotationDate": last_rotation,
-            "NextRotationDate": "", "DeleteDate": "", "MaterialExpireTime": "",
-            "DeletionProtection": "Disabled", "DeletionProtectionDescription": "",
+            "ProtectionLevel": key.protection_level,
+            "AutomaticRotation": "Disabled",
+            "RotationInterval": "",
+            "LastRotationDate": last_rotation,
+            "NextRotationDate": "",
+            "DeleteDate": "",
+            "MaterialExpireTime": "",
+            "DeletionProtection": "Disabled",
+            "DeletionProtectionDescription": "",
         }
 
     @staticmethod
-    def _page(params: Params, items: list[Any], default_size: int = 10
-              ) -> tuple[int, int, list[Any]]:
+    def _page(params: Params, items: list[Any], default_size: int = 10) -> tuple[int, int, list[Any]]:
         number = _int_param(params, "PageNumber", 1, 1, 1 << 31)
         size = _int_param(params, "PageSize", default_size, 1, 100)
-        return number, size, items[(number - 1) * size:number * size]
+        return number, size, items[(number - 1) * size : number * size]
 
     # -- key management ------------------------------------------------------------
 
@@ -239,16 +272,14 @@ class RegionActions:
         if spec not in KEY_SPECS and spec not in asymmetric.ASYMMETRIC_SPECS:
             raise invalid("KeySpec")
         # The default is SIGN/VERIFY for every spec that can sign (§14.2).
-        allowed = (asymmetric.usages(spec) if spec in asymmetric.ASYMMETRIC_SPECS
-                   else ("ENCRYPT/DECRYPT",))
+        allowed = asymmetric.usages(spec) if spec in asymmetric.ASYMMETRIC_SPECS else ("ENCRYPT/DECRYPT",)
         usage = params.get("KeyUsage") or allowed[0]
         if usage not in allowed:
             raise invalid("KeyUsage")
         if (params.get("Origin") or "Aliyun_KMS") != "Aliyun_KMS":
             raise invalid("Origin", "Only Aliyun_KMS is supported by localkms.")
         if spec in asymmetric.ASYMMETRIC_SPECS and flag(params, "EnableAutomaticRotation"):
-            raise invalid("EnableAutomaticRotation",
-                          "Automatic rotation is unavailable for asymmetric keys.")
+            raise invalid("EnableAutomaticRotation", "Automatic rotation is unavailable for asymmetric keys.")
         description = params.get("Description", "")
         if len(description) > 8192:
             raise invalid("Description")
@@ -277,14 +308,22 @@ class RegionActions:
             except (ValueError, KeyError, TypeError):
                 raise invalid("Filters") from None
         number, size, page = self._page(params, keys)
-        return {"Keys": {"Key": [{"KeyId": k.key_id, "KeyArn": self.key_arn(k.key_id)}
-                                 for k in page]},
-                "TotalCount": len(keys), "PageNumber": number, "PageSize": size}
+        return {
+            "Keys": {"Key": [{"KeyId": k.key_id, "KeyArn": self.key_arn(k.key_id)} for k in page]},
+            "TotalCount": len(keys),
+            "PageNumber": number,
+            "PageSize": size,
+        }
 
     def create_alias(self, params: Params) -> Response:
         name = _required(params, "AliasName")
-        if (not name.startswith("alias/") or len(name) > 255 or len(name) <= 6
-                or name.startswith("alias/acs") or not set(name) <= _ALIAS_CHARS):
+        if (
+            not name.startswith("alias/")
+            or len(name) > 255
+            or len(name) <= 6
+            or name.startswith("alias/acs")
+            or not set(name) <= _ALIAS_CHARS
+        ):
             raise invalid("AliasName")
         key = self.resolve(_required(params, "KeyId"))
         if not self.store.create_alias(self.region, name, key.key_id):
@@ -294,9 +333,12 @@ class RegionActions:
     def list_aliases(self, params: Params) -> Response:
         aliases = self.store.list_aliases(self.region)
         number, size, page = self._page(params, aliases)
-        return {"Aliases": {"Alias": [{"AliasName": n, "AliasArn": self.alias_arn(n),
-                                       "KeyId": k} for n, k in page]},
-                "TotalCount": len(aliases), "PageNumber": number, "PageSize": size}
+        return {
+            "Aliases": {"Alias": [{"AliasName": n, "AliasArn": self.alias_arn(n), "KeyId": k} for n, k in page]},
+            "TotalCount": len(aliases),
+            "PageNumber": number,
+            "PageSize": size,
+        }
 
     def _set_state(self, params: Params, state: str) -> Response:
         key = self.resolve(_required(params, "KeyId"))
@@ -328,8 +370,7 @@ class RegionActions:
         # KMS seals the base64 *text* of the data key (that is what makes blobs 144 chars).
         plaintext = base64.b64encode(os.urandom(size)).decode("ascii")
         version_id, ciphertext = self._seal(key, plaintext.encode("ascii"), ctx)
-        response: Response = {"KeyId": key.key_id, "KeyVersionId": version_id,
-                              "CiphertextBlob": ciphertext}
+        response: Response = {"KeyId": key.key_id, "KeyVersionId": version_id, "CiphertextBlob": ciphertext}
         if with_plaintext:
             response["Plaintext"] = plaintext
         return response
@@ -355,8 +396,11 @@ class RegionActions:
         ctx = _context(params)
         key, version_id, plaintext = self._unseal(ciphertext, ctx)
         _dry_run(params)
-        return {"KeyId": key.key_id, "KeyVersionId": version_id,
-                "Plaintext": plaintext.decode("utf-8", errors="replace")}
+        return {
+            "KeyId": key.key_id,
+            "KeyVersionId": version_id,
+            "Plaintext": plaintext.decode("utf-8", errors="replace"),
+        }
 
     def re_encrypt(self, params: Params) -> Response:
         ciphertext = _required(params, "CiphertextBlob")
@@ -366,15 +410,13 @@ class RegionActions:
         _, _, plaintext = self._unseal(ciphertext, source_ctx)
         _dry_run(params)
         version_id, new_blob = self._seal(destination, plaintext, dest_ctx)
-        return {"KeyId": destination.key_id, "KeyVersionId": version_id,
-                "CiphertextBlob": new_blob}
+        return {"KeyId": destination.key_id, "KeyVersionId": version_id, "CiphertextBlob": new_blob}
 
     # -- key versions and asymmetric keys (§14.3-§14.6) ------------------------------
 
     @staticmethod
     def _version_info(version: KeyVersion) -> dict[str, str]:
-        return {"KeyId": version.key_id, "KeyVersionId": version.version_id,
-                "CreationDate": version.creation_date}
+        return {"KeyId": version.key_id, "KeyVersionId": version.version_id, "CreationDate": version.creation_date}
 
     def _version(self, key: Key, version_id: str) -> KeyVersion:
         version = self.store.get_version(self.region, version_id)
@@ -386,8 +428,12 @@ class RegionActions:
         key = self.resolve(_required(params, "KeyId"))
         versions = self.store.list_versions(self.region, key.key_id)
         number, size, page = self._page(params, versions)
-        return {"KeyVersions": {"KeyVersion": [self._version_info(v) for v in page]},
-                "TotalCount": len(versions), "PageNumber": number, "PageSize": size}
+        return {
+            "KeyVersions": {"KeyVersion": [self._version_info(v) for v in page]},
+            "TotalCount": len(versions),
+            "PageNumber": number,
+            "PageSize": size,
+        }
 
     def describe_key_version(self, params: Params) -> Response:
         key_ref = _required(params, "KeyId")
@@ -402,19 +448,18 @@ class RegionActions:
             raise key_state(key.state)
         versions = self.store.list_versions(self.region, key.key_id)
         if self.strict_version_interval and versions:
-            newest = calendar.timegm(time.strptime(versions[-1].creation_date,
-                                                   "%Y-%m-%dT%H:%M:%SZ"))
+            newest = calendar.timegm(time.strptime(versions[-1].creation_date, "%Y-%m-%dT%H:%M:%SZ"))
             if self.clock() - newest < _VERSION_INTERVAL:
                 raise unsupported()
         if len(versions) >= _MAX_KEY_VERSIONS:
-            raise KmsError(400, "Rejected.LimitExceeded",
-                           "The key version quota is exceeded.")
+            raise KmsError(400, "Rejected.LimitExceeded", "The key version quota is exceeded.")
         _dry_run(params)
         _, version = self.store.create_version(self.region, key.key_id)
         return {"KeyVersion": self._version_info(version)}
 
-    def _asymmetric(self, params: Params, usage: Optional[str],
-                    blobs: tuple[str, ...] = ()) -> tuple[Key, KeyVersion, dict[str, bytes]]:
+    def _asymmetric(
+        self, params: Params, usage: Optional[str], blobs: tuple[str, ...] = ()
+    ) -> tuple[Key, KeyVersion, dict[str, bytes]]:
         """The common checks of §14.6 rows 1-7 in order: required parameters, base64,
         key, version, key type and usage (``None``: any asymmetric usage), state."""
         key_ref = _required(params, "KeyId")
@@ -449,11 +494,9 @@ class RegionActions:
     def get_public_key(self, params: Params) -> Response:
         key, version, _ = self._asymmetric(params, None)
         _dry_run(params)
-        return {"KeyId": key.key_id, "KeyVersionId": version.version_id,
-                "PublicKey": self._pair(version).public_pem()}
+        return {"KeyId": key.key_id, "KeyVersionId": version.version_id, "PublicKey": self._pair(version).public_pem()}
 
-    def _signing(self, params: Params, blobs: tuple[str, ...]
-                 ) -> tuple[Key, KeyVersion, str, dict[str, bytes]]:
+    def _signing(self, params: Params, blobs: tuple[str, ...]) -> tuple[Key, KeyVersion, str, dict[str, bytes]]:
         key, version, decoded = self._asymmetric(params, "SIGN/VERIFY", blobs)
         algorithm = self._algorithm(params, key, asymmetric.SIGN_ALGORITHMS)
         if len(decoded["Digest"]) != asymmetric.DIGEST_LEN:
@@ -464,8 +507,11 @@ class RegionActions:
         key, version, algorithm, decoded = self._signing(params, ("Digest",))
         _dry_run(params)
         signature = self._pair(version).sign(algorithm, decoded["Digest"])
-        return {"KeyId": key.key_id, "KeyVersionId": version.version_id,
-                "Value": base64.b64encode(signature).decode("ascii")}
+        return {
+            "KeyId": key.key_id,
+            "KeyVersionId": version.version_id,
+            "Value": base64.b64encode(signature).decode("ascii"),
+        }
 
     def asymmetric_verify(self, params: Params) -> Response:
         key, version, algorithm, decoded = self._signing(params, ("Digest", "Value"))
@@ -483,9 +529,11 @@ class RegionActions:
         if not plaintext or len(plaintext) > limit:
             raise invalid("Plaintext", f"It must be 1 to {limit} bytes for {algorithm}.")
         _dry_run(params)
-        return {"KeyId": key.key_id, "KeyVersionId": version.version_id,
-                "CiphertextBlob": base64.b64encode(pair.encrypt(algorithm, plaintext)
-                                                   ).decode("ascii")}
+        return {
+            "KeyId": key.key_id,
+            "KeyVersionId": version.version_id,
+            "CiphertextBlob": base64.b64encode(pair.encrypt(algorithm, plaintext)).decode("ascii"),
+        }
 
     def asymmetric_decrypt(self, params: Params) -> Response:
         key, version, decoded = self._asymmetric(params, "ENCRYPT/DECRYPT", ("CiphertextBlob",))
@@ -495,5 +543,8 @@ class RegionActions:
             plaintext = self._pair(version).decrypt(algorithm, decoded["CiphertextBlob"])
         except asymmetric.DecryptError:
             raise invalid("CiphertextBlob") from None
-        return {"KeyId": key.key_id, "KeyVersionId": version.version_id,
-                "Plaintext": base64.b64encode(plaintext).decode("ascii")}
+        return {
+            "KeyId": key.key_id,
+            "KeyVersionId": version.version_id,
+            "Plaintext": base64.b64encode(plaintext).decode("ascii"),
+        }

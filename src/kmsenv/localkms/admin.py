@@ -36,8 +36,13 @@ ACTION = "KmsenvSetFault"
 MAX_DURATION_SECONDS = 24 * 3600
 
 # Parameter name -> Faults field.
-_FIELDS = {"Down": "down", "LatencyMs": "latency_ms", "ThrottleRate": "throttle_rate",
-           "ErrorRate": "error_rate", "ErrorCode": "error_code"}
+_FIELDS = {
+    "Down": "down",
+    "LatencyMs": "latency_ms",
+    "ThrottleRate": "throttle_rate",
+    "ErrorRate": "error_rate",
+    "ErrorCode": "error_code",
+}
 
 
 @dataclass(frozen=True)
@@ -114,10 +119,17 @@ def _parameter_names(message: str) -> str:
 
 def describe(region: str, faults: Faults, listening: bool) -> dict[str, Any]:
     """The answer's body (without RequestId)."""
-    return {"Region": region, "Listening": listening,
-            "Faults": {"Down": faults.down, "LatencyMs": faults.latency_ms,
-                       "ThrottleRate": faults.throttle_rate, "ErrorRate": faults.error_rate,
-                       "ErrorCode": faults.error_code}}
+    return {
+        "Region": region,
+        "Listening": listening,
+        "Faults": {
+            "Down": faults.down,
+            "LatencyMs": faults.latency_ms,
+            "ThrottleRate": faults.throttle_rate,
+            "ErrorRate": faults.error_rate,
+            "ErrorCode": faults.error_code,
+        },
+    }
 
 
 # -- the client side (``kmsenv kms fault``) ---------------------------------------------
@@ -135,15 +147,23 @@ def _utc_timestamp(now: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
 
 
-def sign_v3(host: str, action: str, params: Mapping[str, str], access_key_id: str,
-            access_key_secret: str, now: Optional[float] = None,
-            nonce: Optional[str] = None) -> tuple[str, dict[str, str]]:
+def sign_v3(
+    host: str,
+    action: str,
+    params: Mapping[str, str],
+    access_key_id: str,
+    access_key_secret: str,
+    now: Optional[float] = None,
+    nonce: Optional[str] = None,
+) -> tuple[str, dict[str, str]]:
     """An ACS3-HMAC-SHA256 POST with the parameters in the query and no body, as the
     official client sends RPC-style calls; return the request target and headers."""
     query = canonical_query(params.items())
     body_hash = hashlib.sha256(b"").hexdigest()
     headers = {
-        "host": host, "x-acs-action": action, "x-acs-version": API_VERSION,
+        "host": host,
+        "x-acs-action": action,
+        "x-acs-version": API_VERSION,
         "x-acs-date": _utc_timestamp(time.time() if now is None else now),
         "x-acs-signature-nonce": nonce or uuid.uuid4().hex,
         "x-acs-content-sha256": body_hash,
@@ -151,12 +171,11 @@ def sign_v3(host: str, action: str, params: Mapping[str, str], access_key_id: st
     signed = ";".join(sorted(headers))
     canonical_headers = "".join(f"{name}:{headers[name]}\n" for name in sorted(headers))
     canonical_request = "\n".join(("POST", "/", query, canonical_headers, signed, body_hash))
-    string_to_sign = "ACS3-HMAC-SHA256\n" + hashlib.sha256(
-        canonical_request.encode("utf-8")).hexdigest()
-    signature = hmac.new(access_key_secret.encode("utf-8"), string_to_sign.encode("utf-8"),
-                         hashlib.sha256).hexdigest()
-    headers["authorization"] = (f"ACS3-HMAC-SHA256 Credential={access_key_id},"
-                                f"SignedHeaders={signed},Signature={signature}")
+    string_to_sign = "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical_request.encode("utf-8")).hexdigest()
+    signature = hmac.new(access_key_secret.encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"ACS3-HMAC-SHA256 Credential={access_key_id},SignedHeaders={signed},Signature={signature}"
+    )
     return "/?" + query if query else "/", headers
 
 
@@ -167,8 +186,13 @@ def _host_port(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port
 
 
-def call(endpoints: Sequence[str], params: Mapping[str, str], access_key_id: str,
-         access_key_secret: str, timeout: float = 10.0) -> dict[str, Any]:
+def call(
+    endpoints: Sequence[str],
+    params: Mapping[str, str],
+    access_key_id: str,
+    access_key_secret: str,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
     """Send ``KmsenvSetFault`` to the first endpoint that accepts a connection.
 
     Only a refused or failed *connection* moves on to the next endpoint (a region that
@@ -184,8 +208,7 @@ def call(endpoints: Sequence[str], params: Mapping[str, str], access_key_id: str
             except OSError as exc:
                 failures.append(f"{host}:{port}: {exc.strerror or exc}")
                 continue
-            target, headers = sign_v3(f"{host}:{port}", ACTION, params, access_key_id,
-                                      access_key_secret)
+            target, headers = sign_v3(f"{host}:{port}", ACTION, params, access_key_id, access_key_secret)
             try:
                 conn.request("POST", target, headers=headers)
                 response = conn.getresponse()
@@ -195,8 +218,9 @@ def call(endpoints: Sequence[str], params: Mapping[str, str], access_key_id: str
         finally:
             conn.close()
         return _decode(response.status, raw, f"{host}:{port}")
-    raise AdminCallError("no localkms port accepted a connection ("
-                         + "; ".join(failures) + "): is `kmsenv kms serve` running?")
+    raise AdminCallError(
+        "no localkms port accepted a connection (" + "; ".join(failures) + "): is `kmsenv kms serve` running?"
+    )
 
 
 def _decode(status: int, raw: bytes, where: str) -> dict[str, Any]:
@@ -205,16 +229,17 @@ def _decode(status: int, raw: bytes, where: str) -> dict[str, Any]:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise AdminCallError(f"{where}: HTTP {status} with a body that is not KMS JSON; "
-                             "is this a localkms port?")
+        raise AdminCallError(f"{where}: HTTP {status} with a body that is not KMS JSON; is this a localkms port?")
     if status != 200:
         code = str(body.get("Code", ""))
-        hint = {"InvalidAction.NotFound": " (a server without KmsenvSetFault: not localkms, "
-                                          "or an older kmsenv)",
-                "InvalidAccessKeyId.NotFound": " (these are not the server's credentials)",
-                "SignatureDoesNotMatch": " (wrong access key secret)"}.get(code, "")
-        raise AdminCallError(f"{where}: HTTP {status} {_printable(code)}: "
-                             f"{_printable(str(body.get('Message', '')))}{hint}", code)
+        hint = {
+            "InvalidAction.NotFound": " (a server without KmsenvSetFault: not localkms, or an older kmsenv)",
+            "InvalidAccessKeyId.NotFound": " (these are not the server's credentials)",
+            "SignatureDoesNotMatch": " (wrong access key secret)",
+        }.get(code, "")
+        raise AdminCallError(
+            f"{where}: HTTP {status} {_printable(code)}: {_printable(str(body.get('Message', '')))}{hint}", code
+        )
     return body
 
 
@@ -243,8 +268,6 @@ def ordered_endpoints(region: str, by_region: Mapping[str, str]) -> list[str]:
     return list(dict.fromkeys(others + own))
 
 
-def credentials_from_env(environ: Optional[Mapping[str, str]] = None
-                         ) -> tuple[Optional[str], Optional[str]]:
+def credentials_from_env(environ: Optional[Mapping[str, str]] = None) -> tuple[Optional[str], Optional[str]]:
     env = os.environ if environ is None else environ
-    return (env.get("ALIBABA_CLOUD_ACCESS_KEY_ID") or None,
-            env.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET") or None)
+    return (env.get("ALIBABA_CLOUD_ACCESS_KEY_ID") or None, env.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET") or None)

@@ -43,8 +43,7 @@ SM2_MAX_PLAINTEXT = 6047  # KMS's documented limit: ciphertext (plaintext + 97) 
 SM2_DEFAULT_ID = b"1234567812345678"
 
 _RSA_BITS = {"RSA_2048": 2048, "RSA_3072": 3072}
-_EC_CURVES: dict[str, ec.EllipticCurve] = {"EC_P256": ec.SECP256R1(),
-                                           "EC_P256K": ec.SECP256K1()}
+_EC_CURVES: dict[str, ec.EllipticCurve] = {"EC_P256": ec.SECP256R1(), "EC_P256K": ec.SECP256K1()}
 
 
 class DecryptError(ValueError):
@@ -57,6 +56,7 @@ def usages(spec: str) -> tuple[str, ...]:
 
 
 # -- SM3 and SM2 -------------------------------------------------------------------------
+
 
 def sm3(data: bytes) -> bytes:
     h = hashes.Hash(hashes.SM3())
@@ -170,13 +170,13 @@ def _der_read(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
         n = length & 0x7F
         if n not in (1, 2) or pos + n > len(data):
             raise ValueError("bad length")
-        length = int.from_bytes(data[pos:pos + n], "big")
+        length = int.from_bytes(data[pos : pos + n], "big")
         if length < (0x80 if n == 1 else 0x100):
             raise ValueError("non-minimal length")
         pos += n
     if pos + length > len(data):
         raise ValueError("truncated")
-    return data[pos:pos + length], pos + length
+    return data[pos : pos + length], pos + length
 
 
 def _der_uint(body: bytes) -> int:
@@ -304,19 +304,19 @@ def sm2_decrypt(d: int, ciphertext: bytes) -> bytes:
 # id-ecPublicKey + sm2p256v1: the SPKI KMS's GetPublicKey returns for EC_SM2 (§14.4), and
 # the PKCS#8 OpenSSL 3 writes for an SM2 private key (§14.12).
 SM2_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a811ccf5501822d03420004")
-_SM2_PKCS8_PREFIX = bytes.fromhex(
-    "308187020100301306072a8648ce3d020106082a811ccf5501822d046d306b0201010420")
+_SM2_PKCS8_PREFIX = bytes.fromhex("308187020100301306072a8648ce3d020106082a811ccf5501822d046d306b0201010420")
 _SM2_PKCS8_MIDDLE = bytes.fromhex("a14403420004")
 _SM2_PKCS8_LEN = len(_SM2_PKCS8_PREFIX) + 32 + len(_SM2_PKCS8_MIDDLE) + 64
 
 
 def _pem(der: bytes, label: str) -> str:
     body = base64.b64encode(der).decode("ascii")
-    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
     return f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n"
 
 
 # -- key versions ----------------------------------------------------------------------
+
 
 class AsymmetricKey:
     """One key version's key pair."""
@@ -357,14 +357,16 @@ class _RsaKey(AsymmetricKey):
         self._key = key
 
     def public_pem(self) -> str:
-        return self._key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode("ascii")
+        return (
+            self._key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode("ascii")
+        )
 
     def private_der(self) -> bytes:
-        return self._key.private_bytes(serialization.Encoding.DER,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption())
+        return self._key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     @staticmethod
     def _sign_padding(algorithm: str) -> padding.AsymmetricPadding:
@@ -374,24 +376,21 @@ class _RsaKey(AsymmetricKey):
         return padding.PKCS1v15()
 
     def sign(self, algorithm: str, digest: bytes) -> bytes:
-        return self._key.sign(digest, self._sign_padding(algorithm),
-                              utils.Prehashed(hashes.SHA256()))
+        return self._key.sign(digest, self._sign_padding(algorithm), utils.Prehashed(hashes.SHA256()))
 
     def verify(self, algorithm: str, digest: bytes, signature: bytes) -> bool:
         pad: padding.AsymmetricPadding = self._sign_padding(algorithm)
         if algorithm == "RSA_PSS_SHA_256":  # KMS verifies any salt length
             pad = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
         try:
-            self._key.public_key().verify(signature, digest, pad,
-                                          utils.Prehashed(hashes.SHA256()))
+            self._key.public_key().verify(signature, digest, pad, utils.Prehashed(hashes.SHA256()))
         except (InvalidSignature, ValueError):
             return False
         return True
 
     @staticmethod
     def _oaep(algorithm: str) -> padding.OAEP:
-        h: Union[hashes.SHA1, hashes.SHA256] = (
-            hashes.SHA1() if algorithm == "RSAES_OAEP_SHA_1" else hashes.SHA256())
+        h: Union[hashes.SHA1, hashes.SHA256] = hashes.SHA1() if algorithm == "RSAES_OAEP_SHA_1" else hashes.SHA256()
         return padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None)
 
     def max_plaintext(self, algorithm: str) -> int:
@@ -418,22 +417,23 @@ class _EcKey(AsymmetricKey):
         self._key = key
 
     def public_pem(self) -> str:
-        return self._key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode("ascii")
+        return (
+            self._key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode("ascii")
+        )
 
     def private_der(self) -> bytes:
-        return self._key.private_bytes(serialization.Encoding.DER,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption())
+        return self._key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     def sign(self, algorithm: str, digest: bytes) -> bytes:
         return self._key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
 
     def verify(self, algorithm: str, digest: bytes, signature: bytes) -> bool:
         try:
-            self._key.public_key().verify(signature, digest,
-                                          ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+            self._key.public_key().verify(signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
         except (InvalidSignature, ValueError):
             return False
         return True
@@ -457,16 +457,18 @@ class Sm2Key(AsymmetricKey):
         return _pem(self.public_der(), "PUBLIC KEY")
 
     def private_der(self) -> bytes:
-        return (_SM2_PKCS8_PREFIX + _i2b(self._d) + _SM2_PKCS8_MIDDLE
-                + _i2b(self.public[0]) + _i2b(self.public[1]))
+        return _SM2_PKCS8_PREFIX + _i2b(self._d) + _SM2_PKCS8_MIDDLE + _i2b(self.public[0]) + _i2b(self.public[1])
 
     @classmethod
     def from_der(cls, der: bytes) -> "Sm2Key":
         start = len(_SM2_PKCS8_PREFIX)
-        if (len(der) != _SM2_PKCS8_LEN or not der.startswith(_SM2_PKCS8_PREFIX)
-                or der[start + 32:start + 32 + len(_SM2_PKCS8_MIDDLE)] != _SM2_PKCS8_MIDDLE):
+        if (
+            len(der) != _SM2_PKCS8_LEN
+            or not der.startswith(_SM2_PKCS8_PREFIX)
+            or der[start + 32 : start + 32 + len(_SM2_PKCS8_MIDDLE)] != _SM2_PKCS8_MIDDLE
+        ):
             raise ValueError("not an SM2 PKCS#8 private key")
-        key = cls(int.from_bytes(der[start:start + 32], "big"))
+        key = cls(int.from_bytes(der[start : start + 32], "big"))
         if not hmac.compare_digest(key.private_der(), der):  # stored point must match d
             raise ValueError("SM2 PKCS#8 public point does not match the private key")
         return key

@@ -43,12 +43,21 @@ def context_digest(context: Optional[Mapping[str, str]]) -> bytes:
 
 
 def _aad(version_id: str, key_id: str, region: str, ctx_digest: bytes) -> bytes:
-    return b"".join((_AAD_LABEL, version_id.encode("ascii"), b"\x00", key_id.encode("utf-8"),
-                     b"\x00", region.encode("utf-8"), b"\x00", ctx_digest))
+    return b"".join(
+        (
+            _AAD_LABEL,
+            version_id.encode("ascii"),
+            b"\x00",
+            key_id.encode("utf-8"),
+            b"\x00",
+            region.encode("utf-8"),
+            b"\x00",
+            ctx_digest,
+        )
+    )
 
 
-def seal(aead: Aead, version_id: str, key_id: str, region: str, plaintext: bytes,
-         ctx_digest: bytes) -> str:
+def seal(aead: Aead, version_id: str, key_id: str, region: str, plaintext: bytes, ctx_digest: bytes) -> str:
     vid = version_id.encode("ascii")
     if len(vid) != VERSION_ID_LEN:
         raise ValueError("key version IDs must be 36 ASCII characters")
@@ -74,9 +83,8 @@ def split(blob: str) -> tuple[str, bytes]:
 
 def open_(aead: Aead, raw: bytes, key_id: str, region: str, ctx_digest: bytes) -> bytes:
     version_id = raw[:VERSION_ID_LEN].decode("ascii")
-    iv = raw[VERSION_ID_LEN:VERSION_ID_LEN + IV_LEN]
+    iv = raw[VERSION_ID_LEN : VERSION_ID_LEN + IV_LEN]
     try:
-        return aead.decrypt(iv, raw[VERSION_ID_LEN + IV_LEN:],
-                            _aad(version_id, key_id, region, ctx_digest))
+        return aead.decrypt(iv, raw[VERSION_ID_LEN + IV_LEN :], _aad(version_id, key_id, region, ctx_digest))
     except Exception:  # cryptography raises InvalidTag; any failure means "not authentic"
         raise BlobError("authentication failed") from None

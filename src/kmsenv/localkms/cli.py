@@ -25,71 +25,103 @@ DEFAULT_REGION = "cn-hangzhou"
 def add_subcommands(subparsers: Any) -> None:
     """Add ``serve`` and ``create-key`` to an ``argparse`` subparsers object."""
     serve = subparsers.add_parser(
-        "serve", help="run a local KMS server (one loopback port per region)",
+        "serve",
+        help="run a local KMS server (one loopback port per region)",
         description="Serve the KMS 2016-01-20 API on one loopback port per region until "
-                    "SIGINT/SIGTERM. Prints the endpoints and the access key pair once.")
-    serve.add_argument("--region", action="append", dest="regions", metavar="R",
-                       help="region to serve (repeatable; default: the regions found in "
-                            f"--state, else {DEFAULT_REGION})")
-    serve.add_argument("--state", metavar="DIR",
-                       help="persist keys, aliases, credentials and ports in DIR "
-                            "(key material is stored in clear; created 0700, and refused "
-                            "if another user owns it or can write it); default: in memory")
-    serve.add_argument("--port", type=int, metavar="N",
-                       help="port of the first region, the next regions get N+1, N+2, ... "
-                            "(0 = ephemeral; default: the ports remembered in --state, "
-                            "else ephemeral)")
-    serve.add_argument("--log", metavar="FILE",
-                       help="append one line per answered request to FILE (- for stderr): "
-                            "UTC time, region, action, HTTP status, latency, request ID; "
-                            "never parameters, signatures or key material")
+        "SIGINT/SIGTERM. Prints the endpoints and the access key pair once.",
+    )
+    serve.add_argument(
+        "--region",
+        action="append",
+        dest="regions",
+        metavar="R",
+        help=f"region to serve (repeatable; default: the regions found in --state, else {DEFAULT_REGION})",
+    )
+    serve.add_argument(
+        "--state",
+        metavar="DIR",
+        help="persist keys, aliases, credentials and ports in DIR "
+        "(key material is stored in clear; created 0700, and refused "
+        "if another user owns it or can write it); default: in memory",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        metavar="N",
+        help="port of the first region, the next regions get N+1, N+2, ... "
+        "(0 = ephemeral; default: the ports remembered in --state, "
+        "else ephemeral)",
+    )
+    serve.add_argument(
+        "--log",
+        metavar="FILE",
+        help="append one line per answered request to FILE (- for stderr): "
+        "UTC time, region, action, HTTP status, latency, request ID; "
+        "never parameters, signatures or key material",
+    )
     serve.set_defaults(func=serve_command)
 
-    create = subparsers.add_parser(
-        "create-key", help="create a key in a local KMS state directory and print its ARN")
+    create = subparsers.add_parser("create-key", help="create a key in a local KMS state directory and print its ARN")
     create.add_argument("--region", required=True, metavar="R")
-    create.add_argument("--state", required=True, metavar="DIR",
-                        help="state directory (created 0700; see serve --state)")
+    create.add_argument(
+        "--state", required=True, metavar="DIR", help="state directory (created 0700; see serve --state)"
+    )
     create.add_argument("--spec", default="Aliyun_AES_256", choices=sorted(KEY_SPECS))
     create.add_argument("--description", default="")
     create.set_defaults(func=create_key_command)
 
     fault = subparsers.add_parser(
-        "fault", help="change a region's faults on a running `kmsenv kms serve`",
+        "fault",
+        help="change a region's faults on a running `kmsenv kms serve`",
         description="Take a region of a running `kmsenv kms serve` down or up, or slow it, "
-                    "throttle it or make it fail, through an authenticated call "
-                    "(KmsenvSetFault) on the server's own ports. Only the settings given "
-                    "change; --clear resets the others first. Endpoints and credentials come "
-                    "from the variables `kmsenv kms serve` prints (KMSENV_KMS_ENDPOINTS, "
-                    "ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET), or from --state. Any port of the "
-                    "server serves the call for any region, so --up reaches a region that is "
-                    "down through another region's port; taking the last listening region "
-                    "down is refused unless --for bounds it.")
+        "throttle it or make it fail, through an authenticated call "
+        "(KmsenvSetFault) on the server's own ports. Only the settings given "
+        "change; --clear resets the others first. Endpoints and credentials come "
+        "from the variables `kmsenv kms serve` prints (KMSENV_KMS_ENDPOINTS, "
+        "ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET), or from --state. Any port of the "
+        "server serves the call for any region, so --up reaches a region that is "
+        "down through another region's port; taking the last listening region "
+        "down is refused unless --for bounds it.",
+    )
     fault.add_argument("region", metavar="REGION")
     state_change = fault.add_mutually_exclusive_group()
-    state_change.add_argument("--down", action="store_true",
-                              help="close the region's port (clients get connection refused)")
-    state_change.add_argument("--up", action="store_true",
-                              help="reopen the region's port (the same port number)")
-    fault.add_argument("--latency-ms", type=float, metavar="N",
-                       help="delay every answer N milliseconds (0: none)")
-    fault.add_argument("--throttle-rate", type=float, metavar="R",
-                       help="answer this fraction (0..1) of requests 429 Rejected.Throttling")
-    fault.add_argument("--error-rate", type=float, metavar="R",
-                       help="answer this fraction (0..1) of requests with --error-code")
-    fault.add_argument("--error-code", choices=sorted(SERVER_ERRORS),
-                       help="ServiceUnavailableTemporary (503, the default) or "
-                            "InternalFailure (500)")
-    fault.add_argument("--clear", action="store_true",
-                       help="reset every setting first (alone: the region is healthy again)")
-    fault.add_argument("--for", dest="duration", type=float, metavar="SECONDS",
-                       help="clear the region's faults again after SECONDS")
-    fault.add_argument("--endpoint", action="append", metavar="URL",
-                       help="a port of the server, http://127.0.0.1:PORT (repeatable; "
-                            "default: every endpoint in KMSENV_KMS_ENDPOINTS, or --state's)")
-    fault.add_argument("--state", metavar="DIR",
-                       help="read the server's endpoints and access key from its --state DIR "
-                            "instead of the environment")
+    state_change.add_argument(
+        "--down", action="store_true", help="close the region's port (clients get connection refused)"
+    )
+    state_change.add_argument("--up", action="store_true", help="reopen the region's port (the same port number)")
+    fault.add_argument("--latency-ms", type=float, metavar="N", help="delay every answer N milliseconds (0: none)")
+    fault.add_argument(
+        "--throttle-rate",
+        type=float,
+        metavar="R",
+        help="answer this fraction (0..1) of requests 429 Rejected.Throttling",
+    )
+    fault.add_argument(
+        "--error-rate", type=float, metavar="R", help="answer this fraction (0..1) of requests with --error-code"
+    )
+    fault.add_argument(
+        "--error-code",
+        choices=sorted(SERVER_ERRORS),
+        help="ServiceUnavailableTemporary (503, the default) or InternalFailure (500)",
+    )
+    fault.add_argument(
+        "--clear", action="store_true", help="reset every setting first (alone: the region is healthy again)"
+    )
+    fault.add_argument(
+        "--for", dest="duration", type=float, metavar="SECONDS", help="clear the region's faults again after SECONDS"
+    )
+    fault.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="URL",
+        help="a port of the server, http://127.0.0.1:PORT (repeatable; "
+        "default: every endpoint in KMSENV_KMS_ENDPOINTS, or --state's)",
+    )
+    fault.add_argument(
+        "--state",
+        metavar="DIR",
+        help="read the server's endpoints and access key from its --state DIR instead of the environment",
+    )
     fault.set_defaults(func=fault_command)
 
 
@@ -99,6 +131,7 @@ def _regions(args: argparse.Namespace) -> list[str]:
         return regions
     if args.state:
         from .keystore import KeyStore
+
         store = KeyStore(args.state)
         try:
             found = store.regions()
@@ -109,8 +142,7 @@ def _regions(args: argparse.Namespace) -> list[str]:
     return [DEFAULT_REGION]
 
 
-def _refusing_unsafe_state(command: Callable[[argparse.Namespace], int]
-                           ) -> Callable[[argparse.Namespace], int]:
+def _refusing_unsafe_state(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Report an unsafe or unusable --state as one line on stderr and exit status 2,
     the same under ``kmsenv kms ...`` and ``python -m kmsenv.localkms ...``."""
 
@@ -135,8 +167,7 @@ def serve_command(args: argparse.Namespace) -> int:
     request_log = _open_request_log(args.log)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        kms = LocalKms(regions=_regions(args), state_dir=args.state, port=args.port,
-                       request_log=request_log)
+        kms = LocalKms(regions=_regions(args), state_dir=args.state, port=args.port, request_log=request_log)
         try:
             kms.start()
         except OSError as exc:
@@ -147,12 +178,14 @@ def serve_command(args: argparse.Namespace) -> int:
             endpoints = kms.endpoints
             width = max(len(r) for r in endpoints)
             out = sys.stdout
-            out.write(f"localkms serving {len(endpoints)} region(s), "
-                      f"account {kms.account_uid}:\n")
+            out.write(f"localkms serving {len(endpoints)} region(s), account {kms.account_uid}:\n")
             for region, url in endpoints.items():
                 out.write(f"  {region:<{width}}  {url}\n")
-            out.write("state: " + (f"{args.state} (key material stored in clear)"
-                                   if args.state else "in memory (lost on exit)") + "\n")
+            out.write(
+                "state: "
+                + (f"{args.state} (key material stored in clear)" if args.state else "in memory (lost on exit)")
+                + "\n"
+            )
             out.write("# credentials for clients; paste into a shell:\n")
             joined = ",".join(f"{r}={u}" for r, u in endpoints.items())
             out.write(f"export KMSENV_KMS_ENDPOINTS={joined}\n")
@@ -204,8 +237,12 @@ def _fault_params(args: argparse.Namespace) -> dict[str, str]:
     params = {"Region": args.region}
     if args.down or args.up:
         params["Down"] = "true" if args.down else "false"
-    for name, value in (("LatencyMs", args.latency_ms), ("ThrottleRate", args.throttle_rate),
-                        ("ErrorRate", args.error_rate), ("DurationSeconds", args.duration)):
+    for name, value in (
+        ("LatencyMs", args.latency_ms),
+        ("ThrottleRate", args.throttle_rate),
+        ("ErrorRate", args.error_rate),
+        ("DurationSeconds", args.duration),
+    ):
         if value is not None:
             params[name] = repr(float(value))
     if args.error_code:
@@ -244,13 +281,15 @@ def _fault_target(args: argparse.Namespace) -> tuple[list[str], str, str]:
         if not env_id or not env_secret:
             raise ConfigurationError(
                 "set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET to the pair "
-                "`kmsenv kms serve` printed (or pass --state DIR)")
+                "`kmsenv kms serve` printed (or pass --state DIR)"
+            )
         key_id, secret = env_id, env_secret
     endpoints = list(args.endpoint or admin.ordered_endpoints(args.region, by_region))
     if not endpoints:
         raise ConfigurationError(
             "no endpoint: set KMSENV_KMS_ENDPOINTS as `kmsenv kms serve` printed it, or pass "
-            "--endpoint http://127.0.0.1:PORT or --state DIR")
+            "--endpoint http://127.0.0.1:PORT or --state DIR"
+        )
     return endpoints, key_id, secret
 
 
@@ -270,8 +309,11 @@ def _describe_faults(answer: Mapping[str, Any]) -> str:
 def fault_command(args: argparse.Namespace) -> int:
     params = _fault_params(args)
     if len(params) == 1:
-        print("localkms: nothing to change: give --down, --up, --latency-ms, --throttle-rate, "
-              "--error-rate, --error-code or --clear", file=sys.stderr)
+        print(
+            "localkms: nothing to change: give --down, --up, --latency-ms, --throttle-rate, "
+            "--error-rate, --error-code or --clear",
+            file=sys.stderr,
+        )
         return 2
     endpoints, key_id, secret = _fault_target(args)
     try:
@@ -285,8 +327,7 @@ def fault_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kmsenv.localkms",
-                                     description="Local Alibaba Cloud KMS server.")
+    parser = argparse.ArgumentParser(prog="python -m kmsenv.localkms", description="Local Alibaba Cloud KMS server.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_subcommands(sub)
     args = parser.parse_args(argv)

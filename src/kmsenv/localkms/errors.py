@@ -35,8 +35,7 @@ def alias_not_found() -> KmsError:
 
 
 def key_state(state: str) -> KmsError:
-    return KmsError(409, f"Rejected.{state}",
-                    f"The request was rejected because the key state is {state}.")
+    return KmsError(409, f"Rejected.{state}", f"The request was rejected because the key state is {state}.")
 
 
 def throttled() -> KmsError:

@@ -62,8 +62,9 @@ CREATE TABLE IF NOT EXISTS aliases (
     region TEXT NOT NULL, alias_name TEXT NOT NULL, key_id TEXT NOT NULL,
     creation_date TEXT NOT NULL, PRIMARY KEY (region, alias_name));
 """
-_KEY_COLS = ("region, key_id, key_spec, key_usage, state, origin, protection_level, "
-             "description, creation_date, primary_version")
+_KEY_COLS = (
+    "region, key_id, key_spec, key_usage, state, origin, protection_level, description, creation_date, primary_version"
+)
 
 
 class _Sm4Gcm:
@@ -148,6 +149,7 @@ class KeyVersion:
 # directory or file that another user owns or could write, and create ours private
 # whatever the umask is.
 
+
 def _describe_mode(st: os.stat_result) -> str:
     return f"mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}"
 
@@ -159,12 +161,14 @@ def _check_private(path: str, st: os.stat_result, what: str, fix: str) -> None:
             f"localkms {what} {path} belongs to another user ({_describe_mode(st)}; you are "
             f"uid {euid}): it may hold keys or an access key that user planted, and they can "
             f"read yours. Use a {what} you created yourself (remove this one, or pick a new "
-            "path and localkms creates it private).")
+            "path and localkms creates it private)."
+        )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise ConfigurationError(
             f"localkms {what} {path} is writable by group or others ({_describe_mode(st)}): "
             f"another user could plant keys or an access key in it. Fix: {fix} (and remove "
-            "anything in it you did not create).")
+            "anything in it you did not create)."
+        )
 
 
 def secure_state_dir(state_dir: str) -> str:
@@ -186,8 +190,9 @@ def secure_state_dir(state_dir: str) -> str:
     try:
         st = os.stat(state_dir)
     except FileNotFoundError:  # mkdir found a name, stat found nothing behind it
-        raise ConfigurationError(f"localkms state directory {state_dir} is a dangling "
-                                 "symbolic link; remove it or point it at a directory") from None
+        raise ConfigurationError(
+            f"localkms state directory {state_dir} is a dangling symbolic link; remove it or point it at a directory"
+        ) from None
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigurationError(f"localkms state directory {state_dir} is not a directory")
     _check_private(state_dir, st, "state directory", f"chmod 700 {state_dir}")
@@ -215,15 +220,13 @@ def _secure_db_file(path: str, create: bool) -> None:
         st = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise ConfigurationError(f"localkms database {path} is a dangling symbolic link; "
-                                     "remove it") from None
+            raise ConfigurationError(f"localkms database {path} is a dangling symbolic link; remove it") from None
         return  # side files exist only while a database is open
     if not stat.S_ISREG(st.st_mode):
         raise ConfigurationError(f"localkms database {path} is not a regular file")
     _check_private(path, st, "database", f"chmod 600 {path}")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("localkms database %s was readable by others (mode %04o); now 0600",
-                    path, stat.S_IMODE(st.st_mode))
+        log.warning("localkms database %s was readable by others (mode %04o); now 0600", path, stat.S_IMODE(st.st_mode))
         os.chmod(path, 0o600)
 
 
@@ -246,8 +249,7 @@ class KeyStore:
             # One shared connection guarded by self._lock; autocommit so each write is
             # durable immediately; WAL + busy_timeout let a CLI process write concurrently.
             # SQLite gives its -wal/-shm files the database file's mode (0600).
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                       timeout=10.0)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
 
@@ -275,47 +277,64 @@ class KeyStore:
             if self._db is None:
                 self._meta[name] = value
             else:
-                self._db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)",
-                                 (name, value))
+                self._db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
 
     def meta_setdefault(self, name: str, value: str) -> str:
         """Store ``value`` unless already set (by us or another process); return the winner."""
         with self._lock:
             if self._db is None:
                 return self._meta.setdefault(name, value)
-            self._db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES (?, ?)",
-                             (name, value))
+            self._db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES (?, ?)", (name, value))
             row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
             return str(row[0])
 
     # -- keys ----------------------------------------------------------------------
 
-    def create_key(self, region: str, key_spec: str, description: str = "",
-                   key_usage: str = "ENCRYPT/DECRYPT") -> Key:
+    def create_key(self, region: str, key_spec: str, description: str = "", key_usage: str = "ENCRYPT/DECRYPT") -> Key:
         """A new Enabled key with its first version (the primary one if symmetric)."""
         if key_spec not in KEY_SPECS and key_spec not in asymmetric.ASYMMETRIC_SPECS:
             raise ValueError(f"unsupported key spec {key_spec!r}")
         now = utc_now()
         version_id = str(uuid.uuid4())
         is_asymmetric = key_spec in asymmetric.ASYMMETRIC_SPECS
-        key = Key(region=region, key_id=str(uuid.uuid4()), key_spec=key_spec,
-                  key_usage=key_usage, state="Enabled", origin="Aliyun_KMS",
-                  protection_level="SOFTWARE", description=description, creation_date=now,
-                  primary_version="" if is_asymmetric else version_id)
+        key = Key(
+            region=region,
+            key_id=str(uuid.uuid4()),
+            key_spec=key_spec,
+            key_usage=key_usage,
+            state="Enabled",
+            origin="Aliyun_KMS",
+            protection_level="SOFTWARE",
+            description=description,
+            creation_date=now,
+            primary_version="" if is_asymmetric else version_id,
+        )
         version = self._new_version(key, version_id, now)
         material = version.material
         with self._lock:
             if self._db is not None:
                 with self._db:  # one transaction: never a key without its version
                     self._db.execute("BEGIN")
-                    self._db.execute(f"INSERT INTO keys({_KEY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                     (key.region, key.key_id, key.key_spec, key.key_usage,
-                                      key.state, key.origin, key.protection_level,
-                                      key.description, key.creation_date,
-                                      key.primary_version))
-                    self._db.execute("INSERT INTO key_versions(region, version_id, key_id, "
-                                     "material, creation_date) VALUES (?,?,?,?,?)",
-                                     (region, version.version_id, key.key_id, material, now))
+                    self._db.execute(
+                        f"INSERT INTO keys({_KEY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            key.region,
+                            key.key_id,
+                            key.key_spec,
+                            key.key_usage,
+                            key.state,
+                            key.origin,
+                            key.protection_level,
+                            key.description,
+                            key.creation_date,
+                            key.primary_version,
+                        ),
+                    )
+                    self._db.execute(
+                        "INSERT INTO key_versions(region, version_id, key_id, "
+                        "material, creation_date) VALUES (?,?,?,?,?)",
+                        (region, version.version_id, key.key_id, material, now),
+                    )
             self._keys[(region, key.key_id)] = key
             self._versions[(region, version.version_id)] = version
         return key
@@ -326,8 +345,7 @@ class KeyStore:
             pair = asymmetric.generate(key.key_spec)
             return KeyVersion(key.region, version_id, key.key_id, now, pair.private_der(), pair)
         material = os.urandom(KEY_SPECS[key.key_spec])
-        return KeyVersion(key.region, version_id, key.key_id, now, material,
-                          make_aead(key.key_spec, material))
+        return KeyVersion(key.region, version_id, key.key_id, now, material, make_aead(key.key_spec, material))
 
     def create_version(self, region: str, key_id: str) -> tuple[Key, KeyVersion]:
         """A new version of a key (CreateKeyVersion, §14.3): its own key pair for an
@@ -343,11 +361,15 @@ class KeyStore:
             if self._db is not None:
                 with self._db:
                     self._db.execute("BEGIN")
-                    self._db.execute("INSERT INTO key_versions(region, version_id, key_id, "
-                                     "material, creation_date) VALUES (?,?,?,?,?)",
-                                     (region, version.version_id, key_id, version.material, now))
-                    self._db.execute("UPDATE keys SET primary_version=? WHERE region=? AND "
-                                     "key_id=?", (key.primary_version, region, key_id))
+                    self._db.execute(
+                        "INSERT INTO key_versions(region, version_id, key_id, "
+                        "material, creation_date) VALUES (?,?,?,?,?)",
+                        (region, version.version_id, key_id, version.material, now),
+                    )
+                    self._db.execute(
+                        "UPDATE keys SET primary_version=? WHERE region=? AND key_id=?",
+                        (key.primary_version, region, key_id),
+                    )
             self._keys[(region, key_id)] = key
             self._versions[(region, version.version_id)] = version
             return key, version
@@ -356,13 +378,12 @@ class KeyStore:
         """A key's versions, oldest first."""
         with self._lock:
             if self._db is None:
-                return [v for (r, _), v in self._versions.items()
-                        if r == region and v.key_id == key_id]
+                return [v for (r, _), v in self._versions.items() if r == region and v.key_id == key_id]
             self._load_keys(region, "AND key_id=?", (key_id,))
-            rows = self._db.execute("SELECT version_id FROM key_versions WHERE region=? AND "
-                                    "key_id=? ORDER BY rowid", (region, key_id)).fetchall()
-            return [self._versions[(region, vid)] for (vid,) in rows
-                    if (region, vid) in self._versions]
+            rows = self._db.execute(
+                "SELECT version_id FROM key_versions WHERE region=? AND key_id=? ORDER BY rowid", (region, key_id)
+            ).fetchall()
+            return [self._versions[(region, vid)] for (vid,) in rows if (region, vid) in self._versions]
 
     def get_key(self, region: str, key_id: str) -> Optional[Key]:
         key = self._keys.get((region, key_id))  # dict reads are atomic under the GIL
@@ -377,8 +398,8 @@ class KeyStore:
         if version is None and self._db is not None:
             with self._lock:
                 row = self._db.execute(
-                    "SELECT key_id FROM key_versions WHERE region=? AND version_id=?",
-                    (region, version_id)).fetchone()
+                    "SELECT key_id FROM key_versions WHERE region=? AND version_id=?", (region, version_id)
+                ).fetchone()
                 if row:
                     self._load_keys(region, "AND key_id=?", (row[0],))
                 version = self._versions.get((region, version_id))
@@ -393,8 +414,7 @@ class KeyStore:
                 raise KeyError(key_id)
             key = replace(key, state=state)
             if self._db is not None:
-                self._db.execute("UPDATE keys SET state=? WHERE region=? AND key_id=?",
-                                 (state, region, key_id))
+                self._db.execute("UPDATE keys SET state=? WHERE region=? AND key_id=?", (state, region, key_id))
             self._keys[(region, key_id)] = key
             return key
 
@@ -409,28 +429,31 @@ class KeyStore:
         """Regions that hold keys or aliases (lets ``serve --state`` default its regions)."""
         with self._lock:
             if self._db is not None:
-                rows = self._db.execute("SELECT region FROM keys UNION SELECT region FROM aliases "
-                                        "UNION SELECT region FROM secrets")
+                rows = self._db.execute(
+                    "SELECT region FROM keys UNION SELECT region FROM aliases UNION SELECT region FROM secrets"
+                )
                 return sorted(r for (r,) in rows)
-            return sorted({r for r, _ in self._keys} | {r for r, _ in self._aliases}
-                          | {r for r, _ in self._secrets})
+            return sorted({r for r, _ in self._keys} | {r for r, _ in self._aliases} | {r for r, _ in self._secrets})
 
     def _load_keys(self, region: str, where: str, args: tuple[str, ...]) -> list[str]:
         """Refresh matching keys (and their versions) from the database, oldest first."""
         assert self._db is not None
         ids = []
-        for row in self._db.execute(f"SELECT {_KEY_COLS} FROM keys WHERE region=? {where} "
-                                    "ORDER BY rowid", (region, *args)).fetchall():
+        for row in self._db.execute(
+            f"SELECT {_KEY_COLS} FROM keys WHERE region=? {where} ORDER BY rowid", (region, *args)
+        ).fetchall():
             key = Key(*row)
             ids.append(key.key_id)
             self._keys[(region, key.key_id)] = key
             for vid, material, created in self._db.execute(
-                    "SELECT version_id, material, creation_date FROM key_versions "
-                    "WHERE region=? AND key_id=? ORDER BY rowid", (region, key.key_id)).fetchall():
+                "SELECT version_id, material, creation_date FROM key_versions "
+                "WHERE region=? AND key_id=? ORDER BY rowid",
+                (region, key.key_id),
+            ).fetchall():
                 if (region, vid) not in self._versions:
                     self._versions[(region, vid)] = KeyVersion(
-                        region, vid, key.key_id, created, bytes(material),
-                        make_aead(key.key_spec, bytes(material)))
+                        region, vid, key.key_id, created, bytes(material), make_aead(key.key_spec, bytes(material))
+                    )
         return ids
 
     # -- aliases -------------------------------------------------------------------
@@ -442,9 +465,10 @@ class KeyStore:
                 return False
             if self._db is not None:
                 try:
-                    self._db.execute("INSERT INTO aliases(region, alias_name, key_id, "
-                                     "creation_date) VALUES (?,?,?,?)",
-                                     (region, alias_name, key_id, utc_now()))
+                    self._db.execute(
+                        "INSERT INTO aliases(region, alias_name, key_id, creation_date) VALUES (?,?,?,?)",
+                        (region, alias_name, key_id, utc_now()),
+                    )
                 except sqlite3.IntegrityError:
                     return False
             self._aliases[(region, alias_name)] = key_id
@@ -454,8 +478,9 @@ class KeyStore:
         target = self._aliases.get((region, alias_name))
         if target is None and self._db is not None:
             with self._lock:
-                row = self._db.execute("SELECT key_id FROM aliases WHERE region=? AND "
-                                       "alias_name=?", (region, alias_name)).fetchone()
+                row = self._db.execute(
+                    "SELECT key_id FROM aliases WHERE region=? AND alias_name=?", (region, alias_name)
+                ).fetchone()
                 if row:
                     target = self._aliases[(region, alias_name)] = row[0]
         return target
@@ -464,8 +489,9 @@ class KeyStore:
         """(alias name, key id) pairs, oldest first."""
         with self._lock:
             if self._db is not None:
-                rows = self._db.execute("SELECT alias_name, key_id FROM aliases WHERE region=? "
-                                        "ORDER BY creation_date, rowid", (region,)).fetchall()
+                rows = self._db.execute(
+                    "SELECT alias_name, key_id FROM aliases WHERE region=? ORDER BY creation_date, rowid", (region,)
+                ).fetchall()
                 for name, key_id in rows:
                     self._aliases[(region, name)] = key_id
                 return [(n, k) for n, k in rows]
@@ -483,8 +509,7 @@ class KeyStore:
             if self._db is None:
                 raw = self._secrets.get((region, name))
             else:
-                row = self._db.execute("SELECT doc FROM secrets WHERE region=? AND name=?",
-                                       (region, name)).fetchone()
+                row = self._db.execute("SELECT doc FROM secrets WHERE region=? AND name=?", (region, name)).fetchone()
                 raw = row[0] if row else None
             return None if raw is None else dict(json.loads(raw))
 
@@ -494,16 +519,16 @@ class KeyStore:
             if self._db is None:
                 raws = [d for (r, _), d in self._secrets.items() if r == region]
             else:
-                raws = [d for (d,) in self._db.execute(
-                    "SELECT doc FROM secrets WHERE region=? ORDER BY rowid", (region,))]
+                raws = [
+                    d for (d,) in self._db.execute("SELECT doc FROM secrets WHERE region=? ORDER BY rowid", (region,))
+                ]
             return [dict(json.loads(raw)) for raw in raws]
 
     def count_secrets(self, region: str) -> int:
         with self._lock:
             if self._db is None:
                 return sum(1 for r, _ in self._secrets if r == region)
-            return int(self._db.execute("SELECT COUNT(*) FROM secrets WHERE region=?",
-                                        (region,)).fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM secrets WHERE region=?", (region,)).fetchone()[0])
 
     def put_secret_doc(self, region: str, name: str, doc: dict[str, Any]) -> None:
         """Insert or replace; a replaced secret keeps its place in the listing order."""
@@ -512,11 +537,11 @@ class KeyStore:
             if self._db is None:
                 self._secrets[(region, name)] = raw
                 return
-            updated = self._db.execute("UPDATE secrets SET doc=? WHERE region=? AND name=?",
-                                       (raw, region, name)).rowcount
+            updated = self._db.execute(
+                "UPDATE secrets SET doc=? WHERE region=? AND name=?", (raw, region, name)
+            ).rowcount
             if not updated:
-                self._db.execute("INSERT INTO secrets(region, name, doc) VALUES (?,?,?)",
-                                 (region, name, raw))
+                self._db.execute("INSERT INTO secrets(region, name, doc) VALUES (?,?,?)", (region, name, raw))
 
     def delete_secret_doc(self, region: str, name: str) -> None:
         with self._lock:

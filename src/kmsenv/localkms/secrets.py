@@ -45,8 +45,7 @@ MAX_VERSIONS = 10
 MAX_TAGS = 20
 DEFAULT_SECRET_QUOTA = 1000
 _NAME = re.compile(r"[A-Za-z0-9_/+=.@-]{1,192}")
-_FILTER_KEYS = ("SecretName", "Description", "TagKey", "TagValue", "SecretType",
-                "DKMSInstanceId", "Creator")
+_FILTER_KEYS = ("SecretName", "Description", "TagKey", "TagValue", "SecretType", "DKMSInstanceId", "Creator")
 _SERVICE_KEY_META = "secrets-service-key/"
 _SERVICE_AAD = b"kmsenv-localkms-secret-v1\x00"
 _SERVICE_NONCE = 12
@@ -73,8 +72,7 @@ def _exists() -> KmsError:
 
 
 def _in_delete_window() -> KmsError:
-    return KmsError(409, "Rejected.ResourceInDeleteWindow",
-                    "The secret is planned to be deleted.")
+    return KmsError(409, "Rejected.ResourceInDeleteWindow", "The secret is planned to be deleted.")
 
 
 def _json(params: Params, name: str) -> Any:
@@ -99,8 +97,13 @@ def _tags(params: Params) -> list[dict[str, str]]:
         if not isinstance(tag, dict):
             raise invalid("Tags")
         k, v = tag.get("TagKey"), tag.get("TagValue", "")
-        if (not isinstance(k, str) or not isinstance(v, str) or not 1 <= len(k) <= 128
-                or len(v) > 128 or k.lower().startswith(("aliyun", "acs:"))):
+        if (
+            not isinstance(k, str)
+            or not isinstance(v, str)
+            or not 1 <= len(k) <= 128
+            or len(v) > 128
+            or k.lower().startswith(("aliyun", "acs:"))
+        ):
             raise invalid("Tags")
         tags.append({"TagKey": k, "TagValue": v})
     return tags
@@ -115,8 +118,7 @@ def _version_stages(params: Params) -> list[str]:
         value = value["VersionStage"]
     if isinstance(value, str):
         value = [value]
-    if (not isinstance(value, list) or not value
-            or not all(isinstance(s, str) and 1 <= len(s) <= 64 for s in value)):
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) and 1 <= len(s) <= 64 for s in value):
         raise invalid("VersionStages")
     return list(dict.fromkeys(value))
 
@@ -182,20 +184,24 @@ def _evict(secret: Secret) -> None:
 class SecretActions:
     """The Secrets Manager actions of one region, on top of its key actions."""
 
-    def __init__(self, actions: RegionActions, *, quota: int = DEFAULT_SECRET_QUOTA,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, actions: RegionActions, *, quota: int = DEFAULT_SECRET_QUOTA, clock: Callable[[], float] = time.time
+    ) -> None:
         self._actions = actions
         self.region = actions.region
         self.store = actions.store
         self.quota = quota
         self.clock = clock
         self.handlers: dict[str, Callable[[Params], Response]] = {
-            "CreateSecret": self.create_secret, "GetSecretValue": self.get_secret_value,
+            "CreateSecret": self.create_secret,
+            "GetSecretValue": self.get_secret_value,
             "PutSecretValue": self.put_secret_value,
             "UpdateSecretVersionStage": self.update_secret_version_stage,
             "ListSecretVersionIds": self.list_secret_version_ids,
-            "DescribeSecret": self.describe_secret, "ListSecrets": self.list_secrets,
-            "DeleteSecret": self.delete_secret, "RestoreSecret": self.restore_secret,
+            "DescribeSecret": self.describe_secret,
+            "ListSecrets": self.list_secrets,
+            "DeleteSecret": self.delete_secret,
+            "RestoreSecret": self.restore_secret,
             "UpdateSecret": self.update_secret,
         }
 
@@ -211,14 +217,13 @@ class SecretActions:
         if ref.startswith("acs:"):
             if not ref.startswith(prefix):
                 raise _not_found()
-            ref = ref[len(prefix):]
+            ref = ref[len(prefix) :]
         return ref
 
     def _peek(self, name: str) -> Optional[Secret]:
         """The secret, or None; one whose recovery window has ended is purged now."""
         secret = self.store.get_secret_doc(self.region, name)
-        if secret is not None and secret["planned_delete_at"] and (
-                self.clock() >= secret["planned_delete_at"]):
+        if secret is not None and secret["planned_delete_at"] and (self.clock() >= secret["planned_delete_at"]):
             self.store.delete_secret_doc(self.region, name)
             return None
         return secret
@@ -267,17 +272,14 @@ class SecretActions:
         version = self.store.get_version(self.region, key.primary_version)
         if version is None:  # only with a hand-edited state database
             raise KmsError(500, "InternalFailure", "Internal Failure.")
-        return blob.seal(version.aead, version.version_id, key.key_id, self.region,
-                         plaintext, ctx)
+        return blob.seal(version.aead, version.version_id, key.key_id, self.region, plaintext, ctx)
 
     def _open(self, secret: Secret, version: dict[str, Any]) -> str:
         ctx = self._context(secret["name"], version["version_id"])
         try:
             if not secret["encryption_key_id"]:
                 raw = base64.b64decode(version["sealed"])
-                plaintext = self._service_aead().decrypt(raw[:_SERVICE_NONCE],
-                                                         raw[_SERVICE_NONCE:],
-                                                         _SERVICE_AAD + ctx)
+                plaintext = self._service_aead().decrypt(raw[:_SERVICE_NONCE], raw[_SERVICE_NONCE:], _SERVICE_AAD + ctx)
             else:
                 key = self._cmk(secret["encryption_key_id"])
                 key_version_id, raw = blob.split(version["sealed"])
@@ -291,8 +293,7 @@ class SecretActions:
             raise KmsError(500, "InternalFailure", "Internal Failure.") from None
         return plaintext.decode("utf-8", errors="surrogatepass")
 
-    def _page(self, params: Params, items: list[Any], default_size: int
-              ) -> tuple[int, int, list[Any]]:
+    def _page(self, params: Params, items: list[Any], default_size: int) -> tuple[int, int, list[Any]]:
         return self._actions._page(params, items, default_size)
 
     def _tag_list(self, secret: Secret) -> dict[str, list[dict[str, str]]]:
@@ -321,20 +322,30 @@ class SecretActions:
             if self.store.count_secrets(self.region) >= self.quota:
                 raise KmsError(400, "Rejected.LimitExceeded", "The secret quota is exceeded.")
             if params.get("DryRun", "").lower() == "true":
-                raise KmsError(400, "DryRunOperation",
-                               "Request validation has been passed with DryRun flag set.")
+                raise KmsError(400, "DryRunOperation", "Request validation has been passed with DryRun flag set.")
             now = _iso(self.clock())
-            secret: Secret = {"name": name, "description": description,
-                              "encryption_key_id": key_id, "create_time": now,
-                              "update_time": now, "planned_delete_at": 0, "tags": tags,
-                              "versions": [], "stages": {}}
-            secret["versions"].append({"version_id": version_id, "data_type": data_type,
-                                       "create_time": now,
-                                       "sealed": self._seal(secret, version_id, data)})
+            secret: Secret = {
+                "name": name,
+                "description": description,
+                "encryption_key_id": key_id,
+                "create_time": now,
+                "update_time": now,
+                "planned_delete_at": 0,
+                "tags": tags,
+                "versions": [],
+                "stages": {},
+            }
+            secret["versions"].append(
+                {
+                    "version_id": version_id,
+                    "data_type": data_type,
+                    "create_time": now,
+                    "sealed": self._seal(secret, version_id, data),
+                }
+            )
             secret["stages"][CURRENT] = version_id
             self._save(secret)
-        return {"Arn": self.secret_arn(name), "SecretName": name, "VersionId": version_id,
-                "SecretType": "Generic"}
+        return {"Arn": self.secret_arn(name), "SecretName": name, "VersionId": version_id, "SecretType": "Generic"}
 
     def get_secret_value(self, params: Params) -> Response:
         name = self._name(params)
@@ -353,13 +364,17 @@ class SecretActions:
         if secret["encryption_key_id"]:
             self._cmk(secret["encryption_key_id"])  # key state before DryRun (§14.12)
         if params.get("DryRun", "").lower() == "true":
-            raise KmsError(400, "DryRunOperation",
-                           "Request validation has been passed with DryRun flag set.")
+            raise KmsError(400, "DryRunOperation", "Request validation has been passed with DryRun flag set.")
         data = self._open(secret, version)
-        return {"SecretName": name, "SecretType": "Generic", "SecretData": data,
-                "SecretDataType": version["data_type"], "VersionId": version["version_id"],
-                "VersionStages": _stage_list(secret, version["version_id"]),
-                "CreateTime": version["create_time"]}
+        return {
+            "SecretName": name,
+            "SecretType": "Generic",
+            "SecretData": data,
+            "SecretDataType": version["data_type"],
+            "VersionId": version["version_id"],
+            "VersionStages": _stage_list(secret, version["version_id"]),
+            "CreateTime": version["create_time"],
+        }
 
     def put_secret_value(self, params: Params) -> Response:
         name = self._name(params)
@@ -373,21 +388,22 @@ class SecretActions:
             if existing is not None:
                 # Idempotent with the same data; a different value under an existing
                 # version ID is refused (§14.8; code unconfirmed).
-                same = hmac.compare_digest(self._open(secret, existing).encode(
-                    "utf-8", errors="surrogatepass"), data.encode("utf-8", errors="surrogatepass"))
+                same = hmac.compare_digest(
+                    self._open(secret, existing).encode("utf-8", errors="surrogatepass"),
+                    data.encode("utf-8", errors="surrogatepass"),
+                )
                 if not same:
                     raise _exists()
-                return {"SecretName": name, "VersionId": version_id,
-                        "VersionStages": _stage_list(secret, version_id)}
+                return {"SecretName": name, "VersionId": version_id, "VersionStages": _stage_list(secret, version_id)}
             sealed = self._seal(secret, version_id, data)
-            secret["versions"].append({"version_id": version_id, "data_type": data_type,
-                                       "create_time": _iso(self.clock()), "sealed": sealed})
+            secret["versions"].append(
+                {"version_id": version_id, "data_type": data_type, "create_time": _iso(self.clock()), "sealed": sealed}
+            )
             for label in stages:
                 _move_label(secret, label, version_id)
             _evict(secret)
             self._save(secret)
-        return {"SecretName": name, "VersionId": version_id,
-                "VersionStages": _stage_list(secret, version_id)}
+        return {"SecretName": name, "VersionId": version_id, "VersionStages": _stage_list(secret, version_id)}
 
     def update_secret_version_stage(self, params: Params) -> Response:
         name = self._name(params)
@@ -417,23 +433,37 @@ class SecretActions:
         name = self._name(params)
         include_deprecated = self._actions_flag(params, "IncludeDeprecated")
         secret = self._load(name)
-        versions = [v for v in secret["versions"]
-                    if include_deprecated or _labels(secret, v["version_id"])]
+        versions = [v for v in secret["versions"] if include_deprecated or _labels(secret, v["version_id"])]
         number, size, page = self._page(params, versions, 20)
-        return {"SecretName": name,
-                "VersionIds": {"VersionId": [
-                    {"VersionId": v["version_id"], "CreateTime": v["create_time"],
-                     "VersionStages": _stage_list(secret, v["version_id"])} for v in page]},
-                "TotalCount": len(versions), "PageNumber": number, "PageSize": size}
+        return {
+            "SecretName": name,
+            "VersionIds": {
+                "VersionId": [
+                    {
+                        "VersionId": v["version_id"],
+                        "CreateTime": v["create_time"],
+                        "VersionStages": _stage_list(secret, v["version_id"]),
+                    }
+                    for v in page
+                ]
+            },
+            "TotalCount": len(versions),
+            "PageNumber": number,
+            "PageSize": size,
+        }
 
     def _describe(self, secret: Secret, fetch_tags: bool) -> Response:
         planned = secret["planned_delete_at"]
         result: Response = {
-            "SecretName": secret["name"], "Arn": self.secret_arn(secret["name"]),
+            "SecretName": secret["name"],
+            "Arn": self.secret_arn(secret["name"]),
             "Description": secret["description"],
             "EncryptionKeyId": secret["encryption_key_id"],
-            "CreateTime": secret["create_time"], "UpdateTime": secret["update_time"],
-            "PlannedDeleteTime": _iso(planned) if planned else "", "SecretType": "Generic"}
+            "CreateTime": secret["create_time"],
+            "UpdateTime": secret["update_time"],
+            "PlannedDeleteTime": _iso(planned) if planned else "",
+            "SecretType": "Generic",
+        }
         if fetch_tags:
             result["Tags"] = self._tag_list(secret)
         return result
@@ -451,9 +481,12 @@ class SecretActions:
             raise invalid("Filters")
         filters = []
         for f in value:
-            if (not isinstance(f, dict) or f.get("Key") not in _FILTER_KEYS
-                    or not isinstance(f.get("Values"), list)
-                    or not all(isinstance(v, str) for v in f["Values"])):
+            if (
+                not isinstance(f, dict)
+                or f.get("Key") not in _FILTER_KEYS
+                or not isinstance(f.get("Values"), list)
+                or not all(isinstance(v, str) for v in f["Values"])
+            ):
                 raise invalid("Filters")
             filters.append((f["Key"], list(f["Values"])))
         return filters
@@ -491,15 +524,17 @@ class SecretActions:
         items = []
         for secret in page:
             planned = secret["planned_delete_at"]
-            item: Response = {"SecretName": secret["name"], "CreateTime": secret["create_time"],
-                              "UpdateTime": secret["update_time"],
-                              "PlannedDeleteTime": _iso(planned) if planned else "",
-                              "SecretType": "Generic"}
+            item: Response = {
+                "SecretName": secret["name"],
+                "CreateTime": secret["create_time"],
+                "UpdateTime": secret["update_time"],
+                "PlannedDeleteTime": _iso(planned) if planned else "",
+                "SecretType": "Generic",
+            }
             if fetch_tags:
                 item["Tags"] = self._tag_list(secret)
             items.append(item)
-        return {"SecretList": {"Secret": items}, "TotalCount": len(secrets),
-                "PageNumber": number, "PageSize": size}
+        return {"SecretList": {"Secret": items}, "TotalCount": len(secrets), "PageNumber": number, "PageSize": size}
 
     def delete_secret(self, params: Params) -> Response:
         name = self._name(params)

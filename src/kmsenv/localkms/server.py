@@ -62,8 +62,7 @@ def _loggable_action(action: str) -> str:
     return action if _LOGGABLE_ACTION.fullmatch(action) else "?"
 
 
-def _claims_admin(headers: dict[str, str], query: Sequence[tuple[str, str]],
-                  form: Sequence[tuple[str, str]]) -> bool:
+def _claims_admin(headers: dict[str, str], query: Sequence[tuple[str, str]], form: Sequence[tuple[str, str]]) -> bool:
     """Whether an (unverified) request names the control call: V3 in a header, V1 as a
     parameter."""
     if headers.get("x-acs-action") == admin.ACTION:
@@ -71,11 +70,13 @@ def _claims_admin(headers: dict[str, str], query: Sequence[tuple[str, str]],
     return any(k == "Action" and v == admin.ACTION for k, v in (*query, *form))
 
 
-def _json_response(status: int, reason: str, result: dict[str, Any], request_id: str,
-                   close: bool) -> bytes:
+def _json_response(status: int, reason: str, result: dict[str, Any], request_id: str, close: bool) -> bytes:
     body = json.dumps(result, separators=(",", ":")).encode("ascii")
-    head = [f"HTTP/1.1 {status} {reason}\r\n".encode("ascii"), _CONTENT_TYPE,
-            f"Content-Length: {len(body)}\r\nx-acs-request-id: {request_id}\r\n".encode("ascii")]
+    head = [
+        f"HTTP/1.1 {status} {reason}\r\n".encode("ascii"),
+        _CONTENT_TYPE,
+        f"Content-Length: {len(body)}\r\nx-acs-request-id: {request_id}\r\n".encode("ascii"),
+    ]
     if close:
         head.append(b"Connection: close\r\n")
     head.append(b"\r\n")
@@ -96,8 +97,7 @@ def _random_access_key() -> tuple[str, str]:
 
 
 def _random_account_uid() -> str:
-    return str(secrets.choice(range(1, 10))) + "".join(secrets.choice(string.digits)
-                                                       for _ in range(15))
+    return str(secrets.choice(range(1, 10))) + "".join(secrets.choice(string.digits) for _ in range(15))
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -270,13 +270,11 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return super().handle_expect_100()
 
-    def send_error(self, code: int, message: Optional[str] = None,
-                   explain: Optional[str] = None) -> None:
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
         """The stdlib's protocol-level errors (bad request line, headers too large, ...)
         as KMS JSON errors.  Its message quotes the request line, which may carry a
         Plaintext: neither echoed back nor logged."""
-        log.debug("%s: refused malformed request: HTTP %d", self.server.region_server.region,
-                  code)
+        log.debug("%s: refused malformed request: HTTP %d", self.server.region_server.region, code)
         self.server.region_server.answer_error(self, http_error(int(code)))
 
     def do_POST(self) -> None:
@@ -314,8 +312,7 @@ class _HttpServer(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         self._slot_of[request] = slot
-        thread = threading.Thread(target=self._serve_connection,
-                                  args=(request, client_address, slot), daemon=True)
+        thread = threading.Thread(target=self._serve_connection, args=(request, client_address, slot), daemon=True)
         try:
             thread.start()
         except BaseException:
@@ -344,8 +341,9 @@ class _HttpServer(ThreadingHTTPServer):
 class RegionServer:
     """One region's listener, fault settings and request counters."""
 
-    def __init__(self, kms: "LocalKms", region: str, actions: RegionActions,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+    def __init__(
+        self, kms: "LocalKms", region: str, actions: RegionActions, read_timeout: float = DEFAULT_READ_TIMEOUT
+    ) -> None:
         self.kms = kms
         self.region = region
         self.actions = actions
@@ -374,8 +372,9 @@ class RegionServer:
             httpd = _HttpServer((host, port), self)
             self.port = httpd.server_address[1]
             self._httpd = httpd
-            self._thread = threading.Thread(target=httpd.serve_forever, kwargs={
-                "poll_interval": 0.05}, name=f"localkms-{self.region}", daemon=True)
+            self._thread = threading.Thread(
+                target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"localkms-{self.region}", daemon=True
+            )
             self._thread.start()
 
     def close(self) -> None:
@@ -418,8 +417,7 @@ class RegionServer:
         over MAX_BODY_BYTES -- decided from the headers alone, before reading the body."""
         if h.headers.get("Transfer-Encoding") is not None:
             h.close_connection = True
-            raise KmsError(411, "MissingContentLength",
-                           "Transfer-Encoding is not supported; send Content-Length.")
+            raise KmsError(411, "MissingContentLength", "Transfer-Encoding is not supported; send Content-Length.")
         values = h.headers.get_all("Content-Length") or []
         if not values:
             return 0
@@ -429,8 +427,7 @@ class RegionServer:
         length = int(values[0])
         if length > MAX_BODY_BYTES:
             h.close_connection = True
-            raise KmsError(413, "RequestEntityTooLarge",
-                           f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+            raise KmsError(413, "RequestEntityTooLarge", f"The request body is larger than {MAX_BODY_BYTES} bytes.")
         return length
 
     def handle(self, h: _Handler) -> None:
@@ -449,25 +446,35 @@ class RegionServer:
                 return
             path, _, raw_query = h.path.partition("?")
             try:
-                query = parse_qsl(raw_query, keep_blank_values=True,
-                                  max_num_fields=MAX_PARAMETERS)
+                query = parse_qsl(raw_query, keep_blank_values=True, max_num_fields=MAX_PARAMETERS)
                 form: list[tuple[str, str]] = []
                 if body and "form-urlencoded" in (h.headers.get("Content-Type") or ""):
-                    form = parse_qsl(body.decode("utf-8", errors="replace"),
-                                     keep_blank_values=True,
-                                     max_num_fields=MAX_PARAMETERS - len(query))
+                    form = parse_qsl(
+                        body.decode("utf-8", errors="replace"),
+                        keep_blank_values=True,
+                        max_num_fields=MAX_PARAMETERS - len(query),
+                    )
             except ValueError:  # max_num_fields exceeded
-                raise KmsError(400, "InvalidParameter",
-                               f"The request has more than {MAX_PARAMETERS} parameters.") from None
+                raise KmsError(
+                    400, "InvalidParameter", f"The request has more than {MAX_PARAMETERS} parameters."
+                ) from None
             headers = signing.lower_headers(h.headers.items())
             # The control call is exempt from injected latency, so a slowed region can be
             # repaired promptly.  Only the claimed action is known here; the signature is
             # checked next either way.
             if faults.latency_ms and not _claims_admin(headers, query, form):
                 time.sleep(faults.latency_ms / 1000.0)
-            verified = signing.verify(h.command, path, query, form, headers, body,
-                                      self.kms._secret_for, self.kms._nonces,
-                                      now=self.kms._clock())
+            verified = signing.verify(
+                h.command,
+                path,
+                query,
+                form,
+                headers,
+                body,
+                self.kms._secret_for,
+                self.kms._nonces,
+                now=self.kms._clock(),
+            )
             if not verified.action:
                 raise missing("Action")
             action = _loggable_action(verified.action)
@@ -477,8 +484,7 @@ class RegionServer:
             params.update(form)
             if verified.action == admin.ACTION:
                 # Not counted, and no injected faults: see kmsenv.localkms.admin.
-                result, after_answer = self.kms._admin_set_fault(admin.parse_request(params),
-                                                                 self.region)
+                result, after_answer = self.kms._admin_set_fault(admin.parse_request(params), self.region)
                 if after_answer is not None:
                     h.close_connection = True  # this very port closes once answered
             else:
@@ -494,8 +500,12 @@ class RegionServer:
         except Exception:
             log.exception("%s %s failed", self.region, action)
             status = 500
-            result = {"RequestId": request_id, "HostId": self._host_id,
-                      "Code": "InternalFailure", "Message": "Internal Failure."}
+            result = {
+                "RequestId": request_id,
+                "HostId": self._host_id,
+                "Code": "InternalFailure",
+                "Message": "Internal Failure.",
+            }
         try:
             self._answer(h, status, result, request_id, action, started)
         finally:
@@ -505,8 +515,9 @@ class RegionServer:
     def _run_action(self, action: str, params: dict[str, str], faults: Faults) -> dict[str, Any]:
         handler = self.actions.handlers.get(action)
         if handler is None:
-            raise KmsError(404, "InvalidAction.NotFound",
-                           "Specified api is not found, please check your url and method.")
+            raise KmsError(
+                404, "InvalidAction.NotFound", "Specified api is not found, please check your url and method."
+            )
         # Counted before fault injection: a throttled or failed attempt is still an
         # attempt, which is what retry tests want to count.
         self._count(action)
@@ -515,18 +526,20 @@ class RegionServer:
             raise injected
         return handler(params)
 
-    def _answer(self, h: _Handler, status: int, result: dict[str, Any], request_id: str, action: str,
-                started: float) -> None:
-        self._write(h, _json_response(status, _reason(status), result, request_id,
-                                      h.close_connection))
-        self.kms._request_done(self.region, action, status,
-                               (time.perf_counter() - started) * 1000, request_id)
+    def _answer(
+        self, h: _Handler, status: int, result: dict[str, Any], request_id: str, action: str, started: float
+    ) -> None:
+        self._write(h, _json_response(status, _reason(status), result, request_id, h.close_connection))
+        self.kms._request_done(self.region, action, status, (time.perf_counter() - started) * 1000, request_id)
 
     def _error_result(self, exc: KmsError, request_id: str) -> dict[str, Any]:
-        return {"RequestId": request_id, "HostId": self._host_id, "Code": exc.code,
-                "Message": exc.message,
-                "Recommend": "https://api.aliyun.com/troubleshoot?q="
-                             f"{exc.code}&product=Kms&requestId={request_id}"}
+        return {
+            "RequestId": request_id,
+            "HostId": self._host_id,
+            "Code": exc.code,
+            "Message": exc.message,
+            "Recommend": f"https://api.aliyun.com/troubleshoot?q={exc.code}&product=Kms&requestId={request_id}",
+        }
 
     def _write(self, h: _Handler, response: bytes) -> None:
         h.connection.settimeout(self.read_timeout)  # the reader left its own deadline there
@@ -538,25 +551,28 @@ class RegionServer:
         h.close_connection = True
         request_id = str(uuid.uuid4()).upper()
         try:
-            self._write(h, _json_response(exc.status, _reason(exc.status),
-                                          self._error_result(exc, request_id), request_id,
-                                          close=True))
+            self._write(
+                h,
+                _json_response(
+                    exc.status, _reason(exc.status), self._error_result(exc, request_id), request_id, close=True
+                ),
+            )
         except OSError:
             return  # the client is gone or stuck; the connection is closed next anyway
-        self.kms._request_done(self.region, "-", exc.status,
-                               (time.perf_counter() - started) * 1000, request_id)
+        self.kms._request_done(self.region, "-", exc.status, (time.perf_counter() - started) * 1000, request_id)
 
     def refuse_busy(self, sock: socket.socket) -> None:
         """503 to a connection over the bound, without reading from or waiting on it."""
         request_id = str(uuid.uuid4()).upper()
         exc = server_error("ServiceUnavailableTemporary")
-        log.debug("%s: all %d connections mid-request; refusing another", self.region,
-                  self.kms._slots.limit)
+        log.debug("%s: all %d connections mid-request; refusing another", self.region, self.kms._slots.limit)
         try:
             sock.setblocking(False)  # a fresh socket's send buffer takes ~400 bytes at once
-            sock.send(_json_response(exc.status, _reason(exc.status),
-                                     self._error_result(exc, request_id), request_id,
-                                     close=True))
+            sock.send(
+                _json_response(
+                    exc.status, _reason(exc.status), self._error_result(exc, request_id), request_id, close=True
+                )
+            )
         except OSError:
             return
         self.kms._request_done(self.region, "-", exc.status, 0.0, request_id)
@@ -601,16 +617,22 @@ class LocalKms:
     ``kmsenv kms fault`` sends.
     """
 
-    def __init__(self, regions: Sequence[str], state_dir: Optional[str] = None,
-                 access_key_id: Optional[str] = None,
-                 access_key_secret: Optional[str] = None,
-                 port: Optional[int] = None, host: str = "127.0.0.1", *,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT,
-                 max_nonces: int = signing.DEFAULT_MAX_NONCES,
-                 clock: Callable[[], float] = time.time,
-                 request_log: Optional[TextIO] = None,
-                 strict_version_interval: bool = False) -> None:
+    def __init__(
+        self,
+        regions: Sequence[str],
+        state_dir: Optional[str] = None,
+        access_key_id: Optional[str] = None,
+        access_key_secret: Optional[str] = None,
+        port: Optional[int] = None,
+        host: str = "127.0.0.1",
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        max_nonces: int = signing.DEFAULT_MAX_NONCES,
+        clock: Callable[[], float] = time.time,
+        request_log: Optional[TextIO] = None,
+        strict_version_interval: bool = False,
+    ) -> None:
         regions = list(dict.fromkeys(regions))
         if not regions:
             raise ValueError("at least one region is required")
@@ -645,16 +667,25 @@ class LocalKms:
             access_key_id, access_key_secret = stored["id"], stored["secret"]
         self.access_key_id: str = access_key_id
         self.access_key_secret: str = access_key_secret  # type: ignore[assignment]
-        self.account_uid: str = self._store.meta_setdefault("account_uid",
-                                                            _random_account_uid())
-        self._servers = {r: RegionServer(self, r, RegionActions(
-            r, self.account_uid, self._store, lambda: list(self.regions),
-            strict_version_interval=strict_version_interval),
-            float(read_timeout)) for r in regions}
+        self.account_uid: str = self._store.meta_setdefault("account_uid", _random_account_uid())
+        self._servers = {
+            r: RegionServer(
+                self,
+                r,
+                RegionActions(
+                    r,
+                    self.account_uid,
+                    self._store,
+                    lambda: list(self.regions),
+                    strict_version_interval=strict_version_interval,
+                ),
+                float(read_timeout),
+            )
+            for r in regions
+        }
 
     def __repr__(self) -> str:  # never the secret
-        return (f"LocalKms(regions={self.regions!r}, state_dir={self.state_dir!r}, "
-                f"access_key_id={self.access_key_id!r})")
+        return f"LocalKms(regions={self.regions!r}, state_dir={self.state_dir!r}, access_key_id={self.access_key_id!r})"
 
     def _secret_for(self, access_key_id: str) -> Optional[str]:
         return self.access_key_secret if access_key_id == self.access_key_id else None
@@ -731,8 +762,9 @@ class LocalKms:
         except KeyError:
             raise ValueError(f"region {region!r} is not served by this LocalKms") from None
 
-    def create_key(self, region: str, key_spec: str = "Aliyun_AES_256",
-                   description: str = "", key_usage: Optional[str] = None) -> str:
+    def create_key(
+        self, region: str, key_spec: str = "Aliyun_AES_256", description: str = "", key_usage: Optional[str] = None
+    ) -> str:
         """Create an enabled CMK; return its ARN.
 
         ``key_spec`` is a symmetric spec (``Aliyun_AES_256``, ...) or an asymmetric one
@@ -744,12 +776,10 @@ class LocalKms:
         specs = sorted(KEY_SPECS) + list(asymmetric.ASYMMETRIC_SPECS)
         if key_spec not in specs:
             raise ValueError(f"unsupported key spec {key_spec!r}; use one of {specs}")
-        allowed = (asymmetric.usages(key_spec) if key_spec in asymmetric.ASYMMETRIC_SPECS
-                   else ("ENCRYPT/DECRYPT",))
+        allowed = asymmetric.usages(key_spec) if key_spec in asymmetric.ASYMMETRIC_SPECS else ("ENCRYPT/DECRYPT",)
         usage = key_usage or allowed[0]
         if usage not in allowed:
-            raise ValueError(f"key usage {usage!r} is not valid for {key_spec}; use one of "
-                             f"{list(allowed)}")
+            raise ValueError(f"key usage {usage!r} is not valid for {key_spec}; use one of {list(allowed)}")
         actions = self._server(region).actions
         key = self._store.create_key(region, key_spec, description, usage)
         return actions.key_arn(key.key_id)
@@ -792,10 +822,17 @@ class LocalKms:
 
     # -- faults and statistics -----------------------------------------------------
 
-    def set_fault(self, region: str, down: bool = False, latency_ms: float = 0,
-                  throttle_rate: float = 0.0, error_rate: float = 0.0,
-                  error_code: str = "ServiceUnavailableTemporary", *,
-                  duration: Optional[float] = None) -> None:
+    def set_fault(
+        self,
+        region: str,
+        down: bool = False,
+        latency_ms: float = 0,
+        throttle_rate: float = 0.0,
+        error_rate: float = 0.0,
+        error_code: str = "ServiceUnavailableTemporary",
+        *,
+        duration: Optional[float] = None,
+    ) -> None:
         """Replace ``region``'s fault settings (call with only ``region`` to clear them).
 
         ``down`` closes the listening socket and open connections (connection refused);
@@ -806,11 +843,11 @@ class LocalKms:
         ``duration`` (seconds) the settings are cleared again after that long, unless
         another change to the region came first.
         """
-        self._apply_faults(region, Faults(down, float(latency_ms), float(throttle_rate),
-                                          float(error_rate), error_code), duration)
+        self._apply_faults(
+            region, Faults(down, float(latency_ms), float(throttle_rate), float(error_rate), error_code), duration
+        )
 
-    def _apply_faults(self, region: str, faults: Faults, duration: Optional[float],
-                      defer_close: bool = False) -> None:
+    def _apply_faults(self, region: str, faults: Faults, duration: Optional[float], defer_close: bool = False) -> None:
         """Install ``faults`` (with ``defer_close`` a region going down keeps its port open
         for now: the caller closes it)."""
         server = self._server(region)
@@ -845,40 +882,46 @@ class LocalKms:
             except OSError as exc:  # the port was taken meanwhile: nothing to answer to
                 log.warning("%s: cannot listen on port %d again: %s", region, server.port, exc)
 
-    def _admin_set_fault(self, change: "admin.FaultChange", serving_region: str
-                         ) -> tuple[dict[str, Any], Optional[Callable[[], None]]]:
+    def _admin_set_fault(
+        self, change: "admin.FaultChange", serving_region: str
+    ) -> tuple[dict[str, Any], Optional[Callable[[], None]]]:
         """Carry out a ``KmsenvSetFault`` call that arrived on ``serving_region``'s port.
 
         Returns the answer and, when the call takes that very port down, the closing to do
         once the answer is sent (closing first would cut the connection carrying it).
         """
         if change.region not in self._servers:
-            raise KmsError(404, "Kmsenv.RegionNotServed",
-                           f"This localkms does not serve region {change.region}; it serves "
-                           f"{', '.join(self.regions)}.")
+            raise KmsError(
+                404,
+                "Kmsenv.RegionNotServed",
+                f"This localkms does not serve region {change.region}; it serves {', '.join(self.regions)}.",
+            )
         server = self._servers[change.region]
         with self._fault_lock:
             try:
                 new = change.apply_to(server.faults)
             except ValueError as exc:
                 raise KmsError(400, "InvalidParameter", str(exc)) from None
-            if new.down and change.duration is None and not any(
-                    not other.faults.down for name, other in self._servers.items()
-                    if name != change.region):
+            if (
+                new.down
+                and change.duration is None
+                and not any(not other.faults.down for name, other in self._servers.items() if name != change.region)
+            ):
                 # Refused: with every port closed, nothing could receive the call that
                 # brings a region back.
-                raise KmsError(409, "Kmsenv.LastRegionUp",
-                               f"Taking {change.region} down would close this server's last "
-                               "listening port, leaving nowhere to send the call that brings it "
-                               "back: give a duration (DurationSeconds, `kmsenv kms fault "
-                               "--for SECONDS`) or serve a second region.")
+                raise KmsError(
+                    409,
+                    "Kmsenv.LastRegionUp",
+                    f"Taking {change.region} down would close this server's last "
+                    "listening port, leaving nowhere to send the call that brings it "
+                    "back: give a duration (DurationSeconds, `kmsenv kms fault "
+                    "--for SECONDS`) or serve a second region.",
+                )
             closes_own_port = new.down and change.region == serving_region
             try:
-                self._apply_faults(change.region, new, change.duration,
-                                   defer_close=closes_own_port)
+                self._apply_faults(change.region, new, change.duration, defer_close=closes_own_port)
             except OSError as exc:
-                raise KmsError(500, "InternalFailure",
-                               f"Cannot listen on port {server.port} again: {exc}") from None
+                raise KmsError(500, "InternalFailure", f"Cannot listen on port {server.port} again: {exc}") from None
             generation = server.fault_generation
             result = admin.describe(change.region, new, server.listening and not closes_own_port)
 
@@ -891,8 +934,7 @@ class LocalKms:
 
     # -- request log ---------------------------------------------------------------
 
-    def _request_done(self, region: str, action: str, status: int, latency_ms: float,
-                      request_id: str) -> None:
+    def _request_done(self, region: str, action: str, status: int, latency_ms: float, request_id: str) -> None:
         """One line per answered request in the request log, and at DEBUG in the logger.
         Nothing from the request but its verified action name: no parameters, no
         signatures, no key material."""

@@ -34,8 +34,14 @@ DEFAULT_MAX_NONCES = 1_000_000
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Headers whose absence from SignedHeaders would let a replayed or redirected request pass.
-_V3_REQUIRED_SIGNED = ("host", "x-acs-action", "x-acs-version", "x-acs-date",
-                       "x-acs-signature-nonce", "x-acs-content-sha256")
+_V3_REQUIRED_SIGNED = (
+    "host",
+    "x-acs-action",
+    "x-acs-version",
+    "x-acs-date",
+    "x-acs-signature-nonce",
+    "x-acs-content-sha256",
+)
 
 
 @dataclass(frozen=True)
@@ -62,40 +68,51 @@ def _incomplete(detail: str = "") -> KmsError:
 def _mismatch(string_to_sign: str) -> KmsError:
     # The legacy SDK compares the text after "server string to sign is:" with its own
     # string-to-sign and, if equal, reports InvalidAccessKeySecret: keep this exact form.
-    return KmsError(400, "SignatureDoesNotMatch",
-                    "Specified signature is not matched with our calculation. "
-                    f"server string to sign is:{string_to_sign}")
+    return KmsError(
+        400,
+        "SignatureDoesNotMatch",
+        f"Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}",
+    )
 
 
 def _signature_matches(expected: str, given: str) -> bool:
     """Constant-time comparison that also takes non-ASCII input (a forged header or a
     percent-encoded query value): ``compare_digest`` raises TypeError on non-ASCII str."""
-    return hmac.compare_digest(expected.encode("ascii"),
-                               given.encode("utf-8", errors="surrogatepass"))
+    return hmac.compare_digest(expected.encode("ascii"), given.encode("utf-8", errors="surrogatepass"))
 
 
 def _unknown_key() -> KmsError:
-    return KmsError(404, "InvalidAccessKeyId.NotFound",
-                    "The Access Key ID provided does not exist in our records.")
+    return KmsError(404, "InvalidAccessKeyId.NotFound", "The Access Key ID provided does not exist in our records.")
 
 
 def _check_timestamp(value: Optional[str], name: str, now: float) -> int:
     """Refuse a missing, malformed or out-of-window timestamp; return it in epoch seconds."""
     if not value:
-        raise KmsError(400, "IllegalTimestamp",
-                       f'The input parameter "{name}" that is mandatory for processing '
-                       "this request is not supplied.")
+        raise KmsError(
+            400,
+            "IllegalTimestamp",
+            f'The input parameter "{name}" that is mandatory for processing this request is not supplied.',
+        )
     try:  # strptime would cost more than the whole signature check
         if not _TIMESTAMP.fullmatch(value):
             raise ValueError(value)
-        ts = calendar.timegm((int(value[0:4]), int(value[5:7]), int(value[8:10]),
-                              int(value[11:13]), int(value[14:16]), int(value[17:19]), 0, 0, 0))
+        ts = calendar.timegm(
+            (
+                int(value[0:4]),
+                int(value[5:7]),
+                int(value[8:10]),
+                int(value[11:13]),
+                int(value[14:16]),
+                int(value[17:19]),
+                0,
+                0,
+                0,
+            )
+        )
     except ValueError:
-        raise KmsError(400, "IllegalTimestamp",
-                       f'The specified parameter "{name}" is not valid.') from None
+        raise KmsError(400, "IllegalTimestamp", f'The specified parameter "{name}" is not valid.') from None
     if abs(now - ts) > MAX_SKEW_SECONDS:
-        raise KmsError(400, "InvalidTimeStamp.Expired",
-                       "Specified time stamp or date value is expired.")
+        raise KmsError(400, "InvalidTimeStamp.Expired", "Specified time stamp or date value is expired.")
     return ts
 
 
@@ -129,18 +146,19 @@ class NonceCache:
     def check_and_add(self, access_key_id: str, nonce: str, timestamp: int, now: float) -> None:
         """Record the nonce of a request signed at ``timestamp`` (epoch seconds), or raise
         ``SignatureNonceUsed`` if it is live already, or ``Rejected.Throttling`` if full."""
-        digest = hashlib.blake2b(f"{access_key_id}\n{nonce}".encode("utf-8", "surrogatepass"),
-                                 digest_size=16).digest()
+        digest = hashlib.blake2b(f"{access_key_id}\n{nonce}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
         expires = timestamp + MAX_SKEW_SECONDS
         with self._lock:
             self._forget_expired(now)
             if digest in self._seen:
-                raise KmsError(400, "SignatureNonceUsed",
-                               "Specified signature nonce was used already.")
+                raise KmsError(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
             if len(self._seen) >= self._max:
-                raise KmsError(429, "Rejected.Throttling",
-                               f"QPS Limit Exceeded. localkms remembers at most {self._max} "
-                               "signature nonces until their timestamps expire; retry later.")
+                raise KmsError(
+                    429,
+                    "Rejected.Throttling",
+                    f"QPS Limit Exceeded. localkms remembers at most {self._max} "
+                    "signature nonces until their timestamps expire; retry later.",
+                )
             self._seen.add(digest)
             bucket = self._buckets.get(expires)
             if bucket is None:
@@ -171,11 +189,17 @@ def lower_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
-def verify(method: str, path: str, query: Sequence[tuple[str, str]],
-           form: Sequence[tuple[str, str]], headers: Mapping[str, str], body: bytes,
-           secret_for: Callable[[str], Optional[str]],
-           nonces: Optional[NonceCache] = None,
-           now: Optional[float] = None) -> VerifiedRequest:
+def verify(
+    method: str,
+    path: str,
+    query: Sequence[tuple[str, str]],
+    form: Sequence[tuple[str, str]],
+    headers: Mapping[str, str],
+    body: bytes,
+    secret_for: Callable[[str], Optional[str]],
+    nonces: Optional[NonceCache] = None,
+    now: Optional[float] = None,
+) -> VerifiedRequest:
     """Authenticate a request; return who sent it and which action it names.
 
     ``headers`` maps lowercase names to values (see :func:`lower_headers`);
@@ -185,18 +209,24 @@ def verify(method: str, path: str, query: Sequence[tuple[str, str]],
     now = time.time() if now is None else now
     authorization = headers.get("authorization", "")
     if authorization:
-        return _verify_v3(method, path, query, headers, body, authorization,
-                          secret_for, nonces, now)
+        return _verify_v3(method, path, query, headers, body, authorization, secret_for, nonces, now)
     params = list(query) + list(form)
     if any(k == "Signature" for k, _ in params):
         return _verify_rpc_v1(method, params, secret_for, nonces, now)
     raise _incomplete("The request is not signed.")
 
 
-def _verify_v3(method: str, path: str, query: Sequence[tuple[str, str]],
-               headers: Mapping[str, str], body: bytes, authorization: str,
-               secret_for: Callable[[str], Optional[str]],
-               nonces: Optional[NonceCache], now: float) -> VerifiedRequest:
+def _verify_v3(
+    method: str,
+    path: str,
+    query: Sequence[tuple[str, str]],
+    headers: Mapping[str, str],
+    body: bytes,
+    authorization: str,
+    secret_for: Callable[[str], Optional[str]],
+    nonces: Optional[NonceCache],
+    now: float,
+) -> VerifiedRequest:
     algorithm, _, rest = authorization.partition(" ")
     if algorithm != "ACS3-HMAC-SHA256":
         raise _incomplete(f"Unsupported signature algorithm {algorithm!r}.")
@@ -205,8 +235,7 @@ def _verify_v3(method: str, path: str, query: Sequence[tuple[str, str]],
         k, sep, v = part.strip().partition("=")
         if sep:
             fields[k] = v
-    ak, signed, signature = (fields.get("Credential"), fields.get("SignedHeaders"),
-                             fields.get("Signature"))
+    ak, signed, signature = (fields.get("Credential"), fields.get("SignedHeaders"), fields.get("Signature"))
     if not ak or not signed or not signature:
         raise _incomplete()
     secret = secret_for(ak)
@@ -221,12 +250,11 @@ def _verify_v3(method: str, path: str, query: Sequence[tuple[str, str]],
     timestamp = _check_timestamp(headers.get("x-acs-date", ""), "x-acs-date", now)
 
     canonical_headers = "".join(f"{h}:{headers.get(h, '')}\n" for h in signed_names)
-    canonical_request = "\n".join((method, path or "/", canonical_query(query),
-                                   canonical_headers, signed, payload_hash))
-    string_to_sign = ("ACS3-HMAC-SHA256\n"
-                      + hashlib.sha256(canonical_request.encode("utf-8")).hexdigest())
-    expected = hmac.new(secret.encode("utf-8"), string_to_sign.encode("utf-8"),
-                        hashlib.sha256).hexdigest()
+    canonical_request = "\n".join(
+        (method, path or "/", canonical_query(query), canonical_headers, signed, payload_hash)
+    )
+    string_to_sign = "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical_request.encode("utf-8")).hexdigest()
+    expected = hmac.new(secret.encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
     if not _signature_matches(expected, signature.lower()):
         raise _mismatch(string_to_sign)
     if nonces is not None:
@@ -234,25 +262,28 @@ def _verify_v3(method: str, path: str, query: Sequence[tuple[str, str]],
     return VerifiedRequest(ak, headers.get("x-acs-action", ""), headers.get("x-acs-version", ""))
 
 
-def _verify_rpc_v1(method: str, params: Sequence[tuple[str, str]],
-                   secret_for: Callable[[str], Optional[str]],
-                   nonces: Optional[NonceCache], now: float) -> VerifiedRequest:
+def _verify_rpc_v1(
+    method: str,
+    params: Sequence[tuple[str, str]],
+    secret_for: Callable[[str], Optional[str]],
+    nonces: Optional[NonceCache],
+    now: float,
+) -> VerifiedRequest:
     single = dict(params)
     if single.get("SignatureMethod") != "HMAC-SHA1" or single.get("SignatureVersion") != "1.0":
         raise _incomplete("Only HMAC-SHA1 with SignatureVersion 1.0 is supported.")
     ak = single.get("AccessKeyId")
     if not ak:
-        raise KmsError(400, "MissingParameter",
-                       'The parameter "AccessKeyId" is needed but not provided.')
+        raise KmsError(400, "MissingParameter", 'The parameter "AccessKeyId" is needed but not provided.')
     secret = secret_for(ak)
     if secret is None:
         raise _unknown_key()
     timestamp = _check_timestamp(single.get("Timestamp"), "Timestamp", now)
     canonical = canonical_query((k, v) for k, v in params if k != "Signature")
     string_to_sign = f"{method}&{pct('/')}&{pct(canonical)}"
-    expected = base64.b64encode(hmac.new((secret + "&").encode("utf-8"),
-                                         string_to_sign.encode("utf-8"),
-                                         hashlib.sha1).digest()).decode("ascii")
+    expected = base64.b64encode(
+        hmac.new((secret + "&").encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha1).digest()
+    ).decode("ascii")
     if not _signature_matches(expected, single["Signature"]):
         raise _mismatch(string_to_sign)
     if nonces is not None:

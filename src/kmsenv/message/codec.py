@@ -174,10 +174,7 @@ def auth_fields(
     edks: Sequence[EncryptedDataKey],
 ) -> bytes:
     """The bytes the header tag authenticates (spec section 5.1)."""
-    return (
-        _u32(version) + _u32(int(algorithm)) + _u32(len(context))
-        + context_parts(context)[0] + edk_parts(edks)[1]
-    )
+    return _u32(version) + _u32(int(algorithm)) + _u32(len(context)) + context_parts(context)[0] + edk_parts(edks)[1]
 
 
 _PARTS_MEMO = _Memo(256)
@@ -187,7 +184,10 @@ _PARTS_MEMO = _Memo(256)
 # pointer check per element, where the memo lookup hashes every EDK in Python.
 # Replaced as a whole tuple, so threads never see a torn entry.
 _LAST_PARTS: tuple[object, tuple[object, ...], tuple[tuple[object, object], ...], tuple[bytes, bytes, bytes] | None] = (
-    None, (), (), None,
+    None,
+    (),
+    (),
+    None,
 )
 
 
@@ -365,7 +365,9 @@ def decode_message(
     _checked_body(header, layout)
     iv, ct, tag = layout.iv_start, layout.ct_start, layout.tag_start
     return header, MessageBody(
-        bytes(view[iv : iv + layout.iv_len]), bytes(view[ct : ct + layout.ct_len]), bytes(view[tag : tag + layout.tag_len])
+        bytes(view[iv : iv + layout.iv_len]),
+        bytes(view[ct : ct + layout.ct_len]),
+        bytes(view[tag : tag + layout.tag_len]),
     )
 
 
@@ -411,9 +413,12 @@ def parse_message(
         length, max_edks, prefix, ct_head, header, layout = shape
         tag_at = layout[6] - 2  # tag_start - 2: where the tag's 04 <len> is
         if (
-            length == len(data) and max_edks == max_encrypted_data_keys and data.startswith(prefix)
+            length == len(data)
+            and max_edks == max_encrypted_data_keys
+            and data.startswith(prefix)
             and data.startswith(ct_head, layout[2] + layout[3])
-            and data[tag_at] == der.OCTET_STRING and data[tag_at + 1] == layout[7]
+            and data[tag_at] == der.OCTET_STRING
+            and data[tag_at + 1] == layout[7]
         ):
             return header, layout
     try:
@@ -423,8 +428,11 @@ def parse_message(
     hstart, hend, iv_start, iv_len, ct_start, _, _, tag_len = layout
     last_raw, last_max, last = _LAST_HEADER
     if (
-        last is not None and last_max == max_encrypted_data_keys and len(last_raw) == hend - hstart
-        and type(data) is bytes and data.startswith(last_raw, hstart)
+        last is not None
+        and last_max == max_encrypted_data_keys
+        and len(last_raw) == hend - hstart
+        and type(data) is bytes
+        and data.startswith(last_raw, hstart)
     ):
         header = last
     else:
@@ -440,7 +448,12 @@ def parse_message(
         _checked_body(header, layout)  # raises, saying which
     if type(data) is bytes and hend - hstart <= _MEMO_HEADER_MAX:
         _LAST_SHAPE = (
-            len(data), max_encrypted_data_keys, data[:iv_start], data[iv_start + iv_len : ct_start], header, layout,
+            len(data),
+            max_encrypted_data_keys,
+            data[:iv_start],
+            data[iv_start + iv_len : ct_start],
+            header,
+            layout,
         )
     return header, layout
 
@@ -481,8 +494,13 @@ def _header_from_fields(raw: bytes, max_edks: int) -> MessageHeader:
         _FIELDS_MEMO.put(fields_key, header)
         return header
     header = MessageHeader(
-        proto.version, proto.algorithm, proto.encrypted_data_keys, proto.encryption_context,
-        raw[tail + 2 : tail + 14], raw[tail + 16 :], raw,
+        proto.version,
+        proto.algorithm,
+        proto.encrypted_data_keys,
+        proto.encryption_context,
+        raw[tail + 2 : tail + 14],
+        raw[tail + 16 :],
+        raw,
     )
     # The auth fields and context bytes depend on the fields only.
     object.__setattr__(header, "_derived", proto._parts())
@@ -510,7 +528,15 @@ def _forget_after_fork() -> None:
 
 _process.register(
     __name__,
-    ("_CTX_MEMO", "_EDK_MEMO", "_PARTS_MEMO", "_HEADER_MEMO", "_FIELDS_MEMO", "_LAST_PARTS", "_LAST_HEADER",
-     "_LAST_SHAPE"),
+    (
+        "_CTX_MEMO",
+        "_EDK_MEMO",
+        "_PARTS_MEMO",
+        "_HEADER_MEMO",
+        "_FIELDS_MEMO",
+        "_LAST_PARTS",
+        "_LAST_HEADER",
+        "_LAST_SHAPE",
+    ),
     _forget_after_fork,
 )

@@ -220,9 +220,7 @@ def _fast_layout(buf: bytes) -> MessageLayout | None:
             return None
     except IndexError:  # cut short: the strict reader says where
         return None
-    return _new_layout(
-        MessageLayout, (header_start, header_end, iv_start, iv_len, ct_start, ct_len, p + 2, tag_len)
-    )
+    return _new_layout(MessageLayout, (header_start, header_end, iv_start, iv_len, ct_start, ct_len, p + 2, tag_len))
 
 
 def _strict_layout(
@@ -313,9 +311,7 @@ class Reader:
             if length < 0x80 or buf[pos - count] == 0:
                 raise MessageFormatError(f"{what}: non-minimal DER length")
         if length > end - pos:
-            raise MessageFormatError(
-                f"truncated message: {what} claims {length} bytes but only {end - pos} remain"
-            )
+            raise MessageFormatError(f"truncated message: {what} claims {length} bytes but only {end - pos} remain")
         self.pos = pos
         return length
 

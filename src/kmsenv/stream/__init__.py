@@ -2,7 +2,16 @@
 format, the Java SDK's stream layout, and file objects over both."""
 
 from ._buffers import release as release_buffers
-from .api import FORMATS, DecryptingReader, EncryptingWriter, StreamResult, decrypt_stream, detect_format, encrypt_stream, open
+from .api import (
+    FORMATS,
+    DecryptingReader,
+    EncryptingWriter,
+    StreamResult,
+    decrypt_stream,
+    detect_format,
+    encrypt_stream,
+    open,
+)
 from .framed import DEFAULT_FRAME_SIZE, MAX_FRAME_SIZE, MIN_FRAME_SIZE, FramedHeader
 
 __all__ = [

@@ -232,8 +232,7 @@ def check_edk_count(count: int, limit: int) -> None:
         raise MessageFormatError("the message has no encrypted data key")
     if count > limit:
         raise MessageFormatError(
-            f"the message has more than {limit} encrypted data keys "
-            "(raise max_encrypted_data_keys if this is expected)"
+            f"the message has more than {limit} encrypted data keys (raise max_encrypted_data_keys if this is expected)"
         )
 
 

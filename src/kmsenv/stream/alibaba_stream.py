@@ -371,7 +371,6 @@ class VerifiedRelease:
         return out
 
 
-
 class AlibabaStreamDecryptor(VerifiedRelease):
     """Pull-style reader: verifies the whole body's tag before the first byte
     of plaintext is returned."""

@@ -82,12 +82,23 @@ def detect_format(first: bytes) -> str:
 
 
 def _make_encryptor(
-    dst: Any, provider: DataKeyProvider, fmt: str, ctx: dict[str, str], alg: Algorithm, frame_size: int, threads: int,
+    dst: Any,
+    provider: DataKeyProvider,
+    fmt: str,
+    ctx: dict[str, str],
+    alg: Algorithm,
+    frame_size: int,
+    threads: int,
     background_writes: bool = False,
 ) -> Any:
     if fmt == "framed":
         return FramedEncryptor(
-            dst, provider, encryption_context=ctx, algorithm=alg, frame_size=frame_size, threads=threads,
+            dst,
+            provider,
+            encryption_context=ctx,
+            algorithm=alg,
+            frame_size=frame_size,
+            threads=threads,
             background_writes=background_writes,
         )
     if fmt == "alibaba-stream":
@@ -144,8 +155,9 @@ def encrypt_stream(
     if fmt == "framed":
         framed.check_algorithm(alg)
         framed.check_frame_size(frame_size)
-    enc = _make_encryptor(dst, provider, fmt, ctx, alg, frame_size, nthreads,
-                          background_writes=nthreads > 1 and writes_release_gil(dst))
+    enc = _make_encryptor(
+        dst, provider, fmt, ctx, alg, frame_size, nthreads, background_writes=nthreads > 1 and writes_release_gil(dst)
+    )
     try:
         memory = source.memory() if isinstance(enc, FramedEncryptor) else None
         if memory is not None:  # in-memory input: sealed where it lies
@@ -185,19 +197,29 @@ def _make_decryptor(
     fmt = detect_format(source.peek(4))
     if fmt == "framed":
         return fmt, FramedDecryptor(
-            source, provider, expected_encryption_context=expected_encryption_context,
-            max_encrypted_data_keys=max_encrypted_data_keys, threads=threads,
-            in_place=in_place, double_buffer=double_buffer,
+            source,
+            provider,
+            expected_encryption_context=expected_encryption_context,
+            max_encrypted_data_keys=max_encrypted_data_keys,
+            threads=threads,
+            in_place=in_place,
+            double_buffer=double_buffer,
         )
     if fmt == "alibaba-stream":
         return fmt, AlibabaStreamDecryptor(
-            source, provider, expected_encryption_context=expected_encryption_context,
-            allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
+            source,
+            provider,
+            expected_encryption_context=expected_encryption_context,
+            allow_unauthenticated=allow_unauthenticated,
+            max_encrypted_data_keys=max_encrypted_data_keys,
             spool_dir=spool_dir,
         )
     return fmt, der_stream.open_message(
-        source, provider, expected_encryption_context=expected_encryption_context,
-        allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
+        source,
+        provider,
+        expected_encryption_context=expected_encryption_context,
+        allow_unauthenticated=allow_unauthenticated,
+        max_encrypted_data_keys=max_encrypted_data_keys,
         spool_dir=spool_dir,
     )
 
@@ -240,9 +262,15 @@ def decrypt_stream(
     background = nthreads > 1 and writes_release_gil(dst)
     source = Source(src, progress)
     fmt, dec = _make_decryptor(
-        source, provider, expected_encryption_context=expected_encryption_context,
-        allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
-        threads=nthreads, spool_dir=_dir_of(dst), in_place=True, double_buffer=background,
+        source,
+        provider,
+        expected_encryption_context=expected_encryption_context,
+        allow_unauthenticated=allow_unauthenticated,
+        max_encrypted_data_keys=max_encrypted_data_keys,
+        threads=nthreads,
+        spool_dir=_dir_of(dst),
+        in_place=True,
+        double_buffer=background,
     )
     # Framed chunks are double-buffered (above), so each can be written on a
     # helper thread while the next batch is opened; the other formats hand
@@ -407,9 +435,13 @@ def open(  # noqa: A001 - mirrors builtins.open / gzip.open
             return EncryptingWriter(raw, owns, enc, fmt)
         source = Source(raw)
         fmt, dec = _make_decryptor(
-            source, provider, expected_encryption_context=expected_encryption_context,
-            allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
-            threads=nthreads, spool_dir=None,
+            source,
+            provider,
+            expected_encryption_context=expected_encryption_context,
+            allow_unauthenticated=allow_unauthenticated,
+            max_encrypted_data_keys=max_encrypted_data_keys,
+            threads=nthreads,
+            spool_dir=None,
         )
         return DecryptingReader(raw, owns, source, fmt, dec)
     except BaseException:

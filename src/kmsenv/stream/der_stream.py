@@ -258,7 +258,11 @@ def encrypt(
     memory = source.memory()  # an io.BytesIO: sealed where it lies
     length = len(memory) if memory is not None else input_length(source.f)
     enc = DerEncryptor(
-        dst, provider, encryption_context=encryption_context, algorithm=algorithm, length=length,
+        dst,
+        provider,
+        encryption_context=encryption_context,
+        algorithm=algorithm,
+        length=length,
         spool_dir=spool_dir,
     )
     try:
@@ -478,7 +482,11 @@ def open_message(
     room = outer_len - len(header_tlv)  # what the body must fill exactly
     if header.algorithm.authenticated:
         return DerDecryptor(
-            src, provider, header, room, expected_encryption_context=expected_encryption_context,
+            src,
+            provider,
+            header,
+            room,
+            expected_encryption_context=expected_encryption_context,
             spool_dir=spool_dir,
         )
     # Legacy: read whole, then kmsenv.decrypt decides in its own order (the
@@ -487,6 +495,9 @@ def open_message(
     if not src.at_eof():
         raise MessageFormatError("trailing data after the message")
     return _WholeLegacyMessage(
-        data, provider, expected_encryption_context=expected_encryption_context,
-        allow_unauthenticated=allow_unauthenticated, max_encrypted_data_keys=max_encrypted_data_keys,
+        data,
+        provider,
+        expected_encryption_context=expected_encryption_context,
+        allow_unauthenticated=allow_unauthenticated,
+        max_encrypted_data_keys=max_encrypted_data_keys,
     )

@@ -117,7 +117,11 @@ def derive(alg: Algorithm, data_key: Any, message_id: bytes) -> tuple[bytearray,
 
 
 def _header_body(
-    alg: Algorithm, frame_size: int, message_id: bytes, ctx_bytes: bytes, edks: tuple[EncryptedDataKey, ...],
+    alg: Algorithm,
+    frame_size: int,
+    message_id: bytes,
+    ctx_bytes: bytes,
+    edks: tuple[EncryptedDataKey, ...],
     commitment: bytes,
 ) -> bytes:
     parts = [MAGIC, bytes((VERSION,)), _u16.pack(int(alg)), _u32.pack(frame_size), message_id]
@@ -180,9 +184,7 @@ def read_header(src: Source, max_encrypted_data_keys: int = DEFAULT_MAX_ENCRYPTE
         edks.append(EncryptedDataKey(arn, blob))
     commitment = take(COMMIT_LEN, "key commitment")
     tag = take(TAG_LEN, "header auth tag")
-    return FramedHeader(
-        version, alg, frame_size, message_id, tuple(edks), ctx, commitment, tag, bytes(raw)
-    )
+    return FramedHeader(version, alg, frame_size, message_id, tuple(edks), ctx, commitment, tag, bytes(raw))
 
 
 def _batch_frames(frame_size: int) -> int:
@@ -237,8 +239,15 @@ class FramedEncryptor:
             wipe(commitment)
         encoded = body + tag
         self.header = FramedHeader(
-            VERSION, algorithm, self._fs, message_id, edks, MappingProxyType(dict(encryption_context)),
-            body[-COMMIT_LEN:], tag, encoded,
+            VERSION,
+            algorithm,
+            self._fs,
+            message_id,
+            edks,
+            MappingProxyType(dict(encryption_context)),
+            body[-COMMIT_LEN:],
+            tag,
+            encoded,
         )
         self._msgid = message_id
         self._seq = 1
@@ -282,8 +291,16 @@ class FramedEncryptor:
         backend: Any = get_backend()
         out = self._next_out()
         written = backend.frames_seal(
-            self._alg.info.cipher, self._key, BASE_IV, self._msgid, self._seq, self._fs, final,
-            data, out, self._threads,
+            self._alg.info.cipher,
+            self._key,
+            BASE_IV,
+            self._msgid,
+            self._seq,
+            self._fs,
+            final,
+            data,
+            out,
+            self._threads,
         )
         self._seq += frames
         self._writer.write(memoryview(out)[:written])
@@ -504,8 +521,15 @@ class FramedDecryptor:
         try:
             with window[:end] as batch:
                 n, frames, final_seen = backend.frames_open(
-                    self.header.algorithm.info.cipher, self._key, BASE_IV, self.header.message_id, self._seq,
-                    self._fs, batch, out, self._threads,
+                    self.header.algorithm.info.cipher,
+                    self._key,
+                    BASE_IV,
+                    self.header.message_id,
+                    self._seq,
+                    self._fs,
+                    batch,
+                    out,
+                    self._threads,
                 )
         except BaseException as exc:
             self._out_used[self._turn] = len(out)  # whatever the failed batch wrote gets wiped at close

@@ -44,8 +44,9 @@ class _SizedProvider:
     def generate_data_key(self, algorithm: Any, encryption_context: dict[str, str]) -> DataKey:
         return self._caching.generate_data_key(algorithm, encryption_context, plaintext_size=self._size)
 
-    def decrypt_data_key(self, encrypted_data_keys: Sequence[EncryptedDataKey], algorithm: Any,
-                         encryption_context: dict[str, str]) -> bytearray:
+    def decrypt_data_key(
+        self, encrypted_data_keys: Sequence[EncryptedDataKey], algorithm: Any, encryption_context: dict[str, str]
+    ) -> bytearray:
         return self._caching.decrypt_data_key(encrypted_data_keys, algorithm, encryption_context)
 
 
@@ -100,7 +101,8 @@ class CachingCryptoKeyManager(CryptoKeyManager):
 
     def _caching(self, provider: DataKeyProvider) -> CachingProvider:
         return CachingProvider(
-            provider, self.cache.data_key_cache,
+            provider,
+            self.cache.data_key_cache,
             max_age=self.max_survival_time,
             max_messages=self.max_encryption_messages,
             max_bytes=self.max_encryption_bytes,
@@ -113,6 +115,8 @@ class CachingCryptoKeyManager(CryptoKeyManager):
         return self._caching(provider)
 
     def __repr__(self) -> str:
-        return (f"CachingCryptoKeyManager({self.cache!r}, max_survival_time={self.max_survival_time}, "
-                f"max_encryption_bytes={self.max_encryption_bytes}, "
-                f"max_encryption_messages={self.max_encryption_messages})")
+        return (
+            f"CachingCryptoKeyManager({self.cache!r}, max_survival_time={self.max_survival_time}, "
+            f"max_encryption_bytes={self.max_encryption_bytes}, "
+            f"max_encryption_messages={self.max_encryption_messages})"
+        )

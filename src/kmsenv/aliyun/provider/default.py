@@ -55,7 +55,9 @@ class DefaultDataKeyProvider:
         keys: Iterable[str] | None = None,
     ) -> None:
         if format_handle is not None:
-            raise ConfigurationError("kmsenv.aliyun supports only the default ASN.1 message format (format_handle=None)")
+            raise ConfigurationError(
+                "kmsenv.aliyun supports only the default ASN.1 message format (format_handle=None)"
+            )
         self._primary = _arn(key_arn)
         self._extra: list[str] = []
         self.kms = kms
@@ -70,7 +72,9 @@ class DefaultDataKeyProvider:
 
     @kms.setter
     def kms(self, kms: Any) -> None:
-        if kms is not None and not all(hasattr(kms, m) for m in ("generate_data_key", "encrypt", "re_encrypt", "decrypt")):
+        if kms is not None and not all(
+            hasattr(kms, m) for m in ("generate_data_key", "encrypt", "re_encrypt", "decrypt")
+        ):
             raise ConfigurationError("kms must be a kmsenv.Kms")
         self._kms = kms
 
