@@ -173,6 +173,7 @@ def test_failover_to_the_next_region(make_kms, regional, local_kms):
         arns = regional[spec]
         kms = make_kms()
         signer = KmsSigner(arns[HZ], arns[BJ], arns[SH], kms=kms)
+        assert signer.key_arns == (arns[HZ], arns[BJ], arns[SH])  # failover order
         verifier = KmsVerifier(*arns.values(), kms=kms)
         assert signer.sign(MESSAGE).key_arn == arns[HZ]
         local_kms.set_fault(HZ, down=True)
