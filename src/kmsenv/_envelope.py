@@ -26,7 +26,7 @@ from .exceptions import (
     UnsupportedAlgorithmError,
 )
 from .message import der
-from .message.codec import MAX_CONTEXT_BYTES, MessageHeader, context_parts, header_parts
+from .message.codec import MAX_CONTEXT_BYTES, MessageBody, MessageHeader, context_parts, header_parts
 from .model import DataKey, DataKeyProvider, EncryptedDataKey, algorithm_argument, context_argument
 
 __all__ = [
@@ -256,3 +256,35 @@ def verify_header(key: CipherKey, header: MessageHeader) -> None:
         raise HeaderAuthenticationError(
             "header authentication failed: the header was altered or the data key is not its own"
         ) from None
+
+
+def seal_body(key: CipherKey, algorithm: Algorithm, ctx_bytes: bytes, data: Any, iv: bytes) -> bytes:
+    """The DER body of ``data`` sealed under ``key`` (the context bytes as GCM AAD)."""
+    info = algorithm.info
+    if info.authenticated:
+        ct, tag = key.gcm_seal(iv, ctx_bytes, data)
+        return der.body_tlv(iv, ct, tag)
+    try:
+        ct = key.legacy_encrypt(info.mode, iv, data)
+    except ValueError as exc:  # CBC without padding and a length that is not a multiple of 16
+        raise ConfigurationError(str(exc)) from None
+    return der.body_tlv(iv, ct, b"")
+
+
+def open_body(
+    key: CipherKey,
+    algorithm: Algorithm,
+    body: MessageBody,
+    ctx_bytes: bytes,
+    *,
+    altered: str = "the body was altered",
+) -> bytes:
+    """The plaintext of a parsed body; a GCM body is returned only once its tag verified.
+    ``altered`` ends the error text (what a failed tag means to the caller)."""
+    info = algorithm.info
+    if info.authenticated:
+        try:
+            return key.gcm_open(body.iv, ctx_bytes, body.ciphertext, body.auth_tag)
+        except AuthenticationError:
+            raise AuthenticationError(f"message body authentication failed: {altered}") from None
+    return key.legacy_decrypt(info.mode, body.iv, body.ciphertext)

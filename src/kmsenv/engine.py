@@ -25,6 +25,8 @@ from ._envelope import (
     context_argument,
     context_bytes_for_encrypt,
     generate,
+    open_body,
+    seal_body,
     unwrap,
     verify_header,
 )
@@ -48,7 +50,6 @@ from .message.codec import (
     context_bytes,
     context_parts,
     decode_message,
-    encode_body,
     encode_message,
     header_parts,
     parse_message,
@@ -147,28 +148,6 @@ def _as_bytes(data: Any, what: str) -> bytes | bytearray | memoryview:
     raise ConfigurationError(f"{what} must be bytes-like, not {type(data).__name__}")
 
 
-def _seal_body(key: CipherKey, algorithm: Algorithm, ctx_bytes: bytes, data: Any, iv: bytes) -> bytes:
-    info = algorithm.info
-    if info.authenticated:
-        ct, tag = key.gcm_seal(iv, ctx_bytes, data)
-        return encode_body(iv, ct, tag)
-    try:
-        ct = key.legacy_encrypt(info.mode, iv, data)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
-    return encode_body(iv, ct, b"")
-
-
-def _open_body(key: CipherKey, header: MessageHeader, body: MessageBody, ctx_bytes: bytes) -> bytes:
-    info = header.algorithm.info
-    if info.authenticated:
-        try:
-            return key.gcm_open(body.iv, ctx_bytes, body.ciphertext, body.auth_tag)
-        except AuthenticationError:
-            raise AuthenticationError("message body authentication failed: the body was altered") from None
-    return key.legacy_decrypt(info.mode, body.iv, body.ciphertext)
-
-
 # ---------------------------------------------------------------- public API
 
 
@@ -219,7 +198,7 @@ def encrypt(
         with BackendKey(alg, data_key.plaintext) as key:
             header = build_header(key, alg, data_key.encrypted_data_keys, ctx, _iv())
             iv = get_backend().random(alg.info.iv_len)
-            message = encode_message(header, _seal_body(key, alg, ctx_bytes, data, iv))
+            message = encode_message(header, seal_body(key, alg, ctx_bytes, data, iv))
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     finally:
@@ -275,7 +254,7 @@ def decrypt(
             )
             with BackendKey(header.algorithm, key_bytes) as key:
                 verify_header(key, header)
-                plaintext = _open_body(key, header, body, ctx_bytes)
+                plaintext = open_body(key, header.algorithm, body, ctx_bytes)
         finally:
             wipe(key_bytes)
     return DecryptResult(plaintext, header)
@@ -462,7 +441,7 @@ def _open_legacy_group(
             if other.encoded != header.encoded:
                 leftover.append(i)
                 continue
-            results[i] = _open_body(key, other, other_body, ctx_bytes)
+            results[i] = open_body(key, other.algorithm, other_body, ctx_bytes)
         except KmsEnvError as exc:
             raise type(exc)(f"message {i}: {exc}") from None
     return leftover

@@ -47,6 +47,8 @@ from ._envelope import (
     context_argument,
     context_bytes_for_encrypt,
     generate,
+    open_body,
+    seal_body,
     unwrap,
     verify_header,
 )
@@ -55,7 +57,6 @@ from ._wipe import wipe
 from .algorithms import Algorithm
 from .arn import Arn
 from .crypto import get_backend
-from .crypto.interface import CipherKey
 from .exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -735,32 +736,6 @@ def _encrypt_target(
 
 
 # ---------------------------------------------------------------- one-shot messages
-# The body steps are the engine's (engine._seal_body/_open_body) in their
-# body-only form; they should move to _envelope under public names.
-
-
-def _seal_body(key: CipherKey, algorithm: Algorithm, ctx_bytes: bytes, data: bytes, iv: bytes) -> bytes:
-    info = algorithm.info
-    if info.authenticated:
-        ct, tag = key.gcm_seal(iv, ctx_bytes, data)
-        return der.body_tlv(iv, ct, tag)
-    try:
-        ct = key.legacy_encrypt(info.mode, iv, data)
-    except ValueError as exc:  # CBC without padding and a length that is not a multiple of 16
-        raise ConfigurationError(str(exc)) from None
-    return der.body_tlv(iv, ct, b"")
-
-
-def _open_body(key: CipherKey, header: MessageHeader, body: MessageBody, ctx_bytes: bytes) -> bytes:
-    info = header.algorithm.info
-    if info.authenticated:
-        try:
-            return key.gcm_open(body.iv, ctx_bytes, body.ciphertext, body.auth_tag)
-        except AuthenticationError:
-            raise AuthenticationError(
-                "message body authentication failed: the body was altered or belongs to another secret version"
-            ) from None
-    return key.legacy_decrypt(info.mode, body.iv, body.ciphertext)
 
 
 def encrypt(
@@ -786,7 +761,7 @@ def encrypt(
     key = version.key_copy()
     try:
         with BackendKey(header.algorithm, key) as backend_key:
-            return _seal_body(backend_key, header.algorithm, header.context_bytes(), bytes(plaintext), iv)
+            return seal_body(backend_key, header.algorithm, header.context_bytes(), bytes(plaintext), iv)
     finally:
         wipe(key)
 
@@ -837,7 +812,13 @@ def decrypt(
         key = version.key_copy()
         try:
             with BackendKey(header.algorithm, key) as backend_key:
-                return _open_body(backend_key, header, body, header.context_bytes())
+                return open_body(
+                    backend_key,
+                    header.algorithm,
+                    body,
+                    header.context_bytes(),
+                    altered="the body was altered or belongs to another secret version",
+                )
         except AuthenticationError as exc:
             failure = failure or exc
         finally:
@@ -969,7 +950,13 @@ def decrypt_stream(
         key = current.key_copy()
         try:
             with BackendKey(header.algorithm, key) as backend_key:
-                plaintext = _open_body(backend_key, header, body, header.context_bytes())
+                plaintext = open_body(
+                    backend_key,
+                    header.algorithm,
+                    body,
+                    header.context_bytes(),
+                    altered="the body was altered or belongs to another secret version",
+                )
         finally:
             wipe(key)
         return write_all(dst, plaintext)
