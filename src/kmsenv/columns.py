@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, cast
 
 from . import _process
 from ._envelope import (
@@ -567,16 +567,38 @@ def open_alibaba(
 # ---------------------------------------------------------------- key sources
 
 
+class WorkerKeys(Protocol):
+    """What a `kmsenv.WorkerSpec` offers a key source: data keys back from headers."""
+
+    key_source_role: ClassVar[str]  # "worker"
+
+    def data_key(self, header: KeyHeader) -> bytearray: ...
+
+
+class JobKeys(Protocol):
+    """What a `kmsenv.JobKey` offers a key source. Protocols, not the classes:
+    job keys sit a floor above the column model (jobkey imports columns)."""
+
+    key_source_role: ClassVar[str]  # "job"
+    headers: tuple[KeyHeader, ...]
+
+    @property
+    def spec(self) -> WorkerKeys: ...
+
+    def data_key(self, header: KeyHeader) -> bytearray: ...
+
+    def header_for(self, partition: int | None = None, partitions: int | None = None) -> KeyHeader: ...
+
+    def reserve_alibaba(self, header: KeyHeader, messages: int, partitions: int | None) -> None: ...
+
+
 class KeySource:
     """Where data keys come from: a JobKey, a WorkerSpec or a provider."""
 
     def __init__(self, key: Any) -> None:
-        from .jobkey import JobKey, WorkerSpec
-
-        self.job: JobKey | None = key if isinstance(key, JobKey) else None
-        self.spec: WorkerSpec | None = (
-            key.spec if isinstance(key, JobKey) else key if isinstance(key, WorkerSpec) else None
-        )
+        role = getattr(type(key), "key_source_role", None)
+        self.job: JobKeys | None = key if role == "job" else None
+        self.spec: WorkerKeys | None = key.spec if role == "job" else key if role == "worker" else None
         self.provider: Any = None
         if self.spec is None:
             if not hasattr(key, "decrypt_data_key"):
@@ -638,9 +660,7 @@ def encrypt_with(
         p, n = partition if partition is not None else (None, None)
         header = job.header_for(p, n)
         if format == "alibaba":
-            from .jobkey import _reserve
-
-            _reserve(job, header, col.present(), n)
+            job.reserve_alibaba(header, col.present(), n)
         data_key = source.key_for(header)
         try:
             if format == "compact":

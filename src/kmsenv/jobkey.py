@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from . import _process
 from ._secret import KeyCell
@@ -64,6 +64,8 @@ class WorkerSpec:
     header, as a discovery provider would). ``kms``: a :class:`KmsSpec`.
     ``cache_ttl`` (seconds) and ``cache_max_keys`` bound the process cache.
     """
+
+    key_source_role: ClassVar[str] = "worker"  # columns.KeySource (no import of this module there)
 
     cmks: tuple[str, ...] | None = None
     kms: KmsSpec = field(default_factory=KmsSpec)
@@ -151,6 +153,8 @@ class JobKey:
     key (the compact format derives a subkey per segment and ignores it).
     """
 
+    key_source_role: ClassVar[str] = "job"  # columns.KeySource (no import of this module there)
+
     headers: tuple[KeyHeader, ...]
     spec: WorkerSpec
     max_messages_per_key: int = DEFAULT_MAX_MESSAGES_PER_KEY
@@ -236,6 +240,11 @@ class JobKey:
         """The plaintext data key of ``header``, through this process's cache
         (a copy the caller wipes)."""
         return _cached_key(self.spec, header, self._local_provider())
+
+    def reserve_alibaba(self, header: KeyHeader, messages: int, partitions: int | None) -> None:
+        """Count ``messages`` Alibaba-format values under ``header`` against the
+        key's budget in this process (refused when over it)."""
+        _reserve(self, header, messages, partitions)
 
     def save(self, store: KeyHeaderStore) -> None:
         """Put every header of this job into ``store``."""
