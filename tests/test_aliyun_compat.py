@@ -18,6 +18,7 @@ from kmsenv.aliyun import (
     AliyunConfig,
     AliyunCrypto,
     CachingCryptoKeyManager,
+    ContentType,
     DefaultDataKeyProvider,
     FullJitterBackoffStrategy,
     LocalDataKeyMaterialCache,
@@ -378,8 +379,10 @@ def test_bad_input_is_a_typed_error(local_kms, cmks, config):
         client.encrypt(DefaultDataKeyProvider(cmks.hz), PLAIN, {"k": 1})
     with pytest.raises(kmsenv.MessageFormatError):
         client.decrypt(DefaultDataKeyProvider(cmks.hz), b"\x30\x03garbage")
-    with pytest.raises(kmsenv.ConfigurationError):
-        client.sign()
+    with pytest.raises(kmsenv.ConfigurationError, match="sign_provider"):
+        client.sign(DefaultDataKeyProvider(cmks.hz), PLAIN, ContentType.MESSAGE)
+    with pytest.raises(kmsenv.ConfigurationError, match="sign_provider"):
+        client.verify(DefaultDataKeyProvider(cmks.hz), PLAIN, b"sig", ContentType.MESSAGE)
 
 
 def test_config_repr_hides_the_secret(local_kms):

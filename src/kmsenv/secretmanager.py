@@ -82,8 +82,12 @@ __all__ = [
     "SecretHeaderMismatchError",
     "SecretNotFoundError",
     "SecretExistsError",
+    "SecretMessage",
     "encrypt",
     "decrypt",
+    "encrypt_message",
+    "decrypt_message",
+    "parse_body",
     "encrypt_stream",
     "decrypt_stream",
     "parse_stored_header",
@@ -738,6 +742,41 @@ def _encrypt_target(
 # ---------------------------------------------------------------- one-shot messages
 
 
+class SecretMessage(NamedTuple):
+    """What :func:`encrypt_message` and :func:`decrypt_message` return: the
+    data (the body-only message, or the plaintext), the stored header it
+    belongs to, and the ID of the secret version that holds it."""
+
+    data: bytes
+    header: MessageHeader
+    version_id: str
+
+
+def encrypt_message(
+    plaintext: bytes | bytearray | memoryview,
+    provider: SecretManagerDataKeyProvider,
+    *,
+    encryption_context: Mapping[str, str] | None = None,
+    algorithm: Algorithm | int | None = None,
+    allow_unauthenticated: bool = False,
+) -> SecretMessage:
+    """:func:`encrypt`, also saying which header and secret version the
+    message belongs to."""
+    if not isinstance(plaintext, (bytes, bytearray, memoryview)):
+        raise ConfigurationError(f"plaintext must be bytes-like, not {type(plaintext).__name__}")
+    p = _provider_argument(provider)
+    version = _encrypt_target(p, encryption_context, algorithm, allow_unauthenticated)
+    header = version.header
+    iv = get_backend().random(header.algorithm.info.iv_len)
+    key = version.key_copy()
+    try:
+        with BackendKey(header.algorithm, key) as backend_key:
+            body = seal_body(backend_key, header.algorithm, header.context_bytes(), bytes(plaintext), iv)
+    finally:
+        wipe(key)
+    return SecretMessage(body, header, version.version_id)
+
+
 def encrypt(
     plaintext: bytes | bytearray | memoryview,
     provider: SecretManagerDataKeyProvider,
@@ -752,21 +791,16 @@ def encrypt(
     does, ``algorithm`` (if given) and ``encryption_context`` must equal the
     stored header's, or :class:`SecretHeaderMismatchError` is raised. A
     CBC/CTR secret needs ``allow_unauthenticated=True``."""
-    if not isinstance(plaintext, (bytes, bytearray, memoryview)):
-        raise ConfigurationError(f"plaintext must be bytes-like, not {type(plaintext).__name__}")
-    p = _provider_argument(provider)
-    version = _encrypt_target(p, encryption_context, algorithm, allow_unauthenticated)
-    header = version.header
-    iv = get_backend().random(header.algorithm.info.iv_len)
-    key = version.key_copy()
-    try:
-        with BackendKey(header.algorithm, key) as backend_key:
-            return seal_body(backend_key, header.algorithm, header.context_bytes(), bytes(plaintext), iv)
-    finally:
-        wipe(key)
+    return encrypt_message(
+        plaintext,
+        provider,
+        encryption_context=encryption_context,
+        algorithm=algorithm,
+        allow_unauthenticated=allow_unauthenticated,
+    ).data
 
 
-def _parse_body(data: bytes) -> MessageBody:
+def parse_body(data: bytes) -> MessageBody:
     """The one DER Body SEQUENCE, nothing after it."""
     r = der.Reader(data)
     b = r.enter(der.SEQUENCE, "message body")
@@ -794,10 +828,20 @@ def decrypt(
     secret version, then older ones (``provider.max_versions``); CBC/CTR
     messages (``allow_unauthenticated=True`` needed) against the current one
     only. Bytes after the body are a :class:`MessageFormatError`."""
+    return decrypt_message(message, provider, allow_unauthenticated=allow_unauthenticated).data
+
+
+def decrypt_message(
+    message: bytes | bytearray | memoryview,
+    provider: SecretManagerDataKeyProvider,
+    *,
+    allow_unauthenticated: bool = False,
+) -> SecretMessage:
+    """:func:`decrypt`, also saying which secret version's key opened the message."""
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise ConfigurationError(f"message must be bytes-like, not {type(message).__name__}")
     p = _provider_argument(provider)
-    body = _parse_body(bytes(message))
+    body = parse_body(bytes(message))
     failure: AuthenticationError | None = None
     current: MessageHeader | None = None
     for i, version in enumerate(p._candidates()):
@@ -812,13 +856,14 @@ def decrypt(
         key = version.key_copy()
         try:
             with BackendKey(header.algorithm, key) as backend_key:
-                return open_body(
+                plaintext = open_body(
                     backend_key,
                     header.algorithm,
                     body,
                     header.context_bytes(),
                     altered="the body was altered or belongs to another secret version",
                 )
+            return SecretMessage(plaintext, header, version.version_id)
         except AuthenticationError as exc:
             failure = failure or exc
         finally:

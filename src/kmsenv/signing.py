@@ -35,6 +35,7 @@ __all__ = [
     "SignatureAlgorithm",
     "default_algorithm",
     "message_digest",
+    "public_key_spec",
     "verify",
 ]
 
@@ -77,6 +78,12 @@ def default_algorithm(key_spec: str) -> SignatureAlgorithm:
     """The algorithm used when none is given, from the KMS key spec: RSA keys
     RSA_PSS_SHA_256, EC_P256/EC_P256K ECDSA_SHA_256, EC_SM2 SM2DSA."""
     return SignatureAlgorithm(_sig.default_algorithm(key_spec))
+
+
+def public_key_spec(public_key: str | bytes) -> str:
+    """The KMS key spec (``RSA_2048``, ``RSA_3072``, ``EC_P256``, ``EC_P256K``,
+    ``EC_SM2``) of a PEM public key or X.509 certificate's subject key."""
+    return _sig.load_public_key(public_key).key_spec
 
 
 def _bytes(value: object, what: str) -> bytes:

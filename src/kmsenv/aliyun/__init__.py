@@ -6,7 +6,11 @@ Switching is an import change::
                                CachingCryptoKeyManager, LocalDataKeyMaterialCache)
 
 The official module paths work too (``kmsenv.aliyun.client``, ``.kms``,
-``.provider.default``, ``.ckm.cache``, ``.cache.local``, ``.model``).  Behind
+``.provider.default``, ``.provider.secret_manager``, ``.provider.signature.base``,
+``.provider.signature.verifier``, ``.ckm.cache``, ``.cache.local``, ``.model``),
+with signing (``SignatureAlgorithm``, ``ContentType``,
+``KmsAsymmetricKeyProvider``, ``AliyunCrypto.sign``/``verify``) and
+Secrets-Manager data keys (``SecretManagerDataKeyProvider``).  Behind
 them run kmsenv's engine, :class:`kmsenv.KmsKeyProvider` and :class:`kmsenv.Kms`,
 without the official SDK's bugs (spec section 15); see docs/caching.md for the
 cache.
@@ -16,8 +20,21 @@ from .cache.local import LocalDataKeyMaterialCache
 from .ckm import CachingCryptoKeyManager, CryptoKeyManager, DefaultCryptoKeyManager
 from .client import AliyunCrypto
 from .kms import AliyunConfig, BackoffStrategy, FullJitterBackoffStrategy
-from .model import Algorithm, CipherBody, CipherHeader, CipherMaterial, EncryptedDataKey
+from .model import (
+    Algorithm,
+    CipherBody,
+    CipherHeader,
+    CipherMaterial,
+    ContentType,
+    EncryptedDataKey,
+    SignatureAlgorithm,
+    SignatureMaterial,
+    VerifyMaterial,
+)
 from .provider.default import DefaultDataKeyProvider
+from .provider.secret_manager import SecretManagerDataKeyProvider
+from .provider.signature.base import KmsAsymmetricKeyProvider
+from .provider.signature.verifier import CertificateVerifier, KmsVerifier, PublicKeyVerifier, Verifier
 
 __all__ = [
     "Algorithm",
@@ -28,10 +45,20 @@ __all__ = [
     "CipherBody",
     "CipherHeader",
     "CipherMaterial",
+    "CertificateVerifier",
+    "ContentType",
     "CryptoKeyManager",
     "DefaultCryptoKeyManager",
     "DefaultDataKeyProvider",
     "EncryptedDataKey",
     "FullJitterBackoffStrategy",
+    "KmsAsymmetricKeyProvider",
+    "KmsVerifier",
     "LocalDataKeyMaterialCache",
+    "PublicKeyVerifier",
+    "SecretManagerDataKeyProvider",
+    "SignatureAlgorithm",
+    "SignatureMaterial",
+    "Verifier",
+    "VerifyMaterial",
 ]

@@ -2,6 +2,13 @@
 
 from .base import CryptoKeyManager
 from .cache import CachingCryptoKeyManager
+from ..model import SignatureMaterial, VerifyMaterial
 from .default import DefaultCryptoKeyManager
 
-__all__ = ["CryptoKeyManager", "DefaultCryptoKeyManager", "CachingCryptoKeyManager"]
+__all__ = [
+    "CryptoKeyManager",
+    "DefaultCryptoKeyManager",
+    "CachingCryptoKeyManager",
+    "SignatureMaterial",
+    "VerifyMaterial",
+]

@@ -2,5 +2,6 @@
 
 from ..model import EncryptedDataKey
 from .default import DefaultDataKeyProvider
+from .secret_manager import SecretManagerDataKeyProvider
 
-__all__ = ["DefaultDataKeyProvider", "EncryptedDataKey"]
+__all__ = ["DefaultDataKeyProvider", "EncryptedDataKey", "SecretManagerDataKeyProvider"]
