@@ -9,7 +9,8 @@
 # logs, soft findings) goes to $KMSENV_FUZZ_OUT (default: a temp dir, kept only
 # on failure).  Exits non-zero on any finding: a non-KmsEnvError exception, a
 # failed oracle, a crash, a timeout or an allocation past the memory caps.
-# Extra libFuzzer flags: KMSENV_FUZZ_ARGS (e.g. "-jobs=2 -workers=2").
+# Extra libFuzzer flags: KMSENV_FUZZ_ARGS (e.g. "-jobs=2 -workers=2"); harnesses run
+# KMSENV_FUZZ_LANES at a time (default 1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -46,14 +47,11 @@ mkdir -p "$out"
 export KMSENV_FUZZ_FINDINGS="$out/soft-findings"
 "$py" "$here/make_corpus.py" "$out/seeds" >/dev/null
 
-status=0
-for t in "${targets[@]}"; do
-    harness="$here/fuzz_$t.py"
-    [ -f "$harness" ] || { echo "fuzz: no harness $harness" >&2; exit 2; }
+fuzz_one() {
+    local t=$1 harness="$here/fuzz_$1.py" log="$out/$1.log" start rc execs last
     mkdir -p "$out/corpus/$t" "$out/artifacts"
-    dirs=("$out/corpus/$t" "$out/seeds/$t")
+    local dirs=("$out/corpus/$t" "$out/seeds/$t")
     [ -d "$here/regressions/$t" ] && dirs+=("$here/regressions/$t")
-    log="$out/$t.log"
     start=$(date +%s)
     set +e
     # shellcheck disable=SC2086
@@ -61,14 +59,31 @@ for t in "${targets[@]}"; do
         -artifact_prefix="$out/artifacts/$t-" ${KMSENV_FUZZ_ARGS:-} >"$log" 2>&1
     rc=$?
     set -e
+    echo "$rc" >"$out/$t.rc"
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     last=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -1 || true)
     printf 'fuzz %-22s rc=%s %3ss execs=%s | %s\n' "$t" "$rc" "$(( $(date +%s) - start ))" "${execs:-?}" \
         "$(sed -E 's/.*(cov: [0-9]+ ft: [0-9]+ corp: [^ ]+).*/\1/' <<<"$last")"
+}
+
+for t in "${targets[@]}"; do
+    [ -f "$here/fuzz_$t.py" ] || { echo "fuzz: no harness $here/fuzz_$t.py" >&2; exit 2; }
+done
+# KMSENV_FUZZ_LANES harnesses at a time (default 1; CI runs one per core).
+lanes=${KMSENV_FUZZ_LANES:-1}
+for t in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$lanes" ]; do wait -n || true; done
+    fuzz_one "$t" &
+done
+wait
+
+status=0
+for t in "${targets[@]}"; do
+    rc=$(cat "$out/$t.rc" 2>/dev/null || echo 1)
     if [ "$rc" -ne 0 ]; then
         status=1
-        echo "---- $t: FINDING (log $log)" >&2
-        grep -vE '^#[0-9]+[[:space:]]' "$log" | tail -40 >&2
+        echo "---- $t: FINDING (log $out/$t.log)" >&2
+        grep -vE '^#[0-9]+[[:space:]]' "$out/$t.log" | tail -40 >&2
         for a in "$out/artifacts/$t-"*; do
             [ -f "$a" ] && { echo "input $a (hex):" >&2; od -An -tx1 -v "$a" | tr -d ' \n' | head -c 4000 >&2; echo >&2; }
         done

@@ -110,8 +110,13 @@ csrc_includes() { # source file, extra flags...
             }'
 }
 
-compile simd
-compile nosimd -DKMSENV_NO_X86_SIMD
+# The two configurations at once (one per core; `wait PID` fails the script if one failed).
+compile simd &
+simd_pid=$!
+compile nosimd -DKMSENV_NO_X86_SIMD &
+nosimd_pid=$!
+wait "$simd_pid"
+wait "$nosimd_pid"
 # POSIX/GNU-only headers MSVC does not have.
 msvc_lacks='/(pthread|unistd|cpuid|dlfcn|strings|x86intrin|sys/(mman|time|socket|wait))\.h$'
 bad=0
@@ -124,13 +129,19 @@ done
 [ "$bad" = 0 ]
 echo "cross-compile-windows: nosimd: no header MSVC lacks"
 
-for config in simd nosimd; do
+compile_tests() { # config
+    local config=$1 src extra=()
     mkdir -p "$out/tests-$config"
-    extra=()
     [ "$config" = simd ] || extra=(-DKMSENV_NO_X86_SIMD)
     for src in "$csrc"/tests/*.c; do
         "$cc" "${flags[@]}" ${extra[@]+"${extra[@]}"} "$src" -o "$out/tests-$config/$(basename "${src%.c}").o"
     done
     echo "cross-compile-windows: tests ($config): $(ls "$out/tests-$config"/*.o | wc -l) objects"
-done
+}
+compile_tests simd &
+simd_pid=$!
+compile_tests nosimd &
+nosimd_pid=$!
+wait "$simd_pid"
+wait "$nosimd_pid"
 echo "cross-compile-windows: OK ($("$cc" -dumpversion), $cc)"
