@@ -16,6 +16,8 @@ __all__ = [
     "EncryptionContextMismatchError",
     "UnsupportedAlgorithmError",
     "KmsError",
+    "SecretNotFoundError",
+    "SecretExistsError",
     "ConfigurationError",
     "WipedKeyError",
     "InputChangedError",
@@ -105,6 +107,14 @@ class KmsError(KmsEnvError):
         if details:
             parts.append("(" + ", ".join(details) + ")")
         return " ".join(parts)
+
+
+class SecretNotFoundError(KmsError):
+    """A Secrets Manager secret (or the version asked for) does not exist."""
+
+
+class SecretExistsError(KmsError):
+    """A Secrets Manager secret (or a version ID) of that name exists already."""
 
 
 class WipedKeyError(KmsEnvError, RuntimeError):

@@ -65,8 +65,11 @@ from .exceptions import (
     KmsError,
     MessageFormatError,
     NoUsableKeyError,
+    SecretExistsError,
+    SecretNotFoundError,
     UnsupportedAlgorithmError,
 )
+from .kms import SECRET_EXISTS_CODES, SECRET_NOT_FOUND_CODES, SecretValue, SecretVersion
 from .message import der
 from .message.codec import DEFAULT_MAX_ENCRYPTED_DATA_KEYS, MessageBody, MessageHeader, read_header_fields
 from .model import DataKeyProvider, algorithm_argument
@@ -99,8 +102,8 @@ CURRENT = "ACSCurrent"
 PREVIOUS = "ACSPrevious"
 # The codes under which KMS says a secret (or its CMK) does not exist; the
 # Java SDK creates the secret on exactly these.
-NOT_FOUND_CODES = frozenset({"Forbidden.ResourceNotFound", "Forbidden.KeyNotFound"})
-EXISTS_CODES = frozenset({"Rejected.ResourceExist"})
+NOT_FOUND_CODES = SECRET_NOT_FOUND_CODES
+EXISTS_CODES = SECRET_EXISTS_CODES
 DEFAULT_MAX_VERSIONS = 5
 DEFAULT_CACHE_TTL = 300.0
 # A stored header is a few EDKs and a context: far below this.
@@ -123,14 +126,6 @@ class SecretHeaderMismatchError(ConfigurationError):
         self.field = field
 
 
-class SecretNotFoundError(KmsError):
-    """The secret (or the version asked for) does not exist."""
-
-
-class SecretExistsError(KmsError):
-    """A secret (or a version ID) of that name exists already."""
-
-
 def _is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, SecretNotFoundError) or (isinstance(exc, KmsError) and exc.code in NOT_FOUND_CODES)
 
@@ -140,24 +135,6 @@ def _is_exists(exc: BaseException) -> bool:
 
 
 # ---------------------------------------------------------------- the secret store
-
-
-class SecretValue(NamedTuple):
-    """One secret version as read: its ``SecretData``, ``VersionId``, stages and
-    ``SecretDataType``."""
-
-    value: str
-    version_id: str
-    stages: tuple[str, ...] = ()
-    data_type: str = "text"
-
-
-class SecretVersion(NamedTuple):
-    """One entry of a secret's version list."""
-
-    version_id: str
-    stages: tuple[str, ...] = ()
-    create_time: str = ""
 
 
 @runtime_checkable
@@ -198,17 +175,13 @@ class KmsSecretStore:
     (key ID) that encrypts the secret there (the Java SDK sends the CMK's ID
     as ``EncryptionKeyId``); a region without one uses Secrets Manager's
     service key.
-
-    (This belongs in :mod:`kmsenv.kms`; it lives here until that module is
-    free to change. It uses the Kms object's client, retry loop and error
-    translation the way kms.py's own calls do.)
     """
 
     def __init__(self, kms: Any, regions: Sequence[str], encryption_key_ids: Mapping[str, str] | None = None):
         if not regions:
             raise ConfigurationError("KmsSecretStore needs at least one region")
-        for method in ("_call", "_client"):
-            if not hasattr(kms, method):
+        for method in ("get_secret_value", "create_secret", "put_secret_value", "list_secret_versions"):
+            if not callable(getattr(kms, method, None)):
                 raise ConfigurationError("kms must be a kmsenv.Kms")
         self.kms = kms
         self.regions: tuple[str, ...] = tuple(dict.fromkeys(regions))
@@ -217,86 +190,39 @@ class KmsSecretStore:
     def __repr__(self) -> str:
         return f"KmsSecretStore(regions={list(self.regions)!r})"
 
-    @staticmethod
-    def _translated(exc: KmsError) -> KmsError:
-        kind: type[KmsError] | None = (
-            SecretNotFoundError
-            if exc.code in NOT_FOUND_CODES
-            else SecretExistsError
-            if exc.code in EXISTS_CODES
-            else None
-        )
-        if kind is None:
-            return exc
-        return kind(
-            exc.args[0] if exc.args else str(exc),
-            code=exc.code,
-            region=exc.region,
-            request_id=exc.request_id,
-            retryable=False,
-        )
-
-    def _in(self, region: str, action: str, what: str, fn: Callable[[Any, Any], Any]) -> Any:
-        try:
-            return self.kms._call(region, action, what, fn)
-        except KmsError as exc:
-            raise self._translated(exc) from None
-
-    def _read(self, action: str, what: str, fn: Callable[[Any, Any], Any]) -> Any:
+    def _read(self, action: str, name: str, fn: Callable[[str], Any]) -> Any:
         for i, region in enumerate(self.regions):
             try:
-                return self._in(region, action, what, fn)
+                return fn(region)
             except KmsError as exc:
                 if not exc.retryable or i == len(self.regions) - 1:
                     raise
                 logger.warning(
-                    "kmsenv: %s %s failed in %s (%s); trying %s", action, what, region, exc.code, self.regions[i + 1]
+                    "kmsenv: %s of secret %r failed in %s (%s); trying %s",
+                    action,
+                    name,
+                    region,
+                    exc.code,
+                    self.regions[i + 1],
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
     def get_secret_value(
         self, name: str, version_id: str | None = None, version_stage: str | None = None
     ) -> SecretValue:
-        from alibabacloud_kms20160120 import models
-
-        request = models.GetSecretValueRequest(secret_name=name, version_id=version_id, version_stage=version_stage)
-        body = self._read(
-            "GetSecretValue", f"of secret {name!r}", lambda c, rt: c.get_secret_value_with_options(request, rt)
+        value: SecretValue = self._read(
+            "GetSecretValue", name, lambda region: self.kms.get_secret_value(region, name, version_id, version_stage)
         )
-        stages = getattr(body.version_stages, "version_stage", None) or []
-        if not isinstance(body.secret_data, str) or not isinstance(body.version_id, str):
-            raise KmsError(
-                f"KMS GetSecretValue of secret {name!r} returned no SecretData or VersionId", code="InvalidResponse"
-            )
-        return SecretValue(body.secret_data, body.version_id, tuple(stages), body.secret_data_type or "text")
+        return value
 
     def _create_in(self, region: str, name: str, value: str, version_id: str) -> None:
-        from alibabacloud_kms20160120 import models
-
-        request = models.CreateSecretRequest(
-            secret_name=name,
-            secret_data=value,
-            secret_data_type="text",
-            version_id=version_id,
-            encryption_key_id=self.encryption_key_ids.get(region),
-        )
-        self._in(region, "CreateSecret", f"{name!r}", lambda c, rt: c.create_secret_with_options(request, rt))
-
-    def _put_in(self, region: str, name: str, value: str, version_id: str) -> None:
-        from alibabacloud_kms20160120 import models
-
-        request = models.PutSecretValueRequest(
-            secret_name=name, secret_data=value, secret_data_type="text", version_id=version_id
-        )
-        self._in(
-            region, "PutSecretValue", f"of secret {name!r}", lambda c, rt: c.put_secret_value_with_options(request, rt)
-        )
+        self.kms.create_secret(region, name, value, version_id, encryption_key_id=self.encryption_key_ids.get(region))
 
     def _replicate(self, name: str, value: str, version_id: str) -> None:
         for region in self.regions[1:]:
             try:
                 try:
-                    self._put_in(region, name, value, version_id)
+                    self.kms.put_secret_value(region, name, value, version_id)
                 except SecretNotFoundError:
                     self._create_in(region, name, value, version_id)
             except KmsError as exc:
@@ -316,31 +242,14 @@ class KmsSecretStore:
         self._replicate(name, value, version_id)
 
     def put_secret_value(self, name: str, value: str, version_id: str) -> None:
-        self._put_in(self.regions[0], name, value, version_id)
+        self.kms.put_secret_value(self.regions[0], name, value, version_id)
         self._replicate(name, value, version_id)
 
     def list_secret_versions(self, name: str) -> Sequence[SecretVersion]:
-        from alibabacloud_kms20160120 import models
-
-        out: list[SecretVersion] = []
-        page = 1
-        while True:
-            request = models.ListSecretVersionIdsRequest(
-                secret_name=name, include_deprecated="true", page_number=page, page_size=100
-            )
-            body = self._read(
-                "ListSecretVersionIds",
-                f"of secret {name!r}",
-                lambda c, rt: c.list_secret_version_ids_with_options(request, rt),
-            )
-            entries = getattr(getattr(body, "version_ids", None), "version_id", None) or []
-            for v in entries:
-                stages = getattr(v.version_stages, "version_stage", None) or []
-                out.append(SecretVersion(v.version_id, tuple(stages), v.create_time or ""))
-            total = body.total_count or 0
-            if not entries or len(out) >= total:
-                return out
-            page += 1
+        versions: list[SecretVersion] = self._read(
+            "ListSecretVersionIds", name, lambda region: self.kms.list_secret_versions(region, name)
+        )
+        return versions
 
 
 # ---------------------------------------------------------------- the stored header
