@@ -1,7 +1,10 @@
 """The ``kmsenv`` command.
 
     kmsenv encrypt -k ARN [-k ARN ...] [-c KEY=VALUE ...] [--format F] [-a ALG] -i IN -o OUT [-r]
+    kmsenv encrypt -k ARN [-k ARN ...] --secret NAME [--create-secret] [-c ...] [-a ALG] -i IN -o OUT [-r]
     kmsenv decrypt [-k ARN ... | --discovery] [-c KEY=VALUE ...] -i IN -o OUT [-r]
+    kmsenv decrypt -k ARN [-k ARN ...] --secret NAME -i IN -o OUT [-r]
+    kmsenv sign -k ARN [...] [-o OUT] [IN] | verify --signature FILE (--public-key PEM | -k ARN ...) [IN]
     kmsenv inspect FILE
     kmsenv demo | info | kms serve | kms create-key
 
@@ -928,8 +931,13 @@ def _refuse_same_file(src: BinaryIO, out: _AtomicOutput | _StreamOutput, job: Jo
             raise UsageError(f"input and output are the same file ({job.dst} is {job.src})")
 
 
-def _run_job(job: Job, action: Callable[[Any, Any, Callable[[int], None]], Any], encrypting: bool) -> Any:
-    label = "encrypting" if encrypting else "decrypting"
+def _run_job(
+    job: Job, action: Callable[[Any, Any, Callable[[int], None]], Any], encrypting: bool, label: str | None = None
+) -> Any:
+    """Run ``action(src, out, progress)`` for one job; ``encrypting``: the
+    output is not private (umask mode) and an error calls it a message.
+    ``label`` names stdin on the progress bar."""
+    label = label or ("encrypting" if encrypting else "decrypting")
     src = sys.stdin.buffer if job.open_src is None else job.open_src()
     out = None
     try:
@@ -952,9 +960,21 @@ def _run_job(job: Job, action: Callable[[Any, Any, Callable[[int], None]], Any],
             src.close()
 
 
+@dataclass(frozen=True)
+class _SecretResult:
+    """What a --secret encrypt or decrypt of one file did (the body-only stream
+    layout names no CMK or context: they are in the secret)."""
+
+    secret: str
+    bytes_out: int
+    format: str = "secret-manager-stream"
+
+
 def _metadata(job: Job, result: Any, error: BaseException | None) -> dict[str, Any]:
     record: dict[str, Any] = {"input": job.src, "output": job.dst, "status": "ok" if error is None else "error"}
-    if result is not None:
+    if isinstance(result, _SecretResult):
+        record.update(format=result.format, secret=result.secret, bytes_out=result.bytes_out)
+    elif result is not None:
         header = result.header
         record.update(
             format=result.format,
@@ -1033,6 +1053,8 @@ def _stops_the_tree(exc: BaseException) -> bool:
 
 
 _CREDENTIALS_VARS = "ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+# Secrets Manager's code for a secret (or version) that does not exist.
+_SECRET_NOT_FOUND = "Forbidden.ResourceNotFound"
 _CREDENTIAL_CODES = frozenset(
     {
         "SignatureDoesNotMatch",
@@ -1068,6 +1090,13 @@ def _kms_hint(err: Any, endpoints: dict[str, str] | None) -> str:
         return f"KMS rejected the credentials: check {_CREDENTIALS_VARS.replace(' and ', ' / ')}"
     if code == "Forbidden.KeyNotFound":
         return "the key does not exist in that region: check the ARN"
+    if code == "Forbidden.KeyVersionNotFound":
+        return "the key has no such version: check --key-version-id"
+    if code == "Rejected.UnsupportedOperation":
+        return (
+            "the key's type or usage does not allow this: sign and verify need an asymmetric SIGN/VERIFY key, "
+            "encrypt and decrypt a symmetric ENCRYPT/DECRYPT CMK"
+        )
     if code in _CONNECTION_CODES:
         if region and endpoints is not None and region not in endpoints:
             # The library's text names the default URL; say how to set another.
@@ -1104,8 +1133,14 @@ def _explain(exc: BaseException, endpoints: dict[str, str] | None = None) -> str
             hint = hints.pop()
         else:
             hint = "each CMK failed differently: see the lines above"
+    elif isinstance(exc, E.KmsError) and getattr(exc, "code", None) == _SECRET_NOT_FOUND:
+        hint = "check --secret NAME: it is read in the first -k's region"
     elif isinstance(exc, E.KmsError):
         hint = _kms_hint(exc, endpoints)
+    elif _is_secret_header_mismatch(exc):
+        # Its text ends with advice for the Python API (algorithm=, rotate()).
+        text = text.rsplit(" (", 1)[0] if text.endswith(")") else text
+        hint = "the secret's header fixes the algorithm and the context: leave -a out and give the -c it was made with"
     elif isinstance(exc, E.AuthenticationError | E.MessageFormatError):
         hint = "the input is damaged, truncated or not a kmsenv/Alibaba message"
     elif isinstance(exc, E.EncryptionContextMismatchError):
@@ -1114,6 +1149,12 @@ def _explain(exc: BaseException, endpoints: dict[str, str] | None = None) -> str
         text = text.replace("pass allow_unauthenticated=True", "pass --allow-unauthenticated")
         hint = "legacy CBC/CTR messages need --allow-unauthenticated"
     return f"{text} ({hint})" if hint else text
+
+
+def _is_secret_header_mismatch(exc: BaseException) -> bool:
+    from .secretmanager import SecretHeaderMismatchError
+
+    return isinstance(exc, SecretHeaderMismatchError)
 
 
 def _job_line(job: Job, exc: BaseException, encrypting: bool, endpoints: dict[str, str] | None) -> str:
@@ -1146,9 +1187,14 @@ def _encrypt(args: argparse.Namespace) -> int:
 
     if not args.key:  # argparse requires -k; main() may be given a hand-made Namespace
         raise UsageError("encrypt needs at least one -k ARN (the first is the primary CMK)")
+    if getattr(args, "secret", None) is not None:
+        return _encrypt_secret(args)
+    if getattr(args, "create_secret", False):
+        raise UsageError("--create-secret goes with --secret NAME")
     context = _pairs(args.context, "-c")
     provider = KmsKeyProvider(*args.key, kms=_kms(args))
     algorithm = _algorithm(args.algorithm)
+    fmt = getattr(args, "format", None) or "framed"
 
     def action(src: Any, dst: Any, progress: Callable[[int], None]) -> Any:
         return encrypt_stream(
@@ -1157,7 +1203,7 @@ def _encrypt(args: argparse.Namespace) -> int:
             provider,
             encryption_context=context,
             algorithm=algorithm,
-            format=args.format,
+            format=fmt,
             progress=progress,
         )
 
@@ -1168,6 +1214,8 @@ def _decrypt(args: argparse.Namespace) -> int:
     from .providers import KmsKeyProvider
     from .stream import decrypt_stream
 
+    if getattr(args, "secret", None) is not None:
+        return _decrypt_secret(args)
     if args.discovery and args.key:
         raise UsageError("use either -k ARN ... or --discovery, not both")
     if not args.discovery and not args.key:
@@ -1185,6 +1233,75 @@ def _decrypt(args: argparse.Namespace) -> int:
             allow_unauthenticated=args.allow_unauthenticated,
             progress=progress,
         )
+
+    return _each(args, False, action)
+
+
+def _secret_provider(args: argparse.Namespace) -> Any:
+    """The Secrets-Manager provider of --secret NAME: the data key's header is in
+    that secret (read in the first -k's region, failing over to the others),
+    its EDKs under the -k CMKs."""
+    from .providers import KmsKeyProvider
+    from .secretmanager import SecretManagerDataKeyProvider
+
+    name = args.secret
+    if not name or name != name.strip():
+        raise UsageError("--secret needs a secret name without surrounding blanks")
+    return SecretManagerDataKeyProvider(KmsKeyProvider(*args.key, kms=_kms(args)), name)
+
+
+def _encrypt_secret(args: argparse.Namespace) -> int:
+    """encrypt --secret: body-only messages in the Secrets-Manager stream layout
+    (u32 LE IV length || IV || ciphertext || tag), as the official SDKs'
+    SecretManagerDataKeyProvider writes them. A missing secret is created only
+    with --create-secret: a mistyped name would otherwise make a new data key
+    that no reader looks for."""
+    from .secretmanager import SecretNotFoundError, encrypt_stream
+
+    if getattr(args, "format", None) is not None:
+        raise UsageError(
+            "--format does not apply to --secret: a Secrets-Manager message has one layout (the stream layout "
+            "of the official SDKs; the header is in the secret)"
+        )
+    context = _pairs(args.context, "-c")
+    algorithm = _algorithm(args.algorithm)
+    provider = _secret_provider(args)
+    if not args.create_secret:
+        try:
+            with _escaped_log_warnings():
+                provider.secrets.get_secret_value(args.secret)
+        except SecretNotFoundError as exc:
+            raise SecretNotFoundError(
+                f"secret {args.secret!r} does not exist; pass --create-secret to create it",
+                code=exc.code,
+                region=exc.region,
+                request_id=exc.request_id,
+            ) from None
+
+    def action(src: Any, dst: Any, progress: Callable[[int], None]) -> Any:
+        written = encrypt_stream(src, dst, provider, encryption_context=context, algorithm=algorithm)
+        return _SecretResult(args.secret, written)
+
+    return _each(args, True, action)
+
+
+def _decrypt_secret(args: argparse.Namespace) -> int:
+    """decrypt --secret: only the tag-verified plaintext is written (the stream
+    is verified in a first pass); a message under an older secret version is
+    found by trying the versions (the input must be a file for that)."""
+    from .secretmanager import decrypt_stream
+
+    if args.discovery or not args.key:
+        raise UsageError("decrypt --secret needs -k ARN (the CMKs the secret's data key is encrypted under)")
+    if args.context:
+        raise UsageError(
+            "decrypt --secret does not take -c: the context is in the secret, and the message is decrypted with it"
+        )
+    provider = _secret_provider(args)
+
+    def action(src: Any, dst: Any, progress: Callable[[int], None]) -> Any:
+        written = decrypt_stream(src, dst, provider, allow_unauthenticated=args.allow_unauthenticated)
+        return _SecretResult(args.secret, written)
 
     return _each(args, False, action)
 
@@ -1236,7 +1353,8 @@ def _demo(args: argparse.Namespace) -> int:
 _EXIT_CODES = (
     "exit codes: 0 ok; 1 other failure (I/O, a refused path in a tree); 2 usage or configuration (bad "
     "arguments, no credentials, an -o kmsenv will not write); 3 KMS unreachable, throttled or refusing, or no "
-    "usable CMK; 4 the message failed authentication, is malformed or has another encryption context; "
+    "usable CMK; 4 the message failed authentication, is malformed or has another encryption context, or "
+    "(verify) the signature does not verify; "
     "130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (temporary files removed); 141 the reader of the output "
     "went away (SIGPIPE, as for other Unix tools)."
 )
@@ -1252,6 +1370,17 @@ _OUTPUT_NOTE = (
     "file (/dev/null, a FIFO, a socket, /dev/stdout, /dev/fd/N) or -: written as a stream, never replaced; a "
     "decrypt writes verified plaintext only, but what was written before an error stays. A symbolic link to a "
     "regular file is refused."
+)
+
+
+_SECRET_NOTE = (
+    "--secret NAME: the data key's header (its EDKs under the -k CMKs, the algorithm and the context) is kept in "
+    "the KMS Secrets Manager secret NAME, in the first -k's region (copied to the other -k regions, read from "
+    "them when the first is down), and each OUT is only the body: u32 little-endian IV length, IV, ciphertext, "
+    "GCM tag, the layout the official SDKs' SecretManagerDataKeyProvider writes and reads. encrypt --secret "
+    "creates a missing secret only with --create-secret; an existing secret fixes the algorithm and the context "
+    "(-a and -c must match it, or leave -a out). decrypt --secret writes only plaintext whose tag verified, and "
+    "tries older versions of the secret (after a rotation) when IN is a file."
 )
 
 
@@ -1332,7 +1461,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="encrypt files under one or more CMKs",
         description="Encrypt IN under every CMK given with -k (one encrypted data key per CMK; any one of them "
         "decrypts it). The first -k is the primary: it makes the data key.",
-        epilog=f"{_OUTPUT_NOTE}\n\n{_ENVIRONMENT}\n\n{_EXIT_CODES}",
+        epilog=f"{_OUTPUT_NOTE}\n\n{_SECRET_NOTE}\n\n{_ENVIRONMENT}\n\n{_EXIT_CODES}",
     )
     enc.add_argument(
         "-k",
@@ -1344,13 +1473,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument(
         "--format",
-        default="framed",
         choices=["framed", "alibaba", "alibaba-stream"],
         help="framed (default; bounded memory), alibaba (one DER message, interop), "
-        "alibaba-stream (the Java SDK's stream layout)",
+        "alibaba-stream (the Java SDK's stream layout); not with --secret",
     )
     enc.add_argument(
         "-a", "--algorithm", metavar="ALG", help="e.g. AES_GCM_NOPADDING_256 (default), SM4_GCM_NOPADDING_128"
+    )
+    enc.add_argument(
+        "--secret",
+        metavar="NAME",
+        help="keep the data key's header in the KMS Secrets Manager secret NAME and write body-only messages "
+        "(the official SDKs' SecretManagerDataKeyProvider stream layout; see below)",
+    )
+    enc.add_argument(
+        "--create-secret",
+        action="store_true",
+        help="with --secret: create the secret (a new data key under the -k CMKs) if it does not exist; "
+        "without it a missing secret is an error",
     )
     _add_io(enc, encrypting=True)
     enc.set_defaults(func=_encrypt)
@@ -1362,7 +1502,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decrypt IN (framed, alibaba or alibaba-stream, told apart from its first bytes) through one of "
         "its CMKs: those given with -k, tried in order, or with --discovery any CMK the message names. Only "
         "verified plaintext is ever written.",
-        epilog=f"{_OUTPUT_NOTE}\n\n{_ENVIRONMENT}\n\n{_EXIT_CODES}",
+        epilog=f"{_OUTPUT_NOTE}\n\n{_SECRET_NOTE}\n\n{_ENVIRONMENT}\n\n{_EXIT_CODES}",
     )
     keys = dec.add_mutually_exclusive_group(required=True)
     keys.add_argument("-k", "--key", action="append", metavar="ARN", help="CMK ARN to try (repeatable, in order)")
@@ -1372,8 +1512,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept legacy CBC/CTR messages, whose body nothing authenticates",
     )
+    dec.add_argument(
+        "--secret",
+        metavar="NAME",
+        help="IN is a body-only message whose data key's header is in the Secrets Manager secret NAME "
+        "(encrypt --secret; needs -k, not -c; see below)",
+    )
     _add_io(dec, encrypting=False)
     dec.set_defaults(func=_decrypt)
+
+    from ._cli_sign import add_commands as add_sign_commands
+
+    add_sign_commands(sub, _Paragraphs, _ENVIRONMENT)
 
     ins = sub.add_parser(
         "inspect",

@@ -15,11 +15,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from ..exceptions import ConfigurationError
 from . import admin
+from .asymmetric import ASYMMETRIC_SPECS, usages
 from .errors import SERVER_ERRORS
 from .keystore import DB_FILENAME, KEY_SPECS
 from .server import LocalKms
 
 DEFAULT_REGION = "cn-hangzhou"
+# Symmetric specs first (sorted, as before), then the asymmetric ones in KMS's order.
+_SPEC_CHOICES = (*sorted(KEY_SPECS), *ASYMMETRIC_SPECS)
+_USAGES = ("SIGN/VERIFY", "ENCRYPT/DECRYPT")
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -61,12 +65,32 @@ def add_subcommands(subparsers: Any) -> None:
     )
     serve.set_defaults(func=serve_command)
 
-    create = subparsers.add_parser("create-key", help="create a key in a local KMS state directory and print its ARN")
+    create = subparsers.add_parser(
+        "create-key",
+        help="create a key in a local KMS state directory and print its ARN",
+        description="Create an Enabled key in --state (a running `kmsenv kms serve --state DIR` serves it "
+        "at once) and print its ARN on stdout. Symmetric specs make ENCRYPT/DECRYPT keys for envelope "
+        "encryption; asymmetric specs make a key with one key version (a key pair), SIGN/VERIFY unless "
+        "--usage says ENCRYPT/DECRYPT (RSA and SM2 only), as CreateKey does on real KMS.",
+    )
     create.add_argument("--region", required=True, metavar="R")
     create.add_argument(
         "--state", required=True, metavar="DIR", help="state directory (created 0700; see serve --state)"
     )
-    create.add_argument("--spec", default="Aliyun_AES_256", choices=sorted(KEY_SPECS))
+    create.add_argument(
+        "--spec",
+        default="Aliyun_AES_256",
+        choices=_SPEC_CHOICES,
+        metavar="SPEC",
+        help=f"key spec: {', '.join(_SPEC_CHOICES)} (default Aliyun_AES_256)",
+    )
+    create.add_argument(
+        "--usage",
+        choices=_USAGES,
+        metavar="USAGE",
+        help="SIGN/VERIFY or ENCRYPT/DECRYPT (default: SIGN/VERIFY for asymmetric specs, ENCRYPT/DECRYPT for "
+        "symmetric ones; symmetric keys can only be ENCRYPT/DECRYPT, EC_P256 and EC_P256K only SIGN/VERIFY)",
+    )
     create.add_argument("--description", default="")
     create.set_defaults(func=create_key_command)
 
@@ -225,9 +249,18 @@ def _open_request_log(path: Optional[str]) -> Optional[TextIO]:
 
 @_refusing_unsafe_state
 def create_key_command(args: argparse.Namespace) -> int:
+    usage = getattr(args, "usage", None)
+    allowed = usages(args.spec) if args.spec in ASYMMETRIC_SPECS else ("ENCRYPT/DECRYPT",)
+    if usage is not None and usage not in allowed:
+        # Checked before the state directory is touched: nothing is created.
+        print(
+            f"localkms: a {args.spec} key cannot have usage {usage}; use {' or '.join(allowed)}",
+            file=sys.stderr,
+        )
+        return 2
     kms = LocalKms(regions=[args.region], state_dir=args.state)
     try:
-        print(kms.create_key(args.region, args.spec, args.description), flush=True)
+        print(kms.create_key(args.region, args.spec, args.description, usage), flush=True)
     finally:
         kms.stop()
     return 0
