@@ -44,6 +44,8 @@ def _run_and_kill(args, env, delay: float) -> int | None:
     return proc.wait(timeout=60)
 
 
+# slow: 30 s of kills; it checks temp-file hygiene, which the pure-backend CI pass would only repeat.
+@pytest.mark.slow
 def test_sigkill_at_random_points(env_and_arns, tmp_path):
     env, arns = env_and_arns
     src = tmp_path / "input.bin"
