@@ -28,7 +28,7 @@ from ._secret import KeyCell
 from ._wipe import wipe
 from .algorithms import Algorithm
 from .exceptions import ConfigurationError
-from .model import DataKey, DataKeyProvider, EncryptedDataKey
+from .model import DataKey, DataKeyProvider, EncryptedDataKey, algorithm_argument, context_argument
 
 __all__ = ["DataKeyCache", "CachingProvider", "CacheStats", "HARD_MAX_MESSAGES"]
 
@@ -451,8 +451,8 @@ class CachingProvider:
         """A data key for ``message_count`` messages totalling ``plaintext_size``
         bytes: a fresh copy of a cached one within the limits, else a new one
         from the wrapped provider (then cached).  The caller owns and wipes it."""
-        alg = _algorithm(algorithm)
-        ctx = _context(encryption_context)
+        alg = algorithm_argument(algorithm)
+        ctx = context_argument(encryption_context)
         # type() is int first: the engine's common case skips the bool checks.
         if (
             plaintext_size is not None
@@ -491,8 +491,8 @@ class CachingProvider:
         encryption_context: dict[str, str],
     ) -> bytearray:
         """The plaintext data key for these EDKs (a bytearray the caller owns and wipes)."""
-        alg = _algorithm(algorithm)
-        ctx = _context(encryption_context)
+        alg = algorithm_argument(algorithm)
+        ctx = context_argument(encryption_context)
         edks = list(encrypted_data_keys)
         cache_key = self._key(b"D", alg, ctx, _edks_part(edks))
         hit = self.cache._take_decrypt(cache_key, self._limits)
@@ -507,26 +507,3 @@ class CachingProvider:
         if self._limits.max_age > 0 and len(owned) == alg.key_len:
             self.cache._put(cache_key, _Entry(owned, None, self.cache._now()))
         return owned
-
-
-def _algorithm(algorithm: object) -> Algorithm:
-    if type(algorithm) is Algorithm:  # the engine's case: no enum lookup
-        return algorithm
-    if isinstance(algorithm, bool):
-        raise ConfigurationError(f"unknown algorithm {algorithm!r}")
-    try:
-        # typeshed takes only an int here; the enum looks any value up (a numpy
-        # integer too) and what it does not know raises, as caught below.
-        return Algorithm(algorithm)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        raise ConfigurationError(f"unknown algorithm {algorithm!r}") from None
-
-
-def _context(encryption_context: object) -> dict[str, str]:
-    if type(encryption_context) is dict:  # the engine's case: no ABC check
-        return encryption_context.copy()
-    if encryption_context is None:
-        return {}
-    if not isinstance(encryption_context, Mapping):
-        raise ConfigurationError("encryption_context must be a mapping of str to str")
-    return dict(encryption_context)

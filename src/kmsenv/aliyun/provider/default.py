@@ -16,7 +16,7 @@ from typing import Any
 from kmsenv.algorithms import Algorithm
 from kmsenv.arn import Arn
 from kmsenv.exceptions import ConfigurationError
-from kmsenv.model import DataKeyProvider
+from kmsenv.model import DataKeyProvider, algorithm_argument
 
 __all__ = ["DefaultDataKeyProvider"]
 
@@ -25,17 +25,6 @@ def _arn(text: object) -> str:
     if not isinstance(text, str):
         raise ConfigurationError(f"a CMK ARN must be a str, not {type(text).__name__}")
     return str(Arn.parse(text.strip()))  # the official SDK trims surrounding whitespace
-
-
-def _algorithm(value: object) -> Algorithm:
-    if isinstance(value, bool):
-        raise ConfigurationError(f"unknown algorithm {value!r}")
-    try:
-        # typeshed takes only an int here; the enum looks any value up (a numpy
-        # integer too) and what it does not know raises, as caught below.
-        return Algorithm(value)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        raise ConfigurationError(f"unknown algorithm {value!r}") from None
 
 
 class DefaultDataKeyProvider:
@@ -84,7 +73,7 @@ class DefaultDataKeyProvider:
 
     @algorithm.setter
     def algorithm(self, value: Algorithm) -> None:
-        self._algorithm = _algorithm(value)
+        self._algorithm = algorithm_argument(value)
 
     @property
     def key_arn(self) -> str:
