@@ -284,10 +284,18 @@ def _endpoints(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _kms(args: argparse.Namespace) -> Any:
-    from .kms import Kms
+    from .kms import Kms, parse_instances_file
 
     args.endpoints = _endpoints(args)  # _explain tells a configured endpoint from a default one
-    return Kms(endpoints=args.endpoints)
+    instances_file = getattr(args, "instances", None)
+    instances = parse_instances_file(instances_file) if instances_file else None  # else KMSENV_KMS_INSTANCES
+    return Kms(endpoints=args.endpoints, instances=instances)
+
+
+def _replicas(args: argparse.Namespace) -> dict[str, Any]:
+    """``replica_regions=`` for KmsKeyProvider from --replica-region (none: {})."""
+    regions = getattr(args, "replica_region", None)
+    return {"replica_regions": regions} if regions else {}
 
 
 def _algorithm(name: str | None) -> Any:
@@ -1192,7 +1200,7 @@ def _encrypt(args: argparse.Namespace) -> int:
     if getattr(args, "create_secret", False):
         raise UsageError("--create-secret goes with --secret NAME")
     context = _pairs(args.context, "-c")
-    provider = KmsKeyProvider(*args.key, kms=_kms(args))
+    provider = KmsKeyProvider(*args.key, kms=_kms(args), **_replicas(args))
     algorithm = _algorithm(args.algorithm)
     fmt = getattr(args, "format", None) or "framed"
 
@@ -1221,7 +1229,11 @@ def _decrypt(args: argparse.Namespace) -> int:
     if not args.discovery and not args.key:
         raise UsageError("decrypt needs -k ARN (a CMK in the message) or --discovery")
     kms = _kms(args)
-    provider = KmsKeyProvider.discovery(kms=kms) if args.discovery else KmsKeyProvider(*args.key, kms=kms)
+    if args.discovery and getattr(args, "replica_region", None):
+        raise UsageError("--replica-region goes with -k ARN (the CMKs whose replicas to try), not --discovery")
+    provider = (
+        KmsKeyProvider.discovery(kms=kms) if args.discovery else KmsKeyProvider(*args.key, kms=kms, **_replicas(args))
+    )
     context = _pairs(args.context, "-c")
 
     def action(src: Any, dst: Any, progress: Callable[[int], None]) -> Any:
@@ -1362,7 +1374,7 @@ _ENVIRONMENT = (
     "environment: ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET (+ ALIBABA_CLOUD_SECURITY_TOKEN) "
     "or the default credential chain (ALIBABA_CLOUD_PROFILE, ECS RAM role); KMSENV_KMS_ENDPOINTS="
     "region=url,... sets endpoints (--endpoint REGION=URL overrides it per region; other regions use "
-    "https://kms.REGION.aliyuncs.com)."
+    "https://kms.REGION.aliyuncs.com); KMSENV_KMS_INSTANCES=FILE names KMS 3.0 instance gateways (--instances)."
 )
 _OUTPUT_NOTE = (
     "OUT, a regular file or a new one: written to a hidden temporary file and renamed into place only when "
@@ -1434,6 +1446,19 @@ def _add_io(p: argparse.ArgumentParser, encrypting: bool) -> None:
         action="append",
         metavar="REGION=URL",
         help="KMS endpoint for a region (repeatable); merged over KMSENV_KMS_ENDPOINTS, this wins for its region",
+    )
+    p.add_argument(
+        "--instances",
+        metavar="FILE",
+        help="KMS 3.0 instance gateways: a JSON file {REGION: {endpoint, client_key_file, password_file, "
+        "ca_file}} (instead of KMSENV_KMS_INSTANCES); those regions' data-key calls go to the instance",
+    )
+    p.add_argument(
+        "--replica-region",
+        action="append",
+        metavar="REGION",
+        help="a region where each -k CMK also exists with the same key ID (a KMS instance's replica; "
+        "repeatable, in failover order): encrypt falls back to it, decrypt tries it after the CMK's region",
     )
     p.add_argument("--metadata-output", metavar="FILE", help="append one JSON line per file to FILE")
     p.add_argument(

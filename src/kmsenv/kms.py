@@ -22,21 +22,24 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
 from kmsenv import _process
 from kmsenv._version import __version__
+from kmsenv._wipe import wipe
 from kmsenv.arn import Arn
 from kmsenv.exceptions import ConfigurationError, KmsError, NoCredentialsError, SecretExistsError, SecretNotFoundError
 
 __all__ = [
     "Kms",
+    "InstanceEndpoint",
     "KeyVersion",
     "SecretValue",
     "SecretVersion",
     "ENDPOINTS_ENV",
+    "INSTANCES_ENV",
     "RETRYABLE_CODES",
     "SECRET_NOT_FOUND_CODES",
     "SECRET_EXISTS_CODES",
@@ -77,6 +80,7 @@ for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retr
     logging.getLogger(_name).addFilter(_RedactPlaintext())
 
 ENDPOINTS_ENV = "KMSENV_KMS_ENDPOINTS"
+INSTANCES_ENV = "KMSENV_KMS_INSTANCES"
 
 #: KMS error codes worth retrying (Alibaba's own tools retry exactly the first
 #: three; ``Throttling`` is the older spelling on some API pages).
@@ -228,6 +232,112 @@ def _parse_endpoints_arg(endpoints: Mapping[str, str]) -> dict[str, _Endpoint]:
         _check_region(region, "endpoints")
         result[region] = _parse_endpoint(url, f"endpoints[{region!r}]")
     return result
+
+
+# ---------------------------------------------------------------------------
+# KMS 3.0 instance gateways (issue 16; docs/kms-instances.md)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceEndpoint:
+    """A region's KMS 3.0 instance gateway, reached with a ClientKey.
+
+    ``endpoint``: ``kst-xxx.cryptoservice.kms.aliyuncs.com`` (``host[:port]``);
+    ``client_key_file`` with ``password_file`` (or ``password``): the two files
+    the console gives for an application access point; ``ca_file``: the
+    instance's CA certificate (required: the gateway's certificate is checked
+    against it and only it). ``server_hostname``: the name the certificate must
+    carry when ``endpoint`` is an address. ``aad_rule``: how an encryption
+    context becomes GCM AAD (``sha256``, dkms-transfer-python's and the Java
+    transfer SDK's rule; see docs/kms-instances.md).
+    ``insecure_skip_tls_verify_for_tests_only``: no certificate check at all;
+    for tests against a throwaway gateway, and logged at every client creation.
+    """
+
+    endpoint: str
+    client_key_file: str
+    ca_file: str | None = None
+    password_file: str | None = None
+    password: str | None = field(default=None, repr=False)
+    server_hostname: str | None = None
+    aad_rule: str = "sha256"
+    insecure_skip_tls_verify_for_tests_only: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("endpoint", "client_key_file"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigurationError(f"InstanceEndpoint.{name} must be a non-empty str")
+        if (self.password is None) == (self.password_file is None):
+            raise ConfigurationError("InstanceEndpoint needs exactly one of password= or password_file=")
+        if self.ca_file is None and not self.insecure_skip_tls_verify_for_tests_only:
+            raise ConfigurationError(
+                "InstanceEndpoint needs ca_file= (the instance's CA certificate, PrivateKmsCA_kst-....pem)"
+            )
+
+    def client(self, region: str, **retry: Any) -> Any:
+        """A new :class:`kmsenv.instance.client.InstanceClient` for this gateway."""
+        from kmsenv.instance.client import InstanceClient
+
+        return InstanceClient(
+            self.endpoint,
+            client_key_file=self.client_key_file,
+            password=self.password,
+            password_file=self.password_file,
+            ca=self.ca_file,
+            region=region,
+            server_hostname=self.server_hostname,
+            insecure_skip_tls_verify_for_tests_only=self.insecure_skip_tls_verify_for_tests_only,
+            **retry,
+        )
+
+
+_INSTANCE_FIELDS = frozenset({"endpoint", "client_key_file", "ca_file", "password_file", "server_hostname", "aad_rule"})
+
+
+def parse_instances_file(path: str) -> dict[str, InstanceEndpoint]:
+    """``KMSENV_KMS_INSTANCES``: the path of a JSON file ``{region: {"endpoint": ...,
+    "client_key_file": ..., "password_file": ..., "ca_file": ...}}`` (relative
+    paths are relative to the file). Passwords are read from files only: an
+    environment variable is no place for one."""
+    import json
+
+    where = f"{INSTANCES_ENV} ({path})"
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.loads(f.read(1 << 20))
+    except (OSError, ValueError) as e:
+        raise ConfigurationError(f"{where}: cannot read the instances file: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{where}: the file must hold a JSON object {{region: {{...}}}}")
+    base = os.path.dirname(os.path.abspath(path))
+    out: dict[str, InstanceEndpoint] = {}
+    for region, entry in data.items():
+        _check_region(region, where)
+        if not isinstance(entry, dict) or not set(entry) <= _INSTANCE_FIELDS or "endpoint" not in entry:
+            raise ConfigurationError(
+                f"{where}: {region!r} must be an object with endpoint, client_key_file, password_file and ca_file "
+                f"(known fields: {', '.join(sorted(_INSTANCE_FIELDS))})"
+            )
+        values = {k: v for k, v in entry.items()}
+        for name in ("client_key_file", "password_file", "ca_file"):
+            if isinstance(values.get(name), str):
+                values[name] = os.path.join(base, values[name])
+        out[region] = InstanceEndpoint(**values)
+    return out
+
+
+def _parse_instances_arg(instances: Mapping[str, InstanceEndpoint]) -> dict[str, InstanceEndpoint]:
+    if not isinstance(instances, Mapping):
+        raise ConfigurationError("instances must be a mapping {region: InstanceEndpoint}")
+    out: dict[str, InstanceEndpoint] = {}
+    for region, entry in instances.items():
+        _check_region(region, "instances")
+        if not isinstance(entry, InstanceEndpoint):
+            raise ConfigurationError(f"instances[{region!r}] must be a kmsenv.kms.InstanceEndpoint")
+        out[region] = entry
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -411,6 +521,7 @@ class Kms:
         ca: str | None = None,
         sleep: Callable[[float], None] | None = None,
         random: _random.Random | None = None,
+        instances: Mapping[str, InstanceEndpoint] | None = None,
     ) -> None:
         if credential is not None and (access_key_id or access_key_secret or security_token):
             raise ConfigurationError("pass either credential= or access_key_id/access_key_secret, not both")
@@ -444,6 +555,12 @@ class Kms:
             self._endpoints = _parse_endpoints_arg(endpoints)
         else:
             self._endpoints = parse_endpoints_env(os.environ.get(ENDPOINTS_ENV, ""))
+        if instances is not None:
+            self._instances = _parse_instances_arg(instances)
+        elif os.environ.get(INSTANCES_ENV):
+            self._instances = parse_instances_file(os.environ[INSTANCES_ENV])
+        else:
+            self._instances = {}
         self.max_attempts = max_attempts
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
@@ -456,6 +573,7 @@ class Kms:
 
         self._lock = threading.Lock()
         self._clients: dict[str, Any] = {}
+        self._instance_clients: dict[str, Any] = {}
         self._config_kwargs: dict[str, Any] | None = None
         self._runtime = None
         _process.track(self)
@@ -477,7 +595,36 @@ class Kms:
 
     def __repr__(self) -> str:
         overrides = {r: e.url for r, e in self._endpoints.items()}
-        return f"Kms(endpoints={overrides!r}, max_attempts={self.max_attempts})"
+        instances = {r: e.endpoint for r, e in self._instances.items()}
+        more = f", instances={instances!r}" if instances else ""
+        return f"Kms(endpoints={overrides!r}{more}, max_attempts={self.max_attempts})"
+
+    # -- instance gateways --------------------------------------------------
+
+    def is_instance(self, region: str) -> bool:
+        """Whether ``region``'s data-key calls go to a KMS 3.0 instance gateway."""
+        return region in self._instances
+
+    def _instance(self, region: str) -> Any:
+        """The region's instance client (one, built at first use; its
+        connections are per thread and rebuilt after fork)."""
+        client = self._instance_clients.get(region)
+        if client is None:
+            with self._lock:
+                client = self._instance_clients.get(region)
+                if client is None:
+                    client = self._instances[region].client(
+                        region,
+                        max_attempts=self.max_attempts,
+                        connect_timeout=self.connect_timeout,
+                        read_timeout=self.read_timeout,
+                        backoff_base=self.backoff_base,
+                        backoff_max=self.backoff_max,
+                        sleep=self._sleep,
+                        random=self._random,
+                    )
+                    self._instance_clients[region] = client
+        return client
 
     def _credential_kwargs(self) -> dict[str, Any]:
         """Resolve credentials once (under ``self._lock``)."""
@@ -732,6 +879,8 @@ class Kms:
             or not 1 <= number_of_bytes <= 1024
         ):
             raise ConfigurationError("number_of_bytes must be an int between 1 and 1024")
+        if self.is_instance(arn.region):
+            return self._instance_generate(arn, 16 if key_spec == "AES_128" else number_of_bytes or 32, ctx)
         request = models.GenerateDataKeyRequest(
             key_id=arn.key_id, key_spec=key_spec, number_of_bytes=number_of_bytes, encryption_context=ctx
         )
@@ -749,6 +898,23 @@ class Kms:
                 request_id=_none_if_null(body.request_id),
             ) from None
         return plaintext, blob
+
+    def _instance_generate(self, arn: Arn, number_of_bytes: int, ctx: dict[str, str] | None) -> tuple[bytearray, bytes]:
+        """GenerateDataKey as the transfer adapters do it on an instance (spec
+        §4.4): the gateway's data key, then Encrypt of its base64 text (the
+        classic-looking ``version || iv || ct`` blob every adapter reads); the
+        gateway's own ciphertext of the key is not kept."""
+        client = self._instance(arn.region)
+        rule = self._instances[arn.region].aad_rule
+        plaintext, _ = client.generate_data_key(arn.key_id, number_of_bytes)
+        key = bytearray(plaintext)
+        del plaintext
+        try:
+            blob = client.wrap_data_key(arn.key_id, bytes(key), ctx, rule=rule)
+        except BaseException:
+            wipe(key)
+            raise
+        return key, bytes(blob)
 
     def encrypt(
         self,
@@ -782,6 +948,9 @@ class Kms:
         if not isinstance(plaintext, (bytes, bytearray, memoryview)):
             raise ConfigurationError("plaintext must be bytes")
         what = what or f"under {key_id} in {region}"
+        if self.is_instance(region):
+            rule = self._instances[region].aad_rule
+            return bytes(self._instance(region).wrap_data_key(key_id, bytes(plaintext), ctx, rule=rule))
         request = models.EncryptRequest(
             key_id=key_id, plaintext=base64.b64encode(plaintext).decode("ascii"), encryption_context=ctx
         )
@@ -816,6 +985,11 @@ class Kms:
         if region is None:
             region = arn.region
         _check_region(region, "region")
+        if self.is_instance(region):
+            raise ConfigurationError(
+                f"ReEncrypt is not served by KMS instance gateways ({region}): encrypt the data key under {arn} "
+                "instead (KmsKeyProvider does)"
+            )
         if region != arn.region:
             raise ConfigurationError(f"ReEncrypt runs in one region: destination key {arn} is not in region {region!r}")
         if not isinstance(ciphertext_blob, (bytes, bytearray, memoryview)) or not len(ciphertext_blob):
@@ -878,6 +1052,10 @@ class Kms:
         if not isinstance(ciphertext_blob, (bytes, bytearray, memoryview)) or not len(ciphertext_blob):
             raise ConfigurationError("ciphertext_blob must be non-empty bytes")
         what = f"under {expect_key}" if expect_key is not None else f"in {region}"
+        if self.is_instance(region):
+            rule = self._instances[region].aad_rule
+            blob = bytes(ciphertext_blob)
+            return bytearray(self._instance(region).unwrap_data_key(blob, ctx, rule=rule, max_attempts=max_attempts))
         request = models.DecryptRequest(
             ciphertext_blob=base64.b64encode(ciphertext_blob).decode("ascii"), encryption_context=ctx
         )

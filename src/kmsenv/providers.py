@@ -16,6 +16,8 @@ Specs: alibaba-message-format.md sections 8, 12 and 15.
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import logging
 import math
@@ -251,6 +253,31 @@ class _Attempt:
     sent: float  # time.monotonic() when handed over
 
 
+def _is_instance(kms: Any, region: str) -> bool:
+    check = getattr(kms, "is_instance", None)
+    return bool(check(region)) if callable(check) else False
+
+
+def _replica_regions(regions: Iterable[str] | None, arns: Sequence[Arn]) -> tuple[str, ...]:
+    """``replica_regions``: regions where every CMK of the provider also exists
+    with the same key ID (KMS 3.0 instances synchronized to replicas)."""
+    if regions is None:
+        return ()
+    if isinstance(regions, (str, bytes)) or not isinstance(regions, Iterable):
+        raise ConfigurationError("replica_regions is a list of regions, e.g. replica_regions=['cn-shanghai']")
+    listed = tuple(regions)
+    if not listed:
+        return ()
+    out = _string_list(listed, "replica_regions", _valid_region)
+    assert out is not None
+    for arn in arns:
+        if arn.region in out:
+            raise ConfigurationError(f"replica region {arn.region!r} is the region of {arn} itself")
+    if len(set(out)) != len(out):
+        raise ConfigurationError("replica_regions lists a region twice")
+    return tuple(out)
+
+
 class KmsKeyProvider:
     """Wrap data keys under KMS CMKs, in one or several regions.
 
@@ -276,6 +303,15 @@ class KmsKeyProvider:
     region, the first success wins and the other answer is wiped when it comes.
     A budget keeps hedges to about 10 % of the decrypts (plus a burst of 10).
     :meth:`stats` counts decrypts, calls and hedges.
+
+    ``replica_regions``: regions where each CMK also exists under the same key
+    ID, as a KMS 3.0 instance's keys do in its replica instances (give the
+    :class:`~kmsenv.Kms` an instance endpoint for each). Encrypt makes one data
+    key under the CMK in its own region, or in the first replica region that
+    answers when its region does not, and writes one EDK naming the CMK;
+    decrypt tries the CMK's region, then the replicas in order. Whether real
+    replicas keep key IDs and versions is Alibaba's documentation, not yet
+    checked on an account: docs/kms-instances.md says how to check.
     """
 
     def __init__(
@@ -286,6 +322,7 @@ class KmsKeyProvider:
         data_key_source: str = "kms",
         hedge: bool | None = None,
         hedge_after: float | None = None,
+        replica_regions: Iterable[str] | None = None,
     ) -> None:
         if len(cmk_arns) == 1 and isinstance(cmk_arns[0], (list, tuple, set, frozenset)):
             raise ConfigurationError(
@@ -316,6 +353,7 @@ class KmsKeyProvider:
             hedge=hedge,
             hedge_after=hedge_after,
         )
+        self.replica_regions: tuple[str, ...] = _replica_regions(replica_regions, arns)
 
     @classmethod
     def discovery(
@@ -373,6 +411,7 @@ class KmsKeyProvider:
                 raise ConfigurationError(f"kms must be a kmsenv.Kms (missing {', '.join(missing)})")
         self.kms = kms
         self._hedging = Hedging(enabled, after)
+        self.replica_regions = ()
 
     @property
     def is_discovery(self) -> bool:
@@ -397,6 +436,8 @@ class KmsKeyProvider:
         parts = []
         if self._discovery is None and self.data_key_source != "kms":
             parts.append(f"data_key_source={self.data_key_source!r}")
+        if self.replica_regions:
+            parts.append(f"replica_regions={list(self.replica_regions)!r}")
         if self._hedging.enabled and self._hedging.after is None:
             parts.append("hedge=True")
         elif self._hedging.enabled:
@@ -426,7 +467,7 @@ class KmsKeyProvider:
         if self.data_key_source == "local":
             return self._generate_locally(algorithm, ctx)
         primary = self._arns[0]
-        plaintext, blob = self.kms.generate_data_key(str(primary), encryption_context=ctx, **_key_request(algorithm))
+        plaintext, blob = self._generate_with_replicas(primary, algorithm, ctx)
         try:
             if len(plaintext) != algorithm.key_len:
                 raise KmsError(
@@ -449,6 +490,35 @@ class KmsKeyProvider:
             return DataKey(plaintext, edks)
         finally:
             _wipe(plaintext)
+
+    def _generate_with_replicas(
+        self, primary: Arn, algorithm: Algorithm, ctx: dict[str, str]
+    ) -> tuple[bytearray, bytes]:
+        """GenerateDataKey under the primary CMK; when its region cannot answer
+        (a retryable error), under the same key in each replica region in turn.
+        The blob is the same key's either way: the EDK keeps the primary ARN."""
+        regions = (primary.region, *self.replica_regions)
+        errors: list[tuple[str, BaseException]] = []
+        for i, region in enumerate(regions):
+            arn = primary if region == primary.region else dataclasses.replace(primary, region=region)
+            try:
+                result: tuple[bytearray, bytes] = self.kms.generate_data_key(
+                    str(arn), encryption_context=ctx, **_key_request(algorithm)
+                )
+                return result
+            except KmsError as e:
+                if not self.replica_regions:
+                    raise
+                errors.append((str(arn), e))
+                if not e.retryable or i == len(regions) - 1:
+                    break
+                logger.warning(
+                    "kmsenv: GenerateDataKey in %s failed (%s); trying replica %s", region, e.code, regions[i + 1]
+                )
+        details = "; ".join(f"{arn}: {err}" for arn, err in errors)
+        raise NoUsableKeyError(
+            f"could not generate a data key under {primary} in any of its regions: {details}", errors=errors
+        )
 
     def _generate_locally(self, algorithm: Algorithm, ctx: dict[str, str]) -> DataKey:
         """One round trip: the data key from the local CSPRNG (GenerateDataKey's
@@ -514,7 +584,8 @@ class KmsKeyProvider:
     def _wrap(
         self, primary: Arn, primary_blob: bytes, plaintext: bytearray, arn: Arn, ctx: dict[str, str]
     ) -> EncryptedDataKey:
-        if arn.region == primary.region:
+        # An instance gateway has no ReEncrypt: Encrypt the data key there, as elsewhere.
+        if arn.region == primary.region and not _is_instance(self.kms, arn.region):
             blob = self.kms.re_encrypt(
                 primary_blob,
                 str(arn),
@@ -532,7 +603,8 @@ class KmsKeyProvider:
 
     def _candidates(self, encrypted_data_keys: Sequence[EncryptedDataKey]) -> list[EncryptedDataKey]:
         if self._discovery is None:
-            return [edk for arn in self.key_arns for edk in encrypted_data_keys if edk.key_arn == arn]
+            ours = [edk for arn in self.key_arns for edk in encrypted_data_keys if edk.key_arn == arn]
+            return [replica for edk in ours for replica in self._with_replicas(edk)]
         regions, accounts = self._discovery
         out = []
         for edk in encrypted_data_keys:
@@ -548,6 +620,18 @@ class KmsKeyProvider:
                 continue
             out.append(edk)
         return out
+
+    def _with_replicas(self, edk: EncryptedDataKey) -> list[EncryptedDataKey]:
+        """The EDK, then the same blob under the same key in each replica
+        region (in order): the failover list of one CMK with replicas."""
+        if not self.replica_regions:
+            return [edk]
+        arn = Arn.parse(edk.key_arn)
+        return [edk] + [
+            EncryptedDataKey(str(dataclasses.replace(arn, region=r)), edk.ciphertext_blob)
+            for r in self.replica_regions
+            if r != arn.region
+        ]
 
     def decrypt_data_key(
         self,

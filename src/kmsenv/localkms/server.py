@@ -33,6 +33,7 @@ from . import admin, asymmetric, signing
 from .actions import RegionActions
 from .errors import KmsError, http_error, missing, server_error
 from .faults import Faults
+from .instance import InstanceGateway, InstanceGateways, InstancesArg
 from .keystore import KEY_SPECS, Key, KeyStore
 
 log = logging.getLogger("kmsenv.localkms")
@@ -615,6 +616,11 @@ class LocalKms:
     else from the request.  Faults can also be changed over HTTP by whoever holds the
     access key: the ``KmsenvSetFault`` call (:mod:`kmsenv.localkms.admin`), which
     ``kmsenv kms fault`` sends.
+
+    ``instances`` adds KMS 3.0 instance gateways: ``{instance ID: region}`` or
+    ``{instance ID: InstanceSpec(region, replica_of=primary ID)}``, each an HTTPS port
+    under a private CA speaking the instance protocol (:mod:`kmsenv.localkms.instance`);
+    ``instances[ID]`` gives its endpoint, CA file, ClientKey, faults and statistics.
     """
 
     def __init__(
@@ -632,6 +638,7 @@ class LocalKms:
         clock: Callable[[], float] = time.time,
         request_log: Optional[TextIO] = None,
         strict_version_interval: bool = False,
+        instances: Optional[InstancesArg] = None,
     ) -> None:
         regions = list(dict.fromkeys(regions))
         if not regions:
@@ -683,6 +690,8 @@ class LocalKms:
             )
             for r in regions
         }
+        # KMS 3.0 instance gateways (HTTPS, ClientKeys): kmsenv.localkms.instance.
+        self._instances = InstanceGateways(self, instances or {}, host)
 
     def __repr__(self) -> str:  # never the secret
         return f"LocalKms(regions={self.regions!r}, state_dir={self.state_dir!r}, access_key_id={self.access_key_id!r})"
@@ -711,9 +720,11 @@ class LocalKms:
                         raise
                     log.info("port %d for %s is taken; using another", wanted, region)
                     server.open(self._host, 0)
+            self._instances.start()
         except BaseException:
             for server in self._servers.values():
                 server.close()
+            self._instances.stop()
             raise
         for server in self._servers.values():
             if server.faults.down:  # set_fault(down=True) before start(): port known, closed
@@ -734,6 +745,7 @@ class LocalKms:
                     server.fault_timer = None
         for server in self._servers.values():
             server.close()
+        self._instances.stop()
         self._store.close()
 
     def __enter__(self) -> "LocalKms":
@@ -748,6 +760,11 @@ class LocalKms:
     def endpoints(self) -> dict[str, str]:
         """``{region: "http://127.0.0.1:PORT"}``."""
         return {r: f"http://{self._host}:{s.port}" for r, s in self._servers.items()}
+
+    @property
+    def instances(self) -> dict[str, InstanceGateway]:
+        """``{instance ID: InstanceGateway}`` (see :mod:`kmsenv.localkms.instance`)."""
+        return self._instances.gateways
 
     @property
     def hosts(self) -> dict[str, str]:
