@@ -291,3 +291,29 @@ def test_cli_encrypts_on_an_instance_and_decrypts_from_the_replica(local, keys, 
     dec.unlink()
     assert cli.main(["decrypt", "-k", keys["hz"], "--instances", str(conf), "-i", str(enc), "-o", str(dec)]) == 3
     assert not dec.exists()
+
+
+def test_aliyun_compat_reaches_the_instance_through_the_environment(local, keys, tmp_path, monkeypatch, clean):
+    from kmsenv.aliyun import AliyunConfig, AliyunCrypto, DefaultDataKeyProvider
+
+    gateway = local.instances[PRIMARY]
+    conf = tmp_path / "instances.json"
+    conf.write_text(
+        json.dumps(
+            {
+                HZ: {
+                    "endpoint": gateway.endpoint,
+                    "client_key_file": gateway.client_key.key_file,
+                    "password_file": gateway.client_key.password_file,
+                    "ca_file": gateway.ca_file,
+                }
+            }
+        )
+    )
+    monkeypatch.setenv(INSTANCES_ENV, str(conf))
+    client = AliyunCrypto(AliyunConfig(local.access_key_id, local.access_key_secret, endpoints=local.endpoints))
+    before_shared, before_gw = shared(local), instance(local, PRIMARY)
+    cipher_text, _ = client.encrypt(DefaultDataKeyProvider(keys["hz"]), b"official names", CONTEXT)
+    assert client.decrypt(DefaultDataKeyProvider(keys["hz"]), cipher_text)[0] == b"official names"
+    assert diff(before_shared, shared(local)) == {}
+    assert diff(before_gw, instance(local, PRIMARY)).get("Decrypt") == 1
