@@ -1359,7 +1359,7 @@ def _info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(sys.stdout)
+    return run_demo(sys.stdout, instances=getattr(args, "instances", False))
 
 
 _EXIT_CODES = (
@@ -1567,6 +1567,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the multi-region demo on an embedded local KMS",
         description="Start a local KMS with two regions, encrypt under a CMK in each, decrypt through each alone, "
         "take one region down and decrypt again, tamper with the message. Needs no credentials or network.",
+    )
+    demo.add_argument(
+        "--instances",
+        action="store_true",
+        help="the KMS 3.0 instance demo instead: one CMK in a primary instance with a replica region "
+        "against one CMK per region, then the primary down and decrypt from the replica",
     )
     demo.set_defaults(func=_demo)
     info = sub.add_parser(

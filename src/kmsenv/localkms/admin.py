@@ -12,6 +12,11 @@ Parameters: ``Region`` (required), ``Down``, ``LatencyMs``, ``ThrottleRate``,
 ``ErrorRate``, ``ErrorCode``, ``Clear``, ``DurationSeconds`` (then the region's faults
 are cleared, unless another call changed them meanwhile).  The answer carries the
 region's resulting settings.
+
+``InstanceId`` instead of ``Region`` changes a KMS 3.0 instance gateway's faults
+(:mod:`kmsenv.localkms.instance`) with the same parameters; the answer then names the
+instance and its region.  Taking an instance down never closes a region's port, so no
+"last port" rule applies.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 from .errors import KmsError, invalid, missing
 from .faults import Faults
 from .signing import API_VERSION, canonical_query
+
+if TYPE_CHECKING:
+    from .server import LocalKms
 
 ACTION = "KmsenvSetFault"
 MAX_DURATION_SECONDS = 24 * 3600
@@ -47,12 +55,14 @@ _FIELDS = {
 
 @dataclass(frozen=True)
 class FaultChange:
-    """A decoded ``KmsenvSetFault``: which region, which settings, for how long."""
+    """A decoded ``KmsenvSetFault``: which region (or instance: ``instance_id`` set,
+    ``region`` empty), which settings, for how long."""
 
     region: str
     changes: Mapping[str, Any]
     clear: bool = False
     duration: Optional[float] = None
+    instance_id: Optional[str] = None
 
     def apply_to(self, current: Faults) -> Faults:
         """The region's new settings (ValueError if out of range)."""
@@ -86,8 +96,11 @@ def _number(params: Mapping[str, str], name: str) -> Optional[float]:
 
 def parse_request(params: Mapping[str, str]) -> FaultChange:
     """Decode and range-check the call's parameters (KmsError 400 on a bad one)."""
-    region = params.get("Region")
-    if not region:
+    region = params.get("Region") or ""
+    instance_id = params.get("InstanceId") or None
+    if region and instance_id:
+        raise invalid("InstanceId", "Give Region or InstanceId, not both.")
+    if not region and not instance_id:
         raise missing("Region")
     changes: dict[str, Any] = {}
     for name, field_name in _FIELDS.items():
@@ -102,7 +115,7 @@ def parse_request(params: Mapping[str, str]) -> FaultChange:
     duration = _number(params, "DurationSeconds")
     if duration is not None and not 0 < duration <= MAX_DURATION_SECONDS:
         raise invalid("DurationSeconds", f"It must be within (0, {MAX_DURATION_SECONDS}].")
-    change = FaultChange(region, changes, bool(_bool(params, "Clear")), duration)
+    change = FaultChange(region, changes, bool(_bool(params, "Clear")), duration, instance_id)
     try:
         change.apply_to(Faults())  # the range checks of Faults, before anything changes
     except ValueError as exc:
@@ -130,6 +143,33 @@ def describe(region: str, faults: Faults, listening: bool) -> dict[str, Any]:
             "ErrorCode": faults.error_code,
         },
     }
+
+
+def set_instance_fault(kms: "LocalKms", change: FaultChange) -> dict[str, Any]:
+    """Carry out a ``KmsenvSetFault`` naming ``InstanceId``; return the answer's body.
+
+    The gateway's own ``set_fault`` replaces all its settings, so the change is applied
+    to the current ones first (under the fault lock, like a region's)."""
+    gateway = kms.instances.get(change.instance_id or "")
+    if gateway is None:
+        served = ", ".join(kms.instances) or "none"
+        raise KmsError(
+            404,
+            "Kmsenv.InstanceNotServed",
+            f"This localkms serves no instance {str(change.instance_id)[:64]}; it serves: {served}.",
+        )
+    with kms._fault_lock:
+        try:
+            new = change.apply_to(gateway.faults)
+        except ValueError as exc:
+            raise KmsError(400, "InvalidParameter", _parameter_names(str(exc))) from None
+        try:
+            gateway.set_fault(**asdict(new), duration=change.duration)
+        except OSError as exc:
+            raise KmsError(500, "InternalFailure", f"Cannot listen on port {gateway.port} again: {exc}") from None
+        answer = describe(gateway.region, new, gateway.listening)
+    answer["InstanceId"] = gateway.instance_id
+    return answer
 
 
 # -- the client side (``kmsenv kms fault``) ---------------------------------------------

@@ -907,6 +907,8 @@ class LocalKms:
         Returns the answer and, when the call takes that very port down, the closing to do
         once the answer is sent (closing first would cut the connection carrying it).
         """
+        if change.instance_id is not None:  # an instance gateway's faults: its own port only
+            return admin.set_instance_fault(self, change), None
         if change.region not in self._servers:
             raise KmsError(
                 404,
