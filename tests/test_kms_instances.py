@@ -317,3 +317,95 @@ def test_aliyun_compat_reaches_the_instance_through_the_environment(local, keys,
     assert client.decrypt(DefaultDataKeyProvider(keys["hz"]), cipher_text)[0] == b"official names"
     assert diff(before_shared, shared(local)) == {}
     assert diff(before_gw, instance(local, PRIMARY)).get("Decrypt") == 1
+
+
+# -- message level, with the unmodified official adapter and the rest of kmsenv ----------------
+
+
+@pytest.fixture(scope="session")
+def transfer_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import instance_driver
+
+    return instance_driver.official_python(tmp_path_factory, "transfer")
+
+
+def _transfer(python: str, gateway, *calls) -> list:
+    import instance_driver
+
+    cfg = {
+        "protocol": "https",
+        "endpoint": gateway.endpoint,
+        "client_key_file": gateway.client_key.key_file,
+        "password": gateway.client_key.password,
+        "ca_file_path": gateway.ca_file,
+    }
+    return instance_driver.run(python, {"mode": "adapter", "adapter": "transfer", "config": cfg, "calls": list(calls)})
+
+
+class _GivenKey:
+    """A provider that hands out one data key with the EDK someone else made."""
+
+    def __init__(self, key: bytes, edk: kmsenv.EncryptedDataKey):
+        self.key, self.edk = key, edk
+
+    def generate_data_key(self, algorithm, encryption_context):
+        from kmsenv.model import DataKey
+
+        return DataKey(self.key, [self.edk])
+
+    def decrypt_data_key(self, encrypted_data_keys, algorithm, encryption_context):
+        raise AssertionError("not used")
+
+
+def test_messages_interoperate_with_the_official_transfer_adapter(local, kms, keys, transfer_python):
+    """A kmsenv message's EDK opens with alibabacloud-dkms-transfer-python (as the official SDKs
+    reach an instance), and a data key the adapter generated makes a message kmsenv decrypts
+    through the instance."""
+    gateway = local.instances[PRIMARY]
+    key_id = keys["hz"].rsplit("/", 1)[1]
+    provider = kmsenv.KmsKeyProvider(keys["hz"], kms=kms)
+    data_key = provider.generate_data_key(kmsenv.Algorithm.AES_GCM_NOPADDING_256, dict(CONTEXT))
+    try:
+        ours = base64.b64encode(data_key.encrypted_data_keys[0].ciphertext_blob).decode()
+        opened, made = _transfer(
+            transfer_python,
+            gateway,
+            {"op": "decrypt", "blob": ours, "context": CONTEXT},
+            {"op": "generate_data_key", "key_id": key_id, "context": CONTEXT},
+        )
+        assert base64.b64decode(opened["ok"]["Plaintext"]) == bytes(data_key.plaintext)
+    finally:
+        data_key.wipe()
+    their_key = base64.b64decode(made["ok"]["Plaintext"])
+    their_edk = kmsenv.EncryptedDataKey(keys["hz"], base64.b64decode(made["ok"]["CiphertextBlob"]))
+    message = kmsenv.encrypt(b"their data key", _GivenKey(their_key, their_edk), encryption_context=CONTEXT)
+    assert kmsenv.decrypt(message.ciphertext, provider).plaintext == b"their data key"
+
+
+def test_streams_caching_discovery_and_job_keys_on_an_instance(local, kms, keys):
+    import io
+
+    import pyarrow as pa
+
+    from kmsenv import arrow as ka
+    from kmsenv import jobkey
+    from kmsenv.stream import decrypt_stream, encrypt_stream
+
+    provider = kmsenv.KmsKeyProvider(keys["hz"], keys["bj"], kms=kms)
+    data = os.urandom(300_000)
+    sealed, opened = io.BytesIO(), io.BytesIO()
+    encrypt_stream(io.BytesIO(data), sealed, provider, encryption_context=CONTEXT, frame_size=64 * 1024)
+    reader = kmsenv.KmsKeyProvider.discovery(regions=[HZ], kms=kms)
+    decrypt_stream(io.BytesIO(sealed.getvalue()), opened, reader)
+    assert opened.getvalue() == data
+
+    before = instance(local, PRIMARY)
+    cached = kmsenv.CachingProvider(provider, kmsenv.DataKeyCache(max_messages=10))
+    messages = [kmsenv.encrypt(b"m%d" % i, cached).ciphertext for i in range(5)]
+    assert diff(before, instance(local, PRIMARY)).get("GenerateDataKey") == 1  # one data key for five
+    assert [kmsenv.decrypt(m, provider).plaintext for m in messages] == [b"m%d" % i for i in range(5)]
+
+    jobkey.clear_cache()
+    job = kmsenv.JobKey.create(provider, encryption_context={"job": "instance"})
+    column = pa.array([f"row-{i}" for i in range(100)])
+    assert ka.decrypt_array(ka.encrypt_array(column, job, format="compact"), job, as_string=True).equals(column)
