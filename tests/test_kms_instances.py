@@ -409,3 +409,56 @@ def test_streams_caching_discovery_and_job_keys_on_an_instance(local, kms, keys)
     job = kmsenv.JobKey.create(provider, encryption_context={"job": "instance"})
     column = pa.array([f"row-{i}" for i in range(100)])
     assert ka.decrypt_array(ka.encrypt_array(column, job, format="compact"), job, as_string=True).equals(column)
+
+
+def _decrypt_in_a_worker(job, encrypted) -> list:
+    from kmsenv import arrow as ka
+
+    return ka.decrypt_array(encrypted, job, as_string=True).to_pylist()
+
+
+def test_worker_processes_get_the_instances_and_replicas_from_the_spec(local, keys, tmp_path, monkeypatch, clean):
+    """A job key's WorkerSpec carries the instances file (KmsSpec.instances_file) and the
+    replica regions: a spawned worker, whose environment names no instances, decrypts from
+    the replica while the primary instance is down."""
+    import multiprocessing
+
+    import pyarrow as pa
+
+    from kmsenv import arrow as ka
+    from kmsenv.jobkey import WorkerSpec
+
+    conf = tmp_path / "instances.json"
+    conf.write_text(
+        json.dumps(
+            {
+                region: {
+                    "endpoint": gw.endpoint,
+                    "client_key_file": gw.client_key.key_file,
+                    "password_file": gw.client_key.password_file,
+                    "ca_file": gw.ca_file,
+                }
+                for region, gw in ((HZ, local.instances[PRIMARY]), (SH, local.instances[REPLICA]))
+            }
+        )
+    )
+    monkeypatch.setenv(INSTANCES_ENV, str(conf))
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", local.access_key_id)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", local.access_key_secret)
+    kms = Kms(endpoints=local.endpoints)
+    assert kms.instances_file == str(conf)
+    provider = kmsenv.KmsKeyProvider(keys["hz"], kms=kms, replica_regions=[SH])
+    spec = WorkerSpec.from_provider(provider)
+    assert spec.kms.instances_file == str(conf) and spec.replica_regions == (SH,)
+    job = kmsenv.JobKey.create(provider, spec=spec)
+    rows = [f"row-{i}" for i in range(50)]
+    encrypted = ka.encrypt_array(pa.array(rows), job, format="compact")
+
+    monkeypatch.delenv(INSTANCES_ENV)  # the worker learns the instances from the spec alone
+    local.instances[PRIMARY].set_fault(down=True)
+    before = instance(local, REPLICA)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_decrypt_in_a_worker, (job, encrypted)) == rows
+    assert diff(before, instance(local, REPLICA)).get("Decrypt") == 1
+    with pytest.raises(kmsenv.ConfigurationError, match="replica_regions"):
+        WorkerSpec(cmks=None, replica_regions=(SH,))

@@ -63,6 +63,8 @@ class WorkerSpec:
     ``cmks``: ARNs the worker may decrypt under (``None``: any EDK of the key
     header, as a discovery provider would). ``kms``: a :class:`KmsSpec`.
     ``cache_ttl`` (seconds) and ``cache_max_keys`` bound the process cache.
+    ``replica_regions``: as for :class:`~kmsenv.KmsKeyProvider` (regions where
+    each CMK also exists with the same key ID, tried after its own).
     """
 
     key_source_role: ClassVar[str] = "worker"  # columns.KeySource (no import of this module there)
@@ -71,6 +73,7 @@ class WorkerSpec:
     kms: KmsSpec = field(default_factory=KmsSpec)
     cache_ttl: float = 3600.0
     cache_max_keys: int = 64
+    replica_regions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.cmks is not None:
@@ -86,6 +89,11 @@ class WorkerSpec:
             raise ConfigurationError("cache_ttl must be a positive number of seconds")
         if isinstance(self.cache_max_keys, bool) or not isinstance(self.cache_max_keys, int) or self.cache_max_keys < 1:
             raise ConfigurationError("cache_max_keys must be an int >= 1")
+        if isinstance(self.replica_regions, str) or not all(isinstance(r, str) for r in self.replica_regions):
+            raise ConfigurationError("replica_regions must be a list of region names")
+        object.__setattr__(self, "replica_regions", tuple(self.replica_regions))
+        if self.replica_regions and self.cmks is None:
+            raise ConfigurationError("replica_regions goes with cmks (the CMKs whose replicas to try)")
 
     @classmethod
     def from_provider(cls, provider: Any, **overrides: Any) -> WorkerSpec:
@@ -99,13 +107,18 @@ class WorkerSpec:
             raise ConfigurationError(
                 "a WorkerSpec can be derived from a kmsenv.KmsKeyProvider only; build WorkerSpec(cmks=..., kms=KmsSpec(...))"
             )
-        values: dict[str, Any] = {"cmks": tuple(arns) if arns else None, "kms": KmsSpec.from_kms(kms)}
+        replicas = getattr(provider, "replica_regions", None) or getattr(inner, "replica_regions", None) or ()
+        values: dict[str, Any] = {
+            "cmks": tuple(arns) if arns else None,
+            "kms": KmsSpec.from_kms(kms),
+            "replica_regions": tuple(replicas),
+        }
         values.update(overrides)
         return cls(**values)
 
     def _provider(self) -> Any:
         """This process's KmsKeyProvider for the spec, CMKs in preference order."""
-        key = (self.cmks, self.kms)
+        key = (self.cmks, self.kms, self.replica_regions)
         with _LOCK:
             provider = _PROVIDERS.get(key)
         if provider is not None:
@@ -116,7 +129,11 @@ class WorkerSpec:
         if self.cmks is None:
             provider = _PreferringProvider(KmsKeyProvider.discovery(kms=kms), self.kms.preferred_regions())
         else:
-            provider = KmsKeyProvider(*_by_preference(self.cmks, self.kms.preferred_regions()), kms=kms)
+            provider = KmsKeyProvider(
+                *_by_preference(self.cmks, self.kms.preferred_regions()),
+                kms=kms,
+                replica_regions=self.replica_regions or None,
+            )
         with _LOCK:
             return _PROVIDERS.setdefault(key, provider)
 

@@ -555,10 +555,14 @@ class Kms:
             self._endpoints = _parse_endpoints_arg(endpoints)
         else:
             self._endpoints = parse_endpoints_env(os.environ.get(ENDPOINTS_ENV, ""))
+        #: The instances file this client's instances came from (KMSENV_KMS_INSTANCES),
+        #: which KmsSpec hands to worker processes; None when given as objects.
+        self.instances_file: str | None = None
         if instances is not None:
             self._instances = _parse_instances_arg(instances)
         elif os.environ.get(INSTANCES_ENV):
-            self._instances = parse_instances_file(os.environ[INSTANCES_ENV])
+            self.instances_file = os.path.abspath(os.environ[INSTANCES_ENV])
+            self._instances = parse_instances_file(self.instances_file)
         else:
             self._instances = {}
         self.max_attempts = max_attempts

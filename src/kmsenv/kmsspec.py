@@ -47,8 +47,12 @@ class KmsSpec:
     ``endpoints``: region -> URL overrides (``None`` = the worker's
     ``KMSENV_KMS_ENDPOINTS`` or the public endpoints). ``prefer_regions``:
     regions to try first on Decrypt, nearest first (``None`` = the worker's
-    ``KMSENV_PREFER_REGIONS``, else the writer's CMK order). The remaining
-    fields are passed to ``Kms`` as they are. Holds no credentials, ever.
+    ``KMSENV_PREFER_REGIONS``, else the writer's CMK order). ``instances_file``:
+    the path of a KMS-instances file (the ``KMSENV_KMS_INSTANCES`` format) that
+    every worker reads, so the files it names must be at the same paths there
+    (``None`` = the worker's ``KMSENV_KMS_INSTANCES``). The remaining fields
+    are passed to ``Kms`` as they are. Holds no credentials, ever: an instances
+    file names ClientKey and password files, it does not hold them.
     """
 
     endpoints: tuple[tuple[str, str], ...] | None = None
@@ -58,8 +62,11 @@ class KmsSpec:
     read_timeout: float = 10.0
     backoff_base: float = 0.2
     backoff_max: float = 5.0
+    instances_file: str | None = None
 
     def __post_init__(self) -> None:
+        if self.instances_file is not None and (not isinstance(self.instances_file, str) or not self.instances_file):
+            raise ConfigurationError("instances_file must be the path of a KMS-instances JSON file, or None")
         if self.endpoints is not None:
             object.__setattr__(self, "endpoints", _pairs(self.endpoints))
         if self.prefer_regions is not None:
@@ -80,6 +87,7 @@ class KmsSpec:
             read_timeout=getattr(kms, "read_timeout", 10.0),
             backoff_base=getattr(kms, "backoff_base", 0.2),
             backoff_max=getattr(kms, "backoff_max", 5.0),
+            instances_file=getattr(kms, "instances_file", None),
         )
 
     def preferred_regions(self) -> tuple[str, ...]:
@@ -98,14 +106,16 @@ class KmsSpec:
             self.read_timeout,
             self.backoff_base,
             self.backoff_max,
+            self.instances_file,
         )
         with _LOCK:
             kms = _CLIENTS.get(key)
             if kms is None:
-                from kmsenv.kms import Kms
+                from kmsenv.kms import Kms, parse_instances_file
 
                 kms = Kms(
                     endpoints=dict(self.endpoints) if self.endpoints is not None else None,
+                    instances=parse_instances_file(self.instances_file) if self.instances_file else None,
                     max_attempts=self.max_attempts,
                     connect_timeout=self.connect_timeout,
                     read_timeout=self.read_timeout,
@@ -117,8 +127,8 @@ class KmsSpec:
 
 
 _LOCK = threading.Lock()
-# (endpoints, max_attempts, connect_timeout, read_timeout, backoff_base, backoff_max)
-_ClientKey = tuple[tuple[tuple[str, str], ...] | None, int, float, float, float, float]
+# (endpoints, max_attempts, connect_timeout, read_timeout, backoff_base, backoff_max, instances_file)
+_ClientKey = tuple[tuple[tuple[str, str], ...] | None, int, float, float, float, float, str | None]
 _CLIENTS: dict[_ClientKey, Kms] = {}
 
 
