@@ -462,3 +462,48 @@ def test_worker_processes_get_the_instances_and_replicas_from_the_spec(local, ke
     assert diff(before, instance(local, REPLICA)).get("Decrypt") == 1
     with pytest.raises(kmsenv.ConfigurationError, match="replica_regions"):
         WorkerSpec(cmks=None, replica_regions=(SH,))
+
+
+@pytest.fixture(scope="session")
+def kmssdk_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import instance_driver
+
+    return instance_driver.official_python(tmp_path_factory, "kmssdk")
+
+
+def test_edks_of_the_kms_python_sdk_adapter_are_read_too(local, kms, keys, kmssdk_python):
+    """alibabacloud-kms-python-sdk binds the context as the hex text of its SHA-256 (not the
+    raw digest kmsenv writes): a data key it generated still decrypts in a kmsenv message,
+    the other AAD rule tried after the configured one failed the tag."""
+    import instance_driver
+
+    gateway = local.instances[PRIMARY]
+    cfg = {
+        "protocol": "https",
+        "endpoint": gateway.endpoint,
+        "client_key_file": gateway.client_key.key_file,
+        "password": gateway.client_key.password,
+        "ca_file_path": gateway.ca_file,
+    }
+    key_id = keys["hz"].rsplit("/", 1)[1]
+    (made,) = instance_driver.run(
+        kmssdk_python,
+        {
+            "mode": "adapter",
+            "adapter": "kmssdk",
+            "config": cfg,
+            "calls": [{"op": "generate_data_key", "key_id": key_id, "context": CONTEXT}],
+        },
+    )
+    their_key = base64.b64decode(made["ok"]["Plaintext"])
+    their_edk = kmsenv.EncryptedDataKey(keys["hz"], base64.b64decode(made["ok"]["CiphertextBlob"]))
+    message = kmsenv.encrypt(b"advance data key", _GivenKey(their_key, their_edk), encryption_context=CONTEXT)
+    before = instance(local, PRIMARY)
+    assert kmsenv.decrypt(message.ciphertext, kmsenv.KmsKeyProvider(keys["hz"], kms=kms)).plaintext == (
+        b"advance data key"
+    )
+    assert diff(before, instance(local, PRIMARY)).get("Decrypt") == 2  # the configured rule, then sha256-hex
+    # An EDK that no rule opens (another context) is the first rule's error, not the last one's.
+    with pytest.raises(kmsenv.KmsError) as caught:
+        kms.decrypt(keys["hz"], their_edk.ciphertext_blob, {"another": "context"})
+    assert caught.value.code == "InvalidParameter"

@@ -903,6 +903,30 @@ class Kms:
             ) from None
         return plaintext, blob
 
+    def _instance_unwrap(
+        self, region: str, blob: bytes, ctx: dict[str, str] | None, max_attempts: int | None
+    ) -> bytearray:
+        """Decrypt a data key on an instance. The official adapters each turn a
+        context into GCM AAD their own way (kms-instance-gateway.md §4.5): when
+        the configured rule does not open the blob (``InvalidParameter``, what
+        the gateway answers to a failed tag), the other rules are tried, so EDKs
+        any adapter wrote are read. Without a context there is nothing to vary."""
+        from kmsenv.instance.client import AAD_RULES
+
+        client = self._instance(region)
+        first_rule = self._instances[region].aad_rule
+        rules = [first_rule] + ([r for r in AAD_RULES if r != first_rule] if ctx else [])
+        first_error: KmsError | None = None
+        for rule in rules:
+            try:
+                return bytearray(client.unwrap_data_key(blob, ctx, rule=rule, max_attempts=max_attempts))
+            except KmsError as e:
+                if e.code != "InvalidParameter":
+                    raise
+                first_error = first_error or e
+        assert first_error is not None
+        raise first_error
+
     def _instance_generate(self, arn: Arn, number_of_bytes: int, ctx: dict[str, str] | None) -> tuple[bytearray, bytes]:
         """GenerateDataKey as the transfer adapters do it on an instance (spec
         §4.4): the gateway's data key, then Encrypt of its base64 text (the
@@ -1057,9 +1081,7 @@ class Kms:
             raise ConfigurationError("ciphertext_blob must be non-empty bytes")
         what = f"under {expect_key}" if expect_key is not None else f"in {region}"
         if self.is_instance(region):
-            rule = self._instances[region].aad_rule
-            blob = bytes(ciphertext_blob)
-            return bytearray(self._instance(region).unwrap_data_key(blob, ctx, rule=rule, max_attempts=max_attempts))
+            return self._instance_unwrap(region, bytes(ciphertext_blob), ctx, max_attempts)
         request = models.DecryptRequest(
             ciphertext_blob=base64.b64encode(ciphertext_blob).decode("ascii"), encryption_context=ctx
         )
