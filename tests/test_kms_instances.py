@@ -507,3 +507,36 @@ def test_edks_of_the_kms_python_sdk_adapter_are_read_too(local, kms, keys, kmssd
     with pytest.raises(kmsenv.KmsError) as caught:
         kms.decrypt(keys["hz"], their_edk.ciphertext_blob, {"another": "context"})
     assert caught.value.code == "InvalidParameter"
+
+
+def test_ram_credentials_to_an_instance_beside_a_shared_gateway(local, keys, clean):
+    """RAM mode: the instance's OpenAPI endpoint with its private CA for that region only
+    (ca={region: file}), the shared gateway elsewhere, in one Kms and one provider."""
+    gateway = local.instances[PRIMARY]
+    endpoints = dict(local.endpoints)
+    endpoints[HZ] = f"https://{gateway.endpoint}"
+    kms = Kms(
+        access_key_id=local.access_key_id,
+        access_key_secret=local.access_key_secret,
+        endpoints=endpoints,
+        ca={HZ: gateway.ca_file},
+        max_attempts=1,
+    )
+    provider = kmsenv.KmsKeyProvider(keys["hz"], keys["bj"], kms=kms)
+    message = kmsenv.encrypt(b"ram mode", provider, encryption_context=CONTEXT).ciphertext
+    for arn in (keys["hz"], keys["bj"]):
+        assert kmsenv.decrypt(message, kmsenv.KmsKeyProvider(arn, kms=kms)).plaintext == b"ram mode"
+    # The instance's certificate does not verify against the system roots.
+    bare = Kms(
+        access_key_id=local.access_key_id,
+        access_key_secret=local.access_key_secret,
+        endpoints={HZ: f"https://{gateway.endpoint}"},
+        max_attempts=1,
+    )
+    with pytest.raises(kmsenv.KmsError):
+        bare.generate_data_key(keys["hz"], number_of_bytes=32)
+    # A real instance host is recognised as one (no ReEncrypt there).
+    named = Kms(endpoints={HZ: "https://kst-hzz6a7b8c9.cryptoservice.kms.aliyuncs.com"})
+    assert named.is_instance(HZ) and not named.is_instance(BJ)
+    with pytest.raises(kmsenv.ConfigurationError, match="ca"):
+        Kms(ca={HZ: 42})

@@ -81,6 +81,8 @@ for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retr
 
 ENDPOINTS_ENV = "KMSENV_KMS_ENDPOINTS"
 INSTANCES_ENV = "KMSENV_KMS_INSTANCES"
+#: The host names of KMS 3.0 instance gateways (kst-<id> + this).
+INSTANCE_HOST_SUFFIX = ".cryptoservice.kms.aliyuncs.com"
 
 #: KMS error codes worth retrying (Alibaba's own tools retry exactly the first
 #: three; ``Throttling`` is the older spelling on some API pages).
@@ -502,6 +504,13 @@ class Kms:
     backoff_base * 2**retry)))`` (seconds).  ``connect_timeout`` and
     ``read_timeout`` (seconds) bound every attempt.
 
+    KMS 3.0 instances (docs/kms-instances.md): ``instances={region:
+    InstanceEndpoint(...)}`` (or ``KMSENV_KMS_INSTANCES``) sends a region's
+    data-key calls to its instance gateway with a ClientKey; with RAM
+    credentials, point ``endpoints`` at the instance
+    (``https://kst-....cryptoservice.kms.aliyuncs.com``) and give its CA in
+    ``ca``: one CA file for every endpoint, or ``{region: CA file}``.
+
     Instances are thread-safe and meant to be shared.
     """
 
@@ -518,7 +527,7 @@ class Kms:
         read_timeout: float = 10.0,
         backoff_base: float = 0.2,
         backoff_max: float = 5.0,
-        ca: str | None = None,
+        ca: str | Mapping[str, str] | None = None,
         sleep: Callable[[float], None] | None = None,
         random: _random.Random | None = None,
         instances: Mapping[str, InstanceEndpoint] | None = None,
@@ -570,7 +579,16 @@ class Kms:
         self.read_timeout = float(read_timeout)
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
-        self._ca = ca
+        if ca is not None and not isinstance(ca, (str, Mapping)):
+            raise ConfigurationError("ca must be a CA file path, a mapping {region: CA file path}, or None")
+        if isinstance(ca, Mapping):
+            for region, path in ca.items():
+                _check_region(region, "ca")
+                if not isinstance(path, str) or not path:
+                    raise ConfigurationError(f"ca[{region!r}] must be a CA file path")
+        # One CA file for every endpoint, or per region (an instance gateway's private CA
+        # beside the shared gateway's public ones).
+        self._ca: str | dict[str, str] | None = dict(ca) if isinstance(ca, Mapping) else ca
         self._sleep = sleep if sleep is not None else time.sleep
         self._random = random if random is not None else _random.Random()
         self._max_idle_conns = 64
@@ -606,7 +624,16 @@ class Kms:
     # -- instance gateways --------------------------------------------------
 
     def is_instance(self, region: str) -> bool:
-        """Whether ``region``'s data-key calls go to a KMS 3.0 instance gateway."""
+        """Whether ``region`` is served by a KMS 3.0 instance gateway: one given
+        with a ClientKey (``instances=``), or an endpoint on an instance's host
+        (``https://kst-....cryptoservice.kms.aliyuncs.com``, RAM credentials),
+        where there is no ReEncrypt either."""
+        if region in self._instances:
+            return True
+        endpoint = self._endpoints.get(region)
+        return endpoint is not None and (urlsplit(endpoint.url).hostname or "").endswith(INSTANCE_HOST_SUFFIX)
+
+    def _client_key_instance(self, region: str) -> bool:
         return region in self._instances
 
     def _instance(self, region: str) -> Any:
@@ -697,8 +724,9 @@ class Kms:
             user_agent=f"kmsenv/{__version__}",
             **self._credential_kwargs(),
         )
-        if self._ca:
-            config.ca = self._ca
+        ca = self._ca.get(region) if isinstance(self._ca, dict) else self._ca
+        if ca:
+            config.ca = ca
         try:
             client = Client(config)
         except Exception as e:
@@ -883,7 +911,7 @@ class Kms:
             or not 1 <= number_of_bytes <= 1024
         ):
             raise ConfigurationError("number_of_bytes must be an int between 1 and 1024")
-        if self.is_instance(arn.region):
+        if self._client_key_instance(arn.region):
             return self._instance_generate(arn, 16 if key_spec == "AES_128" else number_of_bytes or 32, ctx)
         request = models.GenerateDataKeyRequest(
             key_id=arn.key_id, key_spec=key_spec, number_of_bytes=number_of_bytes, encryption_context=ctx
@@ -976,7 +1004,7 @@ class Kms:
         if not isinstance(plaintext, (bytes, bytearray, memoryview)):
             raise ConfigurationError("plaintext must be bytes")
         what = what or f"under {key_id} in {region}"
-        if self.is_instance(region):
+        if self._client_key_instance(region):
             rule = self._instances[region].aad_rule
             return bytes(self._instance(region).wrap_data_key(key_id, bytes(plaintext), ctx, rule=rule))
         request = models.EncryptRequest(
@@ -1080,7 +1108,7 @@ class Kms:
         if not isinstance(ciphertext_blob, (bytes, bytearray, memoryview)) or not len(ciphertext_blob):
             raise ConfigurationError("ciphertext_blob must be non-empty bytes")
         what = f"under {expect_key}" if expect_key is not None else f"in {region}"
-        if self.is_instance(region):
+        if self._client_key_instance(region):
             return self._instance_unwrap(region, bytes(ciphertext_blob), ctx, max_attempts)
         request = models.DecryptRequest(
             ciphertext_blob=base64.b64encode(ciphertext_blob).decode("ascii"), encryption_context=ctx
