@@ -540,3 +540,23 @@ def test_ram_credentials_to_an_instance_beside_a_shared_gateway(local, keys, cle
     assert named.is_instance(HZ) and not named.is_instance(BJ)
     with pytest.raises(kmsenv.ConfigurationError, match="ca"):
         Kms(ca={HZ: 42})
+
+
+def test_cli_reaches_an_instance_with_ram_credentials(local, keys, tmp_path, monkeypatch, clean):
+    from kmsenv import cli
+
+    gateway = local.instances[PRIMARY]
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", local.access_key_id)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", local.access_key_secret)
+    monkeypatch.delenv(INSTANCES_ENV, raising=False)
+    monkeypatch.delenv("KMSENV_KMS_ENDPOINTS", raising=False)
+    src, enc, dec = tmp_path / "in.bin", tmp_path / "in.kmsenv", tmp_path / "out.bin"
+    src.write_bytes(os.urandom(5000))
+    ram = ["--endpoint", f"{HZ}=https://{gateway.endpoint}", "--ca", f"{HZ}={gateway.ca_file}"]
+    assert cli.main(["encrypt", "-k", keys["hz"], *ram, "-i", str(src), "-o", str(enc)]) == 0
+    assert cli.main(["decrypt", "-k", keys["hz"], *ram, "-i", str(enc), "-o", str(dec)]) == 0
+    assert dec.read_bytes() == src.read_bytes()
+    # Without the instance's CA the gateway is refused: a KMS failure, nothing written.
+    dec.unlink()
+    assert cli.main(["decrypt", "-k", keys["hz"], *ram[:2], "-i", str(enc), "-o", str(dec)]) == 3
+    assert not dec.exists()

@@ -289,7 +289,8 @@ def _kms(args: argparse.Namespace) -> Any:
     args.endpoints = _endpoints(args)  # _explain tells a configured endpoint from a default one
     instances_file = getattr(args, "instances", None)
     instances = parse_instances_file(instances_file) if instances_file else None  # else KMSENV_KMS_INSTANCES
-    return Kms(endpoints=args.endpoints, instances=instances)
+    ca = _pairs(getattr(args, "ca", None), "--ca") or None
+    return Kms(endpoints=args.endpoints, instances=instances, ca=ca)
 
 
 def _replicas(args: argparse.Namespace) -> dict[str, Any]:
@@ -1446,6 +1447,13 @@ def _add_io(p: argparse.ArgumentParser, encrypting: bool) -> None:
         action="append",
         metavar="REGION=URL",
         help="KMS endpoint for a region (repeatable); merged over KMSENV_KMS_ENDPOINTS, this wins for its region",
+    )
+    p.add_argument(
+        "--ca",
+        action="append",
+        metavar="REGION=FILE",
+        help="the CA certificate for a region's --endpoint (repeatable): a KMS instance's private CA when "
+        "--endpoint REGION=https://kst-....cryptoservice.kms.aliyuncs.com reaches it with RAM credentials",
     )
     p.add_argument(
         "--instances",
