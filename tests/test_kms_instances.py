@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,22 @@ def kms(local, clean) -> Kms:
 @pytest.fixture(scope="module")
 def keys(local) -> dict[str, str]:
     return {"hz": local.create_key(HZ), "hz2": local.create_key(HZ), "bj": local.create_key(BJ)}
+
+
+def instances_file(tmp_path, gateways) -> Any:
+    """A KMSENV_KMS_INSTANCES file for ``{region: gateway}``."""
+    conf = tmp_path / "instances.json"
+    entries = {
+        region: {
+            "endpoint": gw.endpoint,
+            "client_key_file": gw.client_key.key_file,
+            "password_file": gw.client_key.password_file,
+            "ca_file": gw.ca_file,
+        }
+        for region, gw in gateways.items()
+    }
+    conf.write_text(json.dumps(entries))
+    return conf
 
 
 def shared(local) -> dict[tuple[str, str], int]:
@@ -262,20 +279,7 @@ def test_replica_regions_are_checked(kms, keys):
 def test_cli_encrypts_on_an_instance_and_decrypts_from_the_replica(local, keys, tmp_path, monkeypatch, clean):
     from kmsenv import cli
 
-    conf = tmp_path / "instances.json"
-    conf.write_text(
-        json.dumps(
-            {
-                region: {
-                    "endpoint": gw.endpoint,
-                    "client_key_file": gw.client_key.key_file,
-                    "password_file": gw.client_key.password_file,
-                    "ca_file": gw.ca_file,
-                }
-                for region, gw in ((HZ, local.instances[PRIMARY]), (SH, local.instances[REPLICA]))
-            }
-        )
-    )
+    conf = instances_file(tmp_path, {HZ: local.instances[PRIMARY], SH: local.instances[REPLICA]})
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", local.access_key_id)
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", local.access_key_secret)
     monkeypatch.setenv("KMSENV_KMS_ENDPOINTS", ",".join(f"{r}={u}" for r, u in local.endpoints.items()))
@@ -297,19 +301,7 @@ def test_aliyun_compat_reaches_the_instance_through_the_environment(local, keys,
     from kmsenv.aliyun import AliyunConfig, AliyunCrypto, DefaultDataKeyProvider
 
     gateway = local.instances[PRIMARY]
-    conf = tmp_path / "instances.json"
-    conf.write_text(
-        json.dumps(
-            {
-                HZ: {
-                    "endpoint": gateway.endpoint,
-                    "client_key_file": gateway.client_key.key_file,
-                    "password_file": gateway.client_key.password_file,
-                    "ca_file": gateway.ca_file,
-                }
-            }
-        )
-    )
+    conf = instances_file(tmp_path, {HZ: gateway})
     monkeypatch.setenv(INSTANCES_ENV, str(conf))
     client = AliyunCrypto(AliyunConfig(local.access_key_id, local.access_key_secret, endpoints=local.endpoints))
     before_shared, before_gw = shared(local), instance(local, PRIMARY)
@@ -428,20 +420,7 @@ def test_worker_processes_get_the_instances_and_replicas_from_the_spec(local, ke
     from kmsenv import arrow as ka
     from kmsenv.jobkey import WorkerSpec
 
-    conf = tmp_path / "instances.json"
-    conf.write_text(
-        json.dumps(
-            {
-                region: {
-                    "endpoint": gw.endpoint,
-                    "client_key_file": gw.client_key.key_file,
-                    "password_file": gw.client_key.password_file,
-                    "ca_file": gw.ca_file,
-                }
-                for region, gw in ((HZ, local.instances[PRIMARY]), (SH, local.instances[REPLICA]))
-            }
-        )
-    )
+    conf = instances_file(tmp_path, {HZ: local.instances[PRIMARY], SH: local.instances[REPLICA]})
     monkeypatch.setenv(INSTANCES_ENV, str(conf))
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", local.access_key_id)
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", local.access_key_secret)
