@@ -21,7 +21,7 @@ from kmsenv.exceptions import ConfigurationError, NoUsableKeyError  # noqa: E402
 from kmsenv.keyheader import DictKeyHeaderStore, KeyHeader, SqliteKeyHeaderStore  # noqa: E402
 from kmsenv.kmsspec import KmsSpec  # noqa: E402
 from kms_fixtures import *  # noqa: E402,F401,F403
-from kms_fixtures import BJ, HZ, SH, kms_calls  # noqa: E402
+from kms_fixtures import BJ, HZ, SH, kms_calls, kms_options  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("worker_env")
@@ -224,3 +224,20 @@ def test_stores(provider, tmp_path):
     for store in (DictKeyHeaderStore([a]), sqlite):
         with pytest.raises(ConfigurationError, match="another key header"):
             store.put(forged)
+
+
+def test_worker_spec_carries_the_hedge_options(local_kms, cmks):
+    from kmsenv.kms import Kms
+    from kmsenv.kmsspec import KmsSpec
+
+    kms = Kms(**kms_options(local_kms))
+    hedged = kmsenv.KmsKeyProvider(cmks.hz, cmks.bj, kms=kms, hedge_after=0.05)
+    spec = jobkey.WorkerSpec.from_provider(hedged)
+    assert (spec.hedge, spec.hedge_after) == (True, 0.05)
+    worker_provider = spec._provider()
+    assert worker_provider.hedge and worker_provider.hedge_after == 0.05
+    plain = jobkey.WorkerSpec.from_provider(kmsenv.KmsKeyProvider(cmks.hz, kms=kms))
+    assert (plain.hedge, plain.hedge_after) == (False, None) and not plain._provider().hedge
+    assert jobkey.WorkerSpec(cmks=(cmks.hz,), kms=KmsSpec(), hedge=True).hedge_after is None
+    with pytest.raises(ConfigurationError, match="hedge"):
+        jobkey.WorkerSpec(cmks=(cmks.hz,), hedge=False, hedge_after=0.1)

@@ -249,3 +249,23 @@ def test_success_wipes_the_working_copy(cmks, recording):
 def test_discovery_cannot_encrypt_whatever_the_source(kms):
     with pytest.raises(ConfigurationError):
         KmsKeyProvider.discovery(kms=kms).generate_data_key(AES256, {})
+
+
+def test_the_command_takes_data_key_source(local_kms, cmks, tmp_path, monkeypatch, clean_faults):
+    """kmsenv encrypt --data-key-source local: one Encrypt per region, no GenerateDataKey;
+    the file decrypts through any one region."""
+    from kmsenv import cli
+
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", local_kms.access_key_id)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", local_kms.access_key_secret)
+    monkeypatch.setenv("KMSENV_KMS_ENDPOINTS", ",".join(f"{r}={u}" for r, u in local_kms.endpoints.items()))
+    src, enc, dec = tmp_path / "in", tmp_path / "in.kmsenv", tmp_path / "out"
+    src.write_bytes(b"one round trip" * 1000)
+    local_kms.reset_stats()
+    argv = ["encrypt", "-k", cmks.hz, "-k", cmks.bj, "--data-key-source", "local", "-i", str(src), "-o", str(enc)]
+    assert cli.main(argv) == 0
+    assert kms_calls(local_kms) == {(HZ, "Encrypt"): 1, (BJ, "Encrypt"): 1}
+    assert cli.main(["decrypt", "-k", cmks.bj, "-i", str(enc), "-o", str(dec)]) == 0
+    assert dec.read_bytes() == src.read_bytes()
+    with pytest.raises(SystemExit):
+        cli.main(["encrypt", "-k", cmks.hz, "--data-key-source", "hsm", "-i", str(src), "-o", str(enc)])

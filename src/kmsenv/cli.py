@@ -1201,7 +1201,9 @@ def _encrypt(args: argparse.Namespace) -> int:
     if getattr(args, "create_secret", False):
         raise UsageError("--create-secret goes with --secret NAME")
     context = _pairs(args.context, "-c")
-    provider = KmsKeyProvider(*args.key, kms=_kms(args), **_replicas(args))
+    provider = KmsKeyProvider(
+        *args.key, kms=_kms(args), data_key_source=args.data_key_source or "kms", **_replicas(args)
+    )
     algorithm = _algorithm(args.algorithm)
     fmt = getattr(args, "format", None) or "framed"
 
@@ -1260,7 +1262,8 @@ def _secret_provider(args: argparse.Namespace) -> Any:
     name = args.secret
     if not name or name != name.strip():
         raise UsageError("--secret needs a secret name without surrounding blanks")
-    return SecretManagerDataKeyProvider(KmsKeyProvider(*args.key, kms=_kms(args)), name)
+    source = getattr(args, "data_key_source", None) or "kms"
+    return SecretManagerDataKeyProvider(KmsKeyProvider(*args.key, kms=_kms(args), data_key_source=source), name)
 
 
 def _encrypt_secret(args: argparse.Namespace) -> int:
@@ -1512,6 +1515,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument(
         "-a", "--algorithm", metavar="ALG", help="e.g. AES_GCM_NOPADDING_256 (default), SM4_GCM_NOPADDING_128"
+    )
+    enc.add_argument(
+        "--data-key-source",
+        choices=["kms", "local"],
+        help="kms (default): GenerateDataKey in the first -k's region, then Encrypt in the others; local: the "
+        "data key from this machine's CSPRNG, then Encrypt under every -k at once (one round trip for any "
+        "number of regions; the EDKs are what KMS Encrypt returns, readable by every reader)",
     )
     enc.add_argument(
         "--secret",

@@ -65,6 +65,8 @@ class WorkerSpec:
     ``cache_ttl`` (seconds) and ``cache_max_keys`` bound the process cache.
     ``replica_regions``: as for :class:`~kmsenv.KmsKeyProvider` (regions where
     each CMK also exists with the same key ID, tried after its own).
+    ``hedge``/``hedge_after``: the workers' Decrypts are hedged as a
+    :class:`~kmsenv.KmsKeyProvider` with these options hedges (off by default).
     """
 
     key_source_role: ClassVar[str] = "worker"  # columns.KeySource (no import of this module there)
@@ -74,6 +76,8 @@ class WorkerSpec:
     cache_ttl: float = 3600.0
     cache_max_keys: int = 64
     replica_regions: tuple[str, ...] = ()
+    hedge: bool | None = None
+    hedge_after: float | None = None
 
     def __post_init__(self) -> None:
         if self.cmks is not None:
@@ -94,6 +98,11 @@ class WorkerSpec:
         object.__setattr__(self, "replica_regions", tuple(self.replica_regions))
         if self.replica_regions and self.cmks is None:
             raise ConfigurationError("replica_regions goes with cmks (the CMKs whose replicas to try)")
+        from .providers import hedge_options
+
+        hedge, after = hedge_options(self.hedge, self.hedge_after)  # the provider's own checks
+        object.__setattr__(self, "hedge", hedge)
+        object.__setattr__(self, "hedge_after", after)
 
     @classmethod
     def from_provider(cls, provider: Any, **overrides: Any) -> WorkerSpec:
@@ -107,18 +116,20 @@ class WorkerSpec:
             raise ConfigurationError(
                 "a WorkerSpec can be derived from a kmsenv.KmsKeyProvider only; build WorkerSpec(cmks=..., kms=KmsSpec(...))"
             )
-        replicas = getattr(provider, "replica_regions", None) or getattr(inner, "replica_regions", None) or ()
+        source = provider if getattr(provider, "key_arns", None) is not None or inner is None else inner
         values: dict[str, Any] = {
             "cmks": tuple(arns) if arns else None,
             "kms": KmsSpec.from_kms(kms),
-            "replica_regions": tuple(replicas),
+            "replica_regions": tuple(getattr(source, "replica_regions", None) or ()),
+            "hedge": bool(getattr(source, "hedge", False)),
+            "hedge_after": getattr(source, "hedge_after", None),
         }
         values.update(overrides)
         return cls(**values)
 
     def _provider(self) -> Any:
         """This process's KmsKeyProvider for the spec, CMKs in preference order."""
-        key = (self.cmks, self.kms, self.replica_regions)
+        key = (self.cmks, self.kms, self.replica_regions, self.hedge, self.hedge_after)
         with _LOCK:
             provider = _PROVIDERS.get(key)
         if provider is not None:
@@ -126,13 +137,15 @@ class WorkerSpec:
         from .providers import KmsKeyProvider
 
         kms = self.kms.kms()
+        hedging: dict[str, Any] = {"hedge": self.hedge, "hedge_after": self.hedge_after}
         if self.cmks is None:
-            provider = _PreferringProvider(KmsKeyProvider.discovery(kms=kms), self.kms.preferred_regions())
+            provider = _PreferringProvider(KmsKeyProvider.discovery(kms=kms, **hedging), self.kms.preferred_regions())
         else:
             provider = KmsKeyProvider(
                 *_by_preference(self.cmks, self.kms.preferred_regions()),
                 kms=kms,
                 replica_regions=self.replica_regions or None,
+                **hedging,
             )
         with _LOCK:
             return _PROVIDERS.setdefault(key, provider)

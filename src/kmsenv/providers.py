@@ -200,7 +200,8 @@ def _data_key_source(value: object) -> str:
     )
 
 
-def _hedge_options(hedge: object, hedge_after: object) -> tuple[bool, float | None]:
+def hedge_options(hedge: object, hedge_after: object) -> tuple[bool, float | None]:
+    """``hedge``/``hedge_after`` checked as KmsKeyProvider takes them: (enabled, fixed delay or None)."""
     # Off unless asked for: a hedge is an extra KMS call (billed, and counted
     # against the account's QPS), and a cold or loaded process would make some.
     if hedge is None:
@@ -397,7 +398,7 @@ class KmsKeyProvider:
     ) -> None:
         self.algorithm: Algorithm = algorithm_argument(algorithm)
         self.data_key_source: str = _data_key_source(data_key_source)
-        enabled, after = _hedge_options(hedge, hedge_after)
+        enabled, after = hedge_options(hedge, hedge_after)
         self._arns = arns
         self.key_arns: tuple[str, ...] = tuple(str(a) for a in arns)
         self._discovery = discovery
