@@ -58,6 +58,7 @@ from . import asymmetric
 from .errors import KmsError, key_not_found, key_state, server_error
 from .faults import Faults
 from .keystore import Key, KeyStore, KeyVersion
+from .listener import Listener, declared_body_length
 
 if TYPE_CHECKING:
     from .server import LocalKms, _Handler
@@ -471,7 +472,7 @@ def _protobuf_response(status: int, body: bytes, request_id: str, extra: Mapping
     return "".join(head).encode("latin-1") + body
 
 
-class InstanceGateway:
+class InstanceGateway(Listener):
     """One instance's HTTPS listener, ClientKeys, faults and counters.
 
     ``endpoint`` is what the official client's ``Config(endpoint=...)`` wants
@@ -504,14 +505,10 @@ class InstanceGateway:
         self._fault_timer: Optional[threading.Timer] = None
         self.counts: dict[str, int] = {}
         self._count_lock = threading.Lock()
-        self._life_lock = threading.Lock()
+        self._init_listener()
         self._keys_lock = threading.Lock()
         self._files_dir = files_dir
         self._client_keys: dict[str, tuple[rsa.RSAPublicKey, float]] = {}
-        self._httpd: Optional[Any] = None
-        self._thread: Optional[threading.Thread] = None
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
         key_pem, cert_pem = make_server_cert(ca[0], ca[1], instance_id, host)
         self._ssl = self._server_context(key_pem, cert_pem, files_dir)
         self.client_key = self._stored_client_key()
@@ -654,69 +651,18 @@ class InstanceGateway:
         with self._count_lock:
             self.counts[api] = self.counts.get(api, 0) + 1
 
-    # -- listener lifecycle (the shape of server.RegionServer's) -------------------
+    # -- listener lifecycle (close, listening, _track: listener.Listener) ----------
 
     def open(self, port: int) -> None:
         with self._life_lock:
-            if self._httpd is not None:
-                return
-            httpd = _TlsHttpServer((self.host, port), self)
-            self.port = httpd.server_address[1]
-            self._httpd = httpd
-            self._thread = threading.Thread(
-                target=httpd.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"localkms-{self.instance_id}",
-                daemon=True,
-            )
-            self._thread.start()
-
-    def close(self) -> None:
-        with self._life_lock:
-            httpd, self._httpd = self._httpd, None
-            if httpd is None:
-                return
-            httpd.shutdown()
-            httpd.server_close()
-            with self._conns_lock:
-                conns = list(self._conns)
-            for conn in conns:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except (OSError, ValueError):
-                    pass
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-
-    @property
-    def listening(self) -> bool:
-        return self._httpd is not None
+            if self._httpd is None:
+                self._serve(_TlsHttpServer((self.host, port), self), f"localkms-{self.instance_id}")
 
     # The attributes and methods below are what server._HttpServer and server._Handler
     # use of a "region server".
 
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._conns_lock:
-            if add:
-                self._conns.add(conn)
-            else:
-                self._conns.discard(conn)
-
     def body_length(self, h: "_Handler") -> int:
-        if h.headers.get("Transfer-Encoding") is not None:
-            h.close_connection = True
-            raise KmsError(411, "MissingContentLength", "Transfer-Encoding is not supported; send Content-Length.")
-        values = h.headers.get_all("Content-Length") or []
-        if not values:
-            return 0
-        value = values[0].strip()
-        if len(set(values)) != 1 or not value.isdigit() or len(value) > 18:
-            h.close_connection = True
-            raise KmsError(400, "InvalidParameter", "Invalid Content-Length.")
-        if int(value) > MAX_BODY_BYTES:
-            h.close_connection = True
-            raise KmsError(413, "RequestEntityTooLarge", f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-        return int(value)
+        return declared_body_length(h, MAX_BODY_BYTES)
 
     def refuse_busy(self, sock: socket.socket) -> None:
         """Over the connection bound: closed without a word (no TLS yet to answer in)."""

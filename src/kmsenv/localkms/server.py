@@ -35,6 +35,7 @@ from .errors import KmsError, http_error, missing, server_error
 from .faults import Faults
 from .instance import InstanceGateway, InstanceGateways, InstancesArg
 from .keystore import KEY_SPECS, Key, KeyStore
+from .listener import Listener, declared_body_length
 
 log = logging.getLogger("kmsenv.localkms")
 
@@ -52,7 +53,6 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_PARAMETERS = 512  # query plus form; real requests carry fewer than 30
 DEFAULT_MAX_CONNECTIONS = 128  # all regions together; idle ones make room for new ones
 DEFAULT_READ_TIMEOUT = 60.0  # seconds: keep-alive idle wait, then again for one request
-_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # int() would take "+1", "1_0", " 1 "
 
 
 _LOGGABLE_ACTION = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
@@ -339,7 +339,7 @@ class _HttpServer(ThreadingHTTPServer):
         log.debug("connection error from %s", client_address, exc_info=True)
 
 
-class RegionServer:
+class RegionServer(Listener):
     """One region's listener, fault settings and request counters."""
 
     def __init__(
@@ -357,55 +357,15 @@ class RegionServer:
         self.fault_generation = 0
         self.counts: dict[str, int] = {}
         self._count_lock = threading.Lock()
-        self._life_lock = threading.Lock()
-        self._httpd: Optional[_HttpServer] = None
-        self._thread: Optional[threading.Thread] = None
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
+        self._init_listener()
         self._host_id = f"kms.{region}.aliyuncs.com"
 
-    # -- listener lifecycle --------------------------------------------------------
+    # -- listener lifecycle (close, listening, _track: listener.Listener) ----------
 
     def open(self, host: str, port: int) -> None:
         with self._life_lock:
-            if self._httpd is not None:
-                return
-            httpd = _HttpServer((host, port), self)
-            self.port = httpd.server_address[1]
-            self._httpd = httpd
-            self._thread = threading.Thread(
-                target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"localkms-{self.region}", daemon=True
-            )
-            self._thread.start()
-
-    def close(self) -> None:
-        """Close the listening socket and cut every open connection."""
-        with self._life_lock:
-            httpd, self._httpd = self._httpd, None
-            if httpd is None:
-                return
-            httpd.shutdown()
-            httpd.server_close()
-            with self._conns_lock:
-                conns = list(self._conns)
-            for conn in conns:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-
-    @property
-    def listening(self) -> bool:
-        return self._httpd is not None
-
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._conns_lock:
-            if add:
-                self._conns.add(conn)
-            else:
-                self._conns.discard(conn)
+            if self._httpd is None:
+                self._serve(_HttpServer((host, port), self), f"localkms-{self.region}")
 
     # -- requests ------------------------------------------------------------------
 
@@ -414,22 +374,7 @@ class RegionServer:
             self.counts[action] = self.counts.get(action, 0) + 1
 
     def body_length(self, h: _Handler) -> int:
-        """The request's declared body size, refused (connection closed) when unusable or
-        over MAX_BODY_BYTES -- decided from the headers alone, before reading the body."""
-        if h.headers.get("Transfer-Encoding") is not None:
-            h.close_connection = True
-            raise KmsError(411, "MissingContentLength", "Transfer-Encoding is not supported; send Content-Length.")
-        values = h.headers.get_all("Content-Length") or []
-        if not values:
-            return 0
-        if len(set(values)) != 1 or not _CONTENT_LENGTH.fullmatch(values[0].strip()):
-            h.close_connection = True  # where this body ends is unknown
-            raise KmsError(400, "InvalidParameter", "Invalid Content-Length.")
-        length = int(values[0])
-        if length > MAX_BODY_BYTES:
-            h.close_connection = True
-            raise KmsError(413, "RequestEntityTooLarge", f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-        return length
+        return declared_body_length(h, MAX_BODY_BYTES)
 
     def handle(self, h: _Handler) -> None:
         started = time.perf_counter()
