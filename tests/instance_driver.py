@@ -276,6 +276,20 @@ def run(python: str, job: dict[str, Any], timeout: float = 120) -> Any:
     return json.loads(done.stdout)
 
 
+def adapter_calls(python: str, adapter: str, gateway: Any, *calls: dict[str, Any]) -> list[Any]:
+    """Run ``calls`` through one of the classic-API adapters (``"transfer"`` or
+    ``"kmssdk"``) in its own environment, against a LocalKms instance gateway."""
+    cfg = {
+        "protocol": "https",
+        "endpoint": gateway.endpoint,
+        "client_key_file": gateway.client_key.key_file,
+        "password": gateway.client_key.password,
+        "ca_file_path": gateway.ca_file,
+    }
+    answer: list[Any] = run(python, {"mode": "adapter", "adapter": adapter, "config": cfg, "calls": list(calls)})
+    return answer
+
+
 def main() -> None:
     job = json.load(sys.stdin)
     mode = job.get("mode", "calls")

@@ -543,14 +543,7 @@ def kmssdk_python(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _adapter(python, adapter, gateway, *calls):
-    cfg = {
-        "protocol": "https",
-        "endpoint": gateway.endpoint,
-        "client_key_file": gateway.client_key.key_file,
-        "password": gateway.client_key.password,
-        "ca_file_path": gateway.ca_file,
-    }
-    return instance_driver.run(python, {"mode": "adapter", "adapter": adapter, "config": cfg, "calls": list(calls)})
+    return instance_driver.adapter_calls(python, adapter, gateway, *calls)
 
 
 def test_dkms_transfer_python_blobs_both_ways(transfer_python, kms, arn):

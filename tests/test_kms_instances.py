@@ -324,14 +324,7 @@ def transfer_python(tmp_path_factory: pytest.TempPathFactory) -> str:
 def _transfer(python: str, gateway, *calls) -> list:
     import instance_driver
 
-    cfg = {
-        "protocol": "https",
-        "endpoint": gateway.endpoint,
-        "client_key_file": gateway.client_key.key_file,
-        "password": gateway.client_key.password,
-        "ca_file_path": gateway.ca_file,
-    }
-    return instance_driver.run(python, {"mode": "adapter", "adapter": "transfer", "config": cfg, "calls": list(calls)})
+    return instance_driver.adapter_calls(python, "transfer", gateway, *calls)
 
 
 class _GivenKey:
@@ -456,23 +449,12 @@ def test_edks_of_the_kms_python_sdk_adapter_are_read_too(local, kms, keys, kmssd
     the other AAD rule tried after the configured one failed the tag."""
     import instance_driver
 
-    gateway = local.instances[PRIMARY]
-    cfg = {
-        "protocol": "https",
-        "endpoint": gateway.endpoint,
-        "client_key_file": gateway.client_key.key_file,
-        "password": gateway.client_key.password,
-        "ca_file_path": gateway.ca_file,
-    }
     key_id = keys["hz"].rsplit("/", 1)[1]
-    (made,) = instance_driver.run(
+    (made,) = instance_driver.adapter_calls(
         kmssdk_python,
-        {
-            "mode": "adapter",
-            "adapter": "kmssdk",
-            "config": cfg,
-            "calls": [{"op": "generate_data_key", "key_id": key_id, "context": CONTEXT}],
-        },
+        "kmssdk",
+        local.instances[PRIMARY],
+        {"op": "generate_data_key", "key_id": key_id, "context": CONTEXT},
     )
     their_key = base64.b64decode(made["ok"]["Plaintext"])
     their_edk = kmsenv.EncryptedDataKey(keys["hz"], base64.b64decode(made["ok"]["CiphertextBlob"]))
