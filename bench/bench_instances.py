@@ -43,7 +43,6 @@ import socket
 import ssl
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +59,8 @@ from kmsenv.instance import auth, load_client_key, proto  # noqa: E402
 from kmsenv.instance.client import InstanceClient  # noqa: E402
 from kmsenv.kms import InstanceEndpoint, Kms  # noqa: E402
 from kmsenv.localkms import InstanceSpec, LocalKms  # noqa: E402
+
+from bench_localkms import run_round  # noqa: E402  (the same timed rounds as the shared gateway's bench)
 
 REGION = "cn-hangzhou"
 REGIONS = ("cn-hangzhou", "cn-shanghai", "cn-beijing")
@@ -148,41 +149,6 @@ class LeanTls:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def run_round(make_call: Callable[[int], Callable[[], None]], threads: int, seconds: float) -> float:
-    """Requests/s of ``threads`` threads, each calling its own ``make_call(i)`` callable."""
-    calls = [make_call(i) for i in range(threads)]
-    for call in calls:
-        call()  # warm up: TLS handshake, first-use costs
-    counts = [0] * threads
-    errors: list[BaseException] = []
-    gate = threading.Barrier(threads + 1)
-    deadline = [0.0]
-
-    def worker(i: int) -> None:
-        call, n = calls[i], 0
-        gate.wait()
-        try:
-            while time.perf_counter() < deadline[0]:
-                call()
-                n += 1
-        except BaseException as exc:  # reported by the caller
-            errors.append(exc)
-        counts[i] = n
-
-    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    deadline[0] = time.perf_counter() + seconds
-    began = time.perf_counter()
-    gate.wait()
-    for w in workers:
-        w.join()
-    elapsed = time.perf_counter() - began
-    if errors:
-        raise errors[0]
-    return sum(counts) / elapsed
 
 
 def _lean_factory(info: dict[str, str]) -> Callable[[int], Callable[[], None]]:
