@@ -453,7 +453,11 @@ def test_idle_connections_make_room_for_new_ones():
     """Pooled keep-alive (or silent) connections hold nothing: at the bound the one idle
     longest is closed for a newcomer instead of the newcomer being refused."""
     with LocalKms(regions=[R], max_connections=2, read_timeout=30) as kms:
-        hogs = [connect(kms) for _ in range(2)]
+        hogs = [connect(kms)]
+        # Let the server take the first in before the second arrives: which one has been
+        # idle longest is decided by the server's accept order, not by the connect calls.
+        time.sleep(0.3)
+        hogs.append(connect(kms))
         try:
             time.sleep(0.5)
             assert _served(kms, within=0)  # first try, no 503
