@@ -62,7 +62,7 @@
  * tags with CRYPTO_memcmp, and kmsenv_gcm_open wipes out on failure.
  * Keystream, plaintext and hash state live in registers; whatever the
  * compiler spills to the stack is overwritten after every call and the
- * vector registers are zeroed (wipe(), below); the computed tag in open() is
+ * vector registers are zeroed (ghash512_scrub(), ghash512.h); the computed tag in open() is
  * cleansed.
  *
  * Only functions carrying V512_TARGET use the extensions; the caller enables
@@ -81,11 +81,13 @@
     __attribute__((target("avx512f,avx512bw,avx512vl,avx2,aes,pclmul,vaes,vpclmulqdq")))
 #define V512_INLINE static inline __attribute__((always_inline)) V512_TARGET
 
-/* H'^1..H'^HMAX per key: 16 per step plus one for the final group's extra
- * power. hpow[HIDX(k)] = H'^k, highest power first so that the powers of
- * consecutive blocks are consecutive in memory. */
-#define HMAX 17
-#define HIDX(k) (HMAX - (k))
+/* The POLYVAL pieces (helpers, ghash_blocks/ghash_bytes, the power table,
+ * the scrub) are shared with the SM4-GCM kernel, compiled with this target. */
+#define G512_INLINE V512_INLINE
+#define G512_TARGET V512_TARGET
+/* the kernels' frames: at most 0.75 KiB with GCC 12, red zone included */
+#define G512_SCRUB_BYTES 1024
+#include "ghash512.h"
 
 /* From this length on, a 1..3 block prologue aligns the output (above). */
 #ifndef ALIGN_MIN
@@ -100,141 +102,12 @@
 
 struct kmsenv_aes_vaes512 {
     uint8_t rkz[15][64];        /* round keys (nr + 1 used), each in all 4 lanes */
-    uint8_t hpow[HMAX + 3][16]; /* see HIDX; the 3 entries after H'^1 stay zero */
+    uint8_t hpow[HPOW_ROWS][16]; /* see HIDX; the 3 entries after H'^1 stay zero */
     int nr;
 };
 
 /* ---- key schedule: aes_ni_keys.h (shared with the other VAES kernel) */
 #include "aes_ni_keys.h"
-
-/* ---- small helpers ------------------------------------------------------ */
-
-V512_INLINE __m512i load512(const void *p)
-{
-    return _mm512_loadu_si512(p);
-}
-
-V512_INLINE __m512i xor3(__m512i a, __m512i b, __m512i c)
-{
-    return _mm512_ternarylogic_epi64(a, b, c, 0x96);
-}
-
-/* x in lane 0, zeros above (_mm512_zextsi128_si512 needs GCC 10). */
-V512_INLINE __m512i zext512(__m128i x)
-{
-    return _mm512_inserti32x4(_mm512_setzero_si512(), x, 0);
-}
-
-V512_INLINE __m128i bswap128(__m128i x)
-{
-    return _mm_shuffle_epi8(x, _mm_setr_epi8(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
-}
-
-V512_INLINE __m512i bswap_mask(void)
-{
-    return _mm512_broadcast_i32x4(
-        _mm_setr_epi8(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
-}
-
-/* Byte mask for the first n (0..64) bytes of a zmm. */
-V512_INLINE __mmask64 first_bytes(size_t n)
-{
-    return n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
-}
-
-/* ---- GHASH as POLYVAL ---------------------------------------------------- */
-
-/* 0xc2 << 56 in the high qword of each lane: the folding constant. */
-V512_INLINE __m512i fold_const(void)
-{
-    return _mm512_broadcast_i32x4(_mm_setr_epi32(1, 0, 0, (int)0xc2000000u));
-}
-
-/* XOR of the four 128-bit lanes. */
-V512_INLINE __m128i sum_lanes(__m512i v)
-{
-    __m256i t = _mm256_xor_si256(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
-    return _mm_xor_si128(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-}
-
-/* Lane-wise Montgomery reduction of lo + mid*x^64 + hi*x^128 (times x^-128),
- * then the four lanes summed: the POLYVAL accumulator. */
-V512_INLINE __m128i reduce_sum(__m512i lo, __m512i mid, __m512i hi)
-{
-    const __m512i poly = fold_const();
-    mid = xor3(mid, _mm512_shuffle_epi32(lo, _MM_PERM_BADC), _mm512_clmulepi64_epi128(lo, poly, 0x10));
-    hi = xor3(hi, _mm512_shuffle_epi32(mid, _MM_PERM_BADC), _mm512_clmulepi64_epi128(mid, poly, 0x10));
-    return sum_lanes(hi);
-}
-
-/* lo/mid/hi ^= the unreduced products x * h, lane by lane. */
-V512_INLINE void mul_acc(__m512i x, __m512i h, __m512i *lo, __m512i *mid, __m512i *hi)
-{
-    *lo = _mm512_xor_si512(*lo, _mm512_clmulepi64_epi128(x, h, 0x00));
-    *hi = _mm512_xor_si512(*hi, _mm512_clmulepi64_epi128(x, h, 0x11));
-    *mid = xor3(*mid, _mm512_clmulepi64_epi128(x, h, 0x01), _mm512_clmulepi64_epi128(x, h, 0x10));
-}
-
-/* xmm dot(a, b) = a * b * x^-128 (setup and the lengths block). */
-V512_INLINE __m128i dot(__m128i a, __m128i b)
-{
-    const __m128i poly = _mm_setr_epi32(1, 0, 0, (int)0xc2000000u);
-    __m128i lo = _mm_clmulepi64_si128(a, b, 0x00), hi = _mm_clmulepi64_si128(a, b, 0x11);
-    __m128i mid = _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x01), _mm_clmulepi64_si128(a, b, 0x10));
-    mid = _mm_xor_si128(mid, _mm_xor_si128(_mm_shuffle_epi32(lo, 78),
-                                           _mm_clmulepi64_si128(lo, poly, 0x10)));
-    return _mm_xor_si128(hi, _mm_xor_si128(_mm_shuffle_epi32(mid, 78),
-                                           _mm_clmulepi64_si128(mid, poly, 0x10)));
-}
-
-/*
- * POLYVAL update over m (1..16) blocks held in x[0..nvec) (byte reversed;
- * blocks past m zero, nvec = ceil(m / 4)): block i is multiplied by
- * H'^(m - i + shift), acc is folded into block 0; one reduction for all of
- * them. shift = 1 for a message's last group (see the top).
- */
-V512_INLINE __m128i ghash_blocks(const kmsenv_aes_vaes512 *c, __m128i acc, const __m512i x[4],
-                                 int nvec, int m, const int shift)
-{
-    __m512i lo = _mm512_setzero_si512(), mid = lo, hi = lo;
-    int j;
-    for (j = 0; j < nvec; j++) {
-        __m512i v = x[j];
-        if (j == 0)
-            v = _mm512_xor_si512(v, zext512(acc));
-        mul_acc(v, load512(c->hpow[HIDX(m + shift) + 4 * j]), &lo, &mid, &hi);
-    }
-    return reduce_sum(lo, mid, hi);
-}
-
-/* Loads up to 256 bytes (n: 1..256) as byte-reversed zero-padded blocks. */
-V512_INLINE int load_blocks(const uint8_t *p, size_t n, __m512i x[4])
-{
-    const __m512i bs = bswap_mask();
-    int j, nvec = (int)((n + 63) / 64);
-    for (j = 0; j < nvec; j++)
-        x[j] = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(first_bytes(n - 64 * (size_t)j),
-                                                            p + 64 * j),
-                                   bs);
-    return nvec;
-}
-
-/* GHASH over a byte string zero-padded to whole blocks (the AAD). */
-V512_INLINE __m128i ghash_bytes(const kmsenv_aes_vaes512 *c, __m128i acc, const uint8_t *p,
-                                size_t n)
-{
-    __m512i x[4];
-    int nvec;
-    for (; n >= 256; n -= 256, p += 256) {
-        load_blocks(p, 256, x);
-        acc = ghash_blocks(c, acc, x, 4, 16, 0);
-    }
-    if (n != 0) {
-        nvec = load_blocks(p, n, x);
-        acc = ghash_blocks(c, acc, x, nvec, (int)((n + 15) / 16), 0);
-    }
-    return acc;
-}
 
 /* ---- AES ----------------------------------------------------------------- */
 
@@ -354,7 +227,7 @@ V512_INLINE __m128i gcm_tail(const kmsenv_aes_vaes512 *c, __m128i acc, const ctr
         /* sealing hashes the ciphertext with its padding zeroed */
         x[j] = _mm512_shuffle_epi8(decrypt ? d[j] : _mm512_maskz_mov_epi8(k, s[j]), bs);
     }
-    return ghash_blocks(c, acc, x, nvec, (int)((n + 15) / 16), shift);
+    return ghash_blocks(c->hpow, acc, x, nvec, (int)((n + 15) / 16), shift);
 }
 
 /* The unreduced sums of a step's products (see step16). */
@@ -490,7 +363,7 @@ V512_INLINE void gcm_crypt(const kmsenv_aes_vaes512 *c, const uint8_t iv[12], co
     cs.be = _mm512_shuffle_epi8(ctr_rev(cs.rev0, cs.ctr), bswap_mask());
 
     if (aadlen != 0)
-        acc = ghash_bytes(c, acc, aad, aadlen);
+        acc = ghash_bytes(c->hpow, acc, aad, aadlen);
 
     if (inlen >= ALIGN_MIN && ((uintptr_t)out & 15) == 0) {
         size_t pre = (64 - ((uintptr_t)out & 63)) & 63; /* 0, 16, 32 or 48 */
@@ -525,7 +398,7 @@ V512_INLINE void gcm_crypt(const kmsenv_aes_vaes512 *c, const uint8_t iv[12], co
                  inlen -= 256, in += 256, out += 256)
                 step16(c, &cs, in, out, x, hb, &v, nr, 0, 1, stream);
             /* the last step's ciphertext (v is already folded into x[0]) */
-            acc = ghash_blocks(c, _mm_setzero_si128(), x, 4, 16, inlen == 0);
+            acc = ghash_blocks(c->hpow, _mm_setzero_si128(), x, 4, 16, inlen == 0);
         }
         if (stream) /* order the weakly-ordered streaming stores before returning */
             _mm_sfence();
@@ -555,44 +428,9 @@ V512_INLINE void gcm_crypt(const kmsenv_aes_vaes512 *c, const uint8_t iv[12], co
     _mm_storeu_si128((__m128i *)(void *)tag, _mm_xor_si128(bswap128(acc), ej0));
 }
 
-/*
- * Scrubbing. The kernels keep their state in registers, but the compiler
- * spills some of it: measured with GCC 12 -O3 (a scratch harness filling the
- * stack with a pattern, then searching it after a call), an H power, and on
- * the slow counter path counter blocks XORed with round key 0, i.e. with key
- * bytes. So the public entry points call wipe() after each kernel (and after
- * the key setup): its frame lies where the kernel's frame was (both are
- * called from the same frame, and the kernels are noinline), and it zeroes
- * WIPE_BYTES there, well over the kernels' frames (at most 0.75 KiB with
- * GCC 12, red zone included). It also zeroes the vector registers: VZEROALL
- * for zmm0..15, XORs for zmm16..31. Cost: 5 to 15 ns per call
- * (OPENSSL_cleanse, a byte loop in OpenSSL 3.0, takes ~200 ns per 2 KiB).
- */
-#define WIPE_BYTES 1024
-
-__attribute__((noinline)) V512_TARGET static void wipe(void)
-{
-    __m512i buf[WIPE_BYTES / 64]; /* aligned: 10-15 ns faster than unaligned */
-    volatile __m512i *p = buf;     /* volatile: the stores stay, as zmm stores */
-    int i;
-    for (i = 0; i < WIPE_BYTES / 64; i++)
-        p[i] = _mm512_setzero_si512();
-    _mm256_zeroall();
-    __asm__ volatile("vpxord %%zmm16, %%zmm16, %%zmm16\n\tvpxord %%zmm17, %%zmm17, %%zmm17\n\t"
-                     "vpxord %%zmm18, %%zmm18, %%zmm18\n\tvpxord %%zmm19, %%zmm19, %%zmm19\n\t"
-                     "vpxord %%zmm20, %%zmm20, %%zmm20\n\tvpxord %%zmm21, %%zmm21, %%zmm21\n\t"
-                     "vpxord %%zmm22, %%zmm22, %%zmm22\n\tvpxord %%zmm23, %%zmm23, %%zmm23\n\t"
-                     "vpxord %%zmm24, %%zmm24, %%zmm24\n\tvpxord %%zmm25, %%zmm25, %%zmm25\n\t"
-                     "vpxord %%zmm26, %%zmm26, %%zmm26\n\tvpxord %%zmm27, %%zmm27, %%zmm27\n\t"
-                     "vpxord %%zmm28, %%zmm28, %%zmm28\n\tvpxord %%zmm29, %%zmm29, %%zmm29\n\t"
-                     "vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31"
-                     ::: "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23",
-                       "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
-}
-
 /* ---- object ----------------------------------------------------------- */
 
-/* noinline: its frame is where the wipe() after it lies (see wipe). */
+/* noinline: its frame is where the ghash512_scrub() after it lies (see there). */
 __attribute__((noinline)) V512_TARGET static void setup(kmsenv_aes_vaes512 *c,
                                                         const uint8_t *key, size_t keylen)
 {
@@ -625,7 +463,7 @@ kmsenv_aes_vaes512 *kmsenv__aes_vaes512_new(const uint8_t *key, size_t keylen)
     c = OPENSSL_zalloc(sizeof(*c)); /* the padding after H'^1 stays zero */
     if (c != NULL) {
         setup(c, key, keylen);
-        wipe();
+        ghash512_scrub();
     }
     return c;
 }
@@ -638,7 +476,7 @@ void kmsenv__aes_vaes512_free(kmsenv_aes_vaes512 *c)
 
 /* One instance per key size and direction: nr and decrypt are constants
  * inside, so the rounds unroll and the direction tests fold away. noinline
- * keeps their frames where wipe() will lie (see above). */
+ * keeps their frames where ghash512_scrub() will lie (ghash512.h). */
 #define KERNEL(name, nr, decrypt)                                                          \
     __attribute__((noinline)) V512_TARGET static void name(                               \
         const kmsenv_aes_vaes512 *c, const uint8_t iv[12], const uint8_t *aad,              \
@@ -660,7 +498,7 @@ int kmsenv__aes_vaes512_seal(kmsenv_aes_vaes512 *c, const uint8_t iv[12], const 
         seal128(c, iv, aad, aadlen, in, inlen, out, tag);
     else
         seal256(c, iv, aad, aadlen, in, inlen, out, tag);
-    wipe();
+    ghash512_scrub();
     return KMSENV_OK;
 }
 
@@ -676,7 +514,7 @@ int kmsenv__aes_vaes512_open(kmsenv_aes_vaes512 *c, const uint8_t iv[12], const 
         open128(c, iv, aad, aadlen, in, inlen, out, t);
     else
         open256(c, iv, aad, aadlen, in, inlen, out, t);
-    wipe();
+    ghash512_scrub();
     bad = CRYPTO_memcmp(t, tag, 16);
     OPENSSL_cleanse(t, sizeof(t));
     return bad == 0 ? KMSENV_OK : KMSENV_E_AUTH;

@@ -46,14 +46,34 @@ KMSENV_STATIC_ASSERT(KMSENV_EVP_CHUNK >= 16 && KMSENV_EVP_CHUNK % 16 == 0 &&
  * so a failing kernel raises `failed` and the caller checks it afterwards.
  */
 struct kmsenv__aes_kernel;
+struct kmsenv_sm4;
+
+/* A whole-GCM SM4 kernel (12-byte IV, 16-byte tag; lengths already checked
+ * by the caller, in == out allowed). open writes the plaintext to out and
+ * returns KMSENV_E_AUTH on a tag mismatch, leaving out for the caller to
+ * wipe, as the gcm128 path does. */
+typedef int (*kmsenv__sm4_gcm_seal_f)(const struct kmsenv_sm4 *s, const uint8_t iv[12],
+                                      const uint8_t *aad, size_t aadlen, const uint8_t *in,
+                                      size_t inlen, uint8_t *out, uint8_t tag[16]);
+typedef int (*kmsenv__sm4_gcm_open_f)(const struct kmsenv_sm4 *s, const uint8_t iv[12],
+                                      const uint8_t *aad, size_t aadlen, const uint8_t *in,
+                                      size_t inlen, const uint8_t tag[16], uint8_t *out);
+
+/* Rows of the GHASH power table (ghash512.h: H'^17..H'^1, then 3 zero rows). */
+#define KMSENV_SM4_HPOW_ROWS 20
 
 typedef struct kmsenv_sm4 {
     block128_f block;
     ctr128_f ctr32; /* increments only the low 32 bits of the counter block */
+    /* The chosen kernel's whole-GCM functions, or NULL: gcm128 over ctr32. */
+    kmsenv__sm4_gcm_seal_f gcm_seal;
+    kmsenv__sm4_gcm_open_f gcm_open;
     EVP_CIPHER_CTX *ecb;
     EVP_CIPHER_CTX *ctr;
     int failed;
     uint32_t rk[32]; /* SIMD kernels' schedule (sm4_simd.c); unused by EVP */
+    /* GHASH key powers of gcm_seal/gcm_open (zero otherwise); cleansed with rk */
+    uint8_t hpow[KMSENV_SM4_HPOW_ROWS][16];
 } kmsenv_sm4;
 
 struct kmsenv_key {
@@ -158,6 +178,17 @@ void kmsenv__sm4_gfni512_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *
 void kmsenv__sm4_gfni512_block(const unsigned char in[16], unsigned char out[16], const void *key);
 void kmsenv__sm4_gfni512_ctr32(const unsigned char *in, unsigned char *out, size_t blocks,
                                const void *key, const unsigned char ivec[16]);
+/* gfni512-vpclmul: SM4-GCM with gfni512's CTR and the zmm GHASH
+ * (ghash512.h); needs KMSENV_FEATURE_SM4_GFNI and KMSENV_FEATURE_AES_VAES512
+ * (the bit that carries AVX-512 + VPCLMULQDQ). gcm_init fills s->hpow from
+ * s->rk (after setkey). */
+void kmsenv__sm4_gfni512_gcm_init(struct kmsenv_sm4 *s);
+int kmsenv__sm4_gfni512_gcm_seal(const struct kmsenv_sm4 *s, const uint8_t iv[12],
+                                 const uint8_t *aad, size_t aadlen, const uint8_t *in,
+                                 size_t inlen, uint8_t *out, uint8_t tag[16]);
+int kmsenv__sm4_gfni512_gcm_open(const struct kmsenv_sm4 *s, const uint8_t iv[12],
+                                 const uint8_t *aad, size_t aadlen, const uint8_t *in,
+                                 size_t inlen, const uint8_t tag[16], uint8_t *out);
 void kmsenv__sm4_gfni256_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out, size_t blocks);
 void kmsenv__sm4_gfni256_block(const unsigned char in[16], unsigned char out[16], const void *key);
 void kmsenv__sm4_gfni256_ctr32(const unsigned char *in, unsigned char *out, size_t blocks,
@@ -186,6 +217,11 @@ typedef struct kmsenv__sm4_kernel {
     block128_f block; /* key argument: the kmsenv_sm4 */
     ctr128_f ctr32;
     void (*ecb)(const uint32_t rk[32], const uint8_t *in, uint8_t *out, size_t blocks);
+    /* Optional whole-GCM kernel (all three or none): gcm_init fills the
+     * kmsenv_sm4's hpow after setkey; NULL: GCM is gcm128 over ctr32. */
+    void (*gcm_init)(struct kmsenv_sm4 *s);
+    kmsenv__sm4_gcm_seal_f gcm_seal;
+    kmsenv__sm4_gcm_open_f gcm_open;
 } kmsenv__sm4_kernel;
 
 /* NULL = OpenSSL EVP. Valid once kmsenv_features() has run. */

@@ -1,6 +1,9 @@
 /* sm4.c: SM4-GCM. The system OpenSSL 3.0 has SM4-ECB/CTR but no SM4-GCM, so
  * the mode comes from OpenSSL's exported gcm128 code driven by EVP SM4 as
- * the block function and EVP SM4-CTR as the bulk counter-mode stream. */
+ * the block function and EVP SM4-CTR as the bulk counter-mode stream (or
+ * the SIMD kernel kernels.c chose). A kernel with its own whole-GCM
+ * functions (gfni512-vpclmul: zmm GHASH, sm4_gfni.c) replaces gcm128 for
+ * one-shot seal/open; the streaming API (frames.c) keeps gcm128. */
 #include <openssl/err.h>
 
 #include "internal.h"
@@ -22,6 +25,8 @@ int kmsenv__sm4_init(kmsenv_sm4 *s, const unsigned char key[16])
 {
     s->block = kmsenv__sm4_block_evp;
     s->ctr32 = kmsenv__sm4_ctr32_evp;
+    s->gcm_seal = NULL;
+    s->gcm_open = NULL;
     s->failed = 0;
     s->ecb = EVP_CIPHER_CTX_new();
     s->ctr = EVP_CIPHER_CTX_new();
@@ -39,6 +44,13 @@ int kmsenv__sm4_init(kmsenv_sm4 *s, const unsigned char key[16])
             kk->setkey(s->rk, key);
             s->block = kk->block;
             s->ctr32 = kk->ctr32;
+            /* A whole-GCM kernel (gfni512-vpclmul) takes over one-shot
+             * seal/open; gcm128 stays for the streaming API (frames.c). */
+            if (kk->gcm_init != NULL) {
+                kk->gcm_init(s);
+                s->gcm_seal = kk->gcm_seal;
+                s->gcm_open = kk->gcm_open;
+            }
         }
     }
     return KMSENV_OK;
@@ -50,6 +62,7 @@ void kmsenv__sm4_cleanup(kmsenv_sm4 *s)
     EVP_CIPHER_CTX_free(s->ctr);
     s->ecb = s->ctr = NULL;
     OPENSSL_cleanse(s->rk, sizeof(s->rk));
+    OPENSSL_cleanse(s->hpow, sizeof(s->hpow));
 }
 
 /* The `key` is our kmsenv_sm4, which we own and may mutate: the const in the
@@ -106,6 +119,8 @@ int kmsenv__sm4_gcm_seal(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, s
                          const uint8_t *in, size_t inlen, uint8_t *out, uint8_t *tag)
 {
     kmsenv_sm4 *s = &k->sm4;
+    if (s->gcm_seal != NULL)
+        return s->gcm_seal(s, iv, aad, aadlen, in, inlen, out, tag);
     s->failed = 0;
     CRYPTO_gcm128_setiv(k->gcm, iv, KMSENV_GCM_IV_LEN);
     if (aadlen != 0 && CRYPTO_gcm128_aad(k->gcm, aad, aadlen) != 0)
@@ -121,6 +136,8 @@ int kmsenv__sm4_gcm_open(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, s
 {
     kmsenv_sm4 *s = &k->sm4;
     int mismatch;
+    if (s->gcm_open != NULL) /* same contract: out holds the plaintext, KMSENV_E_AUTH */
+        return s->gcm_open(s, iv, aad, aadlen, in, inlen, tag, out);
     s->failed = 0;
     CRYPTO_gcm128_setiv(k->gcm, iv, KMSENV_GCM_IV_LEN);
     if (aadlen != 0 && CRYPTO_gcm128_aad(k->gcm, aad, aadlen) != 0)

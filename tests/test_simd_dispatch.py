@@ -60,6 +60,7 @@ print(json.dumps({"digest": digest, "features": info["features"], "kernels": inf
 
 # Which kernel each forced run asks for (None: leave the variable unset).
 _FORCED = {
+    "wide-ghash": {"KMSENV_AES_GCM_KERNEL": "vaes512", "KMSENV_SM4_KERNEL": "gfni512-vpclmul"},
     "wide": {"KMSENV_AES_GCM_KERNEL": "vaes512", "KMSENV_SM4_KERNEL": "gfni512"},
     "ymm": {"KMSENV_AES_GCM_KERNEL": "vaes256", "KMSENV_SM4_KERNEL": "gfni256"},
     "aesni": {"KMSENV_AES_GCM_KERNEL": "evp", "KMSENV_SM4_KERNEL": "aesni-avx2"},
@@ -69,6 +70,19 @@ _NEEDS = {
     "vaes512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "vaes", "vpclmulqdq", "aes", "pclmulqdq"},
     "vaes256": {"avx2", "vaes", "vpclmulqdq", "aes", "pclmulqdq"},
     "gfni512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "gfni"},
+    # gfni512 plus its own SM4-GCM on the zmm GHASH (kernels.c asks for the
+    # AES_VAES512 bit, which carries VPCLMULQDQ)
+    "gfni512-vpclmul": {
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512dq",
+        "gfni",
+        "vpclmulqdq",
+        "pclmulqdq",
+        "vaes",
+        "aes",
+    },
     "gfni256": {"avx2", "gfni"},
     "aesni-avx2": {"avx2", "vaes", "aes"},
     "evp": set(),
@@ -136,7 +150,7 @@ def test_every_kernel_matches_openssl(run: str, both: tuple[dict, dict]) -> None
         )
 
 
-@pytest.mark.parametrize("kernel", ["vaes512", "vaes256", "gfni512", "gfni256", "aesni-avx2"])
+@pytest.mark.parametrize("kernel", ["vaes512", "vaes256", "gfni512-vpclmul", "gfni512", "gfni256", "aesni-avx2"])
 def test_a_kernel_failing_its_self_test_is_never_used(kernel: str, both: tuple[dict, dict]) -> None:
     """A wrong answer in the self-test disables the kernel for the process,
     with a RuntimeWarning, and the bytes still match OpenSSL's."""
@@ -205,7 +219,9 @@ def test_default_choice_is_reported_with_its_reason(both: tuple[dict, dict]) -> 
     if _NEEDS["vaes256"] <= flags:
         # calibrated among the kernels that passed and OpenSSL itself
         assert "calibrated sealing 64 KiB" in aes["reason"] and "evp" in aes["reason"]
-    if _NEEDS["gfni512"] <= flags:
+    if _NEEDS["gfni512-vpclmul"] <= flags:
+        assert sm4["name"] == "gfni512-vpclmul"
+    elif _NEEDS["gfni512"] <= flags:
         assert sm4["name"] == "gfni512"
     elif _NEEDS["gfni256"] <= flags:
         assert sm4["name"] == "gfni256"
@@ -213,3 +229,58 @@ def test_default_choice_is_reported_with_its_reason(both: tuple[dict, dict]) -> 
         assert sm4["name"] == "aesni-avx2"
     else:
         assert sm4["name"] == "evp"
+
+
+_SM4_GCM_CHILD = r"""
+import json, os
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from kmsenv.crypto import native
+from kmsenv.exceptions import AuthenticationError
+
+sizes = list(range(0, 300)) + [511, 512, 513, 1535, 1536, 1537, 1536 + 255, 1536 + 257, 3071, 3072,
+                               3073, 4096, 4609, 16384, 65536 + 3, (1 << 20) + 7]
+bad = []
+for i, n in enumerate(sizes):
+    key, iv = os.urandom(16), os.urandom(12)
+    aad, pt = os.urandom((i * 37) % 301), os.urandom(n)
+    enc = Cipher(algorithms.SM4(key), modes.GCM(iv)).encryptor()
+    enc.authenticate_additional_data(aad)
+    want = enc.update(pt) + enc.finalize()
+    k = native.NativeKey("SM4", key)
+    ct, tag = k.gcm_seal(iv, aad, pt)
+    if ct != want or tag != enc.tag:
+        bad.append(["seal", n, len(aad)])
+    if k.gcm_open(iv, aad, want, enc.tag) != pt:
+        bad.append(["open", n, len(aad)])
+    try:
+        k.gcm_open(iv, aad, want, enc.tag[:-1] + bytes([enc.tag[-1] ^ 1]))
+        bad.append(["bad tag accepted", n, len(aad)])
+    except AuthenticationError:
+        pass
+print(json.dumps({"bad": bad, "count": len(sizes), "kernels": native.version_info()["kernels"]}))
+"""
+
+
+@pytest.mark.parametrize("kernel", ["gfni512-vpclmul", "gfni512"])
+def test_sm4_gcm_matches_cryptography(kernel: str) -> None:
+    """SM4-GCM with the whole-GCM kernel (zmm GHASH) and with gfni512 over
+    gcm128 gives ``cryptography``'s SM4-GCM bytes (its own OpenSSL) at 300+
+    sizes to 1 MiB, AAD 0..300, and refuses a flipped tag."""
+    flags = _cpu_flags()
+    if not flags or not _NEEDS[kernel] <= flags:
+        pytest.skip(f"this CPU cannot run {kernel} (needs {sorted(_NEEDS[kernel])})")
+    env = dict(os.environ)
+    for var in ("KMSENV_DISABLE_SIMD", "KMSENV_AES_GCM_KERNEL", "KMSENV_KERNEL_SELFTEST_FAULT"):
+        env.pop(var, None)
+    env["KMSENV_SM4_KERNEL"] = kernel
+    import kmsenv
+
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(kmsenv.__file__)))
+    env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-c", _SM4_GCM_CHILD], env=env, capture_output=True, text=True, timeout=300, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["kernels"]["sm4"]["name"] == kernel, result["kernels"]
+    assert result["count"] > 300
+    assert result["bad"] == []

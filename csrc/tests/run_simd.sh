@@ -30,7 +30,8 @@ link "$here/test_simd.c" test_simd_asan "${san[@]}"
 env -u KMSENV_DISABLE_SIMD ASAN_OPTIONS=detect_leaks=1 "$out/test_simd_asan"
 # Every kernel through the key API, each forced in turn (one the CPU lacks
 # reports SKIP with the selector's warning; kernels.c's self-test also runs).
-for pair in aes:vaes512:sm4:gfni512 aes:vaes256:sm4:gfni256 aes:evp:sm4:aesni-avx2; do
+for pair in aes:vaes512:sm4:gfni512-vpclmul aes:vaes512:sm4:gfni512 aes:vaes256:sm4:gfni256 \
+    aes:evp:sm4:aesni-avx2; do
     IFS=: read -r _ aes _ sm4 <<<"$pair"
     echo "== SIMD kernels: ASan+UBSan, KMSENV_AES_GCM_KERNEL=$aes KMSENV_SM4_KERNEL=$sm4"
     env -u KMSENV_DISABLE_SIMD KMSENV_AES_GCM_KERNEL="$aes" KMSENV_SM4_KERNEL="$sm4" \

@@ -17,7 +17,15 @@
  *     in place; buffers ending at an unmapped page, so a load or store past
  *     the end (the masked tails) faults;
  *   - SM4-GCM through CRYPTO_gcm128 with these kernels against the EVP-backed
- *     functions of sm4.c, seal and open.
+ *     functions of sm4.c, seal and open;
+ *   - gfni512-vpclmul, the whole-GCM kernel (zmm GHASH, ghash512.h): RFC 8998
+ *     A.1; against gcm128 over EVP SM4 for every length 0..1600 and others
+ *     to 1 MiB + odd, AAD 0..300, in place both ways, flipped tag /
+ *     ciphertext / AAD bits refused; guard pages after input, output and
+ *     AAD; over-long lengths refused; the power table zeroed by cleanup;
+ *     through the key API (out wiped on a tag mismatch). With a 12-byte IV
+ *     the GCM counter starts at 2 and cannot wrap; the wrap of the ctr32
+ *     it uses is tested above.
  * Built and run by run_simd.sh (ASan + UBSan, with every csrc .c file).
  */
 #if !defined(_WIN32) && !defined(_DEFAULT_SOURCE)
@@ -613,6 +621,239 @@ static void run_variant(const variant *v, uint32_t f)
     rfc8998(v);
     gcm_vs_evp(v);
 }
+/* ---- gfni512-vpclmul: the whole-GCM kernel (zmm GHASH) ----------------- */
+
+/* SM4-GCM the way the core does it with SIMD off: OpenSSL's gcm128 over EVP
+ * SM4 (sm4.c's EVP-backed block/ctr32). Independent of ghash512.h. */
+static void gcm_ref(const uint8_t key[16], const uint8_t iv[12], const uint8_t *aad, size_t aadlen,
+                    const uint8_t *in, size_t len, uint8_t *out, uint8_t tag[16])
+{
+    kmsenv_sm4 ref;
+    GCM128_CONTEXT *g;
+    memset(&ref, 0, sizeof(ref));
+    if (kmsenv__sm4_init(&ref, key) != KMSENV_OK)
+        abort();
+    ref.block = kmsenv__sm4_block_evp;
+    ref.ctr32 = kmsenv__sm4_ctr32_evp;
+    if ((g = CRYPTO_gcm128_new(&ref, ref.block)) == NULL)
+        abort();
+    CRYPTO_gcm128_setiv(g, iv, 12);
+    if ((aadlen != 0 && CRYPTO_gcm128_aad(g, aad, aadlen) != 0) ||
+        (len != 0 && CRYPTO_gcm128_encrypt_ctr32(g, in, out, len, ref.ctr32) != 0) || ref.failed)
+        abort();
+    CRYPTO_gcm128_tag(g, tag, 16);
+    CRYPTO_gcm128_release(g);
+    kmsenv__sm4_cleanup(&ref);
+}
+
+static void gcm512_key(kmsenv_sm4 *s, const uint8_t key[16])
+{
+    memset(s, 0, sizeof(*s));
+    kmsenv__sm4_gfni_setkey(s->rk, key);
+    kmsenv__sm4_gfni512_gcm_init(s);
+}
+
+/* One message: seal out of place and in place against gcm_ref, open out of
+ * place and in place, and a flipped bit of the tag, the ciphertext or the
+ * AAD refused. 0 on any difference. */
+static int gcm512_one(size_t len, size_t aadlen)
+{
+    uint8_t key[16], iv[12], tag[16], rtag[16], t2[16];
+    uint8_t *aad = xmalloc(aadlen), *pt = xmalloc(len), *ct = xmalloc(len + 1), *rct = xmalloc(len);
+    uint8_t *buf = xmalloc(len);
+    kmsenv_sm4 s;
+    int ok = 1;
+    rnd(key, 16);
+    rnd(iv, 12);
+    rnd(aad, aadlen);
+    rnd(pt, len);
+    gcm_ref(key, iv, aad, aadlen, pt, len, rct, rtag);
+    gcm512_key(&s, key);
+    ct[len] = 0xc3; /* the byte after the output stays */
+    ok &= kmsenv__sm4_gfni512_gcm_seal(&s, iv, aad, aadlen, pt, len, ct, tag) == KMSENV_OK;
+    ok &= memcmp(ct, rct, len) == 0 && memcmp(tag, rtag, 16) == 0 && ct[len] == 0xc3;
+    if (len != 0)
+        memcpy(buf, pt, len);
+    ok &= kmsenv__sm4_gfni512_gcm_seal(&s, iv, aad, aadlen, buf, len, buf, t2) == KMSENV_OK;
+    ok &= memcmp(buf, rct, len) == 0 && memcmp(t2, rtag, 16) == 0;
+    ok &= kmsenv__sm4_gfni512_gcm_open(&s, iv, aad, aadlen, rct, len, rtag, ct) == KMSENV_OK;
+    ok &= memcmp(ct, pt, len) == 0;
+    ok &= kmsenv__sm4_gfni512_gcm_open(&s, iv, aad, aadlen, buf, len, rtag, buf) == KMSENV_OK;
+    ok &= memcmp(buf, pt, len) == 0;
+    memcpy(t2, rtag, 16);
+    t2[rnd_below(16)] ^= (uint8_t)(1u << rnd_below(8));
+    ok &= kmsenv__sm4_gfni512_gcm_open(&s, iv, aad, aadlen, rct, len, t2, ct) == KMSENV_E_AUTH;
+    if (len != 0) {
+        rct[rnd_below(len)] ^= (uint8_t)(1u << rnd_below(8));
+        ok &= kmsenv__sm4_gfni512_gcm_open(&s, iv, aad, aadlen, rct, len, rtag, ct) == KMSENV_E_AUTH;
+    }
+    if (aadlen != 0) {
+        aad[rnd_below(aadlen)] ^= 0x80;
+        ok &= kmsenv__sm4_gfni512_gcm_open(&s, iv, aad, aadlen, buf, len, rtag, ct) == KMSENV_E_AUTH;
+    }
+    if (!ok)
+        fprintf(stderr, "  gfni512-vpclmul gcm mismatch: len %zu aad %zu\n", len, aadlen);
+    kmsenv__sm4_cleanup(&s);
+    free(aad), free(pt), free(ct), free(rct), free(buf);
+    return ok;
+}
+
+/* Lengths around every step (16 blocks), piece (96 blocks) and group
+ * border, up to 1 MiB + odd; AAD lengths 0..300. */
+static void gcm512_vs_gcm128(void)
+{
+    static const size_t big[] = {1535, 1536, 1537, 1536 + 255, 1536 + 256, 1536 + 257, 3071, 3072,
+                                 3073, 4608 + 15, 6144 + 1024, 65536 + 5, (size_t)1 << 20,
+                                 ((size_t)1 << 20) + 7, 3 * ((size_t)1 << 19) + 1551};
+    static const size_t aads[] = {0, 1, 15, 16, 17, 63, 64, 65, 255, 256, 257, 300};
+    size_t i;
+    int ok = 1;
+    for (i = 0; i <= 1600 && ok; i++) /* every length to past the first piece */
+        ok &= gcm512_one(i, i % 5 == 0 ? 0 : rnd_below(301));
+    for (i = 0; i < sizeof(aads) / sizeof(aads[0]) && ok; i++)
+        ok &= gcm512_one(rnd_below(4000), aads[i]) && gcm512_one(0, aads[i]);
+    for (i = 0; i < 300 && ok; i++)
+        ok &= gcm512_one(rnd_below(40000), rnd_below(301));
+    for (i = 0; i < sizeof(big) / sizeof(big[0]) && ok; i++)
+        ok &= gcm512_one(big[i], rnd_below(301));
+    CHECK(ok);
+    CHECK(ERR_peek_error() == 0);
+}
+
+/* RFC 8998 appendix A.1 through the whole-GCM kernel. */
+static void gcm512_rfc8998(void)
+{
+    uint8_t key[16], iv[12], aad[20], pt[64], ct[64], tag[16], out[64], got[16];
+    kmsenv_sm4 s;
+    unhex("0123456789ABCDEFFEDCBA9876543210", key);
+    unhex("00001234567800000000ABCD", iv);
+    unhex("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2", aad);
+    unhex("AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDD"
+          "EEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA",
+          pt);
+    unhex("17F399F08C67D5EE19D0DC9969C4BB7D5FD46FD3756489069157B282BB200735"
+          "D82710CA5C22F0CCFA7CBF93D496AC15A56834CBCF98C397B4024A2691233B8D",
+          ct);
+    unhex("83DE3541E4C2B58177E065A9BF7B62EC", tag);
+    gcm512_key(&s, key);
+    CHECK(kmsenv__sm4_gfni512_gcm_seal(&s, iv, aad, 20, pt, 64, out, got) == KMSENV_OK);
+    CHECK(memcmp(out, ct, 64) == 0 && memcmp(got, tag, 16) == 0);
+    CHECK(kmsenv__sm4_gfni512_gcm_open(&s, iv, aad, 20, ct, 64, tag, out) == KMSENV_OK);
+    CHECK(memcmp(out, pt, 64) == 0);
+    /* the table is key material: cleanup zeroes it */
+    kmsenv__sm4_cleanup(&s);
+    {
+        static const uint8_t zero[sizeof(s.hpow)];
+        CHECK(memcmp(s.hpow, zero, sizeof(zero)) == 0);
+    }
+}
+
+/* Lengths the callers check are refused here too, before any access. */
+static void gcm512_limits(void)
+{
+    kmsenv_sm4 s;
+    uint8_t key[16] = {1}, iv[12] = {0}, tag[16], b = 0;
+    gcm512_key(&s, key);
+    if (sizeof(size_t) >= 8) {
+        size_t too_long = (size_t)(KMSENV_GCM_MAX_IN + 1);
+        CHECK(kmsenv__sm4_gfni512_gcm_seal(&s, iv, NULL, 0, &b, too_long, &b, tag) == KMSENV_E_ARG);
+        CHECK(kmsenv__sm4_gfni512_gcm_open(&s, iv, NULL, 0, &b, too_long, tag, &b) == KMSENV_E_ARG);
+    }
+    kmsenv__sm4_cleanup(&s);
+}
+
+/* Through the key API: with gfni512-vpclmul chosen (the default here, or
+ * forced) a key seals with the new kernel, and its bytes are gcm128's. */
+static void gcm512_key_api(void)
+{
+    const kmsenv__sm4_kernel *kk = kmsenv__sm4_kernel_chosen();
+    uint8_t key[16], iv[12], aad[40], tag[16], rtag[16];
+    uint8_t *pt = xmalloc(70000), *ct = xmalloc(70000), *rct = xmalloc(70000);
+    kmsenv_key *k;
+    size_t n;
+    int ok = 1;
+    if (kk == NULL || kk->gcm_seal == NULL) {
+        printf("SKIP key API with gfni512-vpclmul: chosen SM4 kernel is %s\n", kmsenv_kernel_name(KMSENV_KERNEL_SM4));
+        free(pt), free(ct), free(rct);
+        return;
+    }
+    rnd(key, 16);
+    CHECK(kmsenv_key_new(KMSENV_CIPHER_SM4, key, 16, &k) == KMSENV_OK);
+    CHECK(k->sm4.gcm_seal == kmsenv__sm4_gfni512_gcm_seal);
+    for (n = 0; n < 70000 && ok; n = n * 3 + 1 + rnd_below(50)) {
+        size_t aadlen = rnd_below(41);
+        rnd(iv, 12), rnd(aad, aadlen), rnd(pt, n);
+        gcm_ref(key, iv, aad, aadlen, pt, n, rct, rtag);
+        ok &= kmsenv_gcm_seal(k, iv, aad, aadlen, pt, n, ct, tag) == KMSENV_OK;
+        ok &= memcmp(ct, rct, n) == 0 && memcmp(tag, rtag, 16) == 0;
+        ok &= kmsenv_gcm_open(k, iv, aad, aadlen, ct, n, tag, ct) == KMSENV_OK && memcmp(ct, pt, n) == 0;
+        /* a bad tag: KMSENV_E_AUTH and out wiped (kmsenv_gcm_open) */
+        tag[0] ^= 1;
+        ok &= kmsenv_gcm_open(k, iv, aad, aadlen, rct, n, tag, ct) == KMSENV_E_AUTH;
+        for (size_t j = 0; j < n; j++)
+            ok &= ct[j] == 0;
+    }
+    CHECK(ok);
+    kmsenv_key_free(k);
+    free(pt), free(ct), free(rct);
+}
+
+#if defined(__unix__)
+/* Data and AAD end where an unmapped page begins (and the output too): the
+ * masked loads and stores of the tails and of GHASH must stay inside. */
+static void gcm512_guard_pages(void)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    size_t span = 2 * (size_t)pg, n;
+    uint8_t *m = mmap(NULL, 3 * (span + (size_t)pg), PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint8_t *ia, *oa, *aa, key[16], iv[12], tag[16], rtag[16], want[2048];
+    kmsenv_sm4 s;
+    int ok = 1;
+    if (m == MAP_FAILED) {
+        printf("SKIP gfni512-vpclmul guard pages: mmap failed\n");
+        return;
+    }
+    ia = m, oa = m + span + (size_t)pg, aa = m + 2 * (span + (size_t)pg);
+    if (mprotect(ia + span, (size_t)pg, PROT_NONE) != 0 || mprotect(oa + span, (size_t)pg, PROT_NONE) != 0 ||
+        mprotect(aa + span, (size_t)pg, PROT_NONE) != 0)
+        abort();
+    rnd(key, 16);
+    rnd(iv, 12);
+    gcm512_key(&s, key);
+    for (n = 0; n <= 1700 && ok; n += (n < 300 ? 1 : 37)) {
+        size_t aadlen = n % 300;
+        uint8_t *in = ia + span - n, *out = oa + span - n, *aad = aa + span - aadlen;
+        rnd(in, n);
+        rnd(aad, aadlen);
+        gcm_ref(key, iv, aad, aadlen, in, n, want, rtag);
+        ok &= kmsenv__sm4_gfni512_gcm_seal(&s, iv, aad, aadlen, in, n, out, tag) == KMSENV_OK;
+        ok &= memcmp(out, want, n) == 0 && memcmp(tag, rtag, 16) == 0;
+        ok &= kmsenv__sm4_gfni512_gcm_open(&s, iv, aad, aadlen, out, n, tag, out) == KMSENV_OK;
+        ok &= memcmp(out, in, n) == 0;
+    }
+    CHECK(ok);
+    kmsenv__sm4_cleanup(&s);
+    munmap(m, 3 * (span + (size_t)pg));
+}
+#endif
+
+static void run_gcm512(uint32_t f)
+{
+    uint32_t need = KMSENV_FEATURE_SM4_GFNI | KMSENV_FEATURE_AES_VAES512;
+    if ((f & need) != need) {
+        printf("SKIP gfni512-vpclmul (CPU lacks AVX-512 + GFNI + VPCLMULQDQ, or KMSENV_DISABLE_SIMD is set)\n");
+        return;
+    }
+    printf("testing gfni512-vpclmul (SM4-GCM, zmm GHASH)\n");
+    gcm512_rfc8998();
+    gcm512_limits();
+    gcm512_vs_gcm128();
+#if defined(__unix__)
+    gcm512_guard_pages();
+#endif
+    gcm512_key_api();
+}
 #endif /* KMSENV_HAVE_X86_SIMD */
 
 int main(void)
@@ -629,6 +870,7 @@ int main(void)
         for (i = 0; i < sizeof(VARIANTS) / sizeof(VARIANTS[0]); i++)
             run_variant(&VARIANTS[i], f);
     }
+    run_gcm512(f);
 #else
     printf("SKIP GFNI kernels (not built: no x86 SIMD support in this compiler)\n");
 #endif
