@@ -426,16 +426,15 @@ def framed_cells(res: Results, provider: Any, size: int) -> list[Cell]:
 # ------------------------------------------------------------------ LocalKms in a child process
 
 
-def _kms_server(conn, regions) -> None:  # child process
+def _kms_server(conn, region: str, access_key_id: str, access_key_secret: str) -> None:  # child process
     from kmsenv.localkms import LocalKms
 
-    with LocalKms(regions=list(regions)) as kms:
-        arns = [kms.create_key(r) for r in regions]
-        conn.send((kms.endpoints, kms.access_key_id, kms.access_key_secret, arns))
+    with LocalKms(regions=[region], access_key_id=access_key_id, access_key_secret=access_key_secret) as kms:
+        conn.send((kms.endpoints[region], kms.create_key(region)))
         while True:
             cmd = conn.recv()
             if cmd[0] == "fault":
-                kms.set_fault(cmd[1], **cmd[2])
+                kms.set_fault(region, **cmd[1])
                 conn.send("ok")
             elif cmd[0] == "stats":
                 conn.send(kms.stats())
@@ -444,23 +443,49 @@ def _kms_server(conn, regions) -> None:  # child process
 
 
 class KmsServer:
-    """LocalKms in a child process (its own GIL), controlled over a pipe."""
+    """LocalKms, one child process per region, all with the same access key.
+
+    One process per region, as KMS regions are separate services: hosted in
+    one process, the three regions' request handling (signature check, crypto,
+    JSON; about 1 ms each here) would queue behind one GIL, and every
+    multi-region case would measure that queue instead of the client."""
 
     def __init__(self, regions=KMS_REGIONS) -> None:
+        import secrets
+
         mp = multiprocessing.get_context("spawn")
-        self.conn, child = mp.Pipe()
-        self.proc = mp.Process(target=_kms_server, args=(child, regions), daemon=True)
-        self.proc.start()
-        self.endpoints, self.ak, self.secret, self.arns = self.conn.recv()
+        self.ak, self.secret = "LTAI" + secrets.token_hex(10), secrets.token_urlsafe(24)
         self.regions = regions
+        self.conns: dict[str, Any] = {}
+        self.procs = []
+        for region in regions:
+            conn, child = mp.Pipe()
+            proc = mp.Process(target=_kms_server, args=(child, region, self.ak, self.secret), daemon=True)
+            proc.start()
+            self.conns[region] = conn
+            self.procs.append(proc)
+        self.endpoints: dict[str, str] = {}
+        self.arns: list[str] = []
+        for region in regions:
+            endpoint, arn = self.conns[region].recv()
+            self.endpoints[region] = endpoint
+            self.arns.append(arn)
 
     def fault(self, region: str, **kw: Any) -> None:
-        self.conn.send(("fault", region, kw))
-        self.conn.recv()
+        self.conns[region].send(("fault", kw))
+        self.conns[region].recv()
 
     def faults(self, **kw: Any) -> None:
         for r in self.regions:
             self.fault(r, **kw)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Every region's action counts (LocalKms counts in the children)."""
+        out: dict[str, dict[str, int]] = {}
+        for conn in self.conns.values():
+            conn.send(("stats",))
+            out.update(conn.recv())
+        return out
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -478,11 +503,13 @@ class KmsServer:
         return Kms(access_key_id=self.ak, access_key_secret=self.secret, endpoints=self.endpoints, **kw)
 
     def stop(self) -> None:
-        try:
-            self.conn.send(("stop",))
-        except (BrokenPipeError, OSError):
-            pass
-        self.proc.join(10)
+        for conn in self.conns.values():
+            try:
+                conn.send(("stop",))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self.procs:
+            proc.join(10)
 
 
 # ------------------------------------------------------------------ case: KMS path
@@ -563,8 +590,7 @@ def one_rtt_case(n: int) -> str:
 
 def _server_calls(server: KmsServer, action: str) -> int:
     """Every region's count of ``action`` so far (LocalKms counts in the child)."""
-    server.conn.send(("stats",))
-    return sum(actions.get(action, 0) for actions in server.conn.recv().values())
+    return sum(actions.get(action, 0) for actions in server.stats().values())
 
 
 def kms_one_round_trip(res: Results, server: KmsServer, rounds: int, min_time: float) -> None:

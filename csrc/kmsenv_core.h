@@ -13,7 +13,7 @@
  *    core chunks internally where OpenSSL takes int;
  *  - a failed open (tag mismatch) wipes the output buffer it was given, so
  *    unverified plaintext never reaches the caller;
- *  - every copy of key material is wiped with OPENSSL_cleanse before release.
+ *  - every copy of key material is wiped (kmsenv_wipe or OPENSSL_cleanse) before release.
  *
  * Threading: cffi releases the GIL around every call. One kmsenv_key must not
  * be used by two threads at once (the Python layer guarantees this); distinct
@@ -76,7 +76,7 @@ const char *kmsenv_kernel_warning(int family);
 /* Fixed text for a status; never contains data. */
 const char *kmsenv_strerror(int status);
 
-/* OPENSSL_cleanse. */
+/* Zeroes n bytes in a way the compiler cannot drop (core.c); NULL or 0 is a no-op. */
 void kmsenv_wipe(void *p, size_t n);
 /* CRYPTO_memcmp: 0 when equal, constant time in n. */
 int kmsenv_memeq(const void *a, const void *b, size_t n);
