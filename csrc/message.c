@@ -205,6 +205,72 @@ int kmsenv_seal_message_ex(int cipher, uint8_t *key, size_t keylen,
     return rc;
 }
 
+struct kmsenv_seal_tpl {
+    int cipher;
+    size_t fieldslen, authlen, aadlen;
+    uint8_t *fields, *auth, *aad; /* one allocation, in this order */
+};
+
+int kmsenv_seal_tpl_new(int cipher, const uint8_t *fields, size_t fieldslen,
+                        const uint8_t *auth, size_t authlen,
+                        const uint8_t *aad, size_t aadlen, kmsenv_seal_tpl **out)
+{
+    kmsenv_seal_tpl *t;
+    size_t total = sizeof(*t);
+    if (out == NULL)
+        return KMSENV_E_ARG;
+    *out = NULL;
+    if ((cipher != KMSENV_CIPHER_AES && cipher != KMSENV_CIPHER_SM4) || KMSENV_BAD_BUF(fields, fieldslen) ||
+        KMSENV_BAD_BUF(auth, authlen) || KMSENV_BAD_BUF(aad, aadlen) || kmsenv_sealed_size(fieldslen, 0) == 0 ||
+        !kmsenv__add_ok(&total, fieldslen) || !kmsenv__add_ok(&total, authlen) || !kmsenv__add_ok(&total, aadlen))
+        return KMSENV_E_ARG;
+    if ((t = OPENSSL_malloc(total)) == NULL) {
+        ERR_clear_error();
+        return KMSENV_E_NOMEM;
+    }
+    t->cipher = cipher;
+    t->fieldslen = fieldslen;
+    t->authlen = authlen;
+    t->aadlen = aadlen;
+    t->fields = (uint8_t *)(t + 1);
+    t->auth = t->fields + fieldslen;
+    t->aad = t->auth + authlen;
+    if (fieldslen)
+        memcpy(t->fields, fields, fieldslen);
+    if (authlen)
+        memcpy(t->auth, auth, authlen);
+    if (aadlen)
+        memcpy(t->aad, aad, aadlen);
+    *out = t;
+    return KMSENV_OK;
+}
+
+void kmsenv_seal_tpl_free(kmsenv_seal_tpl *t)
+{
+    OPENSSL_free(t); /* headers, contexts and EDKs are public: nothing to wipe */
+}
+
+size_t kmsenv_seal_tpl_size(const kmsenv_seal_tpl *t, size_t inlen)
+{
+    return t == NULL ? 0 : kmsenv_sealed_size(t->fieldslen, inlen);
+}
+
+int64_t kmsenv_seal_with(const kmsenv_seal_tpl *t, uint8_t *key, size_t keylen,
+                         const uint8_t *in, size_t inlen, const uint8_t *ivs,
+                         uint8_t *out, size_t outcap, int flags)
+{
+    size_t outlen = 0;
+    int rc = t == NULL ? KMSENV_E_ARG
+                       : kmsenv_seal_message(t->cipher, key, keylen, t->fields, t->fieldslen, t->auth,
+                                             t->authlen, t->aad, t->aadlen, in, inlen, ivs, out, outcap,
+                                             &outlen);
+    wipe_key_if(key, keylen, flags);
+    if (rc != KMSENV_OK)
+        return rc;
+    /* A message is at most 2^36 + a header: always representable. */
+    return (int64_t)outlen;
+}
+
 int64_t kmsenv_open_message_ex(int cipher, uint8_t *key, size_t keylen,
                                const uint8_t *auth, size_t authlen,
                                const uint8_t *aad, size_t aadlen,

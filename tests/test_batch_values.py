@@ -53,3 +53,14 @@ def test_random_into_fills_in_place(backend, n) -> None:
         other = bytearray(n)
         get_backend().random_into(other)
         assert other != buf
+
+
+def test_encrypt_takes_a_wide_memoryview_as_its_bytes(backend, provider) -> None:
+    """kmsenv.encrypt of an array('i') view: all 12 bytes, not 3 (its len());
+    the native backend used to seal the first len() bytes only."""
+    wide = memoryview(array.array("i", [1, 2, 3]))
+    strided = memoryview(b"0123456789")[::2]  # not contiguous: copied
+    matrix = memoryview(bytearray(range(12))).cast("B", (3, 4))  # 2-D, itemsize 1
+    for value in (wide, strided, matrix):
+        message = kmsenv.encrypt(value, provider, encryption_context=CTX).ciphertext
+        assert kmsenv.decrypt(message, provider).plaintext == value.tobytes()

@@ -143,8 +143,15 @@ def _iv() -> bytes:
 
 
 def _as_bytes(data: Any, what: str) -> bytes | bytearray | memoryview:
-    if isinstance(data, (bytes, bytearray, memoryview)):
+    """``data`` as something whose len() counts bytes: a memoryview's len()
+    counts items (4 bytes each for ``array('i')``), and the backends size
+    their work with len()."""
+    if isinstance(data, (bytes, bytearray)):
         return data
+    if isinstance(data, memoryview):
+        if data.itemsize == 1 and data.ndim == 1 and data.c_contiguous:
+            return data
+        return data.cast("B") if data.c_contiguous else data.tobytes()
     raise ConfigurationError(f"{what} must be bytes-like, not {type(data).__name__}")
 
 
@@ -179,14 +186,24 @@ def encrypt(
     ctx_bytes = context_parts(ctx)[0]  # memoized; validates the context
     if len(ctx_bytes) > MAX_CONTEXT_BYTES:
         context_bytes_for_encrypt(ctx)  # raises, saying why
-    data_key = generate(provider, alg, ctx, len(data) if type(data) is bytes else memoryview(data).nbytes)
+    data_key = generate(provider, alg, ctx, len(data))
     if authenticated:
         try:
             # One native call: key setup, header tag, body, framing; it also
             # zeroes the data key's buffer (saving a wipe call per message).
             fields, auth, _ = header_parts(alg, data_key.encrypted_data_keys, ctx)  # checks the EDKs
             raw = data_key.plaintext
-            message = get_backend().seal_message(cipher, raw, fields, auth, ctx_bytes, data, _iv_pair(), True)
+            # _iv_pair's common case inline (a function call less per message);
+            # another thread may take the last pair between the check and the pop.
+            ivs = None
+            if _IV_PID == _getpid():
+                try:
+                    ivs = _iv_pop()
+                except IndexError:
+                    pass
+            if ivs is None:
+                ivs = _iv_pair()
+            message = get_backend().seal_message(cipher, raw, fields, auth, ctx_bytes, data, ivs, True)
         except BaseException as exc:
             data_key.wipe()
             if isinstance(exc, ValueError):
