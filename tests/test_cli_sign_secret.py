@@ -165,8 +165,9 @@ def flipped(data: bytes, at: int = -1) -> bytes:
 # ---------------------------------------------------------------- sign and verify
 
 
-@pytest.mark.parametrize("spec,algorithm", PAIRS, ids=[f"{s}-{a}" for s, a in PAIRS])
-def test_sign_and_verify_each_algorithm(env, tmp_path, spec, algorithm):
+def _sign_file(env, tmp_path: Path, spec: str, algorithm: str) -> tuple[str, Path, Path, str]:
+    """Signs MESSAGE with the command; checks it with cryptography/gmssl.
+    Returns (arn, data file, signature file, public key PEM)."""
     arn = env.sign[spec]
     data, sig = tmp_path / "data.bin", tmp_path / "data.sig"
     data.write_bytes(MESSAGE)
@@ -181,26 +182,59 @@ def test_sign_and_verify_each_algorithm(env, tmp_path, spec, algorithm):
     assert not independent_verify(pem, algorithm, MESSAGE + b"!", signature)
     if spec.startswith("RSA_"):
         assert len(signature) == int(spec[4:]) // 8
+    return arn, data, sig, pem
 
-    pem_file = tmp_path / "key.pem"
-    pem_file.write_text(pem)
-    bad_data = tmp_path / "altered.bin"
-    bad_data.write_bytes(flipped(MESSAGE, 7))
-    bad_sig = tmp_path / "altered.sig"
-    bad_sig.write_bytes(flipped(signature, len(signature) // 2))
-    ways = {
+
+def _verify_ways(arn: str, pem_file: Path) -> dict[str, tuple[str, ...]]:
+    return {
         "local PEM": ("--public-key", str(pem_file)),
         "KMS public key": ("-k", arn),
         "AsymmetricVerify": ("-k", arn, "--kms-verify"),
     }
+
+
+def _altered(tmp_path: Path, sig: Path) -> tuple[Path, Path]:
+    bad_data = tmp_path / "altered.bin"
+    bad_data.write_bytes(flipped(MESSAGE, 7))
+    signature = sig.read_bytes()
+    bad_sig = tmp_path / "altered.sig"
+    bad_sig.write_bytes(flipped(signature, len(signature) // 2))
+    return bad_data, bad_sig
+
+
+def _expect_refused(env, algorithm: str, key_args: tuple[str, ...], sig: Path, data: Path, why: object) -> None:
+    bad = env.run("verify", "--signature", str(sig), "-a", algorithm, *key_args, str(data))
+    assert bad.returncode == 4, (why, bad.stderr)
+    assert b"signature does not verify" in bad.stderr
+
+
+@pytest.mark.parametrize("spec,algorithm", PAIRS, ids=[f"{s}-{a}" for s, a in PAIRS])
+def test_sign_and_verify_each_algorithm(env, tmp_path, spec, algorithm):
+    """Every algorithm: signed, verified three ways, and an altered signature
+    (checked locally) and altered data (checked by KMS) refused. Every way
+    against every alteration: test_each_way_refuses_each_alteration."""
+    arn, data, sig, pem = _sign_file(env, tmp_path, spec, algorithm)
+    pem_file = tmp_path / "key.pem"
+    pem_file.write_text(pem)
+    ways = _verify_ways(arn, pem_file)
     for how, key_args in ways.items():
         good = env.run("verify", "--signature", str(sig), "-a", algorithm, *key_args, str(data))
         assert good.returncode == 0, (how, good.stderr)
         assert b"signature verified" in good.stderr
+    bad_data, bad_sig = _altered(tmp_path, sig)
+    _expect_refused(env, algorithm, ways["local PEM"], bad_sig, data, "local PEM, altered signature")
+    _expect_refused(env, algorithm, ways["AsymmetricVerify"], sig, bad_data, "AsymmetricVerify, altered data")
+
+
+def test_each_way_refuses_each_alteration(env, tmp_path):
+    spec, algorithm = "EC_P256", "ECDSA_SHA_256"
+    arn, data, sig, pem = _sign_file(env, tmp_path, spec, algorithm)
+    pem_file = tmp_path / "key.pem"
+    pem_file.write_text(pem)
+    bad_data, bad_sig = _altered(tmp_path, sig)
+    for how, key_args in _verify_ways(arn, pem_file).items():
         for what, s, d in (("data", sig, bad_data), ("signature", bad_sig, data)):
-            bad = env.run("verify", "--signature", str(s), "-a", algorithm, *key_args, str(d))
-            assert bad.returncode == 4, (how, what, bad.stderr)
-            assert b"signature does not verify" in bad.stderr
+            _expect_refused(env, algorithm, key_args, s, d, (how, what))
 
 
 def test_algorithm_defaults_from_the_key(env, tmp_path):

@@ -11,15 +11,17 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from ..exceptions import ConfigurationError
 from . import admin
 from .asymmetric import ASYMMETRIC_SPECS, usages
 from .errors import SERVER_ERRORS
-from .instance import InstanceGateway, InstanceSpec
 from .keystore import DB_FILENAME, KEY_SPECS
-from .server import LocalKms
+
+if TYPE_CHECKING:  # loaded by the commands that serve (see kmsenv.localkms)
+    from .instance import InstanceGateway, InstanceSpec
+    from .server import LocalKms
 
 DEFAULT_REGION = "cn-hangzhou"
 INSTANCES_FILENAME = "instances.json"
@@ -200,6 +202,8 @@ def parse_instance_option(value: str) -> tuple[str, InstanceSpec]:
     primary = replica[len(_REPLICA_OF) :] if colon else None
     if colon and not primary:
         raise ConfigurationError(f"--instance {value!r}: {_REPLICA_OF} needs the primary instance's ID")
+    from .instance import InstanceSpec
+
     return instance_id, InstanceSpec(region, replica_of=primary)
 
 
@@ -239,6 +243,8 @@ def serve_command(args: argparse.Namespace) -> int:
     request_log = _open_request_log(args.log)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        from .server import LocalKms
+
         try:
             kms = LocalKms(
                 regions=_regions(args, specs),
@@ -393,6 +399,8 @@ def create_key_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from .server import LocalKms
+
     kms = LocalKms(regions=[args.region], state_dir=args.state)
     try:
         print(kms.create_key(args.region, args.spec, args.description, usage), flush=True)
