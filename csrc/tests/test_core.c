@@ -1121,6 +1121,43 @@ static size_t reference_message(int cipher, const uint8_t *key, size_t keylen,
     return out_offs[1];
 }
 
+/* The template form: the same bytes as kmsenv_seal_message_ex, the length as
+ * the return value with any room to spare (untouched past the message), the
+ * key wiped on every path, and its arguments checked. */
+static void test_seal_tpl(int cipher, const uint8_t *key, size_t keylen, const uint8_t *fields,
+                          size_t fieldslen, const uint8_t *auth, size_t authlen, const uint8_t *aad,
+                          size_t aadlen, const uint8_t *pt, size_t n, const uint8_t *ivs,
+                          const uint8_t *msg, size_t size)
+{
+    kmsenv_seal_tpl *t = NULL, *none = (kmsenv_seal_tpl *)1;
+    uint8_t k[32], *out = malloc(size + 7);
+    int64_t r;
+    CHECK_RC(kmsenv_seal_tpl_new(cipher, fields, fieldslen, auth, authlen, aad, aadlen, &t), KMSENV_OK);
+    CHECK(t != NULL && kmsenv_seal_tpl_size(t, n) == size && kmsenv_seal_tpl_size(NULL, n) == 0);
+    memcpy(k, key, keylen);
+    memset(out, 0xA5, size + 7);
+    r = kmsenv_seal_with(t, k, keylen, pt, n, ivs, out, size + 7, 0);
+    CHECK(r == (int64_t)size && memcmp(out, msg, size) == 0 && all_byte(out + size, 7, 0xA5));
+    CHECK(memcmp(k, key, keylen) == 0);
+    r = kmsenv_seal_with(t, k, keylen, pt, n, ivs, out, size, KMSENV_WIPE_KEY);
+    CHECK(r == (int64_t)size && memcmp(out, msg, size) == 0 && all_byte(k, keylen, 0));
+    memcpy(k, key, keylen); /* no room: refused, the key wiped, nothing left in out */
+    r = kmsenv_seal_with(t, k, keylen, pt, n, ivs, out, size - 1, KMSENV_WIPE_KEY);
+    CHECK(r == KMSENV_E_ARG && all_byte(k, keylen, 0));
+    memcpy(k, key, keylen);
+    CHECK(kmsenv_seal_with(NULL, k, keylen, pt, n, ivs, out, size, KMSENV_WIPE_KEY) == KMSENV_E_ARG);
+    CHECK(all_byte(k, keylen, 0));
+    memcpy(k, key, keylen);
+    CHECK(kmsenv_seal_with(t, k, keylen ^ 1, pt, n, ivs, out, size, 0) < 0); /* a key of the wrong size */
+    kmsenv_seal_tpl_free(t);
+    kmsenv_seal_tpl_free(NULL);
+    CHECK_RC(kmsenv_seal_tpl_new(7, fields, fieldslen, auth, authlen, aad, aadlen, &none), KMSENV_E_ARG);
+    CHECK(none == NULL);
+    CHECK_RC(kmsenv_seal_tpl_new(cipher, NULL, 1, auth, authlen, aad, aadlen, &none), KMSENV_E_ARG);
+    CHECK_RC(kmsenv_seal_tpl_new(cipher, fields, fieldslen, auth, authlen, aad, aadlen, NULL), KMSENV_E_ARG);
+    free(out);
+}
+
 /* The _ex variants: the same bytes and statuses as the plain calls, the
  * plaintext length as the return value, and with KMSENV_WIPE_KEY the caller's
  * key zeroed on every path, success or failure. */
@@ -1159,6 +1196,7 @@ static void test_message_ex(int cipher, const uint8_t *key, size_t keylen, const
     memcpy(k, key, keylen);
     r = kmsenv_open_message_ex(cipher, k, keylen, auth, authlen, aad, aadlen, msg, size - 1, out, size, 0);
     CHECK(r == KMSENV_E_FORMAT && memcmp(k, key, keylen) == 0);
+    test_seal_tpl(cipher, key, keylen, fields, fieldslen, auth, authlen, aad, aadlen, pt, n, ivs, msg, size);
     free(out);
     free(bad);
 }
