@@ -310,3 +310,17 @@ def test_encrypted_data_keys_survive_pickling_across_processes(tmp_path):
     for seed, code in (("1", code_dump), ("2", code_load)):
         out = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONHASHSEED=seed), capture_output=True)
         assert out.returncode == 0, out.stderr.decode()
+
+
+def test_decrypt_result_is_a_plain_frozen_dataclass(backend) -> None:
+    """decrypt fills its DecryptResult without the dataclass __init__: it must
+    be the same object one would build with it."""
+    import dataclasses
+
+    provider = FakeKmsProvider(ARN_BJ, ARN_HZ)
+    result = kmsenv.decrypt(kmsenv.encrypt(b"pt", provider).ciphertext, provider)
+    built = kmsenv.DecryptResult(b"pt", result.header)
+    assert type(result) is kmsenv.DecryptResult and result == built and vars(result) == vars(built)
+    assert [getattr(result, f.name) for f in dataclasses.fields(result)] == [b"pt", built.header]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.plaintext = b"other"  # type: ignore[misc]

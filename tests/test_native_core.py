@@ -313,3 +313,41 @@ def test_argument_errors():
     assert rc == lib.KMSENV_E_ARG
     assert lib.kmsenv_message_size(10, 0) == 48
     assert struct.calcsize("P") < 8 or lib.kmsenv_message_size(0, 1 << 32) == 0
+
+
+@pytest.mark.parametrize("fields_len", [0, 1, 77, 78, 95, 96, 200, 223, 224, 300, 65_000])
+def test_seal_message_sizes_agree_with_the_core(fields_len):
+    """NativeBackend.seal_message sizes its output in Python (DER lengths of the
+    ciphertext, the body and the message): across every length-octet boundary
+    it must give kmsenv_sealed_size's size and the bytes of the 16-argument call."""
+    from kmsenv.crypto.native import NativeBackend
+
+    backend = NativeBackend()
+    fields, auth, aad = os.urandom(fields_len), os.urandom(40), os.urandom(9)
+    ivs = os.urandom(24)
+    for n in (0, 1, 94, 95, 96, 127, 128, 200, 222, 223, 224, 255, 256, 65_535, 65_536, 70_000):
+        pt = os.urandom(n)
+        key = os.urandom(32)
+        sealed = backend.seal_message("AES", bytearray(key), fields, auth, aad, pt, ivs)
+        assert len(sealed) == lib.kmsenv_sealed_size(len(fields), n), (fields_len, n)
+        out = ffi.new("uint8_t[]", len(sealed))
+        got = ffi.new("size_t *")
+        rc = lib.kmsenv_seal_message_ex(
+            AES,
+            _buf(key),
+            32,
+            fields,
+            len(fields),
+            auth,
+            len(auth),
+            aad,
+            len(aad),
+            pt,
+            n,
+            ivs,
+            out,
+            len(sealed),
+            got,
+            0,
+        )
+        assert rc == lib.KMSENV_OK and got[0] == len(sealed) and bytes(ffi.buffer(out, got[0])) == sealed
