@@ -208,17 +208,7 @@ def encrypt(
             # zeroes the data key's buffer (saving a wipe call per message).
             fields, auth, _ = header_parts(alg, data_key.encrypted_data_keys, ctx)  # checks the EDKs
             raw = data_key.plaintext
-            # _iv_pair's common case inline (a function call less per message);
-            # another thread may take the last pair between the check and the pop.
-            ivs = None
-            if _IV_PID == _getpid():
-                try:
-                    ivs = _iv_pop()
-                except IndexError:
-                    pass
-            if ivs is None:
-                ivs = _iv_pair()
-            message = get_backend().seal_message(cipher, raw, fields, auth, ctx_bytes, data, ivs, True)
+            message = get_backend().seal_message(cipher, raw, fields, auth, ctx_bytes, data, _iv_pair(), True)
         except BaseException as exc:
             data_key.wipe()
             if isinstance(exc, ValueError):

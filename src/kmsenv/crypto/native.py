@@ -12,6 +12,7 @@ import sys
 from itertools import accumulate
 from typing import Any, Callable, Sequence
 
+from .. import _process
 from ..exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -117,6 +118,16 @@ _WIPE_KEY: int = lib.KMSENV_WIPE_KEY if lib is not None else 0
 # their identities from being reused. Replaced as a whole tuple: threads never
 # see a torn entry, and a template is read-only once made.
 _LAST_TPL: tuple[Any, ...] = (None, None, None, None, None, 0)
+
+
+def _forget_template_after_fork() -> None:
+    # Only public header bytes live in it, but a child starts clean like every
+    # other per-process memo.
+    global _LAST_TPL
+    _LAST_TPL = (None, None, None, None, None, 0)
+
+
+_process.register(__name__, ("_LAST_TPL",), _forget_template_after_fork)
 
 
 def _der_len_octets(n: int) -> int:
