@@ -102,8 +102,6 @@ def _fresh_bytes(n: int) -> tuple[Any, Any]:
 
 # Bound once: attribute lookups on ffi/lib are a measurable part of a 1 KiB message.
 _from_buffer: Any = ffi.from_buffer if ffi is not None else None
-_sealed_size: Any = lib.kmsenv_sealed_size if lib is not None else None
-_seal: Any = lib.kmsenv_seal_message_ex if lib is not None else None
 _seal_with: Any = lib.kmsenv_seal_with if lib is not None else None
 _open: Any = lib.kmsenv_open_message_ex if lib is not None else None
 _WIPE_KEY: int = lib.KMSENV_WIPE_KEY if lib is not None else 0
@@ -798,7 +796,8 @@ class NativeBackend:
         # are, and ffi.from_buffer gets no keyword (cffi parses those slowly).
         try:
             if type(fields) is not bytes or type(auth) is not bytes or type(aad) is not bytes:
-                return self._seal_message_args(cipher, key, fields, auth, aad, plaintext, ivs, wipe_key)
+                # Other buffers: immutable copies (a new template for each call).
+                fields, auth, aad = bytes(fields), bytes(auth), bytes(aad)
             n = len(plaintext) if type(plaintext) is bytes else memoryview(plaintext).nbytes
             c, f, a, d, tpl, header = _LAST_TPL  # _seal_template's common case, inline
             if f is not fields or a is not auth or d is not aad or c != cipher:
@@ -834,44 +833,6 @@ class NativeBackend:
                 raise KmsEnvError(f"native seal wrote {got} bytes, {cap} expected")
             _raise(got, "seal")
         return result if type(result) is bytes else bytes(result)
-
-    def _seal_message_args(
-        self,
-        cipher: str,
-        key: bytearray,
-        fields: Any,
-        auth: Any,
-        aad: Any,
-        plaintext: Any,
-        ivs: bytes,
-        wipe_key: bool,
-    ) -> bytes:
-        """seal_message for header inputs given as other buffers than bytes:
-        every input passed on each call, no template."""
-        n = len(plaintext) if type(plaintext) is bytes else memoryview(plaintext).nbytes
-        size = _sealed_size(memoryview(fields).nbytes, n)
-        result, out = _fresh_bytes(size)
-        status = _seal(
-            _CIPHERS[cipher],
-            _from_buffer(key),
-            len(key),
-            _from_buffer(fields),
-            memoryview(fields).nbytes,
-            _from_buffer(auth),
-            memoryview(auth).nbytes,
-            _from_buffer(aad),
-            memoryview(aad).nbytes,
-            plaintext if type(plaintext) is bytes else _from_buffer(plaintext),
-            n,
-            ivs,
-            out,
-            size,
-            ffi.NULL,
-            _WIPE_KEY if wipe_key else 0,
-        )
-        if status:
-            _raise(status, "seal")
-        return bytes(result) if type(result) is not bytes else result
 
     def open_message(
         self,
