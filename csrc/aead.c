@@ -106,7 +106,7 @@ void kmsenv_key_free(kmsenv_key *k)
     EVP_CIPHER_CTX_free(k->legacy);
     CRYPTO_gcm128_release(k->gcm);
     kmsenv__sm4_cleanup(&k->sm4);
-    OPENSSL_clear_free(k, sizeof(*k));
+    kmsenv__clear_free(k, sizeof(*k));
 }
 
 /* Feeds AAD in int-sized pieces. */
@@ -202,7 +202,7 @@ int kmsenv_gcm_seal(kmsenv_key *k, const uint8_t *iv, const uint8_t *aad, size_t
     if (rc != KMSENV_OK) {
         /* A half-made ciphertext is useless; leave nothing behind. */
         kmsenv_wipe(out, inlen);
-        OPENSSL_cleanse(tag, KMSENV_GCM_TAG_LEN);
+        kmsenv_wipe(tag, KMSENV_GCM_TAG_LEN);
         ERR_clear_error();
     }
     return rc;

@@ -434,7 +434,7 @@ V512_INLINE void gcm_crypt(const kmsenv_aes_vaes512 *c, const uint8_t iv[12], co
 __attribute__((noinline)) V512_TARGET static void setup(kmsenv_aes_vaes512 *c,
                                                         const uint8_t *key, size_t keylen)
 {
-    __m128i rk[15], h, p;
+    __m128i rk[15], h;
     uint8_t hbytes[16];
     int i;
     c->nr = keylen == 16 ? 10 : 14;
@@ -446,13 +446,9 @@ __attribute__((noinline)) V512_TARGET static void setup(kmsenv_aes_vaes512 *c,
     _mm_storeu_si128((__m128i *)(void *)hbytes, h);
     mulx_polyval(hbytes);
     h = _mm_loadu_si128((const __m128i *)(const void *)hbytes);
-    p = h;
-    for (i = 1; i <= HMAX; i++) {
-        _mm_storeu_si128((__m128i *)(void *)c->hpow[HIDX(i)], p);
-        p = dot(p, h);
-    }
-    OPENSSL_cleanse(rk, sizeof(rk));
-    OPENSSL_cleanse(hbytes, sizeof(hbytes));
+    ghash_fill_powers(c->hpow, h);
+    kmsenv_wipe(rk, sizeof(rk));
+    kmsenv_wipe(hbytes, sizeof(hbytes));
 }
 
 kmsenv_aes_vaes512 *kmsenv__aes_vaes512_new(const uint8_t *key, size_t keylen)
@@ -471,7 +467,7 @@ kmsenv_aes_vaes512 *kmsenv__aes_vaes512_new(const uint8_t *key, size_t keylen)
 void kmsenv__aes_vaes512_free(kmsenv_aes_vaes512 *c)
 {
     if (c != NULL)
-        OPENSSL_clear_free(c, sizeof(*c)); /* round keys and H powers */
+        kmsenv__clear_free(c, sizeof(*c)); /* round keys and H powers */
 }
 
 /* One instance per key size and direction: nr and decrypt are constants
@@ -516,7 +512,7 @@ int kmsenv__aes_vaes512_open(kmsenv_aes_vaes512 *c, const uint8_t iv[12], const 
         open256(c, iv, aad, aadlen, in, inlen, out, t);
     ghash512_scrub();
     bad = CRYPTO_memcmp(t, tag, 16);
-    OPENSSL_cleanse(t, sizeof(t));
+    kmsenv_wipe(t, sizeof(t));
     return bad == 0 ? KMSENV_OK : KMSENV_E_AUTH;
 }
 

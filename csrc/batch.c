@@ -10,54 +10,6 @@
 
 #include "internal.h"
 
-#define DER_MAX_LEN ((size_t)0xffffffffu)
-
-/* Octets of a DER length field (short form included), or 0 if over 4 bytes. */
-size_t kmsenv__der_len_size(size_t n)
-{
-    if (n < 0x80)
-        return 1;
-    if (n <= 0xff)
-        return 2;
-    if (n <= 0xffff)
-        return 3;
-    if (n <= 0xffffff)
-        return 4;
-    if (n <= DER_MAX_LEN)
-        return 5;
-    return 0;
-}
-
-uint8_t *kmsenv__der_put_len(uint8_t *p, size_t n)
-{
-    size_t size = kmsenv__der_len_size(n), i;
-    if (size == 1) {
-        *p++ = (uint8_t)n;
-        return p;
-    }
-    *p++ = (uint8_t)(0x80 | (size - 1));
-    for (i = size - 1; i > 0; i--)
-        *p++ = (uint8_t)(n >> (8 * (i - 1)));
-    return p;
-}
-
-int kmsenv__add_ok(size_t *acc, size_t x)
-{
-    if (x > SIZE_MAX - *acc)
-        return 0;
-    *acc += x;
-    return 1;
-}
-
-/* Size of a TLV whose value has `content` bytes; 0 if it cannot be encoded. */
-size_t kmsenv__tlv_size(size_t content)
-{
-    size_t lenlen = kmsenv__der_len_size(content), total = 1;
-    if (lenlen == 0 || !kmsenv__add_ok(&total, lenlen) || !kmsenv__add_ok(&total, content))
-        return 0;
-    return total;
-}
-
 typedef struct {
     size_t body_content; /* inside the body SEQUENCE */
     size_t msg_content;  /* inside the outer SEQUENCE */

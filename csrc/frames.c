@@ -499,7 +499,7 @@ void kmsenv_gcm_stream_free(kmsenv_gcm_stream *s)
     if (s == NULL)
         return;
     kmsenv_key_free(s->k);
-    OPENSSL_clear_free(s, sizeof(*s));
+    kmsenv__clear_free(s, sizeof(*s));
 }
 
 /* ------------------------------------------------------------ HKDF */

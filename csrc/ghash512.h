@@ -173,6 +173,26 @@ G512_INLINE __m128i ghash_bytes(const uint8_t (*hpow)[16], __m128i acc, const ui
 }
 
 /*
+ * hpow[HIDX(k)] = H'^k for k = 1..HMAX, from H'. By doubling: H'^(n+j) =
+ * H'^n * H'^j for j = 1..n, so each round's products are independent and
+ * overlap in the pipeline (5 dependent steps instead of 16: a new key is
+ * set up once per one-shot message). The field product is associative, so
+ * the table is the one repeated multiplication gives.
+ */
+G512_INLINE void ghash_fill_powers(uint8_t (*hpow)[16], __m128i h)
+{
+    __m128i pw[HMAX + 1];
+    int n, j;
+    pw[1] = h;
+    for (n = 1; n < HMAX; n *= 2)
+        for (j = 1; j <= n && n + j <= HMAX; j++)
+            pw[n + j] = dot(pw[n], pw[j]);
+    for (j = 1; j <= HMAX; j++)
+        _mm_storeu_si128((__m128i *)(void *)hpow[HIDX(j)], pw[j]);
+    kmsenv_wipe(pw, sizeof(pw));
+}
+
+/*
  * The key's table from H = E_K(0^128) as the cipher returns it: H' =
  * mulX(bswap(H)) in POLYVAL's field (a shift by one with the reduction
  * x^128 = x^127 + x^126 + x^121 + 1 applied under a mask, not a branch, as
@@ -182,16 +202,11 @@ G512_INLINE __m128i ghash_bytes(const uint8_t (*hpow)[16], __m128i acc, const ui
 G512_INLINE void ghash_powers(uint8_t (*hpow)[16], __m128i h_be)
 {
     const __m128i poly = _mm_setr_epi32(1, 0, 0, (int)0xc2000000u);
-    __m128i h = bswap128(h_be), p;
+    __m128i h = bswap128(h_be);
     __m128i carry = _mm_srai_epi32(_mm_shuffle_epi32(h, 0xff), 31); /* all ones if bit 127 */
-    int i;
     h = _mm_or_si128(_mm_slli_epi64(h, 1), _mm_slli_si128(_mm_srli_epi64(h, 63), 8));
     h = _mm_xor_si128(h, _mm_and_si128(carry, poly));
-    p = h;
-    for (i = 1; i <= HMAX; i++) {
-        _mm_storeu_si128((__m128i *)(void *)hpow[HIDX(i)], p);
-        p = dot(p, h);
-    }
+    ghash_fill_powers(hpow, h);
 }
 
 /*

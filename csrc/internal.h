@@ -229,17 +229,70 @@ const kmsenv__aes_kernel *kmsenv__aes_kernel_chosen(void);
 const kmsenv__sm4_kernel *kmsenv__sm4_kernel_chosen(void);
 void kmsenv__kernels_select(uint32_t cpu_features); /* from detect_features(), once */
 
+/* core.c: a transparent-huge-page hint for an output of n >= this many
+ * bytes about to be written in full (see there). */
+#define KMSENV_HUGEPAGE_MIN ((size_t)8 << 20)
+void kmsenv__hugepage_hint(void *p, size_t n);
+
+/* core.c: kmsenv_wipe(p, n), then OPENSSL_free(p) (NULL is fine). */
+void kmsenv__clear_free(void *p, size_t n);
+
 /* batch.c: DER helpers (also used by message.c and the C tests). */
 #define DER_INTEGER 0x02
 #define DER_OCTET_STRING 0x04
 #define DER_SEQUENCE 0x30
 #define DER_SET 0x31
-size_t kmsenv__der_len_size(size_t n);
+/* Inline: a 1 KiB message calls these a dozen times, and out of line each
+ * call went through the PLT (the library's symbols are interposable). */
+#define DER_MAX_LEN ((size_t)0xffffffffu)
+
+/* Octets of a DER length field (short form included), or 0 if over 4 bytes. */
+static inline size_t kmsenv__der_len_size(size_t n)
+{
+    if (n < 0x80)
+        return 1;
+    if (n <= 0xff)
+        return 2;
+    if (n <= 0xffff)
+        return 3;
+    if (n <= 0xffffff)
+        return 4;
+    if (n <= DER_MAX_LEN)
+        return 5;
+    return 0;
+}
+
 /* *acc += x unless that overflows (then 0 and *acc unchanged). */
-int kmsenv__add_ok(size_t *acc, size_t x);
+static inline int kmsenv__add_ok(size_t *acc, size_t x)
+{
+    if (x > SIZE_MAX - *acc)
+        return 0;
+    *acc += x;
+    return 1;
+}
+
 /* Size of a TLV with `content` value bytes; 0 if it cannot be encoded. */
-size_t kmsenv__tlv_size(size_t content);
-uint8_t *kmsenv__der_put_len(uint8_t *p, size_t n);
+static inline size_t kmsenv__tlv_size(size_t content)
+{
+    size_t lenlen = kmsenv__der_len_size(content), total = 1;
+    if (lenlen == 0 || !kmsenv__add_ok(&total, lenlen) || !kmsenv__add_ok(&total, content))
+        return 0;
+    return total;
+}
+
+/* Writes the DER length of n (n within DER_MAX_LEN) at p; returns the end. */
+static inline uint8_t *kmsenv__der_put_len(uint8_t *p, size_t n)
+{
+    size_t size = kmsenv__der_len_size(n), i;
+    if (size == 1) {
+        *p++ = (uint8_t)n;
+        return p;
+    }
+    *p++ = (uint8_t)(0x80 | (size - 1));
+    for (i = size - 1; i > 0; i--)
+        *p++ = (uint8_t)(n >> (8 * (i - 1)));
+    return p;
+}
 /* Reads tag + strict DER length at *off (indefinite, non-minimal and > 4
  * length octets rejected); on success *len value bytes lie inside [*off, end). */
 int kmsenv__der_header(const uint8_t *m, size_t end, size_t *off, uint8_t tag, size_t *len);

@@ -250,8 +250,8 @@ static int aes_check(const kmsenv__aes_kernel *kk, int fault, const uint8_t *kat
     ok = 1;
 done:
     kk->ctx_free(c);
-    OPENSSL_cleanse(key, sizeof(key));
-    OPENSSL_cleanse(back, ST_LEN);
+    kmsenv_wipe(key, sizeof(key));
+    kmsenv_wipe(back, ST_LEN);
     return ok;
 }
 
@@ -263,7 +263,7 @@ static int aes_selftest(const kmsenv__aes_kernel *kk)
         return 0;
     ok = aes_check(kk, fault, KAT_KEY128, 16, KAT_CT128, buf, buf + ST_LEN, buf + 2 * ST_LEN, buf + 3 * ST_LEN) &&
          aes_check(kk, fault, KAT_KEY256, 32, KAT_CT256, buf, buf + ST_LEN, buf + 2 * ST_LEN, buf + 3 * ST_LEN);
-    OPENSSL_clear_free(buf, 4 * ST_LEN);
+    kmsenv__clear_free(buf, 4 * ST_LEN);
     ERR_clear_error();
     return ok;
 }
@@ -333,9 +333,9 @@ static int sm4_gcm_check(const kmsenv__sm4_kernel *kk, int fault, uint8_t *pt, u
     ok = 1;
 done:
     CRYPTO_gcm128_release(g);
-    OPENSSL_cleanse(&s, sizeof(s));
-    OPENSSL_cleanse(key, sizeof(key));
-    OPENSSL_cleanse(back, ST_LEN);
+    kmsenv_wipe(&s, sizeof(s));
+    kmsenv_wipe(key, sizeof(key));
+    kmsenv_wipe(back, ST_LEN);
     return ok;
 }
 
@@ -388,9 +388,9 @@ static int sm4_selftest(const kmsenv__sm4_kernel *kk)
         goto done;
     ok = 1;
 done:
-    OPENSSL_cleanse(&s, sizeof(s));
-    OPENSSL_cleanse(key, sizeof(key));
-    OPENSSL_clear_free(buf, 4 * len);
+    kmsenv_wipe(&s, sizeof(s));
+    kmsenv_wipe(key, sizeof(key));
+    kmsenv__clear_free(buf, 4 * len);
     ERR_clear_error();
     return ok;
 }
@@ -481,8 +481,8 @@ static int calibrate(candidate *cands, int n, char *reason)
                 append(reason, "%s%s", ",", "");
         }
     }
-    OPENSSL_cleanse(key, sizeof(key));
-    OPENSSL_clear_free(buf, 2 * CAL_LEN);
+    kmsenv_wipe(key, sizeof(key));
+    kmsenv__clear_free(buf, 2 * CAL_LEN);
     ERR_clear_error();
     return ok ? best : -1;
 }

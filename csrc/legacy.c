@@ -82,7 +82,7 @@ int kmsenv_legacy_encrypt(kmsenv_key *k, int mode, const uint8_t *iv, const uint
             memcpy(last, in + whole, tail); /* read before out may overwrite it */
         memset(last + tail, (int)(16 - tail), 16 - tail);
         rc = legacy_run(k->legacy, last, 16, out + whole);
-        OPENSSL_cleanse(last, sizeof(last));
+        kmsenv_wipe(last, sizeof(last));
     }
     if (rc != KMSENV_OK) {
         kmsenv_wipe(out, need);
@@ -156,7 +156,7 @@ int kmsenv_legacy_decrypt(kmsenv_key *k, int mode, const uint8_t *iv, const uint
             else
                 memcpy(out + whole, last, 16 - pad);
         }
-        OPENSSL_cleanse(last, sizeof(last));
+        kmsenv_wipe(last, sizeof(last));
     }
     if (rc != KMSENV_OK) {
         kmsenv_wipe(out, inlen);

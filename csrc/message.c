@@ -59,6 +59,7 @@ int kmsenv_seal_message(int cipher, const uint8_t *key, size_t keylen,
     rc = kmsenv_key_new(cipher, key, keylen, &k);
     if (rc != KMSENV_OK)
         return rc;
+    kmsenv__hugepage_hint(out, total);
     rc = kmsenv_gcm_seal(k, iv, auth, authlen, NULL, 0, NULL, header_tag);
     if (rc != KMSENV_OK)
         goto done;
@@ -97,7 +98,7 @@ int kmsenv_seal_message(int cipher, const uint8_t *key, size_t keylen,
 
 done:
     kmsenv_key_free(k);
-    OPENSSL_cleanse(header_tag, sizeof header_tag);
+    kmsenv_wipe(header_tag, sizeof header_tag);
     if (rc != KMSENV_OK) {
         kmsenv_wipe(out, total);
         ERR_clear_error();
@@ -173,8 +174,10 @@ int kmsenv_open_message(int cipher, const uint8_t *key, size_t keylen,
     rc = kmsenv_gcm_open(k, hiv, auth, authlen, NULL, 0, htag, NULL);
     if (rc == KMSENV_E_AUTH)
         rc = KMSENV_E_HEADER_AUTH;
-    if (rc == KMSENV_OK)
+    if (rc == KMSENV_OK) {
+        kmsenv__hugepage_hint(out, ctlen);
         rc = kmsenv_gcm_open(k, iv, aad, aadlen, ctlen ? ct : NULL, ctlen, tag, ctlen ? out : NULL);
+    }
     kmsenv_key_free(k);
     if (rc == KMSENV_OK)
         *outlen = ctlen;

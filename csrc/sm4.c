@@ -61,8 +61,8 @@ void kmsenv__sm4_cleanup(kmsenv_sm4 *s)
     EVP_CIPHER_CTX_free(s->ecb);
     EVP_CIPHER_CTX_free(s->ctr);
     s->ecb = s->ctr = NULL;
-    OPENSSL_cleanse(s->rk, sizeof(s->rk));
-    OPENSSL_cleanse(s->hpow, sizeof(s->hpow));
+    kmsenv_wipe(s->rk, sizeof(s->rk));
+    kmsenv_wipe(s->hpow, sizeof(s->hpow));
 }
 
 /* The `key` is our kmsenv_sm4, which we own and may mutate: the const in the

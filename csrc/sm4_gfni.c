@@ -1303,7 +1303,7 @@ int kmsenv__sm4_gfni512_gcm_open(const kmsenv_sm4 *s, const uint8_t iv[12], cons
     gcm_open_kernel(s, iv, aad, aadlen, in, inlen, out, t);
     ghash512_scrub();
     bad = CRYPTO_memcmp(t, tag, 16);
-    OPENSSL_cleanse(t, sizeof(t));
+    kmsenv_wipe(t, sizeof(t));
     return bad == 0 ? KMSENV_OK : KMSENV_E_AUTH;
 }
 

@@ -226,7 +226,7 @@ SM4_TARGET void kmsenv__sm4_simd_setkey(uint32_t rk[32], const uint8_t key[16])
         k[i & 3] ^= b;
         rk[i] = k[i & 3];
     }
-    OPENSSL_cleanse(k, sizeof(k));
+    kmsenv_wipe(k, sizeof(k));
 }
 
 /* blocks whole blocks, in memory order, through the schedule rk (pass the
@@ -256,7 +256,7 @@ SM4_TARGET void kmsenv__sm4_simd_ecb(const uint32_t rk[32], const uint8_t *in, u
         unslice8(x, o);
         store8(buf, o);
         memcpy(out, buf, n * 16);
-        OPENSSL_cleanse(buf, sizeof(buf));
+        kmsenv_wipe(buf, sizeof(buf));
         in += n * 16, out += n * 16, blocks -= n;
     }
 }
@@ -312,7 +312,7 @@ SM4_TARGET void kmsenv__sm4_simd_ctr32(const unsigned char *in, unsigned char *o
         store8(ks, o);
         for (i = 0; i < n * 16; i++)
             out[i] = in[i] ^ ks[i];
-        OPENSSL_cleanse(ks, sizeof(ks));
+        kmsenv_wipe(ks, sizeof(ks));
         in += n * 16, out += n * 16, blocks -= n, c += (uint32_t)n;
     }
 }
@@ -345,7 +345,7 @@ void kmsenv__sm4_simd_ctr128(const uint32_t rk[32], const uint8_t iv[16], const 
             memcpy(buf, in, tail);
             kmsenv__sm4_simd_ctr32(buf, buf, 1, &s, ctr);
             memcpy(out, buf, tail);
-            OPENSSL_cleanse(buf, sizeof(buf));
+            kmsenv_wipe(buf, sizeof(buf));
             tail = 0;
             n = 1;
         }
@@ -360,7 +360,7 @@ void kmsenv__sm4_simd_ctr128(const uint32_t rk[32], const uint8_t iv[16], const 
                 carry = ++ctr[i] == 0;
         }
     }
-    OPENSSL_cleanse(&s, sizeof(s));
+    kmsenv_wipe(&s, sizeof(s));
 }
 
 /* CBC decrypt is parallel: ECB-decrypt a run, then XOR with the previous
@@ -386,8 +386,8 @@ void kmsenv__sm4_simd_cbc_decrypt(const uint32_t rk[32], const uint8_t iv[16], c
         memcpy(prev, buf + n, 16);
         in += n, out += n, len -= n;
     }
-    OPENSSL_cleanse(drk, sizeof(drk));
-    OPENSSL_cleanse(buf, sizeof(buf));
+    kmsenv_wipe(drk, sizeof(drk));
+    kmsenv_wipe(buf, sizeof(buf));
 }
 
 /* CBC encrypt is inherently serial: one block at a time. */
@@ -403,7 +403,7 @@ void kmsenv__sm4_simd_cbc_encrypt(const uint32_t rk[32], const uint8_t iv[16], c
         kmsenv__sm4_simd_ecb(rk, x, x, 1);
         memcpy(out, x, 16);
     }
-    OPENSSL_cleanse(x, sizeof(x));
+    kmsenv_wipe(x, sizeof(x));
 }
 
 #endif /* KMSENV_HAVE_X86_SIMD */

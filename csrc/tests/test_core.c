@@ -7,6 +7,9 @@
  * loop runs many times on small inputs; results are checked against an
  * independent bit-by-bit GCM written below.
  */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE 1 /* MADV_HUGEPAGE and setenv under -std=c11 */
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,10 @@
 
 #include "internal.h"
 #include "check.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 
 
@@ -1360,6 +1367,82 @@ static void test_single_message(int cipher, size_t keylen)
     }
 }
 
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+/* 1 if the mapping holding addr carries the "hg" flag (MADV_HUGEPAGE) in
+ * /proc/self/smaps, 0 if not, -1 if no mapping holds it. */
+static int smaps_hg(const void *addr)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[1024];
+    unsigned long lo, hi, a = (unsigned long)(uintptr_t)addr;
+    int inside = 0, result = -1;
+    if (f == NULL)
+        return -1;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+            inside = lo <= a && a < hi;
+        } else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+            result = strstr(line, " hg") != NULL;
+            break;
+        }
+    }
+    fclose(f);
+    return result;
+}
+
+/* The hint advises exactly the whole 2 MiB pages inside the buffer, only for
+ * buffers of KMSENV_HUGEPAGE_MIN bytes or more, and not with
+ * KMSENV_HUGEPAGES=0. */
+static void test_hugepage_hint(void)
+{
+    const size_t huge = (size_t)2 << 20, maplen = (size_t)16 << 20;
+    uint8_t *map, *base, *buf;
+    size_t n = KMSENV_HUGEPAGE_MIN + huge / 2;
+    int probe;
+
+    map = mmap(NULL, maplen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(map != MAP_FAILED);
+    if (map == MAP_FAILED)
+        return;
+    base = (uint8_t *)(((uintptr_t)map + huge - 1) & ~(uintptr_t)(huge - 1));
+    probe = madvise(base, huge, MADV_HUGEPAGE);
+    munmap(map, maplen);
+    if (probe != 0) {
+        printf("SKIP hugepage hint (this kernel has no transparent huge pages)\n");
+        return;
+    }
+
+    map = mmap(NULL, maplen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(map != MAP_FAILED);
+    if (map == MAP_FAILED)
+        return;
+    base = (uint8_t *)(((uintptr_t)map + huge - 1) & ~(uintptr_t)(huge - 1));
+    buf = base + 4096; /* starts inside a huge page: that one is not advised */
+    CHECK(smaps_hg(base + huge) == 0);
+
+    kmsenv__hugepage_hint(buf, KMSENV_HUGEPAGE_MIN - 1); /* too small */
+    CHECK(smaps_hg(base + huge) == 0);
+    setenv("KMSENV_HUGEPAGES", "0", 1);
+    kmsenv__hugepage_hint(buf, n);
+    CHECK(smaps_hg(base + huge) == 0);
+    unsetenv("KMSENV_HUGEPAGES");
+
+    kmsenv__hugepage_hint(buf, n);
+    CHECK(smaps_hg(buf) == 0);                  /* the partial first page */
+    CHECK(smaps_hg(base + huge) == 1);          /* the first whole one */
+    CHECK(smaps_hg(base + 3 * huge) == 1);      /* the last whole one, */
+    CHECK(smaps_hg(base + 4 * huge) == 0);      /* and the one buf + n falls in */
+    CHECK(buf + n > base + 4 * huge && buf + n < base + 5 * huge);
+    kmsenv__hugepage_hint(NULL, n); /* nothing to advise */
+    munmap(map, maplen);
+}
+#else
+static void test_hugepage_hint(void)
+{
+    printf("SKIP hugepage hint (not Linux, or no MADV_HUGEPAGE)\n");
+}
+#endif
+
 int main(void)
 {
     test_misc();
@@ -1384,6 +1467,7 @@ int main(void)
     test_single_message(KMSENV_CIPHER_AES, 16);
     test_single_message(KMSENV_CIPHER_AES, 32);
     test_single_message(KMSENV_CIPHER_SM4, 16);
+    test_hugepage_hint();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
 }

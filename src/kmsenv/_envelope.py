@@ -159,7 +159,8 @@ def generate(
     if type(data_key) is not DataKey and not isinstance(data_key, DataKey):
         raise KmsEnvError("the data key provider did not return a kmsenv.DataKey")
     try:
-        size = len(data_key.plaintext)
+        # DataKey's own buffer without its property (a Python call per message)
+        size = len(data_key._key if type(data_key) is DataKey else data_key.plaintext)
         if size != ALG_FACTS[algorithm][2]:
             raise KmsEnvError(
                 f"the data key provider returned a {size}-byte key; {algorithm.name} needs {algorithm.key_len}"

@@ -32,6 +32,7 @@ from ._envelope import (
 )
 from ._wipe import wipe
 from .algorithms import Algorithm
+from . import crypto as _crypto
 from .crypto import get_backend
 from .crypto.interface import STATUS_AUTH, STATUS_OK, CipherKey
 from .exceptions import (
@@ -54,7 +55,7 @@ from .message.codec import (
     header_parts,
     parse_message,
 )
-from .model import DataKeyProvider
+from .model import DataKey, DataKeyProvider
 
 __all__ = [
     "EncryptResult",
@@ -203,19 +204,35 @@ def encrypt(
         context_bytes_for_encrypt(ctx)  # raises, saying why
     data_key = generate(provider, alg, ctx, len(data))
     if authenticated:
+        # This is the per-message path of a 1 KiB message, where each Python
+        # call costs 0.1-0.3 us of about 8: the steps that are one line each
+        # (the backend, the IV pair, DataKey's buffer, the result) are inline.
         try:
             # One native call: key setup, header tag, body, framing; it also
             # zeroes the data key's buffer (saving a wipe call per message).
             fields, auth, _ = header_parts(alg, data_key.encrypted_data_keys, ctx)  # checks the EDKs
-            raw = data_key.plaintext
-            message = get_backend().seal_message(cipher, raw, fields, auth, ctx_bytes, data, _iv_pair(), True)
+            own = type(data_key) is DataKey  # a subclass may hand out another buffer
+            raw = data_key._key if own else data_key.plaintext
+            try:
+                # _iv_pair's common case: the pool's own process, a pair left
+                ivs = _iv_pop() if _IV_PID == _getpid() else _iv_pair()
+            except IndexError:
+                ivs = _iv_pair()
+            backend = _crypto._backend or get_backend()
+            message = backend.seal_message(cipher, raw, fields, auth, ctx_bytes, data, ivs, True)
         except BaseException as exc:
             data_key.wipe()
             if isinstance(exc, ValueError):
                 raise ConfigurationError(str(exc)) from None
             raise
-        data_key._spent(raw)
-        return EncryptResult(message)
+        if own:  # data_key._spent(raw), inline: the core zeroed its buffer
+            data_key._key = bytearray()
+        else:
+            data_key._spent(raw)
+        result = _new_object(EncryptResult)  # EncryptResult(message), without the __init__ call
+        result.ciphertext = message
+        result._header = None
+        return result
     try:
         with BackendKey(alg, data_key.plaintext) as key:
             header = build_header(key, alg, data_key.encrypted_data_keys, ctx, _iv())

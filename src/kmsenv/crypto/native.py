@@ -795,13 +795,18 @@ class NativeBackend:
         # AES-GCM of 1 KiB, so names are bound at import, bytes go to C as they
         # are, and ffi.from_buffer gets no keyword (cffi parses those slowly).
         try:
-            if type(fields) is not bytes or type(auth) is not bytes or type(aad) is not bytes:
-                # Other buffers: immutable copies (a new template for each call).
-                fields, auth, aad = bytes(fields), bytes(auth), bytes(aad)
-            n = len(plaintext) if type(plaintext) is bytes else memoryview(plaintext).nbytes
             c, f, a, d, tpl, header = _LAST_TPL  # _seal_template's common case, inline
             if f is not fields or a is not auth or d is not aad or c != cipher:
+                if type(fields) is not bytes or type(auth) is not bytes or type(aad) is not bytes:
+                    # Other buffers (never the template's own objects): immutable copies.
+                    fields, auth, aad = bytes(fields), bytes(auth), bytes(aad)
                 tpl, header = _seal_template(cipher, fields, auth, aad)
+            if type(plaintext) is bytes:
+                n = len(plaintext)
+                src = plaintext
+            else:
+                n = memoryview(plaintext).nbytes
+                src = _from_buffer(plaintext)
             # The size, as kmsenv_sealed_size computes it: here it saves a call.
             # 30 L { header , 30 L { 04 0c iv , 04 L ct , 04 10 tag } }
             body = 2 + I.GCM_IV_LEN + 1 + (1 if n < 0x80 else _der_len_octets(n)) + n + 2 + I.GCM_TAG_LEN
@@ -817,7 +822,7 @@ class NativeBackend:
                 tpl,
                 _from_buffer(key),
                 len(key),
-                plaintext if type(plaintext) is bytes else _from_buffer(plaintext),
+                src,
                 n,
                 ivs,
                 out,
