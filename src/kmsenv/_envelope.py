@@ -156,11 +156,14 @@ def generate(
         raise
     except Exception as exc:
         raise KmsEnvError(f"the data key provider failed ({type(exc).__name__})") from exc
-    if type(data_key) is not DataKey and not isinstance(data_key, DataKey):
+    if type(data_key) is DataKey:
+        key = data_key._key  # its own buffer without the property (a Python call per message)
+    elif isinstance(data_key, DataKey):
+        key = data_key.plaintext
+    else:
         raise KmsEnvError("the data key provider did not return a kmsenv.DataKey")
     try:
-        # DataKey's own buffer without its property (a Python call per message)
-        size = len(data_key._key if type(data_key) is DataKey else data_key.plaintext)
+        size = len(key)
         if size != ALG_FACTS[algorithm][2]:
             raise KmsEnvError(
                 f"the data key provider returned a {size}-byte key; {algorithm.name} needs {algorithm.key_len}"

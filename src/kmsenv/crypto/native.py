@@ -808,11 +808,17 @@ class NativeBackend:
                 n = memoryview(plaintext).nbytes
                 src = _from_buffer(plaintext)
             # The size, as kmsenv_sealed_size computes it: here it saves a call.
-            # 30 L { header , 30 L { 04 0c iv , 04 L ct , 04 10 tag } }
-            body = 2 + I.GCM_IV_LEN + 1 + (1 if n < 0x80 else _der_len_octets(n)) + n + 2 + I.GCM_TAG_LEN
-            inner = header + 1 + (1 if body < 0x80 else _der_len_octets(body)) + body
-            cap = (
-                1 + (2 if 0x80 <= inner < 0x100 else 3 if 0x100 <= inner < 0x10000 else _der_len_octets(inner)) + inner
+            # 30 L { header , 30 L { 04 0c iv , 04 L ct , 04 10 tag } }: each
+            # TLV adds its tag and length octets; below 64 KiB the chained
+            # comparisons cost less than a call of _der_len_octets.
+            body = n + (34 if n < 0x80 else 35 if n < 0x100 else 36 if n < 0x10000 else 33 + _der_len_octets(n))
+            inner = (
+                header
+                + body
+                + (2 if body < 0x80 else 3 if body < 0x100 else 4 if body < 0x10000 else 1 + _der_len_octets(body))
+            )
+            cap = inner + (
+                2 if inner < 0x80 else 3 if inner < 0x100 else 4 if inner < 0x10000 else 1 + _der_len_octets(inner)
             )
             if _FILL_BYTES_IN_PLACE and n < _UNINIT_MIN:  # _fresh_bytes, inlined
                 result = out = bytes(cap)
@@ -837,7 +843,7 @@ class NativeBackend:
             if got >= 0:  # the sizes above and the core's disagree: never expected
                 raise KmsEnvError(f"native seal wrote {got} bytes, {cap} expected")
             _raise(got, "seal")
-        return result if type(result) is bytes else bytes(result)
+        return result if _FILL_BYTES_IN_PLACE else bytes(result)  # else a bytearray
 
     def open_message(
         self,
