@@ -200,6 +200,37 @@ def test_header_parts_follow_their_inputs():
         codec.header_parts(AES, [], CTX)
 
 
+def test_last_context_and_header_memos_compare_by_value_not_identity():
+    # The last-context and last-header memos compare the inputs (dict and
+    # list equality) against private copies: a caller's later change to its
+    # own dict or list must never reach a memoized answer.
+    a = FixedKey(ARN_BJ, ARN_HZ)
+    ctx = dict(CTX)
+    first = codec.header_parts(AES, a.edks, ctx)
+    assert codec.context_parts(ctx) == codec.context_parts(dict(CTX))
+    ctx["purpose"] = "changed in place"
+    changed = codec.header_parts(AES, a.edks, ctx)
+    assert changed != first and changed[2] == codec.context_parts({**CTX, "purpose": "changed in place"})[0]
+    assert codec.context_parts(ctx)[0] == changed[2]
+    # the same entries in another order: the same bytes (section 4 sorts them)
+    backwards = dict(reversed(list(CTX.items())))
+    assert codec.header_parts(AES, a.edks, backwards) == first
+    assert codec.context_parts(backwards) == codec.context_parts(CTX)
+    # EDKs as a tuple, or a changed list: looked up, not taken from the last entry
+    assert codec.header_parts(AES, tuple(a.edks), CTX) == first
+    edks = list(a.edks)
+    assert codec.header_parts(AES, edks, CTX) == first
+    edks.pop()  # the caller's list changed: another header
+    assert codec.header_parts(AES, edks, CTX) != first
+    assert codec.header_parts(AES, a.edks, CTX) == first
+    # an invalid context is refused even right after a valid one
+    codec.context_parts(CTX)
+    with pytest.raises(kmsenv.ConfigurationError):
+        codec.context_parts({"purpose": 1})
+    with pytest.raises(kmsenv.ConfigurationError):
+        codec.header_parts(AES, a.edks, {**CTX, "n": 1})
+
+
 # ---------------------------------------------------------------- caching provider
 
 

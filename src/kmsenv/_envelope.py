@@ -79,6 +79,8 @@ def choose_algorithm(provider: Any, algorithm: object) -> Algorithm:
         return algorithm
     if algorithm is None:
         algorithm = getattr(provider, "algorithm", None) or DEFAULT_ALGORITHM
+        if type(algorithm) is Algorithm:  # the usual case: no conversion
+            return algorithm
     return algorithm_argument(algorithm, UnsupportedAlgorithmError)
 
 
