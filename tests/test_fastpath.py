@@ -234,6 +234,20 @@ def test_last_context_and_header_memos_compare_by_value_not_identity():
 # ---------------------------------------------------------------- caching provider
 
 
+def test_caching_provider_sees_a_context_changed_in_place(backend):
+    # Its last cache-key prefix is found by comparing contexts with a private
+    # copy: the caller's dict, changed after use, is another context.
+    cp = CachingProvider(FakeKmsProvider(ARN_BJ), DataKeyCache(max_age=3600))
+    ctx = dict(CTX)
+    m1 = kmsenv.encrypt(b"a", cp, encryption_context=ctx, algorithm=AES).ciphertext
+    ctx["purpose"] = "changed in place"
+    m2 = kmsenv.encrypt(b"b", cp, encryption_context=ctx, algorithm=AES).ciphertext
+    h1, h2 = codec.message_header(m1), codec.message_header(m2)
+    assert dict(h2.encryption_context) == ctx and h1.encrypted_data_keys != h2.encrypted_data_keys
+    m3 = kmsenv.encrypt(b"c", cp, encryption_context=dict(CTX), algorithm=AES).ciphertext
+    assert codec.message_header(m3).encrypted_data_keys == h1.encrypted_data_keys  # the first entry, still cached
+
+
 def test_caching_provider_keys_follow_algorithm_and_context(backend):
     inner = FakeKmsProvider(ARN_BJ)
     cp = CachingProvider(inner, DataKeyCache(max_age=3600))
