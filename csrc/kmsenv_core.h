@@ -13,7 +13,7 @@
  *    core chunks internally where OpenSSL takes int;
  *  - a failed open (tag mismatch) wipes the output buffer it was given, so
  *    unverified plaintext never reaches the caller;
- *  - every copy of key material is wiped (kmsenv_wipe or OPENSSL_cleanse) before release.
+ *  - every copy of key material is wiped (kmsenv_wipe) before release.
  *
  * Threading: cffi releases the GIL around every call. One kmsenv_key must not
  * be used by two threads at once (the Python layer guarantees this); distinct

@@ -33,6 +33,34 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(f"KMSENV_REQUIRE_ENGINES names modules that are not installed: {missing}")
 
 
+# pytest explains a failed `==` of two byte strings with difflib, whose time
+# grows with the square of their length: a mismatch of two 200 KB messages
+# kept a CI worker busy for over 20 minutes. Past this size the explanation is
+# the lengths and the first differing offset, with a few bytes around it.
+_BYTES_DIFF_MAX = 4096
+
+
+def pytest_assertrepr_compare(op, left, right):
+    bytes_like = (bytes, bytearray, memoryview)
+    if op != "==" or not isinstance(left, bytes_like) or not isinstance(right, bytes_like):
+        return None
+    a, b = bytes(left), bytes(right)
+    if max(len(a), len(b)) <= _BYTES_DIFF_MAX:
+        return None
+    at = min(len(a), len(b))
+    for start in range(0, at, _BYTES_DIFF_MAX):  # whole blocks compare in C
+        end = min(start + _BYTES_DIFF_MAX, at)
+        if a[start:end] != b[start:end]:
+            at = next(i for i in range(start, end) if a[i] != b[i])
+            break
+    lo = max(0, at - 8)
+    return [
+        f"{len(a)}-byte and {len(b)}-byte strings differ from offset {at}",
+        f"left[{lo}:{at + 16}]:  {a[lo : at + 16].hex()}",
+        f"right[{lo}:{at + 16}]: {b[lo : at + 16].hex()}",
+    ]
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Run a test once per available crypto backend."""
