@@ -86,6 +86,21 @@ def size_name(n: int) -> str:
     return f"{n} B"
 
 
+def parse_sizes(text: str) -> list[int]:
+    """``64,1KiB,1MiB`` -> [64, 1024, 1048576] (the message sizes to run)."""
+    units = {"gib": GIB, "mib": MIB, "kib": KIB, "b": 1, "": 1}
+    sizes = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        digits = part.rstrip("bBkKmMgGiI")
+        unit = part[len(digits) :].lower()
+        if not digits.isdigit() or unit not in units or int(digits) <= 0:
+            raise argparse.ArgumentTypeError(f"not a size: {part!r} (say 64, 1KiB, 1MiB or 64MiB)")
+        sizes.append(int(digits) * units[unit])
+    if not sizes:
+        raise argparse.ArgumentTypeError("no sizes given")
+    return sizes
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -1421,11 +1436,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=os.path.join(RESULTS, "latest.json"))
     ap.add_argument("--no-charts", action="store_true")
     ap.add_argument("--stream-dir", help="where the stream files go (default: /dev/shm when it has room)")
+    ap.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        help="message sizes of the messages group, e.g. 1KiB (default 64,1KiB,64KiB,1MiB,64MiB; --quick without 64MiB)",
+    )
     args = ap.parse_args(argv)
     quick = args.quick
     rounds = args.rounds or (1 if quick else 5)
     min_time = args.min_time or (0.02 if quick else 0.25)
-    sizes = [64, KIB, 64 * KIB, MIB] + ([] if quick else [64 * MIB])
+    sizes = args.sizes or [64, KIB, 64 * KIB, MIB] + ([] if quick else [64 * MIB])
     stream_size = 64 * MIB if quick else GIB
     framed_size = 64 * MIB
     batch_count = 10_000

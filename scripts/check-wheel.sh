@@ -318,7 +318,7 @@ suite() {
   cp -r "$WORK/src/tests" "$WORK/src/pyproject.toml" "$run/"
   if [ -d "$WORK/src/fuzz" ]; then cp -r "$WORK/src/fuzz" "$run/"; fi
   # shellcheck disable=SC2086 # extra pytest arguments are meant to split
-  (cd "$run" && "${NOCC[@]}" python -m pytest -p no:cacheprovider -q ${KMSENV_CHECK_PYTEST_MARK:+-m "$KMSENV_CHECK_PYTEST_MARK"} ${KMSENV_CHECK_PYTEST_K:+-k "$KMSENV_CHECK_PYTEST_K"} ${KMSENV_CHECK_PYTEST_ARGS:-} tests) \
+  (cd "$run" && "${NOCC[@]}" python -m pytest -p no:cacheprovider -q -rs ${KMSENV_CHECK_PYTEST_MARK:+-m "$KMSENV_CHECK_PYTEST_MARK"} ${KMSENV_CHECK_PYTEST_K:+-k "$KMSENV_CHECK_PYTEST_K"} ${KMSENV_CHECK_PYTEST_ARGS:-} tests) \
     >"$WORK/pytest-$1.txt" 2>&1 || rc=$?
   tail -n 25 "$WORK/pytest-$1.txt"
   say "$(tail -n 1 "$WORK/pytest-$1.txt")"
