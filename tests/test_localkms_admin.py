@@ -82,13 +82,17 @@ class Served:
     """A ``kmsenv kms serve`` subprocess, read up to its "Press Ctrl+C" line; ``env`` is
     the environment its printed ``export`` lines give a shell."""
 
+    STOP_TIMEOUT = 60  # generous: CI runs this beside a wheel build on 2 shared vCPUs
+
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kmsenv", "kms", "serve", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(),
+            # faulthandler: a server that does not stop is sent SIGABRT, and every
+            # thread's stack lands on its stderr for the failure report
+            env=_env(PYTHONFAULTHANDLER="1"),
         )
         self.lines: queue.Queue = queue.Queue()
         self.stderr: list[str] = []
@@ -131,7 +135,27 @@ class Served:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout=15)
+        try:
+            return self.proc.wait(timeout=self.STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            time.sleep(0.2)  # let the pump threads drain the pipes
+            after = []
+            while True:
+                try:
+                    after.append(self.lines.get_nowait())
+                except queue.Empty:
+                    break
+            raise AssertionError(
+                f"kmsenv kms serve did not stop within {self.STOP_TIMEOUT} s of SIGINT; "
+                f"stdout after the banner: {after!r}; stderr:\n"
+                + "\n".join(line for line in self.stderr if line is not None)[-6000:]
+            ) from None
 
 
 def fault(served_env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
