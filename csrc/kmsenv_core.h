@@ -228,7 +228,11 @@ size_t kmsenv_sealed_size(size_t fieldslen, size_t ptlen);
  *   30 L { 30 L { fields , 04 0c hiv , 04 10 htag } , 30 L { 04 0c iv , 04 L ct , 04 10 tag } }
  * and wipes the key schedule. fields is the header content before the header
  * IV (version .. context SET). ivs: 24 bytes (header IV, then body IV) or NULL
- * to draw them. *outlen (may be NULL) receives kmsenv_sealed_size(fieldslen, inlen). */
+ * to draw them. *outlen (may be NULL) receives kmsenv_sealed_size(fieldslen, inlen).
+ * On Linux an output of 8 MiB or more is advised for transparent huge pages
+ * (its whole 2 MiB pages only; KMSENV_HUGEPAGES=0 turns this off): pass
+ * memory this process owns, as it is written in full. The same for
+ * kmsenv_open_message's out. */
 int kmsenv_seal_message(int cipher, const uint8_t *key, size_t keylen,
                         const uint8_t *fields, size_t fieldslen,
                         const uint8_t *auth, size_t authlen,
