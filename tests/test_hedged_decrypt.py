@@ -242,7 +242,10 @@ def test_at_most_two_calls_in_flight(tracking, cmks, local_kms, message):
     "fault", [dict(down=True), dict(error_rate=1.0), dict(throttle_rate=1.0)], ids=["down", "5xx", "throttled"]
 )
 def test_a_region_answering_an_error_fails_over_as_today(tracking, cmks, local_kms, message, fault, caplog):
-    hedged = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking, hedge=True)
+    # A hedge delay no error path can outlast: with the adaptive start (0.25 s),
+    # two 5xx attempts and their back-off on a loaded CI machine once took
+    # longer, and a hedge legitimately started; this test is about failover.
+    hedged = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking, hedge=True, hedge_after=30.0)
     plain = KmsKeyProvider(cmks.hz, cmks.bj, kms=tracking, hedge=False)
     local_kms.set_fault(HZ, **fault)
     counts = []
