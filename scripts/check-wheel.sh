@@ -321,6 +321,8 @@ suite() {
   (cd "$run" && "${NOCC[@]}" python -m pytest -p no:cacheprovider -q -rs ${KMSENV_CHECK_PYTEST_MARK:+-m "$KMSENV_CHECK_PYTEST_MARK"} ${KMSENV_CHECK_PYTEST_K:+-k "$KMSENV_CHECK_PYTEST_K"} ${KMSENV_CHECK_PYTEST_ARGS:-} tests) \
     >"$WORK/pytest-$1.txt" 2>&1 || rc=$?
   tail -n 25 "$WORK/pytest-$1.txt"
+  # what skipped, and why (-rs), in the summary that is shown on success too
+  { grep '^SKIPPED' "$WORK/pytest-$1.txt" || true; } | while read -r line; do say "$line"; done
   say "$(tail -n 1 "$WORK/pytest-$1.txt")"
   [ "$rc" = 0 ] && [ ! -s "$WORK/compiler-calls.log" ]
 }
