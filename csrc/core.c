@@ -1,7 +1,7 @@
 /* core.c: versions, run-time feature detection, status text and the small
  * wrappers around OpenSSL's cleanse / memcmp / CSPRNG. */
 #if defined(__linux__) && !defined(_DEFAULT_SOURCE)
-#define _DEFAULT_SOURCE 1 /* madvise's MADV_HUGEPAGE under -std=c99 */
+#define _DEFAULT_SOURCE 1 /* madvise's MADV_HUGEPAGE under -std=c11 */
 #endif
 #include <openssl/crypto.h>
 #include <openssl/err.h>
