@@ -40,6 +40,13 @@ typedef struct frame_job {
     int final;
 } frame_job;
 
+/* What the workers of one batch share: the next job to claim, and whether
+ * one has failed (then nobody claims more). Only kmsenv__atomic_* touch it. */
+typedef struct claims {
+    kmsenv__counter next;
+    kmsenv__counter stop;
+} claims;
+
 typedef struct worker {
     int cipher;
     const uint8_t *key;
@@ -47,47 +54,62 @@ typedef struct worker {
     const uint8_t *base_iv;
     const uint8_t *msgid;
     frame_job *jobs;
-    size_t begin, end;
+    size_t n;
+    claims *shared;
     int decrypt;
     int rc;
     size_t failed; /* index of the first failing job, valid when rc != OK */
 } worker;
 
+/* Claims jobs one at a time until none is left or one failed anywhere. Jobs
+ * are claimed in index order, so when job f fails every job below f was
+ * already claimed and runs to its end: the lowest failure any worker records
+ * is the one a single thread would have met first. */
 static void run_worker(void *arg)
 {
     worker *w = arg;
     kmsenv_key *k = NULL;
     uint8_t iv[KMSENV_GCM_IV_LEN], aad[AAD_LEN];
-    size_t i;
+    int rc;
 
-    w->rc = kmsenv_key_new(w->cipher, w->key, w->keylen, &k);
-    if (w->rc != KMSENV_OK) {
-        w->failed = w->begin;
+    rc = kmsenv_key_new(w->cipher, w->key, w->keylen, &k);
+    if (rc != KMSENV_OK) {
+        kmsenv__atomic_set(&w->shared->stop);
+        w->failed = 0; /* no key: the batch fails as a whole */
+        w->rc = rc;
         return;
     }
     memcpy(aad, w->msgid, KMSENV_FRAME_MSGID_LEN);
-    for (i = w->begin; i < w->end; i++) {
-        frame_job *j = &w->jobs[i];
+    while (!kmsenv__atomic_get(&w->shared->stop)) {
+        size_t i = (size_t)kmsenv__atomic_next(&w->shared->next);
+        frame_job *j;
         uint32_t x;
+        if (i >= w->n)
+            break;
+        j = &w->jobs[i];
         memcpy(iv, w->base_iv, KMSENV_GCM_IV_LEN);
         x = get_be32(iv + 8) ^ j->seq;
         put_be32(iv + 8, x);
         put_be32(aad + KMSENV_FRAME_MSGID_LEN, j->seq);
         aad[KMSENV_FRAME_MSGID_LEN + 4] = (uint8_t)(j->final ? 1 : 0);
         if (w->decrypt)
-            w->rc = kmsenv_gcm_open(k, iv, aad, AAD_LEN, j->in, j->len, j->tag_in, j->out);
+            rc = kmsenv_gcm_open(k, iv, aad, AAD_LEN, j->in, j->len, j->tag_in, j->out);
         else
-            w->rc = kmsenv_gcm_seal(k, iv, aad, AAD_LEN, j->in, j->len, j->out, j->tag);
-        if (w->rc != KMSENV_OK) {
+            rc = kmsenv_gcm_seal(k, iv, aad, AAD_LEN, j->in, j->len, j->out, j->tag);
+        if (rc != KMSENV_OK) {
+            kmsenv__atomic_set(&w->shared->stop); /* all or nothing: the rest is moot */
             w->failed = i;
-            break; /* all or nothing: the rest of this range is moot */
+            break;
         }
     }
+    /* Written once: the workers' structs sit side by side on the caller's stack. */
+    w->rc = rc;
     kmsenv_key_free(k);
 }
 
-/* Runs jobs[0..n) on up to nthreads threads (the caller's included); returns
- * the status of the lowest failing job and its index. */
+/* Runs jobs[0..n) on up to nthreads threads (the caller's included), each
+ * claiming the next job when it is free, so a thread on a slower or busier
+ * core takes fewer; returns the status of the lowest failing job and its index. */
 static int run_jobs(int cipher, const uint8_t *key, size_t keylen, const uint8_t *base_iv,
                     const uint8_t *msgid, frame_job *jobs, size_t n, size_t total_bytes,
                     int decrypt, int nthreads, size_t *failed)
@@ -95,7 +117,8 @@ static int run_jobs(int cipher, const uint8_t *key, size_t keylen, const uint8_t
     worker ws[KMSENV_FRAMES_MAX_THREADS];
     kmsenv__thread threads[KMSENV_FRAMES_MAX_THREADS];
     int started[KMSENV_FRAMES_MAX_THREADS];
-    size_t t, nt, by_size, at;
+    claims shared = {0, 0};
+    size_t t, nt, by_size;
     int rc = KMSENV_OK;
 
     nt = nthreads < 1 ? 1 : (size_t)nthreads;
@@ -107,12 +130,8 @@ static int run_jobs(int cipher, const uint8_t *key, size_t keylen, const uint8_t
     if (nt > n)
         nt = n == 0 ? 1 : n;
 
-    at = 0;
     for (t = 0; t < nt; t++) {
-        /* Contiguous ranges, so each worker's first failure is the lowest in it. */
-        size_t share = n / nt + (t < n % nt ? 1 : 0);
-        ws[t] = (worker){cipher, key, keylen, base_iv, msgid, jobs, at, at + share, decrypt, KMSENV_OK, 0};
-        at += share;
+        ws[t] = (worker){cipher, key, keylen, base_iv, msgid, jobs, n, &shared, decrypt, KMSENV_OK, 0};
         started[t] = 0;
     }
     for (t = 1; t < nt; t++)
@@ -121,14 +140,12 @@ static int run_jobs(int cipher, const uint8_t *key, size_t keylen, const uint8_t
     for (t = 1; t < nt; t++) {
         if (started[t])
             kmsenv__thread_join(&threads[t]);
-        else
-            run_worker(&ws[t]); /* no thread to be had: do its share here */
+        /* a thread that could not start claims nothing: the others took its share */
     }
     for (t = 0; t < nt; t++) {
-        if (ws[t].rc != KMSENV_OK) {
+        if (ws[t].rc != KMSENV_OK && (rc == KMSENV_OK || ws[t].failed < *failed)) {
             rc = ws[t].rc;
             *failed = ws[t].failed;
-            break;
         }
     }
     ERR_clear_error();

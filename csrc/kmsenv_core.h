@@ -155,7 +155,10 @@ int kmsenv_gcm_open_messages(kmsenv_key *k, const uint8_t *header, size_t header
  *   AAD = msgid[32] || u32(seq) || u8(final ? 1 : 0)
  * The key is passed raw: every worker thread builds its own key schedule from
  * it, so no kmsenv_key is ever shared between threads. nthreads <= 0 means 1;
- * at most KMSENV_FRAMES_MAX_THREADS are used, fewer for small batches. */
+ * at most KMSENV_FRAMES_MAX_THREADS are used, fewer for small batches. Each
+ * thread claims the next frame when it is free (a thread on a busier core
+ * does fewer), and a failure names the lowest failing frame whichever thread
+ * met it. */
 #define KMSENV_FRAME_MSGID_LEN 32
 #define KMSENV_FRAME_MIN_SIZE 1024
 #define KMSENV_FRAME_MAX_SIZE 16777216

@@ -1,9 +1,10 @@
 /*
  * kmsenv_thread.h: the little threading the core needs, on POSIX and Windows.
  *
- * frames.c runs a batch on worker threads and joins them; that is all (the
- * workers share nothing mutable, so there is no mutex or condition variable
- * here). MSVC, which builds the win_amd64 wheel, has no <pthread.h>, so
+ * frames.c runs a batch on worker threads and joins them. The workers share
+ * two counters (the next job to claim, and a stop flag), touched only through
+ * the atomic helpers below; there is no mutex or condition variable here.
+ * MSVC, which builds the win_amd64 wheel, has no <pthread.h>, so
  * Windows uses its own threads (thread.c); everything else uses pthreads.
  * mingw-w64 ships a <pthread.h> (winpthreads), but its gcc takes the Windows
  * path too, so the mingw cross-compile (scripts/cross-compile-windows.sh)
@@ -35,5 +36,17 @@ typedef struct kmsenv__thread {
 int kmsenv__thread_start(kmsenv__thread *t, kmsenv__thread_fn fn, void *arg);
 /* Waits for a started thread to finish and releases it. */
 void kmsenv__thread_join(kmsenv__thread *t);
+
+/* A counter several threads update at once. 64 bits everywhere: each worker
+ * claims once past the last job, so the count may pass the 2^32 - 1 frames a
+ * message can hold. Memory order is relaxed: nothing else is ordered by it,
+ * and joining the threads publishes their results. */
+typedef long long kmsenv__counter;
+/* Adds 1 to *c and returns the value before. */
+long long kmsenv__atomic_next(kmsenv__counter *c);
+/* Reads *c. */
+long long kmsenv__atomic_get(kmsenv__counter *c);
+/* Sets *c to 1. */
+void kmsenv__atomic_set(kmsenv__counter *c);
 
 #endif

@@ -39,6 +39,21 @@ void kmsenv__thread_join(kmsenv__thread *t)
     t->handle = NULL;
 }
 
+long long kmsenv__atomic_next(kmsenv__counter *c)
+{
+    return InterlockedIncrement64((volatile LONG64 *)c) - 1;
+}
+
+long long kmsenv__atomic_get(kmsenv__counter *c)
+{
+    return InterlockedCompareExchange64((volatile LONG64 *)c, 0, 0);
+}
+
+void kmsenv__atomic_set(kmsenv__counter *c)
+{
+    InterlockedExchange64((volatile LONG64 *)c, 1);
+}
+
 #else
 
 #include <stddef.h>
@@ -60,6 +75,21 @@ int kmsenv__thread_start(kmsenv__thread *t, kmsenv__thread_fn fn, void *arg)
 void kmsenv__thread_join(kmsenv__thread *t)
 {
     pthread_join(t->tid, NULL);
+}
+
+long long kmsenv__atomic_next(kmsenv__counter *c)
+{
+    return __atomic_fetch_add(c, 1, __ATOMIC_RELAXED);
+}
+
+long long kmsenv__atomic_get(kmsenv__counter *c)
+{
+    return __atomic_load_n(c, __ATOMIC_RELAXED);
+}
+
+void kmsenv__atomic_set(kmsenv__counter *c)
+{
+    __atomic_store_n(c, 1, __ATOMIC_RELAXED);
 }
 
 #endif

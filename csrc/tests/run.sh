@@ -43,6 +43,12 @@ ASAN_OPTIONS=detect_leaks=1 "$out/test_core_asan"
 build_frames test_frames_asan "${san[@]}"
 ASAN_OPTIONS=detect_leaks=1 "$out/test_frames_asan"
 
+# The frame workers share a claim counter and a stop flag: ThreadSanitizer
+# checks that they share nothing else (it exits non-zero on any report).
+echo "== TSan, frames"
+build_frames test_frames_tsan -fsanitize=thread -g -O1
+TSAN_OPTIONS=halt_on_error=1 "$out/test_frames_tsan"
+
 if command -v valgrind >/dev/null 2>&1; then
     echo "== valgrind, KMSENV_EVP_CHUNK=48"
     build test_core_plain -g -O1 -DKMSENV_EVP_CHUNK=48

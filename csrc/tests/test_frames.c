@@ -289,6 +289,48 @@ static void test_hkdf(void)
     CHECK_RC(kmsenv_hkdf(KMSENV_HASH_SHA256, ikm, sizeof ikm, NULL, 0, NULL, 0, out, 42), KMSENV_OK);
 }
 
+/* Workers claim frames one at a time: whichever thread meets a bad frame, the
+ * lowest bad one is named, and nothing is released. Repeated, as the claim
+ * order differs from run to run. */
+static void test_lowest_failure_across_threads(void)
+{
+    static const size_t bad_sets[][3] = {{17, 400, 0}, {650, 0, 0}, {0, 699, 0}, {399, 401, 400}};
+    static const size_t bad_counts[] = {2, 1, 2, 3};
+    size_t len = 700 * FS, need = kmsenv_frames_sealed_size(FS, len, 1), outlen, ptlen, nf, fi, b, r, i;
+    uint8_t key[32], iv[12], msgid[32];
+    uint8_t *pt = malloc(len), *w = malloc(need), *back = malloc(len);
+    int fin;
+
+    RAND_bytes(key, sizeof key);
+    RAND_bytes(iv, sizeof iv);
+    RAND_bytes(msgid, sizeof msgid);
+    RAND_bytes(pt, (int)len);
+    CHECK_RC(kmsenv_frames_seal(KMSENV_CIPHER_AES, key, 32, iv, msgid, 1, FS, 1, pt, len, w, need, &outlen, 4),
+             KMSENV_OK);
+    for (b = 0; b < sizeof bad_counts / sizeof bad_counts[0]; b++) {
+        for (r = 0; r < 20; r++) {
+            /* Frame k (regular, k < 700) holds its ciphertext at k*(FS+20)+4. */
+            for (i = 0; i < bad_counts[b]; i++)
+                w[bad_sets[b][i] * (FS + 20) + 4 + (r % FS)] ^= 0x01;
+            memset(back, 0xAA, len);
+            fi = 12345;
+            CHECK_RC(kmsenv_frames_open(KMSENV_CIPHER_AES, key, 32, iv, msgid, 1, FS, w, need, back, len, &ptlen,
+                                        &nf, &fin, &fi, 4),
+                     KMSENV_E_AUTH);
+            CHECK(fi == (bad_counts[b] == 3 ? 399 : bad_sets[b][0]) && ptlen == 0 && all_zero(back, len));
+            for (i = 0; i < bad_counts[b]; i++)
+                w[bad_sets[b][i] * (FS + 20) + 4 + (r % FS)] ^= 0x01;
+        }
+    }
+    CHECK_RC(kmsenv_frames_open(KMSENV_CIPHER_AES, key, 32, iv, msgid, 1, FS, w, need, back, len, &ptlen, &nf,
+                                &fin, &fi, 4),
+             KMSENV_OK);
+    CHECK(ptlen == len && nf == 701 && fin == 1 && memcmp(back, pt, len) == 0);
+    free(pt);
+    free(w);
+    free(back);
+}
+
 int main(void)
 {
     test_roundtrip(KMSENV_CIPHER_AES, 16);
@@ -298,6 +340,7 @@ int main(void)
         test_gcm_stream(KMSENV_CIPHER_SM4, 16);
     }
     test_open_format();
+    test_lowest_failure_across_threads();
     test_gcm_stream(KMSENV_CIPHER_AES, 16);
     test_gcm_stream(KMSENV_CIPHER_AES, 32);
     test_hkdf();
