@@ -435,9 +435,9 @@ def framed_cells(res: Results, provider: Any, size: int) -> list[Cell]:
     # L2 and flattered it by about a third).
     sealed = frame + 16
     ct = bytearray(size // frame * sealed)
-    for i, off in enumerate(range(0, size - size % frame, frame)):
-        a.encrypt_into(nonce, mv[off : off + frame], None, memoryview(ct)[i * sealed : (i + 1) * sealed])
     ctv = memoryview(ct)
+    for i, off in enumerate(range(0, size - size % frame, frame)):
+        a.encrypt_into(nonce, mv[off : off + frame], None, ctv[i * sealed : (i + 1) * sealed])
     outd = bytearray(frame)
 
     def decrypt_into() -> None:
